@@ -1,0 +1,33 @@
+"""BagNets in Keras 3 with the authors' ImageNet weights, and tools to see what CNNs look at."""
+
+from bagnet_keras.geometry import Geometry, receptive_field
+from bagnet_keras.imagenet import decode_predictions, imagenet_classes, preprocess_input
+from bagnet_keras.models import (
+    BagNet,
+    BagNet9,
+    BagNet17,
+    BagNet33,
+    bagnet_geometry,
+    evidence_model,
+    load_imagenet_weights,
+)
+from bagnet_keras.torch_checkpoint import UnsafeCheckpointError, load_checkpoint
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BagNet",
+    "BagNet9",
+    "BagNet17",
+    "BagNet33",
+    "Geometry",
+    "UnsafeCheckpointError",
+    "bagnet_geometry",
+    "decode_predictions",
+    "evidence_model",
+    "imagenet_classes",
+    "load_checkpoint",
+    "load_imagenet_weights",
+    "preprocess_input",
+    "receptive_field",
+]

@@ -1,0 +1,98 @@
+"""Forward speed of BagNet-33 against keras.applications.ResNet50 (and the authors' PyTorch model).
+
+    python bench/forward.py [--rounds 5] [--images 64] [--batch 16]
+
+Both Keras models are freshly built with weights=None and called the way a
+user calls them, ``model.predict(x, batch_size=16)``, in alternating rounds in
+one process, so machine noise hits both; the median of the rounds is
+reported. If torch is importable, the authors' PyTorch BagNet-33 (the
+definition in tools/torch_bagnet.py) is timed in the same process too.
+Targets (issue 2): BagNet-33 / ResNet-50 >= 0.27, BagNet-33 / PyTorch >= 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bagnet_keras import BagNet33  # noqa: E402
+
+
+def images_per_second(fn, n_images: int) -> float:
+    start = time.perf_counter()
+    fn()
+    return n_images / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=16)
+    args = parser.parse_args()
+
+    x = np.random.default_rng(0).uniform(-2, 2, size=(args.images, 224, 224, 3)).astype("float32")
+    models = {
+        "BagNet-33 (bagnet_keras)": BagNet33(weights=None),
+        "ResNet-50 (keras.applications)": keras.applications.ResNet50(weights=None),
+    }
+    xla = BagNet33(weights=None)
+    xla.jit_compile = True
+    models["BagNet-33 with XLA (jit_compile=True)"] = xla
+
+    runners = {name: (lambda m=m: m.predict(x, batch_size=args.batch, verbose=0)) for name, m in models.items()}
+    try:
+        import torch
+
+        from tools.torch_bagnet import BagNet as TorchBagNet
+
+        torch_model = TorchBagNet([3, 4, 6, 3], kernel3=(1, 1, 1, 1)).eval()
+        xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+
+        def run_torch():
+            with torch.no_grad():
+                for i in range(0, len(xt), args.batch):
+                    torch_model(xt[i : i + args.batch])
+
+        runners[f"BagNet-33 (authors' PyTorch, torch {torch.__version__})"] = run_torch
+    except ImportError:
+        print("torch not importable: the PyTorch model is not timed")
+
+    for run in runners.values():  # warm-up: tracing, allocation
+        run()
+    rates = {name: [] for name in runners}
+    for _ in range(args.rounds):
+        for name, run in runners.items():
+            rates[name].append(images_per_second(run, args.images))
+
+    print(
+        f"{args.images} images of 224x224, batch {args.batch}, {args.rounds} rounds, "
+        f"{os.cpu_count()} CPUs; images/s (median, min-max):"
+    )
+    median = {name: statistics.median(r) for name, r in rates.items()}
+    for name, r in rates.items():
+        print(f"  {name:45s} {median[name]:7.2f}  ({min(r):.2f}-{max(r):.2f})")
+    ours, resnet = median["BagNet-33 (bagnet_keras)"], median["ResNet-50 (keras.applications)"]
+    per_round = [
+        b / r for b, r in zip(rates["BagNet-33 (bagnet_keras)"], rates["ResNet-50 (keras.applications)"], strict=True)
+    ]
+    print(
+        f"ratio BagNet-33 / ResNet-50: {ours / resnet:.3f} (per round {min(per_round):.3f}-{max(per_round):.3f}); "
+        "target >= 0.27"
+    )
+    for name in runners:
+        if "PyTorch" in name:
+            print(f"ratio BagNet-33 (ours) / authors' PyTorch: {ours / median[name]:.2f}; target >= 2")
+
+
+if __name__ == "__main__":
+    main()

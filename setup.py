@@ -1,0 +1,26 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="bagnet-keras",
+    version="0.1.0",
+    description="BagNets (Brendel & Bethge, ICLR 2019) in Keras 3 with the official ImageNet weights, "
+    "and tools to see what CNNs look at.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["bagnet_keras", "bagnet_keras.*", "data_tools", "data_tools.*"]),
+    package_data={"bagnet_keras": ["data/*.tsv"]},
+    install_requires=[
+        "tensorflow>=2.16",
+        "keras>=3.3",
+        "numpy",
+        "opencv-python-headless",
+        "scikit-learn",
+        "matplotlib",
+        "icrawler==0.6.10",
+        "tqdm",
+    ],
+    extras_require={"dev": ["pytest", "ruff"]},
+    entry_points={"console_scripts": ["bagnet-keras=bagnet_keras.cli:main"]},
+)
