@@ -33,20 +33,27 @@ def sample_image(size: int = 224, seed: int = 0) -> np.ndarray:
     return image.clip(0, 255).astype("uint8")
 
 
-def _load_image(path: str) -> np.ndarray:
+def load_image(path: str, size: int = 224) -> np.ndarray:
+    """Read an image file as RGB uint8, resized to ``size`` x ``size``.
+
+    Examples
+    --------
+    >>> load_image("photo.jpg").shape  # doctest: +SKIP
+    (224, 224, 3)
+    """
     import cv2
 
     image = cv2.imread(path, cv2.IMREAD_COLOR)
     if image is None:
         raise SystemExit(f"bagnet-keras: cannot read {path!r} as an image (missing, or not a decodable image file).")
     image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    return cv2.resize(image, (224, 224), interpolation=cv2.INTER_AREA)
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
 
 
 def demo(args: argparse.Namespace) -> int:
     from bagnet_keras import BagNet33, bagnet_geometry, decode_predictions, evidence_model, preprocess_input
 
-    image = _load_image(args.image) if args.image else sample_image()
+    image = load_image(args.image) if args.image else sample_image()
     weights = None if args.weights == "none" else args.weights
     model = BagNet33(weights=weights, classifier_activation=None)
     x = preprocess_input(image[None])

@@ -12,6 +12,8 @@ from typing import NamedTuple
 
 import keras
 
+from bagnet_keras.layers import StemConv
+
 
 class Geometry(NamedTuple):
     """Receptive field of the positions of a 4-D feature map.
@@ -36,6 +38,7 @@ _MERGES = (
     keras.layers.Concatenate,
 )
 _WINDOWED = (
+    StemConv,
     keras.layers.Conv2D,
     keras.layers.DepthwiseConv2D,
     keras.layers.SeparableConv2D,
@@ -154,6 +157,8 @@ def receptive_field(model: keras.Model, tensor=None, layer: str | None = None) -
     Examples
     --------
     >>> import keras
+
+from bagnet_keras.layers import StemConv
     >>> from bagnet_keras.geometry import receptive_field
     >>> inp = keras.Input((None, None, 3))
     >>> out = keras.layers.Conv2D(4, 3, strides=2)(keras.layers.Conv2D(4, 3)(inp))

@@ -23,6 +23,7 @@ import keras
 from keras import layers
 
 from bagnet_keras.geometry import Geometry, receptive_field
+from bagnet_keras.layers import StemConv
 from bagnet_keras.weights import PRETRAINED, imagenet_weights_file, load_weights
 
 #: Torch BatchNorm eps; Keras' default (1e-3) would shift every activation.
@@ -87,9 +88,17 @@ def _validate_input_shape(input_shape, min_size: int):
 
 
 def _bottleneck(x, planes: int, kernel: int, stride: int, downsample: bool, bn_momentum: float, name: str):
+    # Valid padding makes the main path smaller; like the authors, keep the
+    # shortcut's top-left part. Cropping the block input by kernel - 1 before
+    # the 1x1 shortcut conv gives exactly the main path's size for stride 1
+    # or 2 and any input size, and skips computing what would be cut away.
     shortcut = x
+    if kernel > 1:
+        shortcut = layers.Cropping2D(((0, kernel - 1), (0, kernel - 1)), name=name + "_0_crop")(shortcut)
     if downsample:
-        shortcut = layers.Conv2D(planes * EXPANSION, 1, strides=stride, use_bias=False, name=name + "_0_conv")(x)
+        shortcut = layers.Conv2D(planes * EXPANSION, 1, strides=stride, use_bias=False, name=name + "_0_conv")(
+            shortcut
+        )
         shortcut = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=bn_momentum, name=name + "_0_bn")(shortcut)
 
     x = layers.Conv2D(planes, 1, use_bias=False, name=name + "_1_conv")(x)
@@ -101,12 +110,6 @@ def _bottleneck(x, planes: int, kernel: int, stride: int, downsample: bool, bn_m
     x = layers.Conv2D(planes * EXPANSION, 1, use_bias=False, name=name + "_3_conv")(x)
     x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=bn_momentum, name=name + "_3_bn")(x)
 
-    # Valid padding makes the main path smaller; like the authors, keep the
-    # shortcut's top-left part. For kernel k and stride 1 or 2 the difference
-    # is the same for every input size, so a static crop is exact.
-    diff = (kernel - 1) // stride
-    if diff:
-        shortcut = layers.Cropping2D(((0, diff), (0, diff)), name=name + "_0_crop")(shortcut)
     x = layers.Add(name=name + "_add")([shortcut, x])
     return layers.Activation("relu", name=name + "_out")(x)
 
@@ -208,8 +211,7 @@ def BagNet(
     else:
         img_input = input_tensor
 
-    x = layers.Conv2D(base_width, 1, use_bias=False, name="conv1_1_conv")(img_input)
-    x = layers.Conv2D(base_width, 3, use_bias=False, name="conv1_2_conv")(x)
+    x = StemConv(base_width, name="conv1_conv")(img_input)
     # The authors' stem BatchNorm has torch momentum 0.001 (Keras 0.999).
     x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=0.999, name="conv1_bn")(x)
     x = layers.Activation("relu", name="conv1_relu")(x)

@@ -18,6 +18,7 @@ from typing import NamedTuple
 import keras
 import numpy as np
 
+from bagnet_keras.layers import StemConv
 from bagnet_keras.torch_checkpoint import load_checkpoint, state_dict_from_checkpoint
 
 #: Where the authors published the ImageNet checkpoints.
@@ -147,17 +148,31 @@ def _remove(path: str) -> None:
         pass
 
 
-def _torch_name(keras_name: str) -> str:
-    """Map a layer name of `bagnet_keras.models` to the authors' state-dict prefix."""
-    stem = {"conv1_1_conv": "conv1", "conv1_2_conv": "conv2", "conv1_bn": "bn1", "logits": "fc"}
-    if keras_name in stem:
-        return stem[keras_name]
-    # conv{stage}_block{i}_{j}_{conv|bn}
-    stage, block, j, kind = keras_name.split("_")
-    layer = f"layer{int(stage[4:]) - 1}.{int(block[5:]) - 1}"
-    if j == "0":
-        return f"{layer}.downsample.{0 if kind == 'conv' else 1}"
-    return f"{layer}.{kind}{j}"
+def _conv_kernel(weight: np.ndarray) -> np.ndarray:
+    return np.transpose(weight, (2, 3, 1, 0))  # torch (out, in, kh, kw) -> Keras (kh, kw, in, out)
+
+
+_BN_KEYS = ("weight", "bias", "running_mean", "running_var")
+
+
+def _torch_keys(layer: keras.layers.Layer) -> list[tuple[str, Callable]]:
+    """The authors' state-dict keys of a layer of `bagnet_keras.models`, in weight order, with converters."""
+    if isinstance(layer, StemConv):
+        # The authors' conv1 (1x1) and conv2 (3x3) are the two factors of the stem.
+        return [("conv1.weight", _conv_kernel), ("conv2.weight", _conv_kernel)]
+    if isinstance(layer, keras.layers.Dense) and layer.name == "logits":
+        return [("fc.weight", np.transpose), ("fc.bias", np.asarray)]
+    if layer.name == "conv1_bn":
+        return [(f"bn1.{k}", np.asarray) for k in _BN_KEYS]
+    parts = layer.name.split("_")  # conv{stage}_block{i}_{j}_{conv|bn}
+    if len(parts) != 4 or not isinstance(layer, (keras.layers.Conv2D, keras.layers.BatchNormalization)):
+        raise ValueError(f"Layer {layer.name!r} ({type(layer).__name__}) is not part of a BagNet.")
+    stage, block, j, kind = parts
+    prefix = f"layer{int(stage[4:]) - 1}.{int(block[5:]) - 1}."
+    prefix += f"downsample.{0 if kind == 'conv' else 1}" if j == "0" else f"{kind}{j}"
+    if kind == "conv":
+        return [(prefix + ".weight", _conv_kernel)]
+    return [(f"{prefix}.{k}", np.asarray) for k in _BN_KEYS]
 
 
 def state_dict_to_keras(model: keras.Model, state_dict: dict[str, np.ndarray]) -> None:
@@ -170,7 +185,8 @@ def state_dict_to_keras(model: keras.Model, state_dict: dict[str, np.ndarray]) -
     Examples
     --------
     >>> from bagnet_keras import BagNet
-    >>> from bagnet_keras.torch_checkpoint import load_checkpoint, state_dict_from_checkpoint
+    >>> from bagnet_keras.layers import StemConv
+from bagnet_keras.torch_checkpoint import load_checkpoint, state_dict_from_checkpoint
     >>> model = BagNet(blocks=(1, 1, 1, 1), classes=10)  # doctest: +SKIP
     >>> state_dict_to_keras(model, state_dict_from_checkpoint(load_checkpoint("mini33.pth.tar")))  # doctest: +SKIP
     """
@@ -178,25 +194,14 @@ def state_dict_to_keras(model: keras.Model, state_dict: dict[str, np.ndarray]) -
     for layer in model.layers:
         if not layer.weights:
             continue
-        if not isinstance(layer, (keras.layers.Conv2D, keras.layers.BatchNormalization, keras.layers.Dense)):
-            raise ValueError(f"Layer {layer.name!r} ({type(layer).__name__}) is not part of a BagNet.")
-        prefix = _torch_name(layer.name)
-        if isinstance(layer, keras.layers.Conv2D):
-            keys, convert = ["weight"], [lambda w: np.transpose(w, (2, 3, 1, 0))]
-        elif isinstance(layer, keras.layers.Dense):
-            keys, convert = ["weight", "bias"], [np.transpose, np.asarray]
-        else:
-            keys = ["weight", "bias", "running_mean", "running_var"]
-            convert = [np.asarray] * 4
         values = []
-        for key, fn, variable in zip(keys, convert, layer.weights, strict=True):
-            name = f"{prefix}.{key}"
+        for (name, convert), variable in zip(_torch_keys(layer), layer.weights, strict=True):
             if name not in state_dict:
                 raise ValueError(
                     f"The checkpoint has no '{name}' for layer {layer.name!r}: it is not a "
                     "checkpoint of this BagNet configuration."
                 )
-            value = fn(np.asarray(state_dict[name], dtype="float32"))
+            value = convert(np.asarray(state_dict[name], dtype="float32"))
             if tuple(value.shape) != tuple(variable.shape):
                 raise ValueError(
                     f"Checkpoint tensor '{name}' has shape {tuple(state_dict[name].shape)}, which "

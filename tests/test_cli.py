@@ -1,0 +1,23 @@
+import pytest
+
+from bagnet_keras.cli import main
+
+
+def test_demo_prints_prediction_and_evidence_grid(capsys):
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "24x24 positions, patch 33px, stride 8px, offset 0px" in out
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if "positions" in line) + 1
+    grid = lines[start : start + 24]
+    assert all(len(row) == 48 for row in grid) and "@" in "".join(grid)
+    logit = float(lines[1].rsplit("logit ", 1)[1])
+    mean = float(out.split("its mean ")[1].split()[0])
+    assert abs(logit - mean) <= 1e-3
+
+
+def test_demo_names_an_unreadable_image(tmp_path):
+    bad = tmp_path / "not_an_image.jpg"
+    bad.write_text("hello")
+    with pytest.raises(SystemExit, match="not_an_image.jpg"):
+        main(["demo", "--image", str(bad)])
