@@ -14,7 +14,7 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests --doctest-modules bagnet_keras
 
 demo: $(STAMP)
 	$(BIN)/bagnet-keras demo

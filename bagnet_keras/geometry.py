@@ -157,8 +157,6 @@ def receptive_field(model: keras.Model, tensor=None, layer: str | None = None) -
     Examples
     --------
     >>> import keras
-
-from bagnet_keras.layers import StemConv
     >>> from bagnet_keras.geometry import receptive_field
     >>> inp = keras.Input((None, None, 3))
     >>> out = keras.layers.Conv2D(4, 3, strides=2)(keras.layers.Conv2D(4, 3)(inp))

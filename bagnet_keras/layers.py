@@ -23,7 +23,7 @@ class StemConv(keras.layers.Layer):
     Examples
     --------
     >>> import numpy as np
-    >>> StemConv(8)(np.zeros((1, 5, 5, 3), "float32")).shape
+    >>> tuple(StemConv(8)(np.zeros((1, 5, 5, 3), "float32")).shape)
     (1, 3, 3, 8)
     """
 

@@ -185,8 +185,7 @@ def state_dict_to_keras(model: keras.Model, state_dict: dict[str, np.ndarray]) -
     Examples
     --------
     >>> from bagnet_keras import BagNet
-    >>> from bagnet_keras.layers import StemConv
-from bagnet_keras.torch_checkpoint import load_checkpoint, state_dict_from_checkpoint
+    >>> from bagnet_keras.torch_checkpoint import load_checkpoint, state_dict_from_checkpoint
     >>> model = BagNet(blocks=(1, 1, 1, 1), classes=10)  # doctest: +SKIP
     >>> state_dict_to_keras(model, state_dict_from_checkpoint(load_checkpoint("mini33.pth.tar")))  # doctest: +SKIP
     """
