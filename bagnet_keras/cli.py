@@ -91,7 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image", help="an image file; default: a generated image")
     p.set_defaults(func=demo)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, OSError) as e:
+        # Bad arguments and failed downloads already say what to do; a traceback adds nothing.
+        print(f"bagnet-keras: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

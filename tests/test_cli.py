@@ -21,3 +21,9 @@ def test_demo_names_an_unreadable_image(tmp_path):
     bad.write_text("hello")
     with pytest.raises(SystemExit, match="not_an_image.jpg"):
         main(["demo", "--image", str(bad)])
+
+
+def test_demo_reports_a_bad_weights_argument_without_traceback(capsys):
+    assert main(["demo", "--weights", "no/such/checkpoint.pth"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bagnet-keras: ") and "no/such/checkpoint.pth" in err and "Traceback" not in err
