@@ -1,7 +1,8 @@
 """BagNets in Keras 3 with the authors' ImageNet weights, and tools to see what CNNs look at."""
 
+from bagnet_keras.evidence import EvidenceMap, TopPatches, evidence_map, evidence_maps, top_patches
 from bagnet_keras.geometry import Geometry, receptive_field
-from bagnet_keras.imagenet import decode_predictions, imagenet_classes, preprocess_input
+from bagnet_keras.imagenet import decode_predictions, deprocess_input, imagenet_classes, preprocess_input
 from bagnet_keras.models import (
     BagNet,
     BagNet9,
@@ -20,14 +21,20 @@ __all__ = [
     "BagNet9",
     "BagNet17",
     "BagNet33",
+    "EvidenceMap",
     "Geometry",
+    "TopPatches",
     "UnsafeCheckpointError",
     "bagnet_geometry",
     "decode_predictions",
+    "deprocess_input",
+    "evidence_map",
+    "evidence_maps",
     "evidence_model",
     "imagenet_classes",
     "load_checkpoint",
     "load_imagenet_weights",
     "preprocess_input",
     "receptive_field",
+    "top_patches",
 ]

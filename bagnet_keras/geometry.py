@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import keras
+import numpy as np
 
 from bagnet_keras.layers import StemConv
 
@@ -171,3 +172,107 @@ def receptive_field(model: keras.Model, tensor=None, layer: str | None = None) -
         )
     known = {id(t): _IDENTITY for t in model.inputs}
     return _tensor_geometry(tensor, known)
+
+
+def compose(outer: Geometry, inner: Geometry) -> Geometry:
+    """Geometry of ``inner`` (measured on a feature map) placed on the input of ``outer``'s map.
+
+    Examples
+    --------
+    >>> compose(Geometry(3, 2, 0), Geometry(3, 1, 0))
+    Geometry(patch_size=7, stride=2, offset=0)
+    """
+    return Geometry(
+        outer.patch_size + (inner.patch_size - 1) * outer.stride,
+        outer.stride * inner.stride,
+        outer.offset + inner.offset * outer.stride,
+    )
+
+
+def _graph_of(model):
+    return model._functional if isinstance(model, keras.Sequential) else model
+
+
+def layer_geometry(model: keras.Model, path: str) -> Geometry:
+    """Receptive field of the output of the layer at ``path`` (``"backbone/conv5_block3_out"``).
+
+    Nested models are entered: the geometry of the sub-model's input inside
+    the outer model is composed with that of the layer inside the sub-model.
+
+    Examples
+    --------
+    >>> import keras
+    >>> inner = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(2, 3, name="c")], name="inner")
+    >>> outer = keras.Sequential([keras.Input((None, None, 3)), keras.layers.MaxPooling2D(2), inner])
+    >>> layer_geometry(outer, "inner/c")
+    Geometry(patch_size=6, stride=2, offset=0)
+    """
+    *models, name = path.split("/")
+    geometry = _IDENTITY
+    current = model
+    for sub_name in models:
+        sub = current.get_layer(sub_name)
+        calls = [
+            node
+            for nodes in _graph_of(current)._nodes_by_depth.values()
+            for node in nodes
+            if node.operation is sub
+        ]
+        if len(calls) != 1:
+            raise ValueError(
+                f"Sub-model {sub_name!r} is called {len(calls)} times in {current.name!r}; cannot place its layers."
+            )
+        geometry = compose(geometry, receptive_field(current, calls[0].input_tensors[0]))
+        current = sub
+    return compose(geometry, receptive_field(current, layer=name))
+
+
+def placement_matrix(n_in: int, n_out: int, geometry: Geometry | None) -> np.ndarray:
+    """(n_out, n_in) linear interpolation weights that put map positions on input pixels.
+
+    Position ``i`` of the map is placed at the centre of its receptive field,
+    ``offset + stride * i + (patch_size - 1) / 2``; pixels between centres are
+    interpolated linearly, pixels beyond the first or last centre take its
+    value. Without a geometry the map is assumed to cover the input evenly
+    (the half-pixel convention of ``cv2.resize``).
+
+    Examples
+    --------
+    >>> placement_matrix(2, 4, Geometry(2, 2, 0))
+    array([[1.  , 0.  ],
+           [0.75, 0.25],
+           [0.25, 0.75],
+           [0.  , 1.  ]])
+    """
+    if geometry is None:
+        stride = n_out / n_in
+        first = (stride - 1) / 2
+    else:
+        stride = geometry.stride
+        first = geometry.offset + (geometry.patch_size - 1) / 2
+    u = np.clip((np.arange(n_out) - first) / stride, 0, n_in - 1)
+    lo = np.floor(u).astype(int)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = u - lo
+    matrix = np.zeros((n_out, n_in))
+    np.add.at(matrix, (np.arange(n_out), lo), 1 - frac)
+    np.add.at(matrix, (np.arange(n_out), hi), frac)
+    return matrix
+
+
+def upsample(maps, size: tuple[int, int], geometry: Geometry | None = None) -> np.ndarray:
+    """Place maps (N, h, w, ...) on an input of ``size`` (H, W): returns (N, H, W, ...).
+
+    See `placement_matrix` for where each map position lands.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> upsample(np.ones((1, 3, 3)), (24, 24), Geometry(9, 8, 0)).shape
+    (1, 24, 24)
+    """
+    maps = np.asarray(maps)
+    rows = placement_matrix(maps.shape[1], size[0], geometry)
+    cols = placement_matrix(maps.shape[2], size[1], geometry)
+    out = np.einsum("Yh,nhw...,Xw->nYX...", rows, maps, cols)
+    return out.astype(maps.dtype if np.issubdtype(maps.dtype, np.floating) else np.float32)

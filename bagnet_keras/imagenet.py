@@ -66,6 +66,21 @@ def preprocess_input(x, data_format: str | None = None):
     return ((array.astype("float32") / 255.0 - MEAN) / STD).astype("float32")
 
 
+def deprocess_input(x) -> np.ndarray:
+    """Undo `preprocess_input`: normalised images back to RGB uint8 for display.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> image = np.array([[[0, 128, 255]]], dtype="uint8")
+    >>> deprocess_input(preprocess_input(image))
+    array([[[  0, 128, 255]]], dtype=uint8)
+    """
+    array = np.asarray(x, dtype="float32")
+    _check_images(array)
+    return np.clip(np.round((array * STD + MEAN) * 255.0), 0, 255).astype("uint8")
+
+
 @functools.lru_cache(maxsize=1)
 def imagenet_classes() -> list[tuple[str, str]]:
     """The 1000 ImageNet classes in model output order, as (WordNet ID, name).

@@ -45,9 +45,12 @@ class StemConv(keras.layers.Layer):
             name="kernel", shape=(3, 3, self.filters, self.filters), initializer="glorot_uniform"
         )
 
+    def fused_kernel(self):
+        """The single (3, 3, in, filters) kernel equal to the 1x1 then the 3x3 convolution."""
+        return ops.einsum("ic,hwco->hwio", self.pointwise_kernel[0, 0], self.kernel)
+
     def call(self, inputs):
-        fused = ops.einsum("ic,hwco->hwio", self.pointwise_kernel[0, 0], self.kernel)
-        return ops.conv(inputs, fused, strides=1, padding="valid")
+        return ops.conv(inputs, self.fused_kernel(), strides=1, padding="valid")
 
     def compute_output_shape(self, input_shape):
         n, h, w, _ = input_shape

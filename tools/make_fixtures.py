@@ -4,7 +4,8 @@
 
 The fixtures are small BagNets (base width 8) with random weights and
 BatchNorm statistics, saved the ways checkpoints are found in the wild, plus
-the model's outputs on fixed inputs. The package's tests read them without
+the model's outputs on fixed inputs and the authors' full-resolution
+heatmap of a crop. The package's tests read them without
 torch. Also writes a state dict whose tensors are views into shared storages.
 """
 
@@ -19,13 +20,30 @@ from tools.torch_bagnet import BagNet, randomize
 HERE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "fixtures")
 MEAN = np.array([0.485, 0.456, 0.406], dtype="float32")
 STD = np.array([0.229, 0.224, 0.225], dtype="float32")
+PATCH = {"tiny33": 33, "tiny9": 9, "tiny21": 21}
 
 CONFIGS = {
-    "tiny33": dict(layers=(1, 1, 1, 1), kernel3=(1, 1, 1, 1), size=72, classes=5, seed=1),
-    "tiny9": dict(layers=(1, 1, 1, 1), kernel3=(1, 1, 0, 0), size=48, classes=5, seed=2),
+    "tiny33": dict(layers=(1, 1, 1, 1), kernel3=(1, 1, 1, 1), size=72, classes=5, seed=1, heatmap=40),
+    "tiny9": dict(layers=(1, 1, 1, 1), kernel3=(1, 1, 0, 0), size=48, classes=5, seed=2, heatmap=24),
     # Two 3x3 blocks in a stage: the identity shortcut is cropped too.
-    "tiny21": dict(layers=(2, 2, 1, 1), kernel3=(2, 1, 1, 0), size=64, classes=4, seed=3),
+    "tiny21": dict(layers=(2, 2, 1, 1), kernel3=(2, 1, 1, 0), size=64, classes=4, seed=3, heatmap=32),
 }
+
+
+def write_heatmap(name, model, image, target):
+    """The authors' full-resolution heatmap: pad by (q-1)/2 zeros, run the patch centred on every pixel alone."""
+    q = PATCH[name]
+    pad = (q - 1) // 2
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    s = image.shape[0]
+    patches = torch.cat([padded[:, :, i : i + q, j : j + q] for i in range(s) for j in range(s)])
+    model.avg_pool = True
+    with torch.no_grad():
+        heatmap = model(patches)[:, target].reshape(s, s).numpy()
+    np.savez_compressed(
+        os.path.join(HERE, f"{name}_heatmap.npz"), heatmap_input=image[None], heatmap_target=target, heatmap=heatmap
+    )
 
 
 def main():
@@ -52,6 +70,7 @@ def main():
         np.savez_compressed(
             os.path.join(HERE, f"{name}_outputs.npz"), images=images, inputs=inputs, logits=logits, evidence=evidence
         )
+        write_heatmap(name, model, inputs[0, : c["heatmap"], : c["heatmap"]], c["seed"])
         with open(os.path.join(HERE, f"{name}.json"), "w") as f:
             json.dump(
                 {

@@ -1,0 +1,168 @@
+"""Run a Keras model layer by layer, nested sub-models included.
+
+Explanations need what a plain ``model(x)`` hides: the output of a layer deep
+inside a backbone that was wrapped as one layer of a transfer model, or a
+layer computed differently (a ReLU with a guided gradient, a convolution with
+its stride turned into a dilation). `run_graph` executes a functional or
+Sequential model node by node and lets the caller replace the computation of
+any layer; `find_layer` and `last_spatial_layer` locate a layer wherever it
+sits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+
+OperationFn = Callable[[keras.layers.Layer], Callable]
+
+
+def _is_graph_model(layer) -> bool:
+    return isinstance(layer, keras.Sequential) or (
+        isinstance(layer, keras.Model) and hasattr(layer, "_run_through_graph") and hasattr(layer, "_nodes_by_depth")
+    )
+
+
+def _check_graph_model(model) -> None:
+    if not _is_graph_model(model):
+        raise ValueError(
+            f"{getattr(model, 'name', model)!r} ({type(model).__name__}) is not a functional or Sequential "
+            "Keras model, so its layers cannot be reached one by one. Build it with the functional API "
+            "(keras.Model(inputs, outputs)) or keras.Sequential."
+        )
+
+
+def run_graph(model: keras.Model, inputs, operation_fn: OperationFn | None = None):
+    """Compute ``model(inputs)`` one layer at a time, entering nested models.
+
+    Parameters
+    ----------
+    model : keras.Model
+        A functional or Sequential model; its nested functional or Sequential
+        sub-models are run layer by layer too.
+    inputs : tensor or structure of tensors
+        As the model takes them.
+    operation_fn : callable, optional
+        ``operation_fn(layer)`` returns the callable that computes ``layer``
+        (return ``layer`` itself to keep it). Never called for nested models.
+
+    Returns
+    -------
+    The model's outputs.
+
+    Examples
+    --------
+    >>> import keras, numpy as np
+    >>> inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="d")])
+    >>> outer = keras.Sequential([keras.Input((4,)), inner, keras.layers.Dense(1)])
+    >>> seen = []
+    >>> def record(layer):
+    ...     seen.append(layer.name)
+    ...     return layer
+    >>> y = run_graph(outer, np.ones((1, 4), "float32"), record)
+    >>> seen[0]
+    'd'
+    """
+    _check_graph_model(model)
+
+    def fn(op):
+        if _is_graph_model(op):
+            return lambda *args, **kwargs: run_graph(op, args[0] if len(args) == 1 else list(args), operation_fn)
+        return operation_fn(op) if operation_fn is not None else op
+
+    if isinstance(model, keras.Sequential):
+        x = inputs
+        for layer in model.layers:
+            x = fn(layer)(x)
+        return x
+    return model._run_through_graph(inputs, operation_fn=fn)
+
+
+def iter_layers(model: keras.Model, prefix: str = ""):
+    """Yield ``(path, layer)`` for every layer, nested models' layers after the model itself, in graph order.
+
+    ``path`` joins the names of the enclosing models with ``/``.
+
+    Examples
+    --------
+    >>> import keras
+    >>> inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="d")], name="inner")
+    >>> outer = keras.Sequential([keras.Input((4,)), inner], name="outer")
+    >>> [path for path, _ in iter_layers(outer)]
+    ['inner', 'inner/d']
+    """
+    for layer in model.layers:
+        path = prefix + layer.name
+        yield path, layer
+        if isinstance(layer, keras.Model):
+            yield from iter_layers(layer, path + "/")
+
+
+def find_layer(model: keras.Model, name: str) -> tuple[str, keras.layers.Layer]:
+    """Find a layer by name anywhere in ``model``, nested sub-models included.
+
+    Parameters
+    ----------
+    model : keras.Model
+    name : str
+        A layer name (``"conv5_block3_out"``) or a path through nested models
+        (``"resnet50/conv5_block3_out"``) when the name alone is ambiguous.
+
+    Returns
+    -------
+    (path, layer)
+
+    Examples
+    --------
+    >>> import keras
+    >>> inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="d")], name="inner")
+    >>> outer = keras.Sequential([keras.Input((4,)), inner], name="outer")
+    >>> find_layer(outer, "d")[0]
+    'inner/d'
+    """
+    if not isinstance(name, str):
+        raise ValueError(f"`layer` must be a layer name (str). Received: layer={name!r}")
+    matches = [(path, layer) for path, layer in iter_layers(model) if path == name or path.split("/")[-1] == name]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        names = [path for path, layer in iter_layers(model) if _is_spatial(layer)]
+        raise ValueError(
+            f"No layer named {name!r} in model {model.name!r} or its nested models. Layers with 4-D outputs: "
+            f"{', '.join(names[-8:]) or 'none'}{' (last 8 shown)' if len(names) > 8 else ''}."
+        )
+    raise ValueError(
+        f"Layer name {name!r} occurs more than once in model {model.name!r}: "
+        f"{', '.join(path for path, _ in matches)}. Pass the full path."
+    )
+
+
+def _is_spatial(layer) -> bool:
+    try:
+        shape = layer.output.shape
+    except (AttributeError, ValueError):
+        return False
+    return len(shape) == 4
+
+
+def last_spatial_layer(model: keras.Model) -> tuple[str, keras.layers.Layer]:
+    """The last layer with a 4-D (N, H, W, C) output, searching nested models.
+
+    Examples
+    --------
+    >>> import keras
+    >>> m = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(2, 3, name="c"),
+    ...                       keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+    >>> last_spatial_layer(m)[0]
+    'c'
+    """
+    found = None
+    for path, layer in iter_layers(model):
+        if not isinstance(layer, keras.Model) and _is_spatial(layer):
+            found = (path, layer)
+    if found is None:
+        raise ValueError(
+            f"Model {model.name!r} has no layer with a 4-D (batch, height, width, channels) output to explain."
+        )
+    return found
