@@ -15,7 +15,6 @@ most informative patches of a class across a dataset.
 from __future__ import annotations
 
 import heapq
-import numbers
 import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from keras import ops
 
 from bagnet_keras.geometry import Geometry, receptive_field, upsample
 from bagnet_keras.graph import run_graph
+from bagnet_keras.inputs import check_classes, check_images, check_positive_int, classes_per_image
 from bagnet_keras.layers import StemConv
 
 #: Layers that act on each position alone, so they run unchanged on a dilated (dense) map.
@@ -110,39 +110,6 @@ class EvidenceMap:
         if self.stride == 1:
             return self.maps
         return upsample(self.maps, self.input_size, self.geometry)
-
-
-def _check_images(images, minimum: int) -> np.ndarray:
-    try:
-        x = np.asarray(images, dtype="float32")
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"`images` must be a numeric array (N, height, width, 3). Received an object of type "
-            f"{type(images).__name__}."
-        ) from None
-    if x.ndim != 4 or x.shape[-1] != 3:
-        raise ValueError(
-            f"`images` must have shape (N, height, width, 3), preprocessed as the model expects. "
-            f"Received shape {x.shape}; for one image use images[None]."
-        )
-    if min(x.shape[1:3]) < minimum:
-        raise ValueError(
-            f"`images` of size {x.shape[1]}x{x.shape[2]} are smaller than the model's patch ({minimum}x{minimum})."
-        )
-    if not np.isfinite(x).all():
-        raise ValueError("`images` contain NaN or infinite values.")
-    return x
-
-
-def _check_classes(value, n_classes: int, name: str) -> np.ndarray:
-    values = np.atleast_1d(np.asarray(value, dtype=object))
-    if values.ndim != 1 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values):
-        raise ValueError(f"`{name}` must be an int or a sequence of ints. Received: {name}={value!r}")
-    values = values.astype(int)
-    bad = values[(values < 0) | (values >= n_classes)]
-    if bad.size:
-        raise ValueError(f"`{name}` must lie in [0, {n_classes}). Received: {name}={value!r}")
-    return values
 
 
 class _BagNetEvidence:
@@ -263,9 +230,8 @@ def _compute(model, images, stride, batch_size, choose):
         raise ValueError(
             f"`stride` must be {native} (the model's native grid) or 1 (every pixel). Received: stride={stride!r}"
         )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
-    x = _check_images(images, q)
+    check_positive_int(batch_size, "batch_size")
+    x = check_images(images, q, channels=3)
     features = ev.native(x, batch_size)
     logits = ev.logits(features)
     classes = choose(ev.n_classes, logits, len(x))
@@ -329,16 +295,9 @@ def evidence_map(
 
     def choose(n_classes, logits, n):
         nonlocal per_image
-        if class_index is None:
+        per_image = classes_per_image(class_index, n, n_classes)
+        if per_image is None:
             per_image = logits.argmax(axis=1)
-        else:
-            per_image = _check_classes(class_index, n_classes, "class_index")
-            if len(per_image) == 1:
-                per_image = np.repeat(per_image, n)
-            elif len(per_image) != n:
-                raise ValueError(
-                    f"`class_index` must be one int or one per image ({n}). Received {len(per_image)} values."
-                )
         return np.unique(per_image)
 
     maps, classes, logits, geometry, size = _compute(model, images, stride, batch_size, choose)
@@ -386,7 +345,7 @@ def evidence_maps(
     def choose(n_classes, logits, n):
         if classes is None:
             return np.arange(n_classes)
-        return _check_classes(classes, n_classes, "classes")
+        return check_classes(classes, n_classes, "classes")
 
     maps, chosen, logits, geometry, size = _compute(model, images, stride, batch_size, choose)
     return EvidenceMap(maps, chosen, logits, *geometry, input_size=size)
@@ -480,12 +439,11 @@ def top_patches(
     >>> best.patches.shape, sorted(set(best.image_index)) == sorted(best.image_index)
     ((4, 33, 33, 3), True)
     """
-    for name, value, minimum in (("k", k, 1), ("batch_size", batch_size, 1), ("max_per_image", max_per_image, 1)):
-        if name == "max_per_image" and value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-            raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    class_index = int(_check_classes(class_index, _evidence_for(model).n_classes, "class_index")[0])
+    check_positive_int(k, "k")
+    check_positive_int(batch_size, "batch_size")
+    if max_per_image is not None:
+        check_positive_int(max_per_image, "max_per_image")
+    class_index = int(check_classes(class_index, _evidence_for(model).n_classes, "class_index")[0])
     per_image = k if max_per_image is None else min(k, max_per_image)
     best: list = []  # (score, -order, image, box, patch): a min-heap of the k best so far
     seen = order = 0

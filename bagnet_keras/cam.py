@@ -1,0 +1,310 @@
+"""The Grad-CAM family for any functional or Sequential Keras model, nested backbones included.
+
+One base class, `BaseCAM`, does the work every method shares: it finds the
+target layer (by name anywhere in nested sub-models, or the last layer with a
+4-D output), runs the model layer by layer so that layer's activations and
+the gradient of the class score with respect to them come out of one pass
+(`bagnet_keras.graph.run_graph`), picks the class (given or the top
+prediction), batches, and places the map on the input pixels with the layer's
+receptive field. Each method only says how to weight the activations:
+
+- `GradCAM` (Selvaraju et al. 2017): channel weights are the mean gradient.
+- `GradCAMPlusPlus` (Chattopadhay et al. 2018): gradients re-weighted by
+  their second and third powers.
+- `ScoreCAM` (Wang et al. 2020): no gradients; each channel, upsampled and
+  scaled to [0, 1], masks the input, and the class score of that masked
+  input (softmax over channels) is its weight.
+- `LayerCAM` (Jiang et al. 2021): a weight per position, the positive gradient.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from tqdm.auto import tqdm
+
+from bagnet_keras.geometry import Geometry, layer_geometry, placement_matrix
+from bagnet_keras.graph import find_layer, last_spatial_layer, run_graph
+from bagnet_keras.inputs import (
+    check_images,
+    check_positive_int,
+    classes_per_image,
+    n_classes_of,
+    output_index,
+)
+
+
+def _resolve_layer(model: keras.Model, layer: str | None) -> tuple[str, keras.layers.Layer]:
+    path, found = find_layer(model, layer) if layer is not None else last_spatial_layer(model)
+    # A nested model as target means its output: tap the layer that computes it.
+    while isinstance(found, keras.Model):
+        inner = found.outputs[0]._keras_history[0]
+        path, found = f"{path}/{inner.name}", inner
+    try:
+        shape = found.output.shape
+    except (AttributeError, ValueError):
+        shape = None
+    if shape is None or len(shape) != 4:
+        raise ValueError(
+            f"Layer {path!r} has output shape {shape}; CAM methods need a layer with a 4-D (batch, height, "
+            "width, channels) output."
+        )
+    return path, found
+
+
+class BaseCAM:
+    """Class activation maps of one layer of a Keras model.
+
+    Subclasses override `weights`, which turns the layer's activations (and
+    the gradients of the class score, when ``uses_gradients``) into weights
+    broadcastable to the activations; the map is the ReLU of the
+    channel-sum of weights x activations.
+
+    Parameters
+    ----------
+    model : keras.Model
+        Functional or Sequential; nested sub-models (a backbone inside a
+        transfer model) are searched and run layer by layer.
+    layer : str, optional
+        Name of the target layer, or a path ``"backbone/conv5_block3_out"``
+        when the name is ambiguous. Default: the last layer with a 4-D output.
+    output : int or str, optional
+        Which output to explain, for models with several.
+    batch_size : int
+        Images per pass.
+    normalize : bool
+        Scale each map to [0, 1] (the usual display convention); ``False``
+        keeps the raw values.
+
+    Attributes
+    ----------
+    layer_path : str
+        Where the target layer was found.
+    geometry : Geometry or None
+        Receptive field of the target layer's positions; None when a layer
+        on the way is not understood (the map is then stretched evenly).
+    """
+
+    uses_gradients = True
+
+    def __init__(
+        self,
+        model: keras.Model,
+        layer: str | None = None,
+        output: int | str | None = None,
+        batch_size: int = 32,
+        normalize: bool = True,
+    ):
+        self.model = model
+        self.layer_path, self.layer = _resolve_layer(model, layer)
+        self.output = output_index(model, output)
+        self.n_classes = n_classes_of(model, self.output)
+        self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.normalize = bool(normalize)
+        try:
+            self.geometry: Geometry | None = layer_geometry(model, self.layer_path)
+        except ValueError:
+            self.geometry = None
+        self._step = self._compile_step()
+        self._forward = None
+
+    def _compile_step(self):
+        import tensorflow as tf
+
+        target, index, uses_gradients = self.layer, self.output, self.uses_gradients
+
+        @tf.function(reduce_retracing=True)
+        def step(x, classes):
+            taps = {}
+
+            def tap(layer):
+                if layer is not target:
+                    return layer
+
+                def call(*args, **kwargs):
+                    taps["activations"] = out = layer(*args, **kwargs)
+                    tape.watch(out)
+                    return out
+
+                return call
+
+            with tf.GradientTape() as tape:
+                scores = keras.tree.flatten(run_graph(self.model, x, tap))[index]
+                classes = tf.where(classes < 0, tf.argmax(scores, axis=-1, output_type=tf.int32), classes)
+                score = tf.gather(scores, classes, axis=1, batch_dims=1)
+            activations = taps["activations"]
+            grads = tape.gradient(score, activations) if uses_gradients else tf.zeros_like(activations)
+            if grads is None:
+                grads = tf.zeros_like(activations)
+            return activations, grads, classes
+
+        return step
+
+    def class_scores(self, x: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        """Score of ``classes[i]`` for ``x[i]`` (model output, batched)."""
+        import tensorflow as tf
+
+        if self._forward is None:
+            model, index = self.model, self.output
+
+            @tf.function(reduce_retracing=True)
+            def forward(x, classes):
+                scores = keras.tree.flatten(model(x, training=False))[index]
+                return tf.gather(scores, classes, axis=1, batch_dims=1)
+
+            self._forward = forward
+        return np.concatenate(
+            [
+                np.asarray(self._forward(x[i : i + self.batch_size], classes[i : i + self.batch_size]))
+                for i in range(0, len(x), self.batch_size)
+            ]
+        )
+
+    def weights(self, x: np.ndarray, activations: np.ndarray, grads: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        """Weights of the activations (N, 1, 1, C) or (N, h, w, C); the method's one job."""
+        raise NotImplementedError
+
+    def upsample(self, maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """Place (N, h, w, ...) layer maps on input pixels (see `bagnet_keras.geometry.placement_matrix`)."""
+        rows = placement_matrix(maps.shape[1], size[0], self.geometry)
+        cols = placement_matrix(maps.shape[2], size[1], self.geometry)
+        return np.einsum("Yh,nhw...,Xw->nYX...", rows, maps, cols)
+
+    def __call__(self, images, class_index=None) -> np.ndarray:
+        """Maps (N, H, W) at the input's resolution for ``class_index`` (int, N ints, or None: top class).
+
+        The classes used are left in ``self.class_index_``.
+        """
+        x = check_images(images)
+        wanted = classes_per_image(class_index, len(x), self.n_classes)
+        wanted = np.full(len(x), -1) if wanted is None else wanted
+        maps, used = [], []
+        for i in range(0, len(x), self.batch_size):
+            xb = x[i : i + self.batch_size]
+            activations, grads, classes = self._step(xb, wanted[i : i + self.batch_size].astype("int32"))
+            activations, grads, classes = np.asarray(activations), np.asarray(grads), np.asarray(classes)
+            weights = self.weights(xb, activations, grads, classes)
+            maps.append(np.maximum((weights * activations).sum(axis=-1), 0))
+            used.append(classes)
+        self.class_index_ = np.concatenate(used)
+        cams = self.upsample(np.concatenate(maps), x.shape[1:3])
+        if self.normalize:
+            low = cams.min(axis=(1, 2), keepdims=True)
+            span = cams.max(axis=(1, 2), keepdims=True) - low
+            cams = np.where(span > 0, (cams - low) / np.where(span > 0, span, 1), 0)
+        return cams.astype("float32")
+
+
+class GradCAM(BaseCAM):
+    """Grad-CAM: each channel weighted by its mean gradient.
+
+    Examples
+    --------
+    >>> import keras, numpy as np
+    >>> model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(4, 3, name="conv"),
+    ...                           keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+    >>> GradCAM(model)(np.ones((1, 16, 16, 3)), class_index=1).shape
+    (1, 16, 16)
+    """
+
+    def weights(self, x, activations, grads, classes):
+        return grads.mean(axis=(1, 2), keepdims=True)
+
+
+class GradCAMPlusPlus(BaseCAM):
+    """Grad-CAM++: positive gradients weighted by alpha = g^2 / (2 g^2 + sum(A) g^3)."""
+
+    def weights(self, x, activations, grads, classes):
+        g2 = grads**2
+        g3 = grads**3
+        total = activations.sum(axis=(1, 2), keepdims=True)
+        denominator = 2 * g2 + total * g3
+        alpha = np.where(grads != 0, g2 / np.where(denominator != 0, denominator, 1e-7), 0)
+        return (alpha * np.maximum(grads, 0)).sum(axis=(1, 2), keepdims=True)
+
+
+class LayerCAM(BaseCAM):
+    """Layer-CAM: every position weighted by its own positive gradient."""
+
+    def weights(self, x, activations, grads, classes):
+        return np.maximum(grads, 0)
+
+
+class ScoreCAM(BaseCAM):
+    """Score-CAM: each channel's weight is the class score of the input masked by that channel.
+
+    Costs one forward pass per channel and image (batched); a progress bar
+    shows them when ``progress`` is True.
+    """
+
+    uses_gradients = False
+
+    def __init__(self, model: keras.Model, layer: str | None = None, progress: bool = False, **kwargs):
+        super().__init__(model, layer=layer, **kwargs)
+        self.progress = progress
+
+    def weights(self, x, activations, grads, classes):
+        n, h, w, c = activations.shape
+        low = activations.min(axis=(1, 2), keepdims=True)
+        span = activations.max(axis=(1, 2), keepdims=True) - low
+        scaled = np.where(span > 0, (activations - low) / np.where(span > 0, span, 1), 0)
+        weights = np.empty((n, 1, 1, c), dtype="float32")
+        for i in tqdm(range(n), desc="Score-CAM", unit="image", disable=not self.progress):
+            masks = self.upsample(scaled[i : i + 1], x.shape[1:3])[0]  # (H, W, C)
+            masked = x[i][None] * np.moveaxis(masks, -1, 0)[..., None]
+            scores = self.class_scores(masked.astype("float32"), np.full(c, classes[i], dtype="int32"))
+            scores = np.exp(scores - scores.max())
+            weights[i, 0, 0] = scores / scores.sum()
+        return weights
+
+
+CAM_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "scorecam": ScoreCAM, "layercam": LayerCAM}
+
+
+def cam(
+    model: keras.Model,
+    images,
+    class_index=None,
+    method: str = "gradcam",
+    layer: str | None = None,
+    output: int | str | None = None,
+    batch_size: int = 32,
+    normalize: bool = True,
+) -> np.ndarray:
+    """Class activation maps of a Keras model, at the input's resolution.
+
+    Parameters
+    ----------
+    model : keras.Model
+        Any functional or Sequential model, e.g. ``Sequential([backbone, head])``.
+    images : array (N, H, W, C)
+        Preprocessed as the model expects.
+    class_index : int, sequence of N ints, or None
+        The class to explain per image; None: the top prediction.
+    method : {"gradcam", "gradcam++", "scorecam", "layercam"}
+    layer : str, optional
+        Target layer name (searched in nested models too); default the last
+        layer with a 4-D output.
+    output : int or str, optional
+        Which output of a multi-output model.
+    batch_size : int
+    normalize : bool
+        Scale each map to [0, 1].
+
+    Returns
+    -------
+    ndarray (N, H, W), float32
+
+    Examples
+    --------
+    >>> import keras, numpy as np
+    >>> from bagnet_keras import cam
+    >>> backbone = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(4, 3, name="conv")])
+    >>> model = keras.Sequential([backbone, keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+    >>> cam(model, np.ones((2, 16, 16, 3)), method="layercam", layer="conv").shape
+    (2, 16, 16)
+    """
+    if method not in CAM_METHODS:
+        raise ValueError(f"`method` must be one of {sorted(CAM_METHODS)}. Received: method={method!r}")
+    explainer = CAM_METHODS[method](model, layer=layer, output=output, batch_size=batch_size, normalize=normalize)
+    return explainer(images, class_index)

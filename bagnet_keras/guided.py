@@ -1,0 +1,199 @@
+"""Guided backpropagation, deconvnet visualisation and guided Grad-CAM for any Keras model.
+
+Both take the gradient of a class score (or of one unit of a layer) with
+respect to the input, with the backward pass through every ReLU changed:
+guided backpropagation (Springenberg et al. 2015) passes only positive
+gradients where the forward input was positive; the deconvnet (Zeiler &
+Fergus 2014) passes the positive gradient whatever the forward input was.
+The ReLUs are found as ``ReLU`` layers, ``Activation("relu")`` layers and
+layers built with ``activation="relu"``, inside nested sub-models too.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import keras
+import numpy as np
+
+from bagnet_keras.cam import GradCAM
+from bagnet_keras.graph import find_layer, run_graph
+from bagnet_keras.inputs import check_images, check_positive_int, classes_per_image, n_classes_of, output_index
+
+_MODES = ("guided", "deconvnet")
+
+
+def _is_plain_relu(layer) -> bool:
+    if isinstance(layer, keras.layers.ReLU):
+        return (layer.max_value is None) and not layer.negative_slope and not layer.threshold
+    return getattr(layer, "activation", None) is keras.activations.relu
+
+
+def _modified_relu(mode: str):
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def relu(x):
+        def grad(dy):
+            if mode == "guided":
+                return dy * tf.cast(dy > 0, dy.dtype) * tf.cast(x > 0, dy.dtype)
+            return tf.nn.relu(dy)
+
+        return tf.nn.relu(x), grad
+
+    return relu
+
+
+def _replace_relus(mode: str, replaced: list):
+    relu = _modified_relu(mode)
+
+    def operation_fn(layer):
+        if not _is_plain_relu(layer):
+            return layer
+        replaced.append(layer.name)
+        if isinstance(layer, (keras.layers.ReLU, keras.layers.Activation)):
+            return lambda inputs, **kwargs: relu(inputs)
+
+        def call(*args, **kwargs):
+            # Runs while tf.function traces, so the traced graph holds the linear layer and our ReLU.
+            activation = layer.activation
+            layer.activation = keras.activations.linear
+            try:
+                return relu(layer(*args, **kwargs))
+            finally:
+                layer.activation = activation
+
+        return call
+
+    return operation_fn
+
+
+def guided_backprop(
+    model: keras.Model,
+    images,
+    class_index=None,
+    mode: str = "guided",
+    layer: str | None = None,
+    unit: int | None = None,
+    output: int | str | None = None,
+    batch_size: int = 32,
+) -> np.ndarray:
+    """Input-space visualisation of a class, or of one unit of a layer, with modified ReLU gradients.
+
+    Parameters
+    ----------
+    model : keras.Model
+        Functional or Sequential (nested models are entered).
+    images : array (N, H, W, C)
+        Preprocessed as the model expects.
+    class_index : int, sequence of N ints, or None
+        The class per image (None: top prediction). Ignored when ``layer``
+        is given.
+    mode : {"guided", "deconvnet"}
+        Guided backpropagation or the deconvnet rule.
+    layer, unit : optional
+        Visualise channel ``unit`` of ``layer`` (its strongest position per
+        image, as Zeiler & Fergus did) instead of a class.
+    output : int or str, optional
+        Which output of a multi-output model.
+    batch_size : int
+
+    Returns
+    -------
+    ndarray (N, H, W, C)
+        The modified gradient with respect to the input.
+
+    Examples
+    --------
+    >>> import keras, numpy as np
+    >>> model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, activation="relu"),
+    ...                           keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+    >>> guided_backprop(model, np.ones((1, 8, 8, 3)), class_index=0).shape
+    (1, 8, 8, 3)
+    """
+    import tensorflow as tf
+
+    if mode not in _MODES:
+        raise ValueError(f"`mode` must be one of {_MODES}. Received: mode={mode!r}")
+    x = check_images(images)
+    batch_size = check_positive_int(batch_size, "batch_size")
+    index = output_index(model, output)
+    target = None
+    if layer is not None or unit is not None:
+        if layer is None or unit is None:
+            raise ValueError(
+                f"Pass both `layer` and `unit` to visualise a unit. Received: layer={layer!r}, unit={unit!r}"
+            )
+        _, target = find_layer(model, layer)
+        channels = target.output.shape[-1]
+        if isinstance(unit, bool) or not isinstance(unit, int) or not 0 <= unit < channels:
+            raise ValueError(
+                f"`unit` must be a channel index in [0, {channels}) of layer {layer!r}. Received: unit={unit!r}"
+            )
+        classes = np.zeros(len(x), dtype="int32")
+    else:
+        classes = classes_per_image(class_index, len(x), n_classes_of(model, index))
+        classes = np.full(len(x), -1, dtype="int32") if classes is None else classes.astype("int32")
+
+    replaced: list = []
+    operation_fn = _replace_relus(mode, replaced)
+
+    @tf.function(reduce_retracing=True)
+    def step(batch, classes):
+        taps = {}
+
+        def fn(op):
+            computed = operation_fn(op)
+            if op is not target:
+                return computed
+
+            def call(*args, **kwargs):
+                taps["unit"] = out = computed(*args, **kwargs)
+                return out
+
+            return call
+
+        with tf.GradientTape() as tape:
+            tape.watch(batch)
+            scores = keras.tree.flatten(run_graph(model, batch, fn))[index]
+            if target is None:
+                classes = tf.where(classes < 0, tf.argmax(scores, axis=-1, output_type=tf.int32), classes)
+                score = tf.gather(scores, classes, axis=1, batch_dims=1)
+            else:
+                channel = taps["unit"][..., unit]
+                score = tf.reduce_max(tf.reshape(channel, (tf.shape(channel)[0], -1)), axis=1)
+        return tape.gradient(score, batch)
+
+    grads = np.concatenate(
+        [np.asarray(step(x[i : i + batch_size], classes[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+    )
+    if not replaced:
+        warnings.warn(
+            f"Model {model.name!r} has no plain ReLU: guided backpropagation is the ordinary gradient here.",
+            stacklevel=2,
+        )
+    return grads
+
+
+def guided_gradcam(
+    model: keras.Model,
+    images,
+    class_index=None,
+    layer: str | None = None,
+    output: int | str | None = None,
+    batch_size: int = 32,
+) -> np.ndarray:
+    """Guided Grad-CAM: guided backpropagation times the Grad-CAM map, (N, H, W, C).
+
+    Examples
+    --------
+    >>> import keras, numpy as np
+    >>> model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, activation="relu"),
+    ...                           keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+    >>> guided_gradcam(model, np.ones((1, 8, 8, 3))).shape
+    (1, 8, 8, 3)
+    """
+    explainer = GradCAM(model, layer=layer, output=output, batch_size=batch_size)
+    maps = explainer(images, class_index)
+    grads = guided_backprop(model, images, explainer.class_index_, output=output, batch_size=batch_size)
+    return grads * maps[..., None]

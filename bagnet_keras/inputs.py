@@ -1,0 +1,125 @@
+"""Validation of what explanation functions take: image batches, class indices, model outputs."""
+
+from __future__ import annotations
+
+import numbers
+
+import keras
+import numpy as np
+
+
+def check_images(images, minimum: int = 1, channels: int | None = None) -> np.ndarray:
+    """A float32 (N, H, W, C) array, or a ValueError that names what is wrong.
+
+    Examples
+    --------
+    >>> check_images(np.zeros((2, 8, 8, 3))).dtype
+    dtype('float32')
+    """
+    try:
+        x = np.asarray(images, dtype="float32")
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"`images` must be a numeric array (N, height, width, channels). Received an object of type "
+            f"{type(images).__name__}."
+        ) from None
+    if x.ndim != 4 or (channels is not None and x.shape[-1] != channels):
+        wanted = channels if channels is not None else "channels"
+        raise ValueError(
+            f"`images` must have shape (N, height, width, {wanted}), preprocessed as the model expects. "
+            f"Received shape {x.shape}; for one image use images[None]."
+        )
+    if len(x) == 0:
+        raise ValueError("`images` is empty (N = 0).")
+    if min(x.shape[1:3]) < minimum:
+        raise ValueError(
+            f"`images` of size {x.shape[1]}x{x.shape[2]} are smaller than the model's patch ({minimum}x{minimum})."
+        )
+    if not np.isfinite(x).all():
+        raise ValueError("`images` contain NaN or infinite values.")
+    return x
+
+
+def check_classes(value, n_classes: int, name: str = "class_index") -> np.ndarray:
+    """Class indices as an int array (K,), each in [0, n_classes).
+
+    Examples
+    --------
+    >>> check_classes(3, 10)
+    array([3])
+    """
+    values = np.atleast_1d(np.asarray(value, dtype=object))
+    if values.ndim != 1 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"`{name}` must be an int or a sequence of ints. Received: {name}={value!r}")
+    values = values.astype(int)
+    if ((values < 0) | (values >= n_classes)).any():
+        raise ValueError(f"`{name}` must lie in [0, {n_classes}). Received: {name}={value!r}")
+    return values
+
+
+def classes_per_image(class_index, n_images: int, n_classes: int) -> np.ndarray | None:
+    """One class per image from an int, a sequence of N ints, or None (returned as None: the top prediction).
+
+    Examples
+    --------
+    >>> classes_per_image(2, 3, 10)
+    array([2, 2, 2])
+    """
+    if class_index is None:
+        return None
+    values = check_classes(class_index, n_classes)
+    if len(values) == 1:
+        return np.repeat(values, n_images)
+    if len(values) != n_images:
+        raise ValueError(
+            f"`class_index` must be one int or one per image ({n_images}). Received {len(values)} values."
+        )
+    return values
+
+
+def check_positive_int(value, name: str) -> int:
+    """Examples
+    --------
+    >>> check_positive_int(4, "batch_size")
+    4
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+    return int(value)
+
+
+def output_index(model: keras.Model, output: int | str | None) -> int:
+    """Position, in ``model.outputs``, of the output to explain.
+
+    ``None`` is allowed for single-output models; otherwise pass the index or
+    the name of the output layer (e.g. ``"city"`` for a city + region model).
+
+    Examples
+    --------
+    >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="scores")])
+    >>> output_index(m, "scores")
+    0
+    """
+    names = [t._keras_history[0].name for t in model.outputs]
+    if output is None:
+        if len(names) != 1:
+            raise ValueError(f"Model {model.name!r} has {len(names)} outputs {names}; pass output=<index or name>.")
+        return 0
+    if isinstance(output, str):
+        if output not in names:
+            raise ValueError(f"Model {model.name!r} has no output named {output!r}; its outputs are {names}.")
+        return names.index(output)
+    if isinstance(output, bool) or not isinstance(output, numbers.Integral) or not 0 <= output < len(names):
+        raise ValueError(f"`output` must be an index in [0, {len(names)}) or one of {names}. Received: {output!r}")
+    return int(output)
+
+
+def n_classes_of(model: keras.Model, index: int) -> int:
+    """Number of classes (last axis) of output ``index``."""
+    shape = model.outputs[index].shape
+    if len(shape) != 2 or shape[-1] is None:
+        raise ValueError(
+            f"Output {index} of model {model.name!r} has shape {tuple(shape)}; explanations need class scores "
+            "(batch, classes)."
+        )
+    return int(shape[-1])
