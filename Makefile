@@ -24,6 +24,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/forward.py
+	$(BIN)/python bench/evidence.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

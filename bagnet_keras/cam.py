@@ -24,7 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bagnet_keras.geometry import Geometry, layer_geometry, placement_matrix
-from bagnet_keras.graph import find_layer, last_spatial_layer, run_graph
+from bagnet_keras.graph import compiled, find_layer, last_spatial_layer, run_graph
 from bagnet_keras.inputs import (
     check_images,
     check_positive_int,
@@ -105,10 +105,9 @@ class BaseCAM:
             self.geometry: Geometry | None = layer_geometry(model, self.layer_path)
         except ValueError:
             self.geometry = None
-        self._step = self._compile_step()
-        self._forward = None
+        self._step = compiled(model, ("cam", id(self.layer), self.output, self.uses_gradients), self._build_step)
 
-    def _compile_step(self):
+    def _build_step(self, model_ref):
         import tensorflow as tf
 
         target, index, uses_gradients = self.layer, self.output, self.uses_gradients
@@ -129,7 +128,7 @@ class BaseCAM:
                 return call
 
             with tf.GradientTape() as tape:
-                scores = keras.tree.flatten(run_graph(self.model, x, tap))[index]
+                scores = keras.tree.flatten(run_graph(model_ref(), x, tap))[index]
                 classes = tf.where(classes < 0, tf.argmax(scores, axis=-1, output_type=tf.int32), classes)
                 score = tf.gather(scores, classes, axis=1, batch_dims=1)
             activations = taps["activations"]
@@ -144,18 +143,20 @@ class BaseCAM:
         """Score of ``classes[i]`` for ``x[i]`` (model output, batched)."""
         import tensorflow as tf
 
-        if self._forward is None:
-            model, index = self.model, self.output
+        index = self.output
 
+        def build(model_ref):
             @tf.function(reduce_retracing=True)
             def forward(x, classes):
-                scores = keras.tree.flatten(model(x, training=False))[index]
+                scores = keras.tree.flatten(model_ref()(x, training=False))[index]
                 return tf.gather(scores, classes, axis=1, batch_dims=1)
 
-            self._forward = forward
+            return forward
+
+        forward = compiled(self.model, ("class_scores", index), build)
         return np.concatenate(
             [
-                np.asarray(self._forward(x[i : i + self.batch_size], classes[i : i + self.batch_size]))
+                np.asarray(forward(x[i : i + self.batch_size], classes[i : i + self.batch_size]))
                 for i in range(0, len(x), self.batch_size)
             ]
         )

@@ -11,6 +11,7 @@ sits.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import keras
@@ -166,3 +167,27 @@ def last_spatial_layer(model: keras.Model) -> tuple[str, keras.layers.Layer]:
             f"Model {model.name!r} has no layer with a 4-D (batch, height, width, channels) output to explain."
         )
     return found
+
+
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def compiled(model: keras.Model, key: tuple, build: Callable[[Callable[[], keras.Model]], Callable]) -> Callable:
+    """A function compiled once per model and ``key``, so repeated calls skip tracing.
+
+    ``build(model_ref)`` receives a weak reference to the model (call it to
+    get the model): the cache must not keep a model alive that the user has
+    dropped.
+
+    Examples
+    --------
+    >>> import keras
+    >>> m = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> f = compiled(m, ("double",), lambda ref: lambda x: 2 * ref()(x))
+    >>> f is compiled(m, ("double",), lambda ref: None)
+    True
+    """
+    per_model = _COMPILED.setdefault(model, {})
+    if key not in per_model:
+        per_model[key] = build(weakref.ref(model))
+    return per_model[key]

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from bagnet_keras.cam import GradCAM
-from bagnet_keras.graph import find_layer, run_graph
+from bagnet_keras.graph import compiled, find_layer, iter_layers, run_graph
 from bagnet_keras.inputs import check_images, check_positive_int, classes_per_image, n_classes_of, output_index
 
 _MODES = ("guided", "deconvnet")
@@ -44,13 +44,12 @@ def _modified_relu(mode: str):
     return relu
 
 
-def _replace_relus(mode: str, replaced: list):
+def _replace_relus(mode: str):
     relu = _modified_relu(mode)
 
     def operation_fn(layer):
         if not _is_plain_relu(layer):
             return layer
-        replaced.append(layer.name)
         if isinstance(layer, (keras.layers.ReLU, keras.layers.Activation)):
             return lambda inputs, **kwargs: relu(inputs)
 
@@ -135,39 +134,42 @@ def guided_backprop(
         classes = classes_per_image(class_index, len(x), n_classes_of(model, index))
         classes = np.full(len(x), -1, dtype="int32") if classes is None else classes.astype("int32")
 
-    replaced: list = []
-    operation_fn = _replace_relus(mode, replaced)
+    def build(model_ref):
+        operation_fn = _replace_relus(mode)
 
-    @tf.function(reduce_retracing=True)
-    def step(batch, classes):
-        taps = {}
+        @tf.function(reduce_retracing=True)
+        def step(batch, classes):
+            taps = {}
 
-        def fn(op):
-            computed = operation_fn(op)
-            if op is not target:
-                return computed
+            def fn(op):
+                computed = operation_fn(op)
+                if op is not target:
+                    return computed
 
-            def call(*args, **kwargs):
-                taps["unit"] = out = computed(*args, **kwargs)
-                return out
+                def call(*args, **kwargs):
+                    taps["unit"] = out = computed(*args, **kwargs)
+                    return out
 
-            return call
+                return call
 
-        with tf.GradientTape() as tape:
-            tape.watch(batch)
-            scores = keras.tree.flatten(run_graph(model, batch, fn))[index]
-            if target is None:
-                classes = tf.where(classes < 0, tf.argmax(scores, axis=-1, output_type=tf.int32), classes)
-                score = tf.gather(scores, classes, axis=1, batch_dims=1)
-            else:
-                channel = taps["unit"][..., unit]
-                score = tf.reduce_max(tf.reshape(channel, (tf.shape(channel)[0], -1)), axis=1)
-        return tape.gradient(score, batch)
+            with tf.GradientTape() as tape:
+                tape.watch(batch)
+                scores = keras.tree.flatten(run_graph(model_ref(), batch, fn))[index]
+                if target is None:
+                    classes = tf.where(classes < 0, tf.argmax(scores, axis=-1, output_type=tf.int32), classes)
+                    score = tf.gather(scores, classes, axis=1, batch_dims=1)
+                else:
+                    channel = taps["unit"][..., unit]
+                    score = tf.reduce_max(tf.reshape(channel, (tf.shape(channel)[0], -1)), axis=1)
+            return tape.gradient(score, batch)
 
+        return step
+
+    step = compiled(model, ("guided", mode, id(target), unit, index), build)
     grads = np.concatenate(
         [np.asarray(step(x[i : i + batch_size], classes[i : i + batch_size])) for i in range(0, len(x), batch_size)]
     )
-    if not replaced:
+    if not any(_is_plain_relu(layer) for _, layer in iter_layers(model)):
         warnings.warn(
             f"Model {model.name!r} has no plain ReLU: guided backpropagation is the ordinary gradient here.",
             stacklevel=2,

@@ -244,3 +244,20 @@ def test_bad_arguments_are_named():
     twice = keras.Sequential([_chain("a"), keras.layers.Conv2D(3, 1), _chain("b")])
     with pytest.raises(ValueError, match="more than once"):
         cam(twice, x, layer="c1")
+
+
+def test_compiled_functions_do_not_keep_models_alive():
+    import gc
+    import weakref
+
+    from bagnet_keras import BagNet, evidence_map
+
+    model = _flat_model(seed=7)
+    cam(model, _images(1), method="gradcam")
+    guided_backprop(model, _images(1))
+    bagnet = BagNet(blocks=(1, 1, 1, 1), base_width=4, classes=3, classifier_activation=None)
+    evidence_map(bagnet, np.zeros((1, 40, 40, 3)), stride=1)
+    refs = [weakref.ref(model), weakref.ref(bagnet)]
+    del model, bagnet
+    gc.collect()
+    assert [r() for r in refs] == [None, None]

@@ -1,0 +1,251 @@
+"""Figures: heatmaps over images, method-by-image grids, patch galleries.
+
+Every function returns a ``matplotlib.figure.Figure`` built without pyplot,
+so nothing is shown and no global figure state is touched; save it with
+``fig.savefig(path)``. Maps must already be at the image's resolution
+(`EvidenceMap.upsample`, `cam`, `occlusion` give that), so overlays line up
+to the pixel.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Mapping
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from bagnet_keras.evidence import EvidenceMap, TopPatches
+
+
+def to_display(image, deprocess: Callable | None = None) -> np.ndarray:
+    """An image as float RGB in [0, 1] for ``imshow``.
+
+    ``deprocess`` (e.g. `bagnet_keras.deprocess_input`) undoes the model's
+    preprocessing; without it, uint8 and [0, 255] images are divided by 255,
+    [0, 1] images kept, and anything else (normalised inputs) min-max scaled.
+
+    Examples
+    --------
+    >>> to_display(np.full((2, 2, 3), 255, dtype="uint8")).max()
+    np.float64(1.0)
+    """
+    image = np.asarray(deprocess(image) if deprocess is not None else image)
+    if image.dtype == np.uint8:
+        return image / 255.0
+    image = image.astype("float64")
+    low, high = image.min(), image.max()
+    if low >= 0 and high <= 1:
+        return image
+    if low >= 0 and high <= 255:
+        return image / 255.0
+    return (image - low) / (high - low) if high > low else np.zeros_like(image)
+
+
+def _edges(image: np.ndarray) -> np.ndarray:
+    """Canny edges of the image as a float mask with NaN off the edges (drawn transparent)."""
+    import cv2
+
+    grey = (to_display(image).mean(axis=-1) * 255).astype("uint8")
+    edges = cv2.Canny(cv2.GaussianBlur(grey, (3, 3), 0), 50, 150).astype("float64")
+    edges[edges == 0] = np.nan
+    return edges
+
+
+def _new_axes(ax: Axes | None, size=(4, 4)) -> tuple[Figure, Axes]:
+    if ax is not None:
+        return ax.figure, ax
+    fig = Figure(figsize=size, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _check_map(heatmap, image) -> np.ndarray:
+    heatmap = np.asarray(heatmap, dtype="float64")
+    if heatmap.ndim != 2:
+        raise ValueError(f"`heatmap` must be 2-D (H, W). Received shape {heatmap.shape}.")
+    if image is not None and np.shape(image)[:2] != heatmap.shape:
+        raise ValueError(
+            f"`heatmap` {heatmap.shape} and `image` {np.shape(image)[:2]} differ in size; place the map on the "
+            "image first (EvidenceMap.upsample(), or maps from cam/occlusion, are at the input's size)."
+        )
+    return heatmap
+
+
+def plot_heatmap(
+    heatmap,
+    image=None,
+    ax: Axes | None = None,
+    percentile: float = 99,
+    cmap: str = "RdBu_r",
+    alpha: float = 0.4,
+    deprocess: Callable | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Signed evidence, as the BagNet authors draw it: a diverging map centred on zero, image edges on top.
+
+    Colours are clipped at the ``percentile`` of |heatmap| on both sides,
+    so red is evidence for the class, blue against, white none.
+
+    Examples
+    --------
+    >>> fig = plot_heatmap(np.random.default_rng(0).normal(size=(32, 32)), np.zeros((32, 32, 3)))
+    >>> type(fig).__name__
+    'Figure'
+    """
+    heatmap = _check_map(heatmap, image)
+    fig, ax = _new_axes(ax)
+    limit = np.percentile(np.abs(heatmap), percentile) or 1.0
+    ax.imshow(heatmap, cmap=cmap, vmin=-limit, vmax=limit, interpolation="nearest")
+    if image is not None:
+        ax.imshow(_edges(deprocess(image) if deprocess else image), cmap="Greys", alpha=alpha, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+    return fig
+
+
+def plot_overlay(
+    heatmap,
+    image,
+    ax: Axes | None = None,
+    cmap: str = "jet",
+    alpha: float = 0.5,
+    deprocess: Callable | None = None,
+    title: str | None = None,
+) -> Figure:
+    """A non-negative map (Grad-CAM, occlusion) in colour over the image.
+
+    Examples
+    --------
+    >>> fig = plot_overlay(np.ones((8, 8)), np.zeros((8, 8, 3)))
+    >>> len(fig.axes)
+    1
+    """
+    heatmap = _check_map(heatmap, image)
+    fig, ax = _new_axes(ax)
+    ax.imshow(to_display(image, deprocess), interpolation="nearest")
+    high = heatmap.max()
+    ax.imshow(heatmap, cmap=cmap, alpha=alpha, vmin=min(heatmap.min(), 0), vmax=high if high > 0 else 1)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+    return fig
+
+
+def plot_evidence(result: EvidenceMap, images, index: int = 0, **kwargs) -> Figure:
+    """`plot_heatmap` of image ``index`` of an `EvidenceMap`, placed on the pixels by its geometry.
+
+    Examples
+    --------
+    >>> from bagnet_keras import BagNet, evidence_map
+    >>> model = BagNet(blocks=(1, 1, 1, 1), base_width=4, classes=3, classifier_activation=None)
+    >>> x = np.zeros((1, 48, 48, 3))
+    >>> fig = plot_evidence(evidence_map(model, x), x)
+    """
+    maps = result.upsample()
+    if maps.ndim != 3:
+        raise ValueError("plot_evidence draws one class per image: use evidence_map, not evidence_maps.")
+    kwargs.setdefault("title", f"class {result.class_index[index]}, patch {result.patch_size}px")
+    return plot_heatmap(maps[index], np.asarray(images)[index], **kwargs)
+
+
+def plot_grid(
+    images,
+    maps: Mapping[str, np.ndarray],
+    deprocess: Callable | None = None,
+    size: float = 2.2,
+    row_titles: list[str] | None = None,
+) -> Figure:
+    """Images down the rows, the image then one column per method.
+
+    Signed maps (with negative values, e.g. BagNet evidence) are drawn with
+    `plot_heatmap`, non-negative ones with `plot_overlay`.
+
+    Parameters
+    ----------
+    images : array (N, H, W, C)
+    maps : mapping of name to array (N, H, W)
+    deprocess : callable, optional
+        Undoes the model's preprocessing for display.
+    size : float
+        Inches per panel.
+    row_titles : list of str, optional
+
+    Examples
+    --------
+    >>> x = np.zeros((2, 8, 8, 3))
+    >>> fig = plot_grid(x, {"a": np.ones((2, 8, 8)), "b": -np.ones((2, 8, 8))})
+    >>> len(fig.axes)
+    6
+    """
+    images = np.asarray(images)
+    for name, m in maps.items():
+        if np.shape(m) != images.shape[:3]:
+            raise ValueError(f"Map {name!r} has shape {np.shape(m)}; expected {images.shape[:3]} (N, H, W).")
+    cols = 1 + len(maps)
+    fig = Figure(figsize=(size * cols, size * len(images)), layout="constrained")
+    axes = fig.subplots(len(images), cols, squeeze=False)
+    for n, row in enumerate(axes):
+        row[0].imshow(to_display(images[n], deprocess))
+        row[0].set_axis_off()
+        if row_titles:
+            row[0].set_title(row_titles[n], fontsize=9)
+        for ax, (name, m) in zip(row[1:], maps.items(), strict=True):
+            draw = plot_heatmap if np.min(m[n]) < 0 else plot_overlay
+            draw(m[n], images[n], ax=ax, deprocess=deprocess, title=name if n == 0 else None)
+    return fig
+
+
+def plot_patches(
+    patches: TopPatches,
+    deprocess: Callable | None = None,
+    cols: int = 8,
+    size: float = 1.2,
+    title: str | None = None,
+) -> Figure:
+    """A gallery of the most informative patches of a class, best first, with scores and sources.
+
+    Examples
+    --------
+    >>> from bagnet_keras.evidence import TopPatches
+    >>> top = TopPatches(np.arange(3.0), np.arange(3), np.zeros((3, 4), int), np.zeros((3, 9, 9, 3)), 1)
+    >>> len(plot_patches(top, cols=2).axes)
+    4
+    """
+    k = len(patches.scores)
+    rows = -(-k // cols)
+    fig = Figure(figsize=(size * min(k, cols), size * rows + 0.4), layout="constrained")
+    axes = fig.subplots(rows, min(k, cols), squeeze=False).ravel()
+    for ax in axes:
+        ax.set_axis_off()
+    for ax, patch, score, source in zip(axes, patches.patches, patches.scores, patches.image_index, strict=False):
+        ax.imshow(to_display(patch, deprocess), interpolation="nearest")
+        ax.set_title(f"{score:.2f} (#{source})", fontsize=7)
+    fig.suptitle(title or f"Most informative patches, class {patches.class_index}", fontsize=9)
+    return fig
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> str:
+    """Write ``fig`` to ``path`` (format from the extension) through a temporary file, so no half-written file remains.
+
+    Examples
+    --------
+    >>> save_figure(plot_overlay(np.ones((8, 8)), np.zeros((8, 8, 3))), "overlay.png")  # doctest: +SKIP
+    'overlay.png'
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    suffix = os.path.splitext(path)[1]
+    if not suffix:
+        raise ValueError(f"`path` needs an extension that names the format (.png, .pdf, .svg). Received: {path!r}")
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}{suffix}")
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
