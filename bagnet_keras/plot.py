@@ -49,7 +49,7 @@ def _edges(image: np.ndarray) -> np.ndarray:
     import cv2
 
     grey = (to_display(image).mean(axis=-1) * 255).astype("uint8")
-    edges = cv2.Canny(cv2.GaussianBlur(grey, (3, 3), 0), 50, 150).astype("float64")
+    edges = (cv2.Canny(cv2.GaussianBlur(grey, (3, 3), 0), 50, 150) > 0).astype("float64")
     edges[edges == 0] = np.nan
     return edges
 
@@ -99,7 +99,8 @@ def plot_heatmap(
     limit = np.percentile(np.abs(heatmap), percentile) or 1.0
     ax.imshow(heatmap, cmap=cmap, vmin=-limit, vmax=limit, interpolation="nearest")
     if image is not None:
-        ax.imshow(_edges(deprocess(image) if deprocess else image), cmap="Greys", alpha=alpha, interpolation="nearest")
+        edges = _edges(deprocess(image) if deprocess else image)
+        ax.imshow(edges, cmap="Greys", vmin=0, vmax=1, alpha=alpha, interpolation="nearest")
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=9)
