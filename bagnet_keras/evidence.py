@@ -23,10 +23,11 @@ import keras
 import numpy as np
 from keras import ops
 
-from bagnet_keras.geometry import Geometry, receptive_field, upsample
+from bagnet_keras.geometry import MERGE_LAYERS, Geometry, receptive_field, upsample
 from bagnet_keras.graph import run_graph
 from bagnet_keras.inputs import check_classes, check_images, check_positive_int, classes_per_image
 from bagnet_keras.layers import StemConv
+from bagnet_keras.models import bagnet_top
 
 #: Layers that act on each position alone, so they run unchanged on a dilated (dense) map.
 _POINTWISE = (
@@ -35,13 +36,7 @@ _POINTWISE = (
     keras.layers.Activation,
     keras.layers.ReLU,
     keras.layers.LeakyReLU,
-    keras.layers.Add,
-    keras.layers.Subtract,
-    keras.layers.Multiply,
-    keras.layers.Average,
-    keras.layers.Maximum,
-    keras.layers.Minimum,
-    keras.layers.Concatenate,
+    *MERGE_LAYERS,
     keras.layers.Dropout,
     keras.layers.Rescaling,
     keras.layers.Normalization,
@@ -116,19 +111,7 @@ class _BagNetEvidence:
     """The compiled pieces to compute evidence for one BagNet (cached per model)."""
 
     def __init__(self, model: keras.Model):
-        try:
-            pool = model.get_layer("avg_pool")
-            logits = model.get_layer("logits")
-        except ValueError:
-            raise ValueError(
-                f"Model {model.name!r} has no 'avg_pool' and 'logits' layers: evidence maps need a BagNet "
-                "built with include_top=True (its top turns features into evidence)."
-            ) from None
-        if not isinstance(logits, keras.layers.Dense) or not isinstance(pool, keras.layers.GlobalAveragePooling2D):
-            raise ValueError(
-                f"Model {model.name!r} is not a BagNet: its 'avg_pool' must be GlobalAveragePooling2D and "
-                "its 'logits' a Dense layer."
-            )
+        pool, logits = bagnet_top(model)
         self.features = keras.Model(model.inputs, pool.input, name=model.name + "_features")
         self.kernel = logits.kernel
         self.bias = logits.bias

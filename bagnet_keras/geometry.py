@@ -29,7 +29,8 @@ class Geometry(NamedTuple):
 
 
 _IDENTITY = Geometry(1, 1, 0)
-_MERGES = (
+#: Layers that combine feature maps position by position.
+MERGE_LAYERS = (
     keras.layers.Add,
     keras.layers.Subtract,
     keras.layers.Multiply,
@@ -115,7 +116,7 @@ def _tensor_geometry(tensor, known: dict) -> Geometry:
         result = _windowed(layer, inputs[0])
     elif isinstance(layer, (keras.layers.ZeroPadding2D, keras.layers.Cropping2D)):
         result = _shift(layer, inputs[0])
-    elif isinstance(layer, _MERGES):
+    elif isinstance(layer, MERGE_LAYERS):
         result = _merge(layer, inputs)
     elif len(inputs) == 1 and _keeps_grid(layer, node):
         result = inputs[0]

@@ -385,6 +385,19 @@ def evidence_model(model: keras.Model) -> keras.Model:
     >>> evidence_model(model).predict(np.zeros((1, 64, 64, 3)), verbose=0).shape
     (1, 4, 4, 10)
     """
+    pool, logits = bagnet_top(model)
+    return keras.Model(model.inputs, logits(pool.input), name=model.name + "_evidence")
+
+
+def bagnet_top(model: keras.Model) -> tuple[keras.layers.Layer, keras.layers.Layer]:
+    """The ``avg_pool`` and ``logits`` layers of a BagNet built with its top, or a ValueError.
+
+    Examples
+    --------
+    >>> from bagnet_keras import BagNet
+    >>> [layer.name for layer in bagnet_top(BagNet(blocks=(1, 1, 1, 1), base_width=4))]
+    ['avg_pool', 'logits']
+    """
     try:
         pool = model.get_layer("avg_pool")
         logits = model.get_layer("logits")
@@ -393,7 +406,12 @@ def evidence_model(model: keras.Model) -> keras.Model:
             f"Model {model.name!r} has no 'avg_pool' and 'logits' layers; build it with "
             "include_top=True (a BagNet's top is what turns features into evidence)."
         ) from None
-    return keras.Model(model.inputs, logits(pool.input), name=model.name + "_evidence")
+    if not isinstance(logits, keras.layers.Dense) or not isinstance(pool, keras.layers.GlobalAveragePooling2D):
+        raise ValueError(
+            f"Model {model.name!r} is not a BagNet: its 'avg_pool' must be GlobalAveragePooling2D and "
+            "its 'logits' a Dense layer."
+        )
+    return pool, logits
 
 
 def bagnet_geometry(model: keras.Model) -> Geometry:
