@@ -14,7 +14,7 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests --doctest-modules bagnet_keras
+	$(BIN)/python -m pytest -q tests --doctest-modules bagnet_keras data_tools
 
 demo: $(STAMP)
 	$(BIN)/bagnet-keras demo
@@ -25,6 +25,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/forward.py
 	$(BIN)/python bench/evidence.py
+	$(BIN)/python bench/clean.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

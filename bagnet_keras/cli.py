@@ -7,6 +7,8 @@ import sys
 
 import numpy as np
 
+from data_tools.cli import add_commands
+
 DEMO_EPILOG = """example:
   bagnet-keras demo                       # BagNet-33, random weights, a generated image, offline
   bagnet-keras demo --weights imagenet    # the authors' ImageNet weights (downloads once)
@@ -90,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", default="none", help="'none' (default, offline), 'imagenet', or a checkpoint path")
     p.add_argument("--image", help="an image file; default: a generated image")
     p.set_defaults(func=demo)
+    add_commands(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

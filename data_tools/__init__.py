@@ -1,0 +1,1 @@
+"""Collect, clean, deduplicate and split custom image datasets (TensorFlow-free)."""
