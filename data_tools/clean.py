@@ -72,11 +72,8 @@ def _move_to_quarantine(root: str, rel: str, folder: str = "") -> str:
 
 
 def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    with open(path, "rb") as f:  # images that passed the pixel-count check: small enough to read whole
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 def _process(root: str, rel: str, options: dict) -> dict:

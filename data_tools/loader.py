@@ -1,0 +1,136 @@
+"""A tf.data pipeline over a dataset folder or its manifest (the one data_tools module that uses TensorFlow).
+
+TensorFlow is imported when a pipeline is built, not when this module is
+imported, so crawling and cleaning stay light.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from data_tools.clean import class_folders
+from data_tools.manifest import read_manifest
+
+SPLITS = ("train", "val", "test")
+_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+
+
+def _files(root: str, split: str | None) -> tuple[list[str], list[int], list[str]]:
+    names = class_folders(root)
+    records = read_manifest(root)
+    if split is not None:
+        if split not in SPLITS:
+            raise ValueError(f"`split` must be one of {SPLITS} or None. Received: split={split!r}")
+        chosen = [r for r in records.values() if r.get("status") == "ok" and r.get("split") == split]
+        if not chosen:
+            raise ValueError(f"No images of split {split!r} in {root!r}; run `bagnet-keras split {root}` first.")
+        pairs = sorted((r["path"], r["class"]) for r in chosen)
+    else:
+        pairs = [
+            (f"{label}/{name}", label)
+            for label in names
+            for name in sorted(os.listdir(os.path.join(root, label)))
+            if name.lower().endswith(_EXTENSIONS) and not name.startswith(".")
+        ]
+    if not pairs:
+        raise ValueError(f"No images found under {root!r} (one sub-folder per class expected).")
+    index = {label: k for k, label in enumerate(names)}
+    return [os.path.join(root, p) for p, _ in pairs], [index[c] for _, c in pairs], names
+
+
+def image_dataset(
+    root: str,
+    image_size: tuple[int, int] = (224, 224),
+    batch_size: int = 32,
+    split: str | None = None,
+    crop_to_aspect_ratio: bool = True,
+    shuffle: bool | None = None,
+    seed: int = 0,
+    augment: bool = False,
+    preprocess: Callable | None = None,
+    cache: bool | str = False,
+):
+    """A batched ``tf.data.Dataset`` of ``(images, labels)`` with ``.class_names``, like Keras' own loader.
+
+    Parameters
+    ----------
+    root : str
+        Dataset folder with one sub-folder per class.
+    image_size : (height, width)
+    batch_size : int
+    split : {"train", "val", "test"} or None
+        Take the files of that split from the manifest (`data_tools.split`);
+        None takes every image in the class folders.
+    crop_to_aspect_ratio : bool
+        Centre-crop each image to the target aspect ratio before resizing,
+        instead of stretching it.
+    shuffle : bool, optional
+        Default: True for the train split and for whole folders, False for val/test.
+    seed : int
+        Shuffle and augmentation seed.
+    augment : bool
+        Random horizontal flips and small brightness/contrast changes.
+    preprocess : callable, optional
+        Applied to each batch of float images in [0, 255], e.g.
+        ``bagnet_keras.preprocess_input``.
+    cache : bool or str
+        Cache decoded, resized images in memory (True) or in a file (path).
+
+    Returns
+    -------
+    tf.data.Dataset
+
+    Examples
+    --------
+    >>> from bagnet_keras import preprocess_input
+    >>> train = image_dataset("datasets/streets", split="train", preprocess=preprocess_input)  # doctest: +SKIP
+    >>> train.class_names  # doctest: +SKIP
+    ['berlin', 'paris', 'rome']
+    """
+    import tensorflow as tf
+
+    if len(image_size) != 2 or not all(isinstance(v, int) and v > 0 for v in image_size):
+        raise ValueError(f"`image_size` must be (height, width) positive ints. Received: image_size={image_size!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
+    paths, labels, names = _files(root, split)
+    height, width = image_size
+
+    def load(path, label):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        if crop_to_aspect_ratio:
+            shape = tf.shape(image)
+            h, w = tf.cast(shape[0], tf.float64), tf.cast(shape[1], tf.float64)
+            target = width / height
+            crop_h = tf.cast(tf.minimum(h, w / target), tf.int32)
+            crop_w = tf.cast(tf.minimum(w, h * target), tf.int32)
+            image = tf.image.crop_to_bounding_box(
+                image, (shape[0] - crop_h) // 2, (shape[1] - crop_w) // 2, crop_h, crop_w
+            )
+        image = tf.image.resize(image, (height, width), antialias=True)
+        return tf.clip_by_value(image, 0.0, 255.0), label
+
+    dataset = tf.data.Dataset.from_tensor_slices((paths, labels))
+    if shuffle if shuffle is not None else split in (None, "train"):
+        dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    if cache:
+        dataset = dataset.cache(cache if isinstance(cache, str) else "")
+    if augment:
+        generator = tf.random.Generator.from_seed(seed)
+
+        def jitter(image, label):
+            seeds = generator.make_seeds(3)
+            image = tf.image.stateless_random_flip_left_right(image, seeds[:, 0])
+            image = tf.image.stateless_random_brightness(image, 20.0, seeds[:, 1])
+            image = tf.image.stateless_random_contrast(image, 0.85, 1.15, seeds[:, 2])
+            return tf.clip_by_value(image, 0.0, 255.0), label
+
+        dataset = dataset.map(jitter)
+    dataset = dataset.batch(batch_size)
+    if preprocess is not None:
+        dataset = dataset.map(lambda x, y: (preprocess(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.prefetch(tf.data.AUTOTUNE)
+    dataset.class_names = names
+    return dataset

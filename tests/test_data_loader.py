@@ -1,0 +1,65 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_tools.clean import clean
+from data_tools.loader import image_dataset
+from data_tools.split import split
+from data_tools.synthetic import scene
+
+
+def _folder(root):
+    for k, label in enumerate(("cats", "dogs")):
+        (root / label).mkdir(parents=True)
+        for n in range(6):
+            Image.fromarray(scene(10 * k + n, (80, 120))).save(root / label / f"{n}.png")
+    return root
+
+
+def test_batches_labels_and_preprocessing(tmp_path):
+    root = _folder(tmp_path / "data")
+    ds = image_dataset(str(root), image_size=(32, 48), batch_size=5, preprocess=lambda x: x / 255.0)
+    assert ds.class_names == ["cats", "dogs"]
+    batches = list(ds)
+    assert [len(y) for _, y in batches] == [5, 5, 2]
+    x = np.concatenate([b[0].numpy() for b in batches])
+    y = np.concatenate([b[1].numpy() for b in batches])
+    assert x.shape == (12, 32, 48, 3) and x.min() >= 0 and x.max() <= 1
+    assert sorted(y.tolist()) == [0] * 6 + [1] * 6
+
+
+def test_aspect_preserving_centre_crop(tmp_path):
+    (tmp_path / "a").mkdir()
+    image = np.zeros((40, 120, 3), np.uint8)
+    image[:, :40] = (255, 0, 0)  # left third red, centre green, right third blue
+    image[:, 40:80] = (0, 255, 0)
+    image[:, 80:] = (0, 0, 255)
+    Image.fromarray(image).save(tmp_path / "a" / "x.png")
+    cropped = next(iter(image_dataset(str(tmp_path), image_size=(20, 20), shuffle=False)))[0].numpy()[0]
+    np.testing.assert_allclose(cropped.mean(axis=(0, 1)), [0, 255, 0], atol=1)
+    stretched = next(iter(image_dataset(str(tmp_path), image_size=(20, 20), crop_to_aspect_ratio=False)))[0].numpy()[0]
+    assert stretched[:, 0, 0].mean() > 200 and stretched[:, -1, 2].mean() > 200
+
+
+def test_split_from_the_manifest_and_augmentation(tmp_path):
+    root = _folder(tmp_path / "data")
+    clean(str(root), progress=False)
+    split(str(root), ratios=(0.5, 0.25, 0.25), seed=0)
+    sizes = {s: sum(len(y) for _, y in image_dataset(str(root), (16, 16), split=s)) for s in ("train", "val", "test")}
+    assert sum(sizes.values()) == 12 and sizes["train"] == 6
+    a = next(iter(image_dataset(str(root), (16, 16), split="train", augment=True, seed=1, cache=True)))[0].numpy()
+    assert a.shape[1:] == (16, 16, 3) and 0 <= a.min() and a.max() <= 255
+    with pytest.raises(ValueError, match="split='holdout'"):
+        image_dataset(str(root), split="holdout")
+
+
+def test_errors_and_no_tensorflow_at_import(tmp_path):
+    with pytest.raises(ValueError, match="No images"):
+        image_dataset(str(tmp_path))
+    with pytest.raises(ValueError, match="image_size"):
+        image_dataset(str(tmp_path), image_size=(0, 10))
+    code = "import sys, data_tools.loader, data_tools.clean, data_tools.split; print('tensorflow' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
