@@ -170,6 +170,11 @@ def clean(
             else:
                 kept.append(record)
                 report.converted += "converted" in result
+    processed = set(files)
+    for rel, record in records.items():
+        # A file removed by hand since the last run must not reach split or the loader.
+        if record.get("status") == "ok" and rel not in processed and not os.path.exists(os.path.join(root, rel)):
+            record.update(status="missing", reason="missing: the file is no longer in the dataset")
     _drop_duplicates(root, kept, records, threshold, report)
     report.kept = len(kept) - report.duplicates
     write_manifest(root, records)

@@ -228,5 +228,9 @@ def test_cli_clean_and_split(tmp_path, capsys):
     assert "kept 10 images" in capsys.readouterr().out
     assert main(["split", str(tmp_path), "--ratios", "0.6", "0.2", "0.2"]) == 0
     assert "train" in capsys.readouterr().out
+    (tmp_path / "b" / "4.jpg").unlink()  # removed by hand: the manifest must stop offering it
+    assert main(["clean", str(tmp_path)]) == 0
+    assert read_manifest(str(tmp_path))["b/4.jpg"]["status"] == "missing"
+    capsys.readouterr()
     assert main(["clean", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
