@@ -375,7 +375,8 @@ def _batches(images_or_dataset, batch_size: int) -> Iterable[np.ndarray]:
     for element in iterator:
         if isinstance(element, (tuple, list)):  # (images, labels[, weights]) batches
             element = element[0]
-        yield np.asarray(element)
+        element = np.asarray(element)
+        yield element[None] if element.ndim == 3 else element  # an unbatched dataset yields single images
 
 
 def top_patches(

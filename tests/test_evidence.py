@@ -161,6 +161,8 @@ def test_top_patches_ranks_the_whole_dataset():
     dataset = tf.data.Dataset.from_tensor_slices((x, np.zeros(7))).batch(2)
     from_dataset = top_patches(model, dataset, class_index=2, k=4)
     np.testing.assert_array_equal(from_dataset.image_index, best.image_index)
+    unbatched = top_patches(model, tf.data.Dataset.from_tensor_slices(x), class_index=2, k=4)
+    np.testing.assert_array_equal(unbatched.image_index, best.image_index)
     # without a per-image limit the best image contributes its neighbouring patches
     unlimited = top_patches(model, x, class_index=2, k=3, max_per_image=None)
     assert (unlimited.image_index == expected[0]).sum() >= 1
