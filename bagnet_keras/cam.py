@@ -23,14 +23,15 @@ import keras
 import numpy as np
 from tqdm.auto import tqdm
 
-from bagnet_keras.geometry import Geometry, layer_geometry, placement_matrix
+from bagnet_keras.geometry import Geometry, layer_geometry, upsample
 from bagnet_keras.graph import compiled, find_layer, last_spatial_layer, run_graph
 from bagnet_keras.inputs import (
     check_images,
     check_positive_int,
-    classes_per_image,
+    classes_or_top,
     n_classes_of,
     output_index,
+    top_class_scores,
 )
 
 
@@ -129,8 +130,7 @@ class BaseCAM:
 
             with tf.GradientTape() as tape:
                 scores = keras.tree.flatten(run_graph(model_ref(), x, tap))[index]
-                classes = tf.where(classes < 0, tf.argmax(scores, axis=-1, output_type=tf.int32), classes)
-                score = tf.gather(scores, classes, axis=1, batch_dims=1)
+                classes, score = top_class_scores(scores, classes)
             activations = taps["activations"]
             grads = tape.gradient(score, activations) if uses_gradients else tf.zeros_like(activations)
             if grads is None:
@@ -165,30 +165,23 @@ class BaseCAM:
         """Weights of the activations (N, 1, 1, C) or (N, h, w, C); the method's one job."""
         raise NotImplementedError
 
-    def upsample(self, maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        """Place (N, h, w, ...) layer maps on input pixels (see `bagnet_keras.geometry.placement_matrix`)."""
-        rows = placement_matrix(maps.shape[1], size[0], self.geometry)
-        cols = placement_matrix(maps.shape[2], size[1], self.geometry)
-        return np.einsum("Yh,nhw...,Xw->nYX...", rows, maps, cols)
-
     def __call__(self, images, class_index=None) -> np.ndarray:
         """Maps (N, H, W) at the input's resolution for ``class_index`` (int, N ints, or None: top class).
 
         The classes used are left in ``self.class_index_``.
         """
         x = check_images(images)
-        wanted = classes_per_image(class_index, len(x), self.n_classes)
-        wanted = np.full(len(x), -1) if wanted is None else wanted
+        wanted = classes_or_top(class_index, len(x), self.n_classes)
         maps, used = [], []
         for i in range(0, len(x), self.batch_size):
             xb = x[i : i + self.batch_size]
-            activations, grads, classes = self._step(xb, wanted[i : i + self.batch_size].astype("int32"))
+            activations, grads, classes = self._step(xb, wanted[i : i + self.batch_size])
             activations, grads, classes = np.asarray(activations), np.asarray(grads), np.asarray(classes)
             weights = self.weights(xb, activations, grads, classes)
             maps.append(np.maximum((weights * activations).sum(axis=-1), 0))
             used.append(classes)
         self.class_index_ = np.concatenate(used)
-        cams = self.upsample(np.concatenate(maps), x.shape[1:3])
+        cams = upsample(np.concatenate(maps), x.shape[1:3], self.geometry)
         if self.normalize:
             low = cams.min(axis=(1, 2), keepdims=True)
             span = cams.max(axis=(1, 2), keepdims=True) - low
@@ -251,7 +244,7 @@ class ScoreCAM(BaseCAM):
         scaled = np.where(span > 0, (activations - low) / np.where(span > 0, span, 1), 0)
         weights = np.empty((n, 1, 1, c), dtype="float32")
         for i in tqdm(range(n), desc="Score-CAM", unit="image", disable=not self.progress):
-            masks = self.upsample(scaled[i : i + 1], x.shape[1:3])[0]  # (H, W, C)
+            masks = upsample(scaled[i : i + 1], x.shape[1:3], self.geometry)[0]  # (H, W, C)
             masked = x[i][None] * np.moveaxis(masks, -1, 0)[..., None]
             scores = self.class_scores(masked.astype("float32"), np.full(c, classes[i], dtype="int32"))
             scores = np.exp(scores - scores.max())

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from data_tools.cli import add_commands
+from data_tools.cli import add_commands, run
 
 DEMO_EPILOG = """example:
   bagnet-keras demo                       # BagNet-33, random weights, a generated image, offline
@@ -93,13 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image", help="an image file; default: a generated image")
     p.set_defaults(func=demo)
     add_commands(sub)
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, OSError) as e:
-        # Bad arguments and failed downloads already say what to do; a traceback adds nothing.
-        print(f"bagnet-keras: {e}", file=sys.stderr)
-        return 2
+    return run(parser, argv)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ most informative patches of a class across a dataset.
 from __future__ import annotations
 
 import heapq
-import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -24,7 +23,7 @@ import numpy as np
 from keras import ops
 
 from bagnet_keras.geometry import MERGE_LAYERS, Geometry, receptive_field, upsample
-from bagnet_keras.graph import run_graph
+from bagnet_keras.graph import compiled, run_graph
 from bagnet_keras.inputs import check_classes, check_images, check_positive_int, classes_per_image
 from bagnet_keras.layers import StemConv
 from bagnet_keras.models import bagnet_top
@@ -194,15 +193,10 @@ class _BagNetEvidence:
         return dense
 
 
-_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def _evidence_for(model: keras.Model) -> _BagNetEvidence:
     if not isinstance(model, keras.Model):
         raise ValueError(f"`model` must be a keras.Model (a BagNet). Received: {type(model).__name__}")
-    if model not in _CACHE:
-        _CACHE[model] = _BagNetEvidence(model)
-    return _CACHE[model]
+    return compiled(model, ("evidence",), lambda model_ref: _BagNetEvidence(model_ref()))
 
 
 def _compute(model, images, stride, batch_size, choose):

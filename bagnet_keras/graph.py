@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
+from typing import TypeVar
 
 import keras
 
 OperationFn = Callable[[keras.layers.Layer], Callable]
+T = TypeVar("T")
 
 
 def _is_graph_model(layer) -> bool:
@@ -172,8 +174,10 @@ def last_spatial_layer(model: keras.Model) -> tuple[str, keras.layers.Layer]:
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def compiled(model: keras.Model, key: tuple, build: Callable[[Callable[[], keras.Model]], Callable]) -> Callable:
-    """A function compiled once per model and ``key``, so repeated calls skip tracing.
+def compiled(model: keras.Model, key: tuple, build: Callable[[Callable[[], keras.Model]], T]) -> T:
+    """What ``build`` makes (a traced function, a prepared helper), made once per model and ``key``.
+
+    Repeated calls then skip tracing and model surgery.
 
     ``build(model_ref)`` receives a weak reference to the model (call it to
     get the model): the cache must not keep a model alive that the user has

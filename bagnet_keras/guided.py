@@ -18,7 +18,14 @@ import numpy as np
 
 from bagnet_keras.cam import GradCAM
 from bagnet_keras.graph import compiled, find_layer, iter_layers, run_graph
-from bagnet_keras.inputs import check_images, check_positive_int, classes_per_image, n_classes_of, output_index
+from bagnet_keras.inputs import (
+    check_images,
+    check_positive_int,
+    classes_or_top,
+    n_classes_of,
+    output_index,
+    top_class_scores,
+)
 
 _MODES = ("guided", "deconvnet")
 
@@ -131,8 +138,7 @@ def guided_backprop(
             )
         classes = np.zeros(len(x), dtype="int32")
     else:
-        classes = classes_per_image(class_index, len(x), n_classes_of(model, index))
-        classes = np.full(len(x), -1, dtype="int32") if classes is None else classes.astype("int32")
+        classes = classes_or_top(class_index, len(x), n_classes_of(model, index))
 
     def build(model_ref):
         operation_fn = _replace_relus(mode)
@@ -156,8 +162,7 @@ def guided_backprop(
                 tape.watch(batch)
                 scores = keras.tree.flatten(run_graph(model_ref(), batch, fn))[index]
                 if target is None:
-                    classes = tf.where(classes < 0, tf.argmax(scores, axis=-1, output_type=tf.int32), classes)
-                    score = tf.gather(scores, classes, axis=1, batch_dims=1)
+                    _, score = top_class_scores(scores, classes)
                 else:
                     channel = taps["unit"][..., unit]
                     score = tf.reduce_max(tf.reshape(channel, (tf.shape(channel)[0], -1)), axis=1)

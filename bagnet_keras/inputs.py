@@ -77,6 +77,26 @@ def classes_per_image(class_index, n_images: int, n_classes: int) -> np.ndarray 
     return values
 
 
+def classes_or_top(class_index, n_images: int, n_classes: int) -> np.ndarray:
+    """Like `classes_per_image`, as int32 with -1 where the top prediction is wanted (see `top_class_scores`).
+
+    Examples
+    --------
+    >>> classes_or_top(None, 2, 10)
+    array([-1, -1], dtype=int32)
+    """
+    classes = classes_per_image(class_index, n_images, n_classes)
+    return np.full(n_images, -1, dtype="int32") if classes is None else classes.astype("int32")
+
+
+def top_class_scores(scores, classes):
+    """Inside a traced step: the classes with -1 replaced by each row's top class, and their scores."""
+    import tensorflow as tf
+
+    classes = tf.where(classes < 0, tf.argmax(scores, axis=-1, output_type=tf.int32), classes)
+    return classes, tf.gather(scores, classes, axis=1, batch_dims=1)
+
+
 def check_positive_int(value, name: str) -> int:
     """Examples
     --------

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
-from data_tools.dedupe import DEFAULT_THRESHOLD, close_pairs, duplicate_groups, perceptual_hash
+from data_tools.dedupe import DEFAULT_THRESHOLD, check_threshold, duplicate_groups, perceptual_hash
 from data_tools.images import MAX_PIXELS, Rejected, load_clean
 from data_tools.manifest import read_manifest, write_manifest
 
@@ -147,7 +147,7 @@ def clean(
         raise ValueError(f"`min_size` must be a positive integer. Received: min_size={min_size!r}")
     if not max_aspect >= 1:
         raise ValueError(f"`max_aspect` must be at least 1. Received: max_aspect={max_aspect!r}")
-    close_pairs([], threshold)  # validates the threshold before any file is touched
+    check_threshold(threshold)  # before any file is touched
     records = read_manifest(root)
     files = [
         f"{label}/{name}"

@@ -67,12 +67,18 @@ def add_commands(sub) -> None:
     p.set_defaults(func=_split)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data_tools", description="Collect, clean and split datasets.")
-    add_commands(parser.add_subparsers(dest="command", required=True))
+def run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """Parse ``argv`` and run the chosen subcommand; errors become one line on stderr and exit status 2."""
     args = parser.parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, OSError) as e:
+        # Bad arguments and failed downloads already say what to do; a traceback adds nothing.
         print(f"{parser.prog}: {e}", file=sys.stderr)
         return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m data_tools", description="Collect, clean and split datasets.")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    return run(parser, argv)

@@ -65,6 +65,19 @@ def _bands(threshold: int, n: int) -> tuple[list[tuple[int, int]], int]:
     return best[1], best[2]
 
 
+def check_threshold(threshold) -> int:
+    """The near-duplicate threshold, or a ValueError naming it.
+
+    Examples
+    --------
+    >>> check_threshold(8)
+    8
+    """
+    if isinstance(threshold, bool) or not isinstance(threshold, int) or not 0 <= threshold <= 16:
+        raise ValueError(f"`threshold` must be an int from 0 to 16 bits. Received: threshold={threshold!r}")
+    return threshold
+
+
 def close_pairs(hashes, threshold: int = DEFAULT_THRESHOLD) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All pairs ``i < j`` whose hashes differ in at most ``threshold`` bits, with their distances.
 
@@ -83,8 +96,7 @@ def close_pairs(hashes, threshold: int = DEFAULT_THRESHOLD) -> tuple[np.ndarray,
     >>> i.tolist(), j.tolist(), d.tolist()
     ([0], [1], [1])
     """
-    if isinstance(threshold, bool) or not isinstance(threshold, int) or not 0 <= threshold <= 16:
-        raise ValueError(f"`threshold` must be an int from 0 to 16 bits. Received: threshold={threshold!r}")
+    check_threshold(threshold)
     h = np.asarray([int(v) for v in hashes] if not isinstance(hashes, np.ndarray) else hashes, dtype=np.uint64)
     n = len(h)
     found_i, found_j = [], []

@@ -112,7 +112,7 @@ def image_dataset(
         return tf.clip_by_value(image, 0.0, 255.0), label
 
     dataset = tf.data.Dataset.from_tensor_slices((paths, labels))
-    if shuffle if shuffle is not None else split in (None, "train"):
+    if split in (None, "train") if shuffle is None else shuffle:
         dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE)
     if cache:

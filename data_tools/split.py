@@ -89,6 +89,7 @@ def split(
     >>> split("datasets/streets", ratios=(0.7, 0.15, 0.15), seed=1)  # doctest: +SKIP
     {'train': Counter({'berlin': 280, ...}), 'val': ..., 'test': ...}
     """
+    ratios = _check_ratios(ratios)
     records = read_manifest(root)
     usable = [r for r in records.values() if r.get("status") == "ok" and "dhash" in r]
     if not usable:
