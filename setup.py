@@ -18,7 +18,12 @@ setup(
         "opencv-python-headless",
         "scikit-learn",
         "matplotlib",
+        # 0.6.10 exactly: master inverts the download status check.
         "icrawler==0.6.10",
+        "requests",
+        "urllib3>=2.3",
+        "beautifulsoup4",
+        "pyyaml",
         "tqdm",
         "pillow",
         "imagehash",

@@ -49,9 +49,7 @@ def class_folders(root: str) -> list[str]:
     if not os.path.isdir(root):
         raise ValueError(f"Dataset folder {root!r} does not exist.")
     return sorted(
-        name
-        for name in os.listdir(root)
-        if os.path.isdir(os.path.join(root, name)) and not name.startswith(("_", "."))
+        name for name in os.listdir(root) if os.path.isdir(os.path.join(root, name)) and not name.startswith(("_", "."))
     )
 
 

@@ -1,9 +1,27 @@
-"""Command-line subcommands for datasets: ``clean`` and ``split`` (also under ``bagnet-keras``)."""
+"""Command-line subcommands for datasets: ``crawl``, ``clean`` and ``split`` (also under ``bagnet-keras``)."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+
+CRAWL_EPILOG = """example:
+  bagnet-keras crawl datasets/streets --labels Paris Rome Tokyo -n 400 \\
+      --query "{label} street photo -art -fashion -food" --filter type=photo
+  bagnet-keras crawl datasets/streets --classes cities.yaml -n 400   # the same again resumes or tops up
+  bagnet-keras crawl datasets/mine --engine urls --classes urls.yaml -n 100
+
+cities.yaml maps each label to its queries ({label} is replaced by the label):
+  Paris: "{label} street photo -art -fashion -food"
+  Tokyo: ["Tokyo street photo", "Shibuya street"]
+urls.yaml maps each label to URLs or to a text file of them, one per line.
+
+Files land in datasets/streets/<label>/000001.jpg upwards, each with a line in
+datasets/streets/manifest.jsonl (query, engine, URL, sha256, size, time); URLs
+that gave no file are listed with the reason in datasets/streets/crawl_log.jsonl.
+--engine flickr reads its API key from the environment variable FLICKR_APIKEY.
+"""
 
 CLEAN_EPILOG = """example:
   bagnet-keras clean datasets/streets                  # decode, convert, crop margins, drop near-duplicates
@@ -17,6 +35,43 @@ SPLIT_EPILOG = """example:
   bagnet-keras split datasets/streets --ratios 0.8 0.1 0.1 --seed 0
   bagnet-keras split datasets/streets --copy-to datasets/streets_split   # also train/val/test class folders
 """
+
+
+def _filters(pairs: list[str]) -> dict[str, str] | None:
+    filters = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"--filter {pair!r} is not KEY=VALUE, for example --filter type=photo")
+        filters[key] = value
+    return filters or None
+
+
+def _crawl(args: argparse.Namespace) -> int:
+    from data_tools.crawl import crawl
+
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    report = crawl(
+        args.root,
+        args.classes or args.labels,
+        n_per_class=args.per_class,
+        engine=args.engine,
+        queries=args.query or ["{label}"],
+        filters=_filters(args.filter),
+        min_size=args.min_size,
+        threads=args.threads,
+        timeout=args.timeout,
+        deadline=args.deadline,
+        endpoint=args.endpoint,
+        progress=not args.quiet,
+    )
+    for label, count in report.counts.items():
+        short = f" ({report.short[label]} short: the queries ran out of results)" if label in report.short else ""
+        print(f"{label}: {count} images{short}")
+    failures = ", ".join(f"{k}: {v}" for k, v in report.failures.most_common()) or "none"
+    print(f"downloaded {report.downloaded} new images; URLs without a usable image: {failures}")
+    return 0
 
 
 def _clean(args: argparse.Namespace) -> int:
@@ -50,6 +105,24 @@ def _split(args: argparse.Namespace) -> int:
 def add_commands(sub) -> None:
     """Register the dataset subcommands on an argparse subparsers object."""
     formatter = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser("crawl", help="download images per class from image search", epilog=CRAWL_EPILOG,
+                       formatter_class=formatter)  # fmt: skip
+    p.add_argument("root", help="dataset folder; one sub-folder per class is created")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--classes", help="YAML or JSON file: label -> queries (or URLs for --engine urls)")
+    source.add_argument("--labels", nargs="+", help="class labels, searched with --query")
+    p.add_argument("-n", "--per-class", type=int, required=True, help="images wanted per class")
+    p.add_argument("--engine", default="bing", choices=["bing", "baidu", "google", "flickr", "urls"])
+    p.add_argument("--query", action="append", help="query template, repeatable (default: '{label}')")
+    p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="search filter, repeatable")
+    p.add_argument("--min-size", type=int, default=64, help="skip images whose shorter side is smaller")
+    p.add_argument("--threads", type=int, default=4, help="download threads")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to connect and per read")
+    p.add_argument("--deadline", type=float, default=60.0, help="seconds a whole file may take")
+    p.add_argument("--endpoint", help="send the engine's searches to this scheme://host instead (mirror, proxy)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--verbose", action="store_true", help="log every request problem to stderr")
+    p.set_defaults(func=_crawl)
     p = sub.add_parser("clean", help="clean a dataset folder in place", epilog=CLEAN_EPILOG, formatter_class=formatter)
     p.add_argument("root", help="dataset folder with one sub-folder per class")
     p.add_argument("--min-size", type=int, default=64, help="reject images whose shorter side is smaller")
@@ -79,6 +152,6 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data_tools", description="Collect, clean and split datasets.")
+    parser = argparse.ArgumentParser(prog="python -m data_tools", description="Crawl, clean and split datasets.")
     add_commands(parser.add_subparsers(dest="command", required=True))
     return run(parser, argv)

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-#: Larger than any photo a crawl should keep (about 16k x 12k) and far below what exhausts memory.
-MAX_PIXELS = 200_000_000
+#: Pillow's own refusal limit (about 179 million pixels, 15k x 12k): larger than any photo a crawl
+#: should keep and far below what exhausts memory. Pillow's warning at half of it is not a rejection.
+MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
 
 
 class Rejected(Exception):
@@ -93,13 +95,15 @@ def crop_uniform_borders(array: np.ndarray, tolerance: int = 12, coverage: float
 
 
 def load_clean(
-    path: str,
+    path: str | BinaryIO,
     min_size: int = 64,
     max_aspect: float = 3.0,
     max_pixels: int = MAX_PIXELS,
     crop_borders: bool = True,
 ) -> CleanImage:
-    """Decode ``path`` and return it as 8-bit RGB, or raise `Rejected` with the reason.
+    """Decode ``path`` (a file name or a binary file object) and return it as 8-bit RGB, or raise `Rejected`.
+
+    ``str(error)`` of the `Rejected` exception is the reason.
 
     Examples
     --------
@@ -107,7 +111,8 @@ def load_clean(
     'RGB'
     """
     with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        # The pixel count is checked below against max_pixels before anything is decoded.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             with Image.open(path) as image:
                 width, height = image.size
@@ -123,7 +128,7 @@ def load_clean(
             raise
         except UnidentifiedImageError:
             raise Rejected("not an image (undecodable bytes)") from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        except Image.DecompressionBombError as error:
             raise Rejected(f"decompression bomb: {error}") from None
         except (OSError, SyntaxError, ValueError) as error:
             raise Rejected(f"truncated or corrupt: {error}") from None
