@@ -331,3 +331,11 @@ def test_cli_crawl(server, tmp_path, capsys):
     assert data_tools_main(["crawl", str(tmp_path), "--labels", "Rome", "-n", "2", "--filter", "type"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
 
+
+
+def test_cli_crawl_help_shows_a_complete_example(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        data_tools_main(["crawl", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "bagnet-keras crawl datasets/streets --labels Paris Rome Tokyo -n 400" in out and "cities.yaml" in out
