@@ -24,7 +24,7 @@ from keras import ops
 
 from bagnet_keras.geometry import MERGE_LAYERS, Geometry, receptive_field, upsample
 from bagnet_keras.graph import compiled, run_graph
-from bagnet_keras.inputs import check_classes, check_images, check_positive_int, classes_per_image
+from bagnet_keras.inputs import check_classes, check_images, check_positive_int, classes_per_image, output_index
 from bagnet_keras.layers import StemConv
 from bagnet_keras.models import bagnet_top
 
@@ -109,8 +109,8 @@ class EvidenceMap:
 class _BagNetEvidence:
     """The compiled pieces to compute evidence for one BagNet (cached per model)."""
 
-    def __init__(self, model: keras.Model):
-        pool, logits = bagnet_top(model)
+    def __init__(self, model: keras.Model, output: int | str | None):
+        pool, logits = bagnet_top(model, output)
         self.features = keras.Model(model.inputs, pool.input, name=model.name + "_features")
         self.kernel = logits.kernel
         self.bias = logits.bias
@@ -193,15 +193,16 @@ class _BagNetEvidence:
         return dense
 
 
-def _evidence_for(model: keras.Model) -> _BagNetEvidence:
+def _evidence_for(model: keras.Model, output: int | str | None) -> _BagNetEvidence:
     if not isinstance(model, keras.Model):
         raise ValueError(f"`model` must be a keras.Model (a BagNet). Received: {type(model).__name__}")
-    return compiled(model, ("evidence",), lambda model_ref: _BagNetEvidence(model_ref()))
+    index = output_index(model, output)
+    return compiled(model, ("evidence", index), lambda model_ref: _BagNetEvidence(model_ref(), index))
 
 
-def _compute(model, images, stride, batch_size, choose):
+def _compute(model, images, stride, batch_size, choose, output):
     """Maps (N, H', W', K) for the classes ``choose(n_classes, logits, n)`` returns, and their context."""
-    ev = _evidence_for(model)
+    ev = _evidence_for(model, output)
     q, native = ev.geometry.patch_size, ev.geometry.stride
     if isinstance(stride, bool) or stride not in (1, native):
         raise ValueError(
@@ -227,6 +228,7 @@ def evidence_map(
     class_index: int | Sequence[int] | None = None,
     stride: int = 8,
     batch_size: int = 16,
+    output: int | str | None = None,
 ) -> EvidenceMap:
     """The class evidence of every patch of each image, for one class per image.
 
@@ -247,6 +249,9 @@ def evidence_map(
         full-resolution heatmap), computed densely.
     batch_size : int
         Images per forward pass of the native grid.
+    output : int or str, optional
+        Which head, for models with several (``"city"``; see
+        `bagnet_keras.transfer.build_classifier`).
 
     Returns
     -------
@@ -277,7 +282,7 @@ def evidence_map(
             per_image = logits.argmax(axis=1)
         return np.unique(per_image)
 
-    maps, classes, logits, geometry, size = _compute(model, images, stride, batch_size, choose)
+    maps, classes, logits, geometry, size = _compute(model, images, stride, batch_size, choose, output)
     column = np.searchsorted(classes, per_image)
     maps = np.take_along_axis(maps, column[:, None, None, None], axis=3)[..., 0]
     return EvidenceMap(maps, per_image, logits, *geometry, input_size=size)
@@ -289,6 +294,7 @@ def evidence_maps(
     classes: Sequence[int] | None = None,
     stride: int = 8,
     batch_size: int = 16,
+    output: int | str | None = None,
 ) -> EvidenceMap:
     """The class evidence of every patch for several classes: maps (N, H', W', K).
 
@@ -304,6 +310,8 @@ def evidence_maps(
         As in `evidence_map`.
     batch_size : int
         Images per forward pass of the native grid.
+    output : int or str, optional
+        Which head, for models with several.
 
     Returns
     -------
@@ -324,7 +332,7 @@ def evidence_maps(
             return np.arange(n_classes)
         return check_classes(classes, n_classes, "classes")
 
-    maps, chosen, logits, geometry, size = _compute(model, images, stride, batch_size, choose)
+    maps, chosen, logits, geometry, size = _compute(model, images, stride, batch_size, choose, output)
     return EvidenceMap(maps, chosen, logits, *geometry, input_size=size)
 
 
@@ -380,6 +388,7 @@ def top_patches(
     k: int = 16,
     max_per_image: int | None = 1,
     batch_size: int = 16,
+    output: int | str | None = None,
 ) -> TopPatches:
     """The k patches with the most evidence for a class, across a whole dataset.
 
@@ -402,6 +411,8 @@ def top_patches(
         overlapping neighbours of one strong patch then fill the list).
     batch_size : int
         Images per forward pass when ``images`` is an array.
+    output : int or str, optional
+        Which head, for models with several.
 
     Returns
     -------
@@ -421,12 +432,12 @@ def top_patches(
     check_positive_int(batch_size, "batch_size")
     if max_per_image is not None:
         check_positive_int(max_per_image, "max_per_image")
-    class_index = int(check_classes(class_index, _evidence_for(model).n_classes, "class_index")[0])
+    class_index = int(check_classes(class_index, _evidence_for(model, output).n_classes, "class_index")[0])
     per_image = k if max_per_image is None else min(k, max_per_image)
     best: list = []  # (score, -order, image, box, patch): a min-heap of the k best so far
     seen = order = 0
     for batch in _batches(images, batch_size):
-        result = evidence_map(model, batch, class_index=class_index, batch_size=batch_size)
+        result = evidence_map(model, batch, class_index=class_index, batch_size=batch_size, output=output)
         boxes = result.boxes().reshape(-1, 4)
         for n, flat in enumerate(result.maps.reshape(len(batch), -1)):
             for position in np.argsort(flat)[::-1][:per_image]:

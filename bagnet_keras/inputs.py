@@ -143,3 +143,26 @@ def n_classes_of(model: keras.Model, index: int) -> int:
             "(batch, classes)."
         )
     return int(shape[-1])
+
+
+def check_image_size(model: keras.Model, shape) -> None:
+    """Raise ValueError when images of ``shape`` (N, H, W, C) do not fit ``model``'s fixed input size.
+
+    Examples
+    --------
+    >>> m = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten()], name="small")
+    >>> check_image_size(m, (8, 64, 64, 3))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: Images of shape (64, 64, 3) do not fit model 'small' which takes (32, 32, 3); resize them ...
+    """
+    expected = tuple(model.input_shape[1:])
+    got = tuple(shape[1:])
+    fits = len(got) == len(expected) and all(
+        e is None or g is None or e == g for e, g in zip(expected, got, strict=True)
+    )
+    if not fits:
+        raise ValueError(
+            f"Images of shape {got} do not fit model {model.name!r} which takes {expected}; resize them "
+            f"(for example image_dataset(..., image_size={expected[:2]}))."
+        )

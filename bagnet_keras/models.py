@@ -23,6 +23,7 @@ import keras
 from keras import layers
 
 from bagnet_keras.geometry import Geometry, receptive_field
+from bagnet_keras.inputs import output_index
 from bagnet_keras.layers import StemConv
 from bagnet_keras.weights import PRETRAINED, imagenet_weights_file, load_weights
 
@@ -360,7 +361,7 @@ for _fn, _q in ((BagNet9, 9), (BagNet17, 17), (BagNet33, 33)):
     _fn.__doc__ = _BUILDER_DOC.format(q=_q)
 
 
-def evidence_model(model: keras.Model) -> keras.Model:
+def evidence_model(model: keras.Model, output: int | str | None = None) -> keras.Model:
     """The model that returns a BagNet's class evidence at every position.
 
     It shares the layers (and so the weights) of ``model``: the ``logits``
@@ -371,7 +372,10 @@ def evidence_model(model: keras.Model) -> keras.Model:
     Parameters
     ----------
     model : keras.Model
-        A BagNet built with ``include_top=True``.
+        A BagNet built with ``include_top=True``, or a classifier built on a
+        BagNet by `bagnet_keras.transfer.build_classifier`.
+    output : int or str, optional
+        Which head, for models with several (``"city"``).
 
     Returns
     -------
@@ -385,12 +389,16 @@ def evidence_model(model: keras.Model) -> keras.Model:
     >>> evidence_model(model).predict(np.zeros((1, 64, 64, 3)), verbose=0).shape
     (1, 4, 4, 10)
     """
-    pool, logits = bagnet_top(model)
+    pool, logits = bagnet_top(model, output)
     return keras.Model(model.inputs, logits(pool.input), name=model.name + "_evidence")
 
 
-def bagnet_top(model: keras.Model) -> tuple[keras.layers.Layer, keras.layers.Layer]:
-    """The ``avg_pool`` and ``logits`` layers of a BagNet built with its top, or a ValueError.
+def bagnet_top(model: keras.Model, output: int | str | None = None) -> tuple[keras.layers.Layer, keras.layers.Layer]:
+    """The average pooling and the Dense layer behind an output of a BagNet, or a ValueError.
+
+    Walking back from the output, activations and dropout may come between:
+    ``avg_pool -> [dropout] -> logits -> [activation]`` is a BagNet's top,
+    and each head of `bagnet_keras.transfer.build_classifier` has that form.
 
     Examples
     --------
@@ -398,20 +406,27 @@ def bagnet_top(model: keras.Model) -> tuple[keras.layers.Layer, keras.layers.Lay
     >>> [layer.name for layer in bagnet_top(BagNet(blocks=(1, 1, 1, 1), base_width=4))]
     ['avg_pool', 'logits']
     """
-    try:
-        pool = model.get_layer("avg_pool")
-        logits = model.get_layer("logits")
-    except ValueError:
+    layer = model.outputs[output_index(model, output)]._keras_history[0]
+    found = []
+    for wanted in (keras.layers.Dense, keras.layers.GlobalAveragePooling2D):
+        while isinstance(layer, _PASS_THROUGH) and not isinstance(layer, wanted):
+            layer = layer.input._keras_history[0]
+        found.append(layer if isinstance(layer, wanted) else None)
+        if found[-1] is None:
+            break
+        layer = layer.input._keras_history[0]
+    if None in found or getattr(found[0], "activation", None) not in (None, keras.activations.linear):
         raise ValueError(
-            f"Model {model.name!r} has no 'avg_pool' and 'logits' layers; build it with "
-            "include_top=True (a BagNet's top is what turns features into evidence)."
-        ) from None
-    if not isinstance(logits, keras.layers.Dense) or not isinstance(pool, keras.layers.GlobalAveragePooling2D):
-        raise ValueError(
-            f"Model {model.name!r} is not a BagNet: its 'avg_pool' must be GlobalAveragePooling2D and "
-            "its 'logits' a Dense layer."
+            f"Output {output if output is not None else 0!r} of model {model.name!r} is not a BagNet top: it must "
+            "be global average pooling then a Dense layer without activation (build BagNets with include_top=True)."
         )
+    logits, pool = found
     return pool, logits
+
+
+# Layers that can sit between the average pooling, the Dense layer and the output without changing
+# which patch gives which evidence (dropout is the identity at inference).
+_PASS_THROUGH = (keras.layers.Activation, keras.layers.Softmax, keras.layers.Dropout)
 
 
 def bagnet_geometry(model: keras.Model) -> Geometry:

@@ -228,6 +228,39 @@ def plot_patches(
     return fig
 
 
+def plot_confusion(
+    matrix, class_names, normalize: bool = True, ax: Axes | None = None, title: str | None = None
+) -> Figure:
+    """A confusion matrix (rows: true class, columns: predicted), counts written in the cells.
+
+    ``normalize`` colours each row by its share (per-class accuracy on the diagonal).
+
+    Examples
+    --------
+    >>> plot_confusion([[5, 1], [2, 4]], ["East", "West"]).axes[0].get_xlabel()
+    'predicted'
+    """
+    matrix = np.asarray(matrix)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] != len(class_names):
+        raise ValueError(f"`matrix` must be square with one row per class ({len(class_names)}). Got {matrix.shape}")
+    side = max(3.0, 0.45 * len(class_names) + 1.5)
+    fig, ax = _new_axes(ax, (side, side))
+    shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1) if normalize else matrix
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1 if normalize else None)
+    ticks = np.arange(len(class_names))
+    ax.set_xticks(ticks, class_names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(ticks, class_names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    high = shares.max() / 2 if shares.size else 0
+    for (i, j), count in np.ndenumerate(matrix):
+        colour = "white" if shares[i, j] > high else "black"
+        ax.text(j, i, str(count), ha="center", va="center", fontsize=7, color=colour)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return fig
+
+
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> str:
     """Write ``fig`` to ``path`` (format from the extension) through a temporary file, so no half-written file remains.
 

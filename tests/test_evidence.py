@@ -136,8 +136,13 @@ def test_bad_images_and_models():
     with pytest.raises(ValueError, match="include_top=True"):
         evidence_map(BagNet(blocks=(1, 1, 1, 1), base_width=8, include_top=False), np.zeros((1, 48, 48, 3)))
     resnet_like = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(4, 3)])
-    with pytest.raises(ValueError, match="avg_pool"):
+    with pytest.raises(ValueError, match="global average pooling then a Dense layer without activation"):
         evidence_map(resnet_like, np.zeros((1, 48, 48, 3)))
+    pooled_softmax = keras.Sequential(
+        [keras.Input((None, None, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3, "softmax")]
+    )
+    with pytest.raises(ValueError, match="without activation"):
+        evidence_map(pooled_softmax, np.zeros((1, 48, 48, 3)))
 
 
 def test_top_patches_ranks_the_whole_dataset():

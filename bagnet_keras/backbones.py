@@ -1,0 +1,119 @@
+"""Backbones by name: the BagNets and keras.applications models, each with its preprocessing and input size.
+
+One record per backbone, read by `build_backbone` (the habit of timm's
+pretrained configs): no per-model code paths. Every backbone is built on the
+caller's input tensor, so the classifier around it is one flat functional
+model whose layers keep their published names (``conv5_block3_out``,
+``block5_conv3``), which is what fine-tuning and Grad-CAM refer to.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import keras
+
+from bagnet_keras import imagenet
+from bagnet_keras.models import BagNet9, BagNet17, BagNet33
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """What a classifier needs to know about a backbone.
+
+    Attributes
+    ----------
+    name : str
+    builder : callable
+        keras.applications-style constructor (``include_top``, ``weights``,
+        ``input_tensor``, ...).
+    preprocess : callable
+        Maps RGB images in [0, 255] to what the pretrained weights expect.
+    input_size : int or None
+        Side of the square input the backbone needs; ``None``: any size (a
+        BagNet is fully convolutional and its evidence is per patch).
+    default_size : int
+        Side used when no input shape is given for datasets.
+    finetune_from : str
+        First layer (or layer-name prefix) unfrozen by default when fine-tuning:
+        the last stage.
+    bagnet : bool
+        Heads keep the bag-of-local-features structure, so evidence maps stay exact.
+    """
+
+    name: str
+    builder: Callable[..., keras.Model]
+    preprocess: Callable
+    input_size: int | None
+    default_size: int
+    finetune_from: str
+    bagnet: bool = False
+
+
+def _app(module: str, builder: str, size: int, finetune_from: str, name: str) -> Backbone:
+    applications = keras.applications
+    return Backbone(
+        name=name,
+        builder=getattr(applications, builder),
+        preprocess=getattr(applications, module).preprocess_input,
+        input_size=size,
+        default_size=size,
+        finetune_from=finetune_from,
+    )
+
+
+BACKBONES: dict[str, Backbone] = {
+    "bagnet9": Backbone("bagnet9", BagNet9, imagenet.preprocess_input, None, 224, "conv5_block1", True),
+    "bagnet17": Backbone("bagnet17", BagNet17, imagenet.preprocess_input, None, 224, "conv5_block1", True),
+    "bagnet33": Backbone("bagnet33", BagNet33, imagenet.preprocess_input, None, 224, "conv5_block1", True),
+    "vgg16": _app("vgg16", "VGG16", 224, "block5", "vgg16"),
+    "vgg19": _app("vgg19", "VGG19", 224, "block5", "vgg19"),
+    "resnet50": _app("resnet", "ResNet50", 224, "conv5_block1", "resnet50"),
+    "resnet101": _app("resnet", "ResNet101", 224, "conv5_block1", "resnet101"),
+    "resnet50v2": _app("resnet_v2", "ResNet50V2", 224, "conv5_block1", "resnet50v2"),
+    "mobilenetv2": _app("mobilenet_v2", "MobileNetV2", 224, "block_16", "mobilenetv2"),
+    "densenet121": _app("densenet", "DenseNet121", 224, "conv5_block1", "densenet121"),
+    "efficientnetb0": _app("efficientnet", "EfficientNetB0", 224, "block7a", "efficientnetb0"),
+    "inceptionv3": _app("inception_v3", "InceptionV3", 299, "mixed9", "inceptionv3"),
+    "xception": _app("xception", "Xception", 299, "block14", "xception"),
+}
+
+
+def get_backbone(name: str | Backbone) -> Backbone:
+    """The `Backbone` record of ``name`` (case and ``-``/``_`` insensitive).
+
+    Examples
+    --------
+    >>> get_backbone("ResNet-50").finetune_from
+    'conv5_block1'
+    """
+    if isinstance(name, Backbone):
+        return name
+    if not isinstance(name, str):
+        raise ValueError(f"`backbone` must be a name such as 'bagnet33' or 'vgg16'. Received: {name!r}")
+    key = name.lower().replace("-", "").replace("_", "")
+    if key not in BACKBONES:
+        raise ValueError(f"Unknown backbone {name!r}; choose one of {sorted(BACKBONES)} or pass a keras.Model.")
+    return BACKBONES[key]
+
+
+def build_backbone(
+    name: str | Backbone,
+    inputs: keras.KerasTensor,
+    weights: str | os.PathLike | None = "imagenet",
+) -> keras.KerasTensor:
+    """The backbone's feature map (N, H', W', C), built on ``inputs``, with its layers' published names.
+
+    ``weights`` is ``"imagenet"``, ``None`` (random) or a weights file path.
+
+    Examples
+    --------
+    >>> inputs = keras.Input((64, 64, 3))
+    >>> build_backbone("vgg16", inputs, weights=None).shape
+    (None, 2, 2, 512)
+    """
+    backbone = get_backbone(name)
+    model = backbone.builder(include_top=False, weights=weights, input_tensor=inputs)
+    return model.output

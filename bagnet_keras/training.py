@@ -1,0 +1,223 @@
+"""Training a `build_classifier` model without ceremony: two phases, class weights, early stopping, checkpoints.
+
+`fit_classifier` looks at which backbone layers the model's mode left
+trainable. Transfer (none) and scratch (all) train in one phase. Fine-tuning
+trains in two: first the heads alone with the backbone frozen, then the
+layers from ``trainable_from`` on as well, at a smaller learning rate. The
+best model (by validation loss) is saved as ``best.keras`` through a
+temporary file, and the history of both phases goes to ``history.csv``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Mapping
+
+import keras
+import numpy as np
+
+from bagnet_keras.inputs import check_image_size
+from bagnet_keras.transfer import head_layers
+
+
+def save_model(model: keras.Model, path: str | os.PathLike) -> None:
+    """``model.save(path)`` through a temporary file in the same folder, renamed only once complete.
+
+    Examples
+    --------
+    >>> save_model(model, "runs/streets/best.keras")  # doctest: +SKIP
+    """
+    path = os.fspath(path)
+    if not path.endswith(".keras"):
+        raise ValueError(f"Save whole models as .keras files. Received: {path!r}")
+    folder, base = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{base[: -len('.keras')]}.partial.keras")
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Save the model whenever ``monitor`` improves, atomically: a crash mid-write keeps the last good file.
+
+    Examples
+    --------
+    >>> model.fit(data, epochs=5, callbacks=[BestCheckpoint("runs/best.keras")])  # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | os.PathLike, monitor: str = "val_loss", mode: str = "min"):
+        super().__init__()
+        if mode not in ("min", "max"):
+            raise ValueError(f"`mode` must be 'min' or 'max'. Received: mode={mode!r}")
+        self.path, self.monitor, self.mode = os.fspath(path), monitor, mode
+        self.best = np.inf if mode == "min" else -np.inf
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            raise ValueError(
+                f"BestCheckpoint monitors {self.monitor!r}, which training does not log: {sorted(logs or {})}"
+            )
+        if (value < self.best) if self.mode == "min" else (value > self.best):
+            self.best = float(value)
+            save_model(self.model, self.path)
+
+
+def _targets_as_dict(model: keras.Model, dataset, heads: list[str]):
+    """Make every element ``(x, {head: y})``; a single-head dataset may give plain labels."""
+    spec = dataset.element_spec
+    if not isinstance(spec, tuple) or len(spec) != 2:
+        raise ValueError(f"The dataset must yield (images, labels) pairs. Its elements are {spec}.")
+    check_image_size(model, spec[0].shape)
+    if isinstance(spec[1], Mapping):
+        missing = [h for h in heads if h not in spec[1]]
+        if missing:
+            raise ValueError(f"The dataset's targets {sorted(spec[1])} lack the heads {missing} of the model.")
+        return dataset
+    if len(heads) != 1:
+        raise ValueError(f"The model has heads {heads}; the dataset must yield a dict of labels for them.")
+    return dataset.map(lambda x, y: (x, {heads[0]: y}))
+
+
+def balanced_class_weights(dataset, n_classes: Mapping[str, int]) -> dict[str, np.ndarray]:
+    """Per head, ``n / (k * count)`` for each class (scikit-learn's "balanced"); unseen classes get 0."""
+    counts = {head: np.zeros(k) for head, k in n_classes.items()}
+    for _, targets in dataset.as_numpy_iterator():
+        for head in counts:
+            counts[head] += np.bincount(np.ravel(targets[head]).astype(int), minlength=n_classes[head])
+    weights = {}
+    for head, count in counts.items():
+        seen = count > 0
+        weights[head] = np.where(seen, count.sum() / (seen.sum() * np.maximum(count, 1)), 0.0).astype("float32")
+    return weights
+
+
+def _with_sample_weights(dataset, weights: dict[str, np.ndarray]):
+    import tensorflow as tf
+
+    tables = {head: tf.constant(w) for head, w in weights.items()}
+    return dataset.map(
+        lambda x, y: (x, y, {head: tf.gather(tables[head], tf.cast(y[head], "int64")) for head in tables})
+    )
+
+
+def fit_classifier(
+    model: keras.Model,
+    train,
+    validation=None,
+    epochs: int = 10,
+    head_epochs: int = 5,
+    learning_rate: float = 1e-3,
+    finetune_learning_rate: float = 1e-5,
+    class_weight: str | Mapping[str, np.ndarray] | None = "balanced",
+    patience: int | None = 3,
+    out_dir: str | os.PathLike | None = None,
+    seed: int | None = 0,
+    strategy=None,
+    verbose: int | str = "auto",
+) -> dict[str, list]:
+    """Compile and train a `bagnet_keras.transfer.build_classifier` model.
+
+    Parameters
+    ----------
+    model : keras.Model
+    train, validation : tf.data.Dataset
+        Batches of ``(images, labels)``, labels a dict by head name (see
+        `bagnet_keras.labels.with_heads`) or plain labels for one head;
+        images preprocessed for the backbone.
+    epochs : int
+        Epochs of the main phase (the only phase for transfer and scratch,
+        the fine-tuning phase for finetune).
+    head_epochs : int
+        Fine-tuning only: epochs training the heads alone first.
+    learning_rate, finetune_learning_rate : float
+        Adam learning rates of the head (or only) phase and of the fine-tuning phase.
+    class_weight : "balanced", None or mapping head -> weights per class
+        Weights each sample by its class in every head's loss.
+    patience : int or None
+        Early stopping on validation loss (training loss without validation);
+        the best weights are restored at the end of each phase.
+    out_dir : path, optional
+        Where ``best.keras`` (atomic) and ``history.csv`` go; nothing else is written.
+    seed : int or None
+        Seeds Python, NumPy and TensorFlow (`keras.utils.set_random_seed`).
+    strategy : tf.distribute.Strategy, optional
+        The strategy the model was built under.
+    verbose : int or "auto"
+
+    Returns
+    -------
+    dict
+        The history of both phases (lists by metric) and ``"phase"``.
+
+    Examples
+    --------
+    >>> model = build_classifier("bagnet33", {"city": 10}, mode="finetune")  # doctest: +SKIP
+    >>> history = fit_classifier(model, train, val, epochs=10, out_dir="runs/bagnet33")  # doctest: +SKIP
+    """
+    for value, name in ((epochs, "epochs"), (head_epochs, "head_epochs")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"`{name}` must be a non-negative integer. Received: {name}={value!r}")
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    heads = [t._keras_history[0].name for t in model.outputs]
+    n_classes = {head: int(t.shape[-1]) for head, t in zip(heads, model.outputs, strict=True)}
+    train = _targets_as_dict(model, train, heads)
+    if validation is not None:
+        validation = _targets_as_dict(model, validation, heads)
+    if class_weight == "balanced":
+        class_weight = balanced_class_weights(train, n_classes)
+    if class_weight is not None:
+        train = _with_sample_weights(train, {h: np.asarray(class_weight[h], "float32") for h in heads})
+    callbacks = []
+    if out_dir is not None:
+        os.makedirs(out_dir, exist_ok=True)
+        monitor = "val_loss" if validation is not None else "loss"
+        callbacks += [
+            BestCheckpoint(os.path.join(out_dir, "best.keras"), monitor=monitor),
+            keras.callbacks.CSVLogger(os.path.join(out_dir, "history.csv"), append=True),
+        ]
+    backbone = [layer for layer in model.layers if layer.name not in head_layers(model) and layer.weights]
+    trainable = {layer.name: layer.trainable for layer in backbone}
+    finetune = any(trainable.values()) and not all(trainable.values())
+    phases = [("heads", head_epochs, learning_rate), ("finetune", epochs, finetune_learning_rate)]
+    if not finetune:
+        phases = [("train", epochs, learning_rate)]
+    history: dict[str, list] = {"phase": []}
+    done = 0
+    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+    for phase, phase_epochs, rate in phases:
+        for layer in backbone:
+            layer.trainable = trainable[layer.name] and phase != "heads"
+        if phase_epochs == 0:
+            continue
+        stop = []
+        if patience is not None:
+            monitor = "val_loss" if validation is not None else "loss"
+            stop = [keras.callbacks.EarlyStopping(monitor=monitor, patience=patience, restore_best_weights=True)]
+        with scope:
+            model.compile(
+                optimizer=keras.optimizers.Adam(rate),
+                loss={h: "sparse_categorical_crossentropy" for h in heads},
+                metrics={h: ["accuracy"] for h in heads},
+            )
+        result = model.fit(
+            train,
+            validation_data=validation,
+            epochs=done + phase_epochs,
+            initial_epoch=done,
+            callbacks=callbacks + stop,
+            shuffle=False,  # a tf.data pipeline shuffles itself (data_tools.loader does)
+            verbose=verbose,
+        )
+        for key, values in result.history.items():
+            history.setdefault(key, []).extend(float(v) for v in values)
+        history["phase"] += [phase] * len(result.epoch)
+        done += len(result.epoch)
+    for layer in backbone:
+        layer.trainable = trainable[layer.name]
+    return history

@@ -1,0 +1,222 @@
+"""Transfer learning, fine-tuning and scratch training on generated textures; heads stay explainable."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bagnet_keras import BagNet, evidence_map, preprocess_input
+from bagnet_keras.backbones import get_backbone
+from bagnet_keras.baselines import SVMBaseline, extract_features, feature_extractor, svm_baseline
+from bagnet_keras.evaluation import evaluate_classifier, save_json
+from bagnet_keras.labels import coarse_labels, with_heads
+from bagnet_keras.training import BestCheckpoint, fit_classifier, save_model
+from bagnet_keras.transfer import build_classifier, head_layers, set_trainable
+from data_tools.synthetic import TEXTURES, textures
+
+SIZE = 32
+REGION = {"horizontal": "lines", "vertical": "lines", "checker": "grid"}
+
+
+def _data(n_per_class, seed, batch=16, shuffle=False):
+    images, labels = textures(n_per_class, SIZE, seed=seed)
+    x = preprocess_input(images.astype("float32"))
+    data = tf.data.Dataset.from_tensor_slices((x, labels))
+    if shuffle:
+        data = data.shuffle(len(x), seed=seed)
+    return x, labels, data.batch(batch)
+
+
+def _tiny_bagnet():
+    shape = (SIZE, SIZE, 3)
+    return BagNet(blocks=(1, 1, 1, 1), kernel3=(1, 1, 0, 0), base_width=8, include_top=False, input_shape=shape)
+
+
+def _copy(model):
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+@pytest.fixture(scope="module")
+def pretrained():
+    """A tiny BagNet backbone trained from scratch on a source set of textures (our 'ImageNet')."""
+    keras.utils.set_random_seed(0)
+    model = build_classifier(_tiny_bagnet(), {"texture": 3}, mode="scratch")
+    _, _, source = _data(40, seed=10, shuffle=True)
+    fit_classifier(model, source, epochs=12, learning_rate=3e-2, patience=None, verbose=0)
+    return keras.Model(model.input, model.get_layer("avg_pool").input, name="pretrained")
+
+
+def _backbone_weights(model):
+    heads = head_layers(model)
+    return {w.path: np.array(w) for layer in model.layers if layer.name not in heads for w in layer.weights}
+
+
+@pytest.mark.parametrize("mode", ["transfer", "finetune", "scratch"])
+def test_each_mode_learns(pretrained, mode):
+    keras.utils.set_random_seed(1)
+    backbone = _copy(pretrained) if mode != "scratch" else _tiny_bagnet()
+    model = build_classifier(backbone, {"texture": 3}, mode=mode, trainable_from="conv4_block1")
+    before = _backbone_weights(model)
+    _, _, train = _data(30, seed=1, shuffle=True)
+    x_test, y_test, test = _data(20, seed=2)
+    history = fit_classifier(
+        model, train, test, epochs=15 if mode == "scratch" else 8, head_epochs=4,
+        learning_rate=1e-2 if mode == "scratch" else 3e-2, finetune_learning_rate=3e-3, patience=None, verbose=0,
+    )
+    accuracy = evaluate_classifier(model, test, list(TEXTURES))["texture"]["accuracy"]
+    print(f"\n{mode}: test accuracy {accuracy:.3f} (chance 0.333), phases {sorted(set(history['phase']))}")
+    assert accuracy > 0.6
+    after = _backbone_weights(model)
+    changed = {path for path in before if not np.array_equal(before[path], after[path])}
+    if mode == "transfer":
+        assert changed == set()  # bit for bit
+    elif mode == "finetune":
+        assert changed and all(path.startswith(("conv4_", "conv5_")) for path in changed), sorted(changed)
+        assert not any("_bn/" in path for path in changed)  # BatchNorm stays frozen while fine-tuning
+        assert history["phase"][0] == "heads" and history["phase"][-1] == "finetune"
+    else:
+        assert any(path.startswith("conv1_") for path in changed)
+
+
+def test_two_head_bagnet_evidence_is_exact(pretrained):
+    keras.utils.set_random_seed(2)
+    model = build_classifier(_copy(pretrained), {"texture": 3, "region": 2}, mode="finetune",
+                             trainable_from="conv5_block1", dropout=0.3)  # fmt: skip
+    _, _, train = _data(10, seed=3)
+    train, names = with_heads(train, list(TEXTURES), "texture", {"region": REGION})
+    fit_classifier(model, train, epochs=1, head_epochs=1, verbose=0)
+    x, _, _ = _data(2, seed=4)
+    for head in ("texture", "region"):
+        logits = keras.Model(model.input, model.get_layer(f"{head}_logits").output)(x).numpy()
+        result = evidence_map(model, x, output=head)
+        mean = result.maps.mean(axis=(1, 2))
+        chosen = logits[np.arange(len(x)), result.class_index]
+        assert np.allclose(mean, chosen, rtol=1e-5, atol=1e-6 * np.abs(chosen).max()), head
+        assert result.class_index.tolist() == logits.argmax(axis=1).tolist()
+        assert evidence_map(model, x[:1], output=head, stride=1).maps.shape == (1, SIZE, SIZE)
+    assert names["region"] == ["grid", "lines"]
+
+
+def test_save_load_predict_identical_and_interrupted_checkpoint(tmp_path, monkeypatch):
+    keras.utils.set_random_seed(3)
+    model = build_classifier(_tiny_bagnet(), {"texture": 3, "region": 2}, mode="scratch", dropout=0.2)
+    _, _, train = _data(6, seed=5)
+    train, _ = with_heads(train, list(TEXTURES), "texture", {"region": REGION})
+    fit_classifier(model, train, train, epochs=2, out_dir=tmp_path, verbose=0)
+    assert sorted(os.listdir(tmp_path)) == ["best.keras", "history.csv"]
+    x, _, _ = _data(2, seed=6)
+    path = tmp_path / "model.keras"
+    save_model(model, path)
+    loaded = keras.models.load_model(path)
+    for head in ("texture", "region"):
+        assert np.array_equal(model.predict(x, verbose=0)[head], loaded.predict(x, verbose=0)[head])
+
+    good = (tmp_path / "best.keras").read_bytes()
+
+    def crash(self, filepath, *args, **kwargs):
+        with open(filepath, "wb") as f:
+            f.write(b"half a zip")
+        raise OSError("disk full")
+
+    checkpoint = BestCheckpoint(tmp_path / "best.keras", monitor="loss")
+    checkpoint.set_model(model)
+    monkeypatch.setattr(keras.Model, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.on_epoch_end(0, {"loss": 0.1})
+    assert (tmp_path / "best.keras").read_bytes() == good
+    assert sorted(os.listdir(tmp_path)) == ["best.keras", "history.csv", "model.keras"]
+
+
+def test_svm_baseline_matches_scikit_learn_on_the_same_features(pretrained):
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    _, _, train = _data(15, seed=7)
+    _, _, test = _data(10, seed=8)
+    result = svm_baseline(pretrained, train, test, list(TEXTURES), Cs=(0.01, 0.1, 1.0), cv=3)
+    extractor = feature_extractor(pretrained)
+    x_train, y_train = extract_features(extractor, train)
+    x_test, y_test = extract_features(extractor, test)
+    folds = StratifiedKFold(3, shuffle=True, random_state=0)
+    pipeline = make_pipeline(StandardScaler(), LinearSVC(random_state=0, max_iter=20000))
+    reference = GridSearchCV(pipeline, {"linearsvc__C": [0.01, 0.1, 1.0]}, cv=folds).fit(x_train, y_train)
+    assert result["C"] == reference.best_params_["linearsvc__C"]
+    assert result["accuracy"] == pytest.approx(reference.score(x_test, y_test))
+    assert result["accuracy"] > 0.6
+    # The test features never reach the fit: changing them changes nothing learned.
+    svm = SVMBaseline(Cs=(0.01, 0.1, 1.0), cv=3).fit(x_train, y_train)
+    assert np.array_equal(svm.predict(x_test), reference.predict(x_test))
+
+
+def test_evaluation_results_are_json(tmp_path, pretrained):
+    model = build_classifier(_copy(pretrained), {"texture": 3}, mode="transfer")
+    _, _, test = _data(4, seed=9)
+    results = evaluate_classifier(model, test, list(TEXTURES), top_k=2)
+    save_json(results, tmp_path / "results.json")
+    loaded = json.loads((tmp_path / "results.json").read_text())["texture"]
+    assert loaded["n"] == 12 and len(loaded["confusion_matrix"]) == 3 and "top_2_accuracy" in loaded
+    assert set(loaded["per_class_accuracy"]) == set(TEXTURES) and "macro avg" in loaded["report"]
+
+
+def test_keras_applications_backbone_flat_and_finetune_prefix():
+    model = build_classifier("vgg16", {"city": 4, "region": 2}, mode="finetune", weights=None, input_shape=(32, 32, 3))
+    trainable = [layer.name for layer in model.layers if layer.trainable and layer.weights]
+    assert trainable == ["block5_conv1", "block5_conv2", "block5_conv3", "city_logits", "region_logits"]
+    assert model.get_layer("block5_conv3") is not None  # the backbone's own layer names, for Grad-CAM
+    set_trainable(model, "transfer")
+    trainable = [layer.name for layer in model.layers if layer.trainable and layer.weights]
+    assert trainable == ["city_logits", "region_logits"]
+
+
+def test_mirrored_strategy(tmp_path):
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():  # a backbone given as a model must be built under the strategy too
+        backbone = _tiny_bagnet()
+    model = build_classifier(backbone, 3, mode="scratch", strategy=strategy)
+    _, _, train = _data(4, seed=11)
+    history = fit_classifier(model, train, epochs=1, strategy=strategy, verbose=0)
+    assert len(history["loss"]) == 1 and np.isfinite(history["loss"][0])
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: build_classifier("alexnet", 3), "Unknown backbone 'alexnet'"),
+        (lambda: build_classifier("vgg16", {"city": 0}, weights=None), "city=0"),
+        (lambda: build_classifier("vgg16", {"city": 3}, mode="freeze", weights=None), "mode='freeze'"),
+        (lambda: build_classifier("vgg16", {"avg_pool": 3}, weights=None), "'avg_pool'"),
+        (lambda: build_classifier("vgg16", 3, mode="finetune", trainable_from="block9", weights=None), "'block9'"),
+        (lambda: coarse_labels(["Berlin", "Kyiv"], {"Berlin": "West"}), "'Kyiv' is not in the label mapping"),
+    ],
+)
+def test_bad_arguments(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_images_of_the_wrong_size_for_a_fixed_size_backbone():
+    model = build_classifier("vgg16", 3, weights=None, input_shape=(32, 32, 3))
+    data = tf.data.Dataset.from_tensor_slices((np.zeros((2, 48, 48, 3), "float32"), [0, 1])).batch(2)
+    with pytest.raises(ValueError, match=r"Images of shape \(48, 48, 3\) do not fit .* takes \(32, 32, 3\)"):
+        fit_classifier(model, data, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=r"\(48, 48, 3\)"):
+        evaluate_classifier(model, data, ["a", "b", "c"])
+    assert get_backbone("bagnet33").input_size is None  # BagNets take any size
+
+
+def test_confusion_figure_from_results(pretrained):
+    from bagnet_keras.plot import plot_confusion
+
+    model = build_classifier(_copy(pretrained), {"texture": 3}, mode="transfer")
+    _, _, test = _data(3, seed=12)
+    result = evaluate_classifier(model, test, list(TEXTURES))["texture"]
+    fig = plot_confusion(result["confusion_matrix"], result["class_names"])
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert sum(int(t) for t in texts) == 9
