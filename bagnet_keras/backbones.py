@@ -14,9 +14,72 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import keras
+import numpy as np
 
 from bagnet_keras import imagenet
 from bagnet_keras.models import BagNet9, BagNet17, BagNet33
+from bagnet_keras.weights import fetch_file
+
+PLACES365_URL = (
+    "https://github.com/GKalliatakis/Keras-VGG16-places365/releases/download/v1.0/"
+    "vgg16-places365_weights_tf_dim_ordering_tf_kernels_notop.h5"
+)
+PLACES365_URL_ENV = "BAGNET_KERAS_PLACES365_URL"
+_PLACES365_MEAN = np.array([104.006, 116.669, 122.679], dtype="float32")
+
+
+def places365_preprocess(x):
+    """The preprocessing the VGG16-Places365 weights were made for: subtract a mean, then RGB to BGR.
+
+    It is the function published with these weights by their authors
+    (landmark-recognition-challenge, ``extra/vgg16_places365.py``): the
+    values 104.006, 116.669, 122.679 are subtracted from channels 0, 1, 2 of
+    the RGB image, then the channels are reversed. (The Keras-VGG16-places365
+    README feeds raw images instead; its issue #20 asks about this, unanswered.)
+
+    Examples
+    --------
+    >>> [round(v, 3) for v in places365_preprocess(np.full((1, 1, 1, 3), 128.0)).ravel().tolist()]
+    [5.321, 11.331, 23.994]
+    """
+    if keras.ops.is_tensor(x) and not isinstance(x, np.ndarray):
+        return keras.ops.flip(keras.ops.cast(x, "float32") - _PLACES365_MEAN, axis=-1)
+    return (np.asarray(x, dtype="float32") - _PLACES365_MEAN)[..., ::-1]
+
+
+def VGG16Places365(
+    include_top: bool = False,
+    weights: str | os.PathLike | None = "places365",
+    input_tensor=None,
+    input_shape: tuple | None = None,
+    name: str = "vgg16_places365",
+) -> keras.Model:
+    """VGG16's convolutional part with the Places365 (scene) weights of the Keras-VGG16-places365 project.
+
+    The weights are licensed GPL-3.0 (see the README), unlike this package.
+    ``weights="places365"`` downloads them once into the Keras cache (the
+    URL can be changed with ``BAGNET_KERAS_PLACES365_URL``); a path loads a
+    Keras 2 ``.h5`` or a Keras 3 ``.weights.h5`` file. Preprocess images with
+    `places365_preprocess`.
+
+    Examples
+    --------
+    >>> VGG16Places365(weights=None, input_shape=(64, 64, 3)).output_shape
+    (None, 2, 2, 512)
+    """
+    if include_top:
+        raise ValueError("Only the convolutional part of VGG16-Places365 is provided: pass include_top=False.")
+    model = keras.applications.VGG16(
+        include_top=False, weights=None, input_tensor=input_tensor, input_shape=input_shape, name=name
+    )
+    if weights == "places365":
+        url = os.environ.get(PLACES365_URL_ENV) or PLACES365_URL
+        weights = fetch_file(os.path.basename(url.split("?")[0]), url, what="the VGG16-Places365 weights")
+    if weights is not None:
+        if not os.path.isfile(weights):
+            raise ValueError(f"`weights` must be 'places365', None or an existing file. Received: {weights!r}")
+        model.load_weights(weights)
+    return model
 
 
 @dataclass(frozen=True)
@@ -41,6 +104,8 @@ class Backbone:
         the last stage.
     bagnet : bool
         Heads keep the bag-of-local-features structure, so evidence maps stay exact.
+    pretrained : str
+        What ``weights="pretrained"`` means for this backbone.
     """
 
     name: str
@@ -50,6 +115,7 @@ class Backbone:
     default_size: int
     finetune_from: str
     bagnet: bool = False
+    pretrained: str = "imagenet"
 
 
 def _app(module: str, builder: str, size: int, finetune_from: str, name: str) -> Backbone:
@@ -78,6 +144,9 @@ BACKBONES: dict[str, Backbone] = {
     "efficientnetb0": _app("efficientnet", "EfficientNetB0", 224, "block7a", "efficientnetb0"),
     "inceptionv3": _app("inception_v3", "InceptionV3", 299, "mixed9", "inceptionv3"),
     "xception": _app("xception", "Xception", 299, "block14", "xception"),
+    "vgg16places365": Backbone(
+        "vgg16places365", VGG16Places365, places365_preprocess, 224, 224, "block5", pretrained="places365"
+    ),
 }
 
 
@@ -102,11 +171,12 @@ def get_backbone(name: str | Backbone) -> Backbone:
 def build_backbone(
     name: str | Backbone,
     inputs: keras.KerasTensor,
-    weights: str | os.PathLike | None = "imagenet",
+    weights: str | os.PathLike | None = "pretrained",
 ) -> keras.KerasTensor:
     """The backbone's feature map (N, H', W', C), built on ``inputs``, with its layers' published names.
 
-    ``weights`` is ``"imagenet"``, ``None`` (random) or a weights file path.
+    ``weights`` is ``"pretrained"`` (the backbone's own: ImageNet, or Places365
+    for ``vgg16_places365``), ``None`` (random) or a weights file path.
 
     Examples
     --------
@@ -115,5 +185,7 @@ def build_backbone(
     (None, 2, 2, 512)
     """
     backbone = get_backbone(name)
+    if weights == "pretrained":
+        weights = backbone.pretrained
     model = backbone.builder(include_top=False, weights=weights, input_tensor=inputs)
     return model.output

@@ -25,7 +25,7 @@ from bagnet_keras.inputs import check_image_size
 
 def feature_extractor(
     backbone: str | Backbone | keras.Model,
-    weights: str | os.PathLike | None = "imagenet",
+    weights: str | os.PathLike | None = "pretrained",
     input_shape: tuple | None = None,
 ) -> keras.Model:
     """The backbone followed by global average pooling: images -> (N, C) features.
@@ -122,7 +122,7 @@ def svm_baseline(
     train,
     test,
     class_names: Sequence[str],
-    weights: str | os.PathLike | None = "imagenet",
+    weights: str | os.PathLike | None = "pretrained",
     input_shape: tuple | None = None,
     **svm_options,
 ) -> dict:

@@ -417,8 +417,9 @@ def bagnet_top(model: keras.Model, output: int | str | None = None) -> tuple[ker
         layer = layer.input._keras_history[0]
     if None in found or getattr(found[0], "activation", None) not in (None, keras.activations.linear):
         raise ValueError(
-            f"Output {output if output is not None else 0!r} of model {model.name!r} is not a BagNet top: it must "
-            "be global average pooling then a Dense layer without activation (build BagNets with include_top=True)."
+            f"Output {output if output is not None else 0!r} of model {model.name!r} is not a BagNet top, so it has no "
+            "evidence map: it must be global average pooling then a Dense layer without activation (build BagNets "
+            "with include_top=True)."
         )
     logits, pool = found
     return pool, logits

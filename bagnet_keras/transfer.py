@@ -56,7 +56,7 @@ def build_classifier(
     mode: str = "transfer",
     trainable_from: str | None = None,
     dropout: float = 0.0,
-    weights: str | os.PathLike | None = "imagenet",
+    weights: str | os.PathLike | None = "pretrained",
     input_shape: tuple | None = None,
     dtype_policy: str | None = "auto",
     strategy=None,
@@ -80,9 +80,10 @@ def build_classifier(
     dropout : float
         Dropout rate before the heads' linear layers (identity at inference,
         so evidence maps stay exact).
-    weights : "imagenet", None or path
-        Backbone weights for transfer and fine-tuning (ignored for a model
-        given as backbone). Scratch mode always starts from random weights.
+    weights : "pretrained", None or path
+        Backbone weights for transfer and fine-tuning: ``"pretrained"`` is the
+        backbone's own (ImageNet; Places365 for ``vgg16_places365``). Ignored
+        for a model given as backbone. Scratch mode always starts from random weights.
     input_shape : tuple, optional
         Default: ``(None, None, 3)`` for BagNets (any size), the pretrained
         size otherwise (224 or 299).

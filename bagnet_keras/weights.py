@@ -103,20 +103,31 @@ def fetch_checkpoint(variant: str, base_url: str | None = None, cache_dir: str |
     config = PRETRAINED[variant]
     base_url = base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
     url = base_url.rstrip("/") + "/" + config.filename
+    return fetch_file(config.filename, url, config.sha256_prefix, cache_dir, what=f"the {variant} ImageNet weights")
+
+
+def fetch_file(
+    filename: str, url: str, sha256_prefix: str | None = None, cache_dir: str | None = None, what: str = "the file"
+) -> str:
+    """Download ``url`` once into the Keras cache as ``filename``, through a ``.part`` file, and verify it.
+
+    With ``sha256_prefix``, a cached or downloaded file whose sha256 does not
+    start with it is refused (and a download is not kept). Returns the path.
+    """
     folder = _cache_dir(cache_dir)
-    final = os.path.join(folder, config.filename)
+    final = os.path.join(folder, filename)
 
     if os.path.exists(final):
-        actual = _file_sha256(final)
-        if not actual.startswith(config.sha256_prefix):
+        actual = _file_sha256(final) if sha256_prefix else ""
+        if not actual.startswith(sha256_prefix or ""):
             raise ValueError(
-                f"The cached checkpoint {final} has sha256 {actual[:16]}..., not the expected "
-                f"prefix {config.sha256_prefix}. Delete it (it will be downloaded again) or "
+                f"The cached file {final} has sha256 {actual[:16]}..., not the expected "
+                f"prefix {sha256_prefix}. Delete it (it will be downloaded again) or "
                 f"replace it with the file from {url}."
             )
         return final
 
-    partial = config.filename + ".part"
+    partial = filename + ".part"
     try:
         # A fresh download every time: a .part left by a killed process is never trusted.
         downloaded = keras.utils.get_file(
@@ -125,18 +136,18 @@ def fetch_checkpoint(variant: str, base_url: str | None = None, cache_dir: str |
     except Exception as e:
         _remove(os.path.join(folder, partial))
         raise OSError(
-            f"Could not download the {variant} ImageNet weights from {url} ({e}). "
-            f"Without network access, download that file by hand and place it at {final}, "
-            "or pass weights=<path of the checkpoint>."
+            f"Could not download {what} from {url} ({e}). Without network access, download that file "
+            f"by hand and place it at {final}, or pass weights=<path of the file>."
         ) from e
-    actual = _file_sha256(downloaded)
-    if not actual.startswith(config.sha256_prefix):
-        _remove(downloaded)
-        raise ValueError(
-            f"The file downloaded from {url} is incomplete or not the published checkpoint: "
-            f"its sha256 starts with {actual[:8]}, expected {config.sha256_prefix}. Nothing was "
-            "kept in the cache; try again."
-        )
+    if sha256_prefix:
+        actual = _file_sha256(downloaded)
+        if not actual.startswith(sha256_prefix):
+            _remove(downloaded)
+            raise ValueError(
+                f"The file downloaded from {url} is incomplete or not the published one: "
+                f"its sha256 starts with {actual[:8]}, expected {sha256_prefix}. Nothing was "
+                "kept in the cache; try again."
+            )
     os.replace(downloaded, final)
     return final
 

@@ -220,3 +220,64 @@ def test_confusion_figure_from_results(pretrained):
     fig = plot_confusion(result["confusion_matrix"], result["class_names"])
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert sum(int(t) for t in texts) == 9
+
+
+def _legacy_h5(model, path):
+    """A Keras 2 weights file (the format the Places365 weights are published in), written with h5py."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        layers = [layer for layer in model.layers if layer.weights]
+        f.attrs["layer_names"] = [layer.name.encode() for layer in layers]
+        f.attrs["backend"] = b"tensorflow"
+        f.attrs["keras_version"] = b"2.1.5"
+        for layer in layers:
+            group = f.create_group(layer.name)
+            names = [f"{layer.name}/{w.name}:0".encode() for w in layer.weights]
+            group.attrs["weight_names"] = names
+            for name, w in zip(names, layer.weights, strict=True):
+                group.create_dataset(name.decode(), data=np.array(w))
+
+
+def test_vgg16_places365_weights_from_a_path_and_a_url(tmp_path, monkeypatch):
+    import http.server
+    import threading
+
+    from bagnet_keras.backbones import VGG16Places365, places365_preprocess
+
+    source = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+    _legacy_h5(source, tmp_path / "places.h5")
+    expected = [np.array(w) for w in source.weights]
+
+    model = build_classifier("vgg16_places365", 5, weights=str(tmp_path / "places.h5"), input_shape=(32, 32, 3))
+    loaded = [np.array(w) for layer in model.layers if layer.name.startswith("block") for w in layer.weights]
+    assert all(np.array_equal(a, b) for a, b in zip(expected, loaded, strict=True))
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = (tmp_path / "places.h5").read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+        monkeypatch.setenv("BAGNET_KERAS_PLACES365_URL", f"http://127.0.0.1:{server.server_address[1]}/places.h5")
+        downloaded = VGG16Places365(input_shape=(32, 32, 3))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert all(np.array_equal(a, np.array(b)) for a, b in zip(expected, downloaded.weights, strict=True))
+    assert os.listdir(tmp_path / "keras" / "models") == ["places.h5"]
+
+    x = np.random.default_rng(0).uniform(0, 255, (2, 4, 4, 3)).astype("float32")
+    assert np.allclose(places365_preprocess(x), np.asarray(places365_preprocess(tf.constant(x))))
+    assert np.allclose(places365_preprocess(x)[..., 0], x[..., 2] - 122.679)
+    with pytest.raises(ValueError, match="include_top=False"):
+        VGG16Places365(include_top=True)
