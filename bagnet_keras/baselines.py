@@ -46,8 +46,11 @@ def feature_extractor(
     return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(features), name="features")
 
 
-def extract_features(extractor: keras.Model, data) -> tuple[np.ndarray, np.ndarray | None]:
-    """Features of ``data`` (an image array, or batches of ``(images, labels)``) and the labels if any."""
+def extract_features(extractor: keras.Model, data) -> tuple[np.ndarray, np.ndarray | dict | None]:
+    """Features of ``data`` (an image array, or batches of ``(images, labels)``) and the labels if any.
+
+    Labels given as a dict by head (`bagnet_keras.labels.with_heads`) come back as a dict of arrays.
+    """
     if isinstance(data, np.ndarray):
         check_image_size(extractor, data.shape)
         return np.asarray(extractor.predict(data, verbose=0)), None
@@ -55,9 +58,12 @@ def extract_features(extractor: keras.Model, data) -> tuple[np.ndarray, np.ndarr
     for images, targets in data:
         check_image_size(extractor, images.shape)
         features.append(np.asarray(extractor.predict_on_batch(images)))
-        labels.append(np.asarray(targets))
+        by_head = isinstance(targets, dict)
+        labels.append({k: np.asarray(v) for k, v in targets.items()} if by_head else np.asarray(targets))
     if not features:
         raise ValueError("The dataset is empty.")
+    if isinstance(labels[0], dict):
+        return np.concatenate(features), {head: np.concatenate([b[head] for b in labels]) for head in labels[0]}
     return np.concatenate(features), np.concatenate(labels)
 
 
@@ -140,10 +146,14 @@ def svm_baseline(
     extractor = feature_extractor(backbone, weights, input_shape)
     x_train, y_train = extract_features(extractor, train)
     x_test, y_test = extract_features(extractor, test)
-    svm = SVMBaseline(**svm_options).fit(x_train, y_train)
-    scores = svm.decision_function(x_test)
+    return svm_results(SVMBaseline(**svm_options).fit(x_train, y_train), x_test, y_test, class_names)
+
+
+def svm_results(svm: SVMBaseline, features: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> dict:
+    """`bagnet_keras.evaluation.classification_results` of a fitted `SVMBaseline`, plus its ``"C"``."""
+    scores = svm.decision_function(features)
     if scores.ndim == 1:  # two classes: one margin, positive for classes_[1]
         scores = np.stack([-scores, scores], axis=1)
-    full = np.full((len(x_test), len(class_names)), -np.inf)
+    full = np.full((len(features), len(class_names)), -np.inf)  # classes absent from training never win
     full[:, svm.classes_.astype(int)] = scores
-    return {**classification_results(y_test, full, class_names), "C": svm.C_}
+    return {**classification_results(labels, full, class_names), "C": svm.C_}

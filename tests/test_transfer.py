@@ -281,3 +281,42 @@ def test_vgg16_places365_weights_from_a_path_and_a_url(tmp_path, monkeypatch):
     assert np.allclose(places365_preprocess(x)[..., 0], x[..., 2] - 122.679)
     with pytest.raises(ValueError, match="include_top=False"):
         VGG16Places365(include_top=True)
+
+
+def test_street_city_example_runs_offline_on_a_dataset_folder(tmp_path, capsys):
+    import importlib.util
+
+    from PIL import Image
+
+    images, labels = textures(8, 72, seed=13)
+    for k, city in enumerate(["Paris", "Warsaw", "London"]):
+        (tmp_path / "data" / city).mkdir(parents=True)
+        for i, image in enumerate(images[labels == k]):
+            Image.fromarray(image).save(tmp_path / "data" / city / f"{i:03d}.jpg", quality=95)
+    path = os.path.join(os.path.dirname(__file__), "..", "examples", "street_city.py")
+    spec = importlib.util.spec_from_file_location("street_city", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    argv = ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "runs"), "--backbones", "vgg16",
+            "--modes", "svm", "transfer", "--weights", "none", "--image-size", "48", "--epochs", "1"]  # fmt: skip
+    assert example.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| vgg16 | svm |" in out and "| vgg16 | transfer |" in out
+    results = json.loads((tmp_path / "runs" / "results.json").read_text())
+    assert set(results) == {"vgg16/svm", "vgg16/transfer"}
+    assert set(results["vgg16/transfer"]) == {"city", "region"}
+    assert results["vgg16/transfer"]["region"]["class_names"] == ["East", "West"]
+    assert sorted(os.listdir(tmp_path / "runs" / "vgg16" / "transfer")) == [
+        "best.keras", "confusion_city.png", "confusion_region.png", "history.csv"]  # fmt: skip
+
+
+def test_same_seed_same_model():
+    predictions = []
+    for _ in range(2):
+        keras.utils.set_random_seed(5)  # the initial weights
+        model = build_classifier(_tiny_bagnet(), 3, mode="scratch")
+        _, _, train = _data(4, seed=14, shuffle=True)
+        fit_classifier(model, train, epochs=2, seed=7, verbose=0)
+        x, _, _ = _data(1, seed=15)
+        predictions.append(model.predict(x, verbose=0)["predictions"])
+    assert np.array_equal(predictions[0], predictions[1])
