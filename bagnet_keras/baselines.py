@@ -36,7 +36,7 @@ def feature_extractor(
     (None, 512)
     """
     if isinstance(backbone, keras.Model):
-        inputs, features = backbone.input, backbone.output
+        inputs, features = backbone.inputs[0], backbone.outputs[0]
     else:
         record = get_backbone(backbone)
         inputs = keras.Input(input_shape or (record.input_size, record.input_size, 3))

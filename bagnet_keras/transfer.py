@@ -116,7 +116,7 @@ def build_classifier(
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     with scope, _policy(dtype_policy):
         if isinstance(backbone, keras.Model):
-            inputs, features = backbone.input, backbone.output
+            inputs, features = backbone.inputs[0], backbone.outputs[0]
             if len(features.shape) != 4:
                 raise ValueError(
                     f"Backbone model {backbone.name!r} outputs shape {features.shape}; it must output a feature map "

@@ -1,0 +1,350 @@
+"""Compare explanations across models on the same images: which map is faithful to which model, and where they agree.
+
+`compare` computes, for every model and method, one heatmap per image (for
+the image's true class) and then the numbers of `bagnet_keras.faithfulness`:
+deletion and insertion areas (of the true class's probability) on the
+explained model and deletion on every other model (cross-model masking),
+masking linearity (of its logit), pointing game and
+energy in the ground-truth mask where one is given, rank correlations between
+all maps of an image, shuffle sensitivity of each model, and the correlation
+of the models' per-class accuracies. The result holds tidy per-image rows
+and aggregates with bootstrap confidence intervals, and writes CSV and JSON.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+from tqdm.auto import tqdm
+
+from bagnet_keras.cam import CAM_METHODS, cam
+from bagnet_keras.evidence import evidence_map
+from bagnet_keras.faithfulness import (
+    curve_area,
+    deletion_curve,
+    energy_in_mask,
+    insertion_curve,
+    logit_fn,
+    masking_linearity,
+    mean_ci,
+    per_class_accuracy,
+    pointing_game,
+    probability_fn,
+    rank_correlation,
+    shuffle_sensitivity,
+)
+from bagnet_keras.graph import iter_layers
+from bagnet_keras.inputs import check_images, output_index
+from bagnet_keras.layers import StemConv
+from bagnet_keras.models import bagnet_top
+from bagnet_keras.occlusion import occlusion
+
+METHODS = ("evidence", *CAM_METHODS, "occlusion")
+# Metrics aggregated per (model, method); "deletion_on_<model>" columns are added per other model.
+_MAP_METRICS = ("deletion_area", "insertion_area", "linearity_sum", "linearity_joint", "pointing", "energy")
+
+
+def is_bagnet(model: keras.Model, output: int | str | None = None) -> bool:
+    """Whether ``model`` is a BagNet (its stem) with a BagNet top on ``output``, so it has exact evidence maps.
+
+    Any network ending in average pooling and a linear layer has such a top;
+    only a BagNet's small receptive field makes each position's value the
+    evidence of one local patch.
+    """
+    try:
+        bagnet_top(model, output)
+    except ValueError:
+        return False
+    return any(isinstance(layer, StemConv) for _, layer in iter_layers(model))
+
+
+def explanation_maps(
+    model: keras.Model, images: np.ndarray, class_index: np.ndarray, method: str, output=None
+) -> np.ndarray:
+    """Heatmaps (N, H, W) of ``method`` for ``class_index`` per image, at the images' resolution.
+
+    ``"evidence"`` is the BagNet's evidence on its native grid placed on the
+    pixels (`EvidenceMap.upsample`); CAM methods are `bagnet_keras.cam`;
+    ``"occlusion"`` uses 16-pixel squares moved by 8.
+    """
+    if method == "evidence":
+        return evidence_map(model, images, class_index=class_index, output=output).upsample()
+    if method in CAM_METHODS:
+        return cam(model, images, class_index=class_index, method=method, output=output)
+    if method == "occlusion":
+        return occlusion(model, images, class_index=class_index, output=output)
+    raise ValueError(f"Unknown method {method!r}; choose from {METHODS}.")
+
+
+@dataclass
+class Comparison:
+    """The result of `compare`.
+
+    Attributes
+    ----------
+    rows : list of dict
+        One per (image, model, method): ``image``, ``label``, ``model``,
+        ``method``, ``predicted``, ``deletion_area``, ``insertion_area``,
+        ``deletion_on_<other model>``, ``linearity_sum``, ``linearity_joint``,
+        and ``pointing`` and ``energy`` when masks were given.
+    correlations : list of dict
+        One per image and pair of maps: ``image``, ``map_a``, ``map_b``, ``spearman``.
+    model_rows : list of dict
+        One per (image, model): ``predicted``, ``correct``, ``shuffle_kept``.
+    aggregates : list of dict
+        Per (model, method) and metric: ``mean``, ``low``, ``high`` (95 % bootstrap interval), ``n``.
+    summary : dict
+        Accuracy per model, per-class accuracy per model and their correlation between models.
+    maps : dict
+        ``(model, method)`` -> heatmaps (N, H, W), for figures.
+    curves : dict
+        ``(model, method)`` -> deletion and insertion curves on the explained model, each (N, steps + 1).
+    """
+
+    rows: list = field(default_factory=list)
+    correlations: list = field(default_factory=list)
+    model_rows: list = field(default_factory=list)
+    aggregates: list = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+    maps: dict = field(default_factory=dict)
+    curves: dict = field(default_factory=dict)
+
+    def aggregate(self, model: str, method: str, metric: str) -> dict:
+        """The aggregate row of one metric (KeyError if it was not computed)."""
+        for row in self.aggregates:
+            if (row["model"], row["method"], row["metric"]) == (model, method, metric):
+                return row
+        raise KeyError((model, method, metric))
+
+    def save(self, folder: str | os.PathLike) -> list[str]:
+        """Write ``rows.csv``, ``correlations.csv``, ``models.csv``, ``aggregates.csv`` and ``comparison.json``."""
+        os.makedirs(folder, exist_ok=True)
+        written = []
+        for name, table in (("rows", self.rows), ("correlations", self.correlations),
+                            ("models", self.model_rows), ("aggregates", self.aggregates)):  # fmt: skip
+            written.append(_write_csv(os.path.join(folder, f"{name}.csv"), table))
+        path = os.path.join(folder, "comparison.json")
+        payload = {"summary": self.summary, "aggregates": self.aggregates, "rows": self.rows,
+                   "correlations": self.correlations, "models": self.model_rows}  # fmt: skip
+        _atomic_write(path, json.dumps(_plain(payload), indent=2, sort_keys=True))
+        return [*written, path]
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def _atomic_write(path: str, text: str) -> None:
+    tmp = path + ".partial"
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _write_csv(path: str, table: list[dict]) -> str:
+    columns = list(dict.fromkeys(key for row in table for key in row))
+    tmp = path + ".partial"
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(_plain(table))
+    os.replace(tmp, path)
+    return path
+
+
+def compare(
+    models: Mapping[str, keras.Model],
+    images,
+    labels: Sequence[int],
+    masks: np.ndarray | None = None,
+    methods: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
+    output: int | str | None = None,
+    steps: int = 20,
+    patch: int = 8,
+    linearity_k: int = 10,
+    shuffle_grid: int = 4,
+    n_classes: int | None = None,
+    progress: bool = True,
+) -> Comparison:
+    """Explain the same images with every model and method, and measure the maps.
+
+    Parameters
+    ----------
+    models : mapping name -> keras.Model
+        E.g. ``{"cnn": finetuned_vgg, "bagnet": finetuned_bagnet}``; all take
+        the same preprocessed ``images``.
+    images : array (N, H, W, C)
+        Preprocessed images.
+    labels : sequence of N ints
+        True classes; maps are computed for them.
+    masks : array (N, H, W) of bool, optional
+        Ground-truth object masks, for the pointing game and energy in mask.
+    methods : sequence or mapping name -> sequence, optional
+        Methods for every model, or per model. Default: ``"evidence"`` and
+        ``"gradcam"`` for BagNets, ``"gradcam"`` for the others.
+    output : int or str, optional
+        The head to explain in multi-output models.
+    steps : int
+        Cells masked (deletion) or restored (insertion), k = 0..steps.
+    patch : int
+        Side of the masked cells (8 in the paper).
+    linearity_k : int
+        Cells of the masking-linearity test.
+    shuffle_grid : int
+        Tiles per side for the shuffle test.
+    n_classes : int, optional
+        For per-class accuracies; default: the models' output size.
+    progress : bool
+
+    Returns
+    -------
+    Comparison
+
+    Examples
+    --------
+    >>> result = compare({"cnn": cnn, "bagnet": bagnet}, x_test, y_test, masks=masks)  # doctest: +SKIP
+    >>> result.aggregate("bagnet", "evidence", "deletion_area")["mean"]  # doctest: +SKIP
+    0.41
+    """
+    if not isinstance(models, Mapping) or not models:
+        raise ValueError("`models` must map names to Keras models, e.g. {'cnn': cnn, 'bagnet': bagnet}.")
+    x = check_images(images, 1, channels=None)
+    labels = np.asarray(labels).astype(int).ravel()
+    if len(labels) != len(x):
+        raise ValueError(f"`labels` must have one class per image ({len(x)}). Received {len(labels)}.")
+    if masks is not None:
+        masks = np.asarray(masks, dtype=bool)
+        if masks.shape != x.shape[:3]:
+            raise ValueError(f"`masks` must be (N, H, W) = {x.shape[:3]}. Received {masks.shape}.")
+    per_model = _methods(models, methods, output)
+    scorers = {name: logit_fn(model, output) for name, model in models.items()}
+    probabilities = {name: probability_fn(scorer) for name, scorer in scorers.items()}
+    sizes = {name: int(model.outputs[output_index(model, output)].shape[-1]) for name, model in models.items()}
+    n_classes = n_classes or max(sizes.values())
+    result = Comparison()
+    predicted = {}
+    for name, scorer in scorers.items():
+        scores = scorer(x)
+        predicted[name] = scores.argmax(axis=1)
+        kept = shuffle_sensitivity(scorer, x, grid=shuffle_grid)
+        for i in range(len(x)):
+            result.model_rows.append({"image": i, "model": name, "label": int(labels[i]),
+                                      "predicted": int(predicted[name][i]),
+                                      "correct": bool(predicted[name][i] == labels[i]),
+                                      "shuffle_kept": bool(kept[i])})  # fmt: skip
+    total = sum(len(m) for m in per_model.values())
+    bar = tqdm(total=total * len(x), desc="compare", unit="map", disable=not progress)
+    for name, model in models.items():
+        for method in per_model[name]:
+            maps = explanation_maps(model, x, labels, method, output)
+            result.maps[name, method] = maps
+            deletion, insertion = [], []
+            for i in range(len(x)):
+                row = {"image": i, "label": int(labels[i]), "model": name, "method": method,
+                       "predicted": int(predicted[name][i])}  # fmt: skip
+                for other, probability in probabilities.items():
+                    curve = deletion_curve(probability, x[i], maps[i], labels[i], steps, patch)
+                    if other == name:
+                        deletion.append(curve)
+                        row["deletion_area"] = curve_area(curve)
+                    else:
+                        row[f"deletion_on_{other}"] = curve_area(curve)
+                curve = insertion_curve(probabilities[name], x[i], maps[i], labels[i], steps, patch)
+                insertion.append(curve)
+                row["insertion_area"] = curve_area(curve)
+                row["linearity_sum"], row["linearity_joint"] = masking_linearity(
+                    scorers[name], x[i], maps[i], labels[i], linearity_k, patch
+                )
+                if masks is not None and masks[i].any():
+                    row["pointing"] = pointing_game(maps[i], masks[i])
+                    row["energy"] = energy_in_mask(maps[i], masks[i])
+                result.rows.append(row)
+                bar.update(1)
+            result.curves[name, method] = {"deletion": np.stack(deletion), "insertion": np.stack(insertion)}
+    bar.close()
+    keys = list(result.maps)
+    for i in range(len(x)):
+        for a, b in itertools.combinations(keys, 2):
+            rho = rank_correlation(result.maps[a][i], result.maps[b][i], patch)
+            result.correlations.append({"image": i, "map_a": "/".join(a), "map_b": "/".join(b), "spearman": rho})
+    result.aggregates = _aggregate(result.rows, result.correlations, result.model_rows)
+    accuracy = {name: per_class_accuracy(labels, predicted[name], n_classes) for name in models}
+    result.summary = {
+        "n_images": len(x),
+        "accuracy": {name: float((predicted[name] == labels).mean()) for name in models},
+        "per_class_accuracy": {name: acc.tolist() for name, acc in accuracy.items()},
+        "per_class_accuracy_correlation": {
+            f"{a}/{b}": _pearson(accuracy[a], accuracy[b]) for a, b in itertools.combinations(models, 2)
+        },
+        "shuffle_kept": {name: float(np.mean([r["shuffle_kept"] for r in result.model_rows if r["model"] == name]))
+                         for name in models},  # fmt: skip
+    }
+    return result
+
+
+def _methods(models, methods, output) -> dict[str, list[str]]:
+    chosen = {}
+    for name, model in models.items():
+        if methods is None:
+            wanted = ["evidence", "gradcam"] if is_bagnet(model, output) else ["gradcam"]
+        elif isinstance(methods, Mapping):
+            wanted = list(methods.get(name, []))
+        else:
+            wanted = list(methods)
+        for method in wanted:
+            if method not in METHODS:
+                raise ValueError(f"Unknown method {method!r} for model {name!r}; choose from {METHODS}.")
+            if method == "evidence" and not is_bagnet(model, output):
+                raise ValueError(f"Model {name!r} is not a BagNet: it has no 'evidence' maps; use a CAM method.")
+        chosen[name] = wanted
+    return chosen
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    both = ~(np.isnan(a) | np.isnan(b))
+    if both.sum() < 2 or np.ptp(a[both]) == 0 or np.ptp(b[both]) == 0:
+        return float("nan")
+    return float(np.corrcoef(a[both], b[both])[0, 1])
+
+
+def _aggregate(rows: list[dict], correlations: list[dict], model_rows: list[dict]) -> list[dict]:
+    out = []
+    groups: dict = {}
+    for row in rows:
+        groups.setdefault((row["model"], row["method"]), []).append(row)
+    for (model, method), group in groups.items():
+        metrics = [m for m in _MAP_METRICS if any(m in r for r in group)]
+        metrics += sorted({k for r in group for k in r if k.startswith("deletion_on_")})
+        for metric in metrics:
+            values = [float(r[metric]) for r in group if metric in r]
+            mean, low, high = mean_ci(values)
+            out.append({"model": model, "method": method, "metric": metric,
+                        "mean": mean, "low": low, "high": high, "n": len(values)})  # fmt: skip
+    pairs: dict = {}
+    for row in correlations:
+        pairs.setdefault((row["map_a"], row["map_b"]), []).append(row["spearman"])
+    for (a, b), values in pairs.items():
+        mean, low, high = mean_ci(values)
+        out.append({"model": a, "method": b, "metric": "spearman", "mean": mean, "low": low, "high": high,
+                    "n": int(np.sum(~np.isnan(values)))})  # fmt: skip
+    for model in dict.fromkeys(r["model"] for r in model_rows):
+        for metric in ("correct", "shuffle_kept"):
+            mean, low, high = mean_ci([float(r[metric]) for r in model_rows if r["model"] == model])
+            out.append({"model": model, "method": "", "metric": metric, "mean": mean, "low": low, "high": high,
+                        "n": sum(r["model"] == model for r in model_rows)})  # fmt: skip
+    return out

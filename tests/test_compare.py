@@ -1,0 +1,130 @@
+"""compare(): every map of every model measured on every model; metric functions on hand-computed inputs."""
+
+import csv
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from bagnet_keras import BagNet
+from bagnet_keras.compare import compare, is_bagnet
+from bagnet_keras.faithfulness import (
+    cell_scores,
+    curve_area,
+    deletion_curve,
+    energy_in_mask,
+    insertion_curve,
+    masking_linearity,
+    mean_ci,
+    pointing_game,
+    rank_correlation,
+    shuffle_patches,
+)
+from bagnet_keras.transfer import build_classifier
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def models():
+    keras.utils.set_random_seed(0)
+    bagnet = BagNet(blocks=(1, 1, 1, 1), kernel3=(1, 1, 0, 0), base_width=8, include_top=False,
+                    input_shape=(SIZE, SIZE, 3))  # fmt: skip
+    cnn = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Conv2D(8, 3, activation="relu"),
+                            keras.layers.MaxPooling2D(), keras.layers.Conv2D(8, 3, activation="relu")])  # fmt: skip
+    return {
+        "cnn": build_classifier(cnn, {"shape": 3, "size": 2}, mode="scratch"),
+        "bagnet": build_classifier(bagnet, {"shape": 3, "size": 2}, mode="scratch"),
+    }
+
+
+def test_compare_measures_every_map_on_every_model(models, tmp_path):
+    x = np.random.default_rng(0).normal(size=(3, SIZE, SIZE, 3)).astype("float32")
+    labels = [0, 1, 2]
+    masks = np.zeros((3, SIZE, SIZE), bool)
+    masks[:, 8:16, 8:16] = True
+    result = compare(models, x, labels, masks=masks, output="shape", steps=4, linearity_k=3, progress=False)
+    assert is_bagnet(models["bagnet"], "shape") and not is_bagnet(models["cnn"], "shape")
+    assert set(result.maps) == {("cnn", "gradcam"), ("bagnet", "evidence"), ("bagnet", "gradcam")}
+    assert len(result.rows) == 3 * 3 and len(result.model_rows) == 2 * 3
+    row = next(r for r in result.rows if r["model"] == "bagnet" and r["method"] == "evidence")
+    assert {"deletion_area", "insertion_area", "deletion_on_cnn", "linearity_sum", "pointing", "energy"} <= set(row)
+    assert result.curves["bagnet", "evidence"]["deletion"].shape == (3, 5)
+    # the curves start at the unmasked probability of the true class
+    probabilities = models["bagnet"].predict(x, verbose=0)["shape"][np.arange(3), labels]
+    assert np.allclose(result.curves["bagnet", "evidence"]["deletion"][:, 0], probabilities, atol=1e-5)
+    assert len(result.correlations) == 3 * 3  # three pairs of maps per image
+    aggregate = result.aggregate("bagnet", "evidence", "deletion_area")
+    assert aggregate["low"] <= aggregate["mean"] <= aggregate["high"] and aggregate["n"] == 3
+    written = result.save(tmp_path)
+    assert sorted(p.split("/")[-1] for p in written) == [
+        "aggregates.csv", "comparison.json", "correlations.csv", "models.csv", "rows.csv"]  # fmt: skip
+    with open(tmp_path / "rows.csv") as f:
+        assert len(list(csv.DictReader(f))) == 9
+    summary = json.loads((tmp_path / "comparison.json").read_text())["summary"]
+    assert set(summary["accuracy"]) == {"cnn", "bagnet"}
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(methods={"cnn": ["evidence"]}), "'cnn' is not a BagNet"),
+        (dict(methods=["gradcam", "lime"]), "Unknown method 'lime'"),
+        (dict(labels=[0]), "one class per image"),
+        (dict(masks=np.zeros((2, 8, 8), bool)), "masks"),
+        (dict(models={}), "must map names"),
+    ],
+)
+def test_compare_bad_arguments(models, kwargs, match):
+    args = dict(models=models, images=np.zeros((2, SIZE, SIZE, 3)), labels=[0, 1], output="shape", progress=False)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        compare(**args)
+
+
+# -- metric functions against values computed by hand
+
+
+def _sum_score(x):
+    """A one-class 'model' whose score is the sum of all pixels."""
+    return x.sum(axis=(1, 2, 3))[:, None]
+
+
+def test_deletion_of_a_known_ranking():
+    image = np.zeros((4, 4, 1), "float32")
+    image[0:2, 2:4] = 8.0  # cell 1 holds all the mass: 32
+    image[2:4, 0:2] = 2.0  # cell 2: 8
+    heatmap = cell_scores_to_map([[0.0, 5.0], [1.0, 0.0]])
+    # mean fill = 40 / 16 = 2.5: masking cell 1 leaves 8 + 4 * 2.5, then cell 2 too gives 8 * 2.5 = 20
+    assert deletion_curve(_sum_score, image, heatmap, 0, steps=2, patch=2).tolist() == [40.0, 18.0, 20.0]
+    # insertion: all filled (40), then cell 1 restored (32 + 12 * 2.5), then cell 2 (32 + 8 + 8 * 2.5)
+    assert insertion_curve(_sum_score, image, heatmap, 0, steps=2, patch=2).tolist() == [40.0, 62.0, 60.0]
+    assert curve_area(np.array([40.0, 18.0, 20.0])) == pytest.approx((40 + 18) / 4 + (18 + 20) / 4)
+
+
+def cell_scores_to_map(cells, patch=2):
+    return np.kron(np.asarray(cells, dtype="float64"), np.ones((patch, patch)))
+
+
+def test_map_metrics_by_hand():
+    a = np.random.default_rng(0).normal(size=(16, 16))
+    assert rank_correlation(a, a) == 1.0 and rank_correlation(a, 3 * a + 1) == 1.0
+    assert rank_correlation(a, -a) == -1.0
+    assert np.isnan(rank_correlation(a, np.zeros_like(a)))
+    assert cell_scores(np.ones((10, 10)), 8).tolist() == [[1.0, 1.0], [1.0, 1.0]]  # partial cells average what exists
+    mask = np.zeros((4, 4), bool)
+    mask[:2, :2] = True
+    heatmap = np.zeros((4, 4))
+    heatmap[0, 1], heatmap[3, 3], heatmap[2, 2] = 2.0, 1.0, -4.0
+    assert pointing_game(heatmap, mask) and energy_in_mask(heatmap, mask) == pytest.approx(2 / 3)
+    assert mean_ci([0.0, 1.0], n_boot=500)[0] == 0.5
+
+
+def test_masking_is_linear_for_a_sum_and_shuffling_keeps_the_pixels():
+    image = np.random.default_rng(1).uniform(0, 1, (8, 8, 2)).astype("float32")
+    joint_sum, joint = masking_linearity(_sum_score, image, image[..., 0], 0, k=4, patch=2)
+    assert joint_sum == pytest.approx(joint, rel=1e-5)
+    shuffled = shuffle_patches(image, grid=4, seed=3)
+    assert not np.array_equal(shuffled, image)
+    assert np.allclose(np.sort(shuffled.ravel()), np.sort(image.ravel()))
