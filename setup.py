@@ -29,6 +29,7 @@ setup(
         "imagehash",
         "scipy",
     ],
-    extras_require={"dev": ["pytest", "ruff"]},
+    # selenium drives Debian's chromium (apt: chromium chromium-driver) for the report's browser test.
+    extras_require={"dev": ["pytest", "ruff", "selenium"]},
     entry_points={"console_scripts": ["bagnet-keras=bagnet_keras.cli:main"]},
 )

@@ -10,9 +10,17 @@ import numpy as np
 from data_tools.cli import add_commands, run
 
 DEMO_EPILOG = """example:
-  bagnet-keras demo                       # BagNet-33, random weights, a generated image, offline
-  bagnet-keras demo --weights imagenet    # the authors' ImageNet weights (downloads once)
-  bagnet-keras demo --weights bagnet32-2ddd53ed.pth.tar --image street.jpg
+  bagnet-keras demo                                   # offline: generated scenes, a small BagNet and CNN, the report
+  bagnet-keras demo --out runs/demo --per-class 100   # smaller and faster
+  bagnet-keras demo --data datasets/streets --weights imagenet   # a crawled dataset, fine-tuned BagNet-33 and VGG16
+
+It prints its progress and, at the end, the path of report.html.
+"""
+
+PREDICT_EPILOG = """example:
+  bagnet-keras predict                       # BagNet-33, random weights, a generated image, offline
+  bagnet-keras predict --weights imagenet    # the authors' ImageNet weights (downloads once)
+  bagnet-keras predict --weights bagnet32-2ddd53ed.pth.tar --image street.jpg
 """
 
 
@@ -53,6 +61,15 @@ def load_image(path: str, size: int = 224) -> np.ndarray:
 
 
 def demo(args: argparse.Namespace) -> int:
+    from bagnet_keras.demo import run_demo
+
+    weights = None if args.weights == "none" else args.weights
+    run_demo(args.out, data=args.data, weights=weights, per_class=args.per_class, image_size=args.image_size,
+             epochs=args.epochs, seed=args.seed)  # fmt: skip
+    return 0
+
+
+def predict(args: argparse.Namespace) -> int:
     from bagnet_keras import BagNet33, bagnet_geometry, decode_predictions, evidence_model, preprocess_input
 
     image = load_image(args.image) if args.image else sample_image()
@@ -83,15 +100,23 @@ def demo(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bagnet-keras", description="BagNets in Keras: see what a CNN looks at.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser(
-        "demo",
-        help="BagNet-33 prediction and evidence grid for one image",
-        epilog=DEMO_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    formatter = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser("demo", help="the main job: BagNet evidence vs Grad-CAM, measured, as an HTML report",
+                       epilog=DEMO_EPILOG, formatter_class=formatter)  # fmt: skip
+    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    p.add_argument("--data", help="a dataset folder (one sub-folder per class) instead of generated scenes")
+    p.add_argument("--weights", default="none", choices=["none", "imagenet"],
+                   help="none: small models from scratch (offline); imagenet: fine-tune BagNet-33, VGG16")  # fmt: skip
+    p.add_argument("--per-class", type=int, default=400, help="generated scenes per class")
+    p.add_argument("--image-size", type=int, default=64, help="side of the generated scenes")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=demo)
+    p = sub.add_parser("predict", help="BagNet-33 prediction and evidence grid for one image",
+                       epilog=PREDICT_EPILOG, formatter_class=formatter)  # fmt: skip
     p.add_argument("--weights", default="none", help="'none' (default, offline), 'imagenet', or a checkpoint path")
     p.add_argument("--image", help="an image file; default: a generated image")
-    p.set_defaults(func=demo)
+    p.set_defaults(func=predict)
     add_commands(sub)
     return run(parser, argv)
 

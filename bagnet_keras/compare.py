@@ -13,10 +13,13 @@ and aggregates with bootstrap confidence intervals, and writes CSV and JSON.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import itertools
 import json
 import os
+import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -101,7 +104,8 @@ class Comparison:
     aggregates : list of dict
         Per (model, method) and metric: ``mean``, ``low``, ``high`` (95 % bootstrap interval), ``n``.
     summary : dict
-        Accuracy per model, per-class accuracy per model and their correlation between models.
+        Accuracy per model, per-class accuracy per model and their correlation between models, and
+        ``seconds``: time spent per part (maps of each model and method, deletion, insertion, ...).
     maps : dict
         ``(model, method)`` -> heatmaps (N, H, W), for figures.
     curves : dict
@@ -237,11 +241,20 @@ def compare(
     sizes = {name: int(model.outputs[output_index(model, output)].shape[-1]) for name, model in models.items()}
     n_classes = n_classes or max(sizes.values())
     result = Comparison()
+    seconds: Counter = Counter()
+
+    @contextlib.contextmanager
+    def timed(part: str):
+        start = time.perf_counter()
+        yield
+        seconds[part] += time.perf_counter() - start
+
     predicted = {}
     for name, scorer in scorers.items():
-        scores = scorer(x)
-        predicted[name] = scores.argmax(axis=1)
-        kept = shuffle_sensitivity(scorer, x, grid=shuffle_grid)
+        with timed(f"predict {name}"):
+            predicted[name] = scorer(x).argmax(axis=1)
+        with timed(f"shuffle test {name}"):
+            kept = shuffle_sensitivity(scorer, x, grid=shuffle_grid)
         for i in range(len(x)):
             result.model_rows.append({"image": i, "model": name, "label": int(labels[i]),
                                       "predicted": int(predicted[name][i]),
@@ -251,25 +264,29 @@ def compare(
     bar = tqdm(total=total * len(x), desc="compare", unit="map", disable=not progress)
     for name, model in models.items():
         for method in per_model[name]:
-            maps = explanation_maps(model, x, labels, method, output)
+            with timed(f"maps {name}/{method}"):
+                maps = explanation_maps(model, x, labels, method, output)
             result.maps[name, method] = maps
             deletion, insertion = [], []
             for i in range(len(x)):
                 row = {"image": i, "label": int(labels[i]), "model": name, "method": method,
                        "predicted": int(predicted[name][i])}  # fmt: skip
                 for other, probability in probabilities.items():
-                    curve = deletion_curve(probability, x[i], maps[i], labels[i], steps, patch)
+                    with timed(f"deletion on {other}"):
+                        curve = deletion_curve(probability, x[i], maps[i], labels[i], steps, patch)
                     if other == name:
                         deletion.append(curve)
                         row["deletion_area"] = curve_area(curve)
                     else:
                         row[f"deletion_on_{other}"] = curve_area(curve)
-                curve = insertion_curve(probabilities[name], x[i], maps[i], labels[i], steps, patch)
+                with timed(f"insertion on {name}"):
+                    curve = insertion_curve(probabilities[name], x[i], maps[i], labels[i], steps, patch)
                 insertion.append(curve)
                 row["insertion_area"] = curve_area(curve)
-                row["linearity_sum"], row["linearity_joint"] = masking_linearity(
-                    scorers[name], x[i], maps[i], labels[i], linearity_k, patch
-                )
+                with timed(f"linearity on {name}"):
+                    row["linearity_sum"], row["linearity_joint"] = masking_linearity(
+                        scorers[name], x[i], maps[i], labels[i], linearity_k, patch
+                    )
                 if masks is not None and masks[i].any():
                     row["pointing"] = pointing_game(maps[i], masks[i])
                     row["energy"] = energy_in_mask(maps[i], masks[i])
@@ -278,10 +295,12 @@ def compare(
             result.curves[name, method] = {"deletion": np.stack(deletion), "insertion": np.stack(insertion)}
     bar.close()
     keys = list(result.maps)
+    start = time.perf_counter()
     for i in range(len(x)):
         for a, b in itertools.combinations(keys, 2):
             rho = rank_correlation(result.maps[a][i], result.maps[b][i], patch)
             result.correlations.append({"image": i, "map_a": "/".join(a), "map_b": "/".join(b), "spearman": rho})
+    seconds["rank correlations"] += time.perf_counter() - start
     result.aggregates = _aggregate(result.rows, result.correlations, result.model_rows)
     accuracy = {name: per_class_accuracy(labels, predicted[name], n_classes) for name in models}
     result.summary = {
@@ -293,6 +312,7 @@ def compare(
         },
         "shuffle_kept": {name: float(np.mean([r["shuffle_kept"] for r in result.model_rows if r["model"] == name]))
                          for name in models},  # fmt: skip
+        "seconds": dict(seconds),
     }
     return result
 

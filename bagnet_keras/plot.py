@@ -261,6 +261,32 @@ def plot_confusion(
     return fig
 
 
+def plot_curves(
+    curves: Mapping[str, np.ndarray], title: str = "", xlabel: str = "cells masked", ax: Axes | None = None
+) -> Figure:
+    """Mean curve of each entry (rows: images) with a 95 % band (mean +- 1.96 standard errors).
+
+    Examples
+    --------
+    >>> fig = plot_curves({"evidence": np.array([[1.0, 0.5, 0.2], [0.8, 0.4, 0.1]])}, "deletion")
+    >>> fig.axes[0].get_title()
+    'deletion'
+    """
+    fig, ax = _new_axes(ax, (4.5, 3.2))
+    for name, values in curves.items():
+        values = np.asarray(values, dtype="float64")
+        k = np.arange(values.shape[1])
+        mean = values.mean(axis=0)
+        half = 1.96 * values.std(axis=0, ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0 * mean
+        ax.plot(k, mean, label=name)
+        ax.fill_between(k, mean - half, mean + half, alpha=0.2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("probability of the true class")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    return fig
+
+
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> str:
     """Write ``fig`` to ``path`` (format from the extension) through a temporary file, so no half-written file remains.
 

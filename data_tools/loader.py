@@ -112,11 +112,14 @@ def image_dataset(
         return tf.clip_by_value(image, 0.0, 255.0), label
 
     dataset = tf.data.Dataset.from_tensor_slices((paths, labels))
-    if split in (None, "train") if shuffle is None else shuffle:
+    shuffled = split in (None, "train") if shuffle is None else shuffle
+    if shuffled and not cache:
         dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE)
     if cache:
         dataset = dataset.cache(cache if isinstance(cache, str) else "")
+        if shuffled:  # after the cache, or every epoch would replay the first epoch's order
+            dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
     if augment:
         generator = tf.random.Generator.from_seed(seed)
 

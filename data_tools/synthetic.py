@@ -7,6 +7,8 @@ near-duplicates in a generated set.
 
 from __future__ import annotations
 
+import os
+
 import cv2
 import numpy as np
 
@@ -74,3 +76,111 @@ def textures(n_per_class: int, size: int = 32, seed: int = 0) -> tuple[np.ndarra
             images.append(np.clip(image, 0, 255).astype("uint8"))
             labels.append(label)
     return np.stack(images), np.array(labels)
+
+
+#: Classes told apart by a small local motif, and a pair told apart only by how a dot and a bar are arranged.
+MOTIF_CLASSES = ("cross", "ring", "triangle")
+ARRANGEMENT_CLASSES = ("dot_above_bar", "dot_left_of_bar")
+
+
+def _clutter(rng: np.random.Generator, size: int) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size] / size
+    image = np.empty((size, size, 3), dtype="float32")
+    for c in range(3):
+        a, b, phase = rng.uniform(-4, 4, 3)
+        image[..., c] = 110 + 25 * np.sin(a * xx + b * yy + phase)
+    image = image.astype("uint8")
+    for _ in range(int(rng.integers(8, 16))):  # low-contrast blobs and strokes, none of them a motif
+        colour = tuple(int(v) for v in rng.integers(70, 170, 3))
+        x0, y0, x1, y1 = (int(v) for v in rng.integers(0, size, 4))
+        if rng.random() < 0.5:
+            cv2.line(image, (x0, y0), (x1, y1), colour, 1)
+        else:
+            cv2.ellipse(image, (x0, y0), (int(rng.integers(3, 9)), int(rng.integers(2, 5))),
+                        float(rng.uniform(0, 180)), 0, 360, colour, -1)  # fmt: skip
+    return np.clip(image + rng.normal(0, 5, image.shape), 0, 255).astype("uint8")
+
+
+def _draw(canvas: np.ndarray, kind: str, cy: int, cx: int, colour) -> None:
+    # At most 9 pixels across: every motif lies whole in some patch of a BagNet-17's stride-8 grid.
+    if kind == "cross":
+        cv2.line(canvas, (cx - 4, cy), (cx + 4, cy), colour, 2)
+        cv2.line(canvas, (cx, cy - 4), (cx, cy + 4), colour, 2)
+    elif kind == "ring":
+        cv2.circle(canvas, (cx, cy), 3, colour, 2)
+    elif kind == "triangle":
+        points = np.array([[cx, cy - 4], [cx - 4, cy + 4], [cx + 4, cy + 4]], dtype=np.int32)
+        cv2.fillPoly(canvas, [points], colour)
+    elif kind == "dot":
+        cv2.circle(canvas, (cx, cy), 3, colour, -1)
+    elif kind == "bar":
+        cv2.rectangle(canvas, (cx - 4, cy - 1), (cx + 4, cy + 1), colour, -1)
+    else:
+        raise ValueError(f"Unknown motif {kind!r}")
+
+
+def motif_scene(label: str, seed: int, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """An RGB uint8 scene of class ``label`` and its ground-truth mask (H, W) of the motif pixels.
+
+    ``MOTIF_CLASSES`` show two copies of their motif (a cross, a ring or a
+    triangle) on clutter. ``ARRANGEMENT_CLASSES`` both show one dot and one
+    bar, 28 pixels apart (centre to centre), the dot above or left of the
+    bar: no patch smaller than their 18-pixel gap can tell them apart.
+
+    Examples
+    --------
+    >>> image, mask = motif_scene("ring", seed=0)
+    >>> image.shape, mask.dtype, bool(0 < mask.mean() < 0.2)
+    ((64, 64, 3), dtype('bool'), True)
+    """
+    rng = np.random.default_rng(seed)
+    image = _clutter(rng, size)
+    shapes = np.zeros((size, size), np.uint8)
+    colour = tuple(int(v) for v in rng.choice([20, 235], 3))
+    # Motif centres stay in [8, size - 12]: whole motifs then lie where a BagNet-17's valid grid of
+    # patches reaches (pixels 0-56 of 64), so no class shows cut-off motifs more often than another.
+    low, high = 8, size - 11
+    if label in MOTIF_CLASSES:
+        placed: list[tuple[int, int]] = []
+        while len(placed) < 2:
+            cy, cx = (int(v) for v in rng.integers(low, high, 2))
+            if all(abs(cy - y) + abs(cx - x) > 16 for y, x in placed):
+                placed.append((cy, cx))
+        for cy, cx in placed:
+            _draw(image, label, cy, cx, colour)
+            _draw(shapes, label, cy, cx, 1)
+    elif label in ARRANGEMENT_CLASSES:
+        half = 14
+        cy, cx = (int(v) for v in rng.integers(low + half, high - half, 2))
+        dy, dx = (half, 0) if label == "dot_above_bar" else (0, half)
+        for kind, y, x in (("dot", cy - dy, cx - dx), ("bar", cy + dy, cx + dx)):
+            _draw(image, kind, y, x, colour)
+            _draw(shapes, kind, y, x, 1)
+    else:
+        raise ValueError(f"Unknown class {label!r}; choose from {MOTIF_CLASSES + ARRANGEMENT_CLASSES}.")
+    mask = cv2.dilate(shapes, np.ones((3, 3), np.uint8)) > 0
+    return image, mask
+
+
+def write_motif_dataset(root: str, masks_root: str, n_per_class: int, size: int = 64, seed: int = 0) -> None:
+    """Write `motif_scene` images as ``root/<class>/NNNNNN.png`` and their masks at the same paths under ``masks_root``.
+
+    Every file goes through a temporary name. The masks live outside
+    ``root`` so that ``root`` is an ordinary dataset folder.
+
+    Examples
+    --------
+    >>> write_motif_dataset("demo/data", "demo/masks", n_per_class=100)  # doctest: +SKIP
+    """
+    from PIL import Image
+
+    for k, label in enumerate(MOTIF_CLASSES + ARRANGEMENT_CLASSES):
+        for folder in (root, masks_root):
+            os.makedirs(os.path.join(folder, label), exist_ok=True)
+        for i in range(n_per_class):
+            image, mask = motif_scene(label, seed=seed * 1_000_003 + k * 100_003 + i, size=size)
+            for folder, array in ((root, image), (masks_root, mask.astype(np.uint8) * 255)):
+                path = os.path.join(folder, label, f"{i:06d}.png")
+                tmp = os.path.join(folder, label, f".{i:06d}.png.part")
+                Image.fromarray(array).save(tmp, format="PNG")
+                os.replace(tmp, path)

@@ -63,3 +63,17 @@ def test_errors_and_no_tensorflow_at_import(tmp_path):
         image_dataset(str(tmp_path), image_size=(0, 10))
     code = "import sys, data_tools.loader, data_tools.clean, data_tools.split; print('tensorflow' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_every_epoch_is_shuffled_anew(tmp_path, cache):
+    root = _folder(tmp_path / "data")
+    ds = image_dataset(str(root), (8, 8), batch_size=12, cache=cache, seed=0)
+
+    def order():
+        # an image's mean identifies it
+        return tuple(np.round(next(iter(ds))[0].numpy().mean(axis=(1, 2, 3)), 3))
+
+    epochs = [order() for _ in range(4)]
+    assert len(set(epochs)) > 1, "the same order every epoch"
+    assert len({tuple(sorted(e)) for e in epochs}) == 1  # the same images each time

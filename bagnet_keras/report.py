@@ -1,0 +1,236 @@
+"""A self-contained HTML report of a `bagnet_keras.compare.Comparison`: one file, figures embedded, PNGs beside it.
+
+`write_report` draws, from the comparison and the images: the models'
+accuracies, the faithfulness table with confidence intervals, the mean
+deletion and insertion curves, the agreement between maps, per-image rows
+of overlays (image with the boxes of the BagNet's most predictive patches,
+then every map, then the BagNet's evidence for the predicted class),
+per-class galleries of the BagNet's most informative patches, and the
+misclassified images. Every figure is also written as a PNG under
+``figures/``; the HTML is written through a temporary file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from bagnet_keras.compare import Comparison, is_bagnet
+from bagnet_keras.evidence import evidence_map, top_patches
+from bagnet_keras.plot import plot_curves, plot_heatmap, plot_overlay, plot_patches, save_figure, to_display
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
+img { max-width: 100%; } .finding { margin: 0.3em 0; } .note { color: #555; font-size: 0.9em; }
+"""
+
+
+class _Figures:
+    """Saves each figure as a PNG under ``folder/figures`` and returns its ``<img>`` tag with the PNG embedded."""
+
+    def __init__(self, folder: str):
+        self.folder = os.path.join(folder, "figures")
+        os.makedirs(self.folder, exist_ok=True)
+        self.files: list[str] = []
+
+    def __call__(self, fig: Figure, name: str, alt: str) -> str:
+        path = save_figure(fig, os.path.join(self.folder, f"{name}.png"))
+        self.files.append(path)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100)
+        data = base64.b64encode(buffer.getvalue()).decode("ascii")
+        return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence], caption: str = "") -> str:
+    def cell(value):
+        if isinstance(value, float):
+            return "n/a" if not np.isfinite(value) else f"{value:.3f}"
+        return html.escape(str(value))
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    caption = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _overlays(
+    display: np.ndarray,
+    indices: Sequence[int],
+    columns: Mapping[str, np.ndarray],
+    boxes: Mapping[int, np.ndarray],
+    titles: Sequence[str],
+) -> Figure:
+    cols = 1 + len(columns)
+    fig = Figure(figsize=(2.0 * cols, 2.3 * len(indices)), layout="constrained")
+    axes = fig.subplots(len(indices), cols, squeeze=False)
+    for r, i in enumerate(indices):
+        axes[r, 0].imshow(display[i])
+        axes[r, 0].set_axis_off()
+        axes[r, 0].set_title(titles[r], fontsize=7)
+        for top, left, bottom, right in boxes.get(i, []):
+            axes[r, 0].add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False,
+                                           edgecolor="yellow", linewidth=1))  # fmt: skip
+        for ax, (name, maps) in zip(axes[r, 1:], columns.items(), strict=True):
+            # Signed maps (evidence) in the authors' diverging colours, in every row alike.
+            draw = plot_heatmap if np.min(maps) < 0 else plot_overlay
+            draw(maps[i], display[i], ax=ax, title=name if r == 0 else None)
+    return fig
+
+
+def write_report(
+    comparison: Comparison,
+    models: Mapping[str, object],
+    images: np.ndarray,
+    labels: Sequence[int],
+    class_names: Sequence[str],
+    folder: str | os.PathLike,
+    deprocess: Callable | None = None,
+    output: int | str | None = None,
+    title: str = "Grad-CAM and BagNet evidence",
+    findings: Sequence[str] = (),
+    max_images: int = 12,
+    patches_per_class: int = 8,
+) -> str:
+    """Write ``report.html`` (and ``figures/*.png``) into ``folder``; returns the report's path.
+
+    Parameters
+    ----------
+    comparison : Comparison
+        From `bagnet_keras.compare.compare` on these models, images and labels.
+    models : mapping name -> keras.Model
+    images : array (N, H, W, C)
+        The preprocessed images given to `compare`.
+    labels : sequence of N ints
+    class_names : sequence of str
+    folder : path
+        Output folder; nothing is written outside it.
+    deprocess : callable, optional
+        Turns the preprocessed images back into displayable RGB.
+    output : int or str, optional
+        The head explained, for multi-output models.
+    title : str
+    findings : sequence of str
+        Sentences stated at the top (e.g. the numbers a study checks).
+    max_images : int
+        Images shown with all their maps (misclassified ones come in addition).
+    patches_per_class : int
+        Size of each class's patch gallery (BagNets only).
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> models = {"cnn": cnn, "bagnet": bagnet}  # doctest: +SKIP
+    >>> path = write_report(result, models, x_test, y_test, names, "runs/report")  # doctest: +SKIP
+    """
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    figure = _Figures(folder)
+    images = np.asarray(images)
+    labels = np.asarray(labels).astype(int)
+    display = np.stack([to_display(x, deprocess) for x in images])
+    name_of = list(class_names)
+    predicted = {name: np.array([r["predicted"] for r in comparison.model_rows if r["model"] == name])
+                 for name in models}  # fmt: skip
+    parts = [f"<h1>{html.escape(title)}</h1>"]
+    parts.append(f'<p class="note">{len(images)} images, {len(name_of)} classes, models: '
+                 f"{html.escape(', '.join(models))}.</p>")  # fmt: skip
+    if findings:
+        parts.append("<h2>Findings</h2>" + "".join(f'<p class="finding">{html.escape(f)}</p>' for f in findings))
+
+    per_class = comparison.summary["per_class_accuracy"]
+    header = ["model", "accuracy", "kept top class when tiles are shuffled", *name_of]
+    rows = [[name, comparison.summary["accuracy"][name], comparison.summary["shuffle_kept"][name],
+             *[float(v) if v is not None else float("nan") for v in per_class[name][: len(name_of)]]]
+            for name in models]  # fmt: skip
+    parts.append("<h2>Models</h2>" + _table(header, rows, "accuracy on these images, overall and per class"))
+
+    rows = [[a["model"], a["method"], a["metric"], a["mean"], a["low"], a["high"], a["n"]]
+            for a in comparison.aggregates if a["metric"] != "spearman"]  # fmt: skip
+    parts.append(
+        "<h2>Faithfulness</h2>"
+        '<p class="note">deletion_area: mean probability of the true class while the map\'s highest-ranked '
+        "8x8 cells are masked with the image mean (lower: the map found what the model uses); deletion_on_X: "
+        "the same cells masked for model X; insertion_area: cells restored from a masked image (higher is "
+        "better); linearity_sum / linearity_joint: logit drop summed over single cells vs all at once; "
+        "pointing, energy: agreement with the ground-truth masks. Intervals: 95 % bootstrap.</p>"
+        + _table(["model", "method", "metric", "mean", "low", "high", "n"], rows)
+    )
+    deletion = {f"{m}/{meth}": c["deletion"] for (m, meth), c in comparison.curves.items()}
+    insertion = {f"{m}/{meth}": c["insertion"] for (m, meth), c in comparison.curves.items()}
+    deletion_fig = plot_curves(deletion, "deletion (on the explained model)")
+    insertion_fig = plot_curves(insertion, "insertion", "cells restored")
+    parts.append("<h2>Deletion and insertion curves</h2>" + figure(deletion_fig, "deletion", "deletion curves")
+                 + figure(insertion_fig, "insertion", "insertion curves"))  # fmt: skip
+    rows = [[a["model"], a["method"], a["mean"], a["low"], a["high"], a["n"]]
+            for a in comparison.aggregates if a["metric"] == "spearman"]  # fmt: skip
+    parts.append("<h2>Agreement between maps</h2>"
+                 + _table(["map", "map", "Spearman mean", "low", "high", "n"], rows,
+                          "rank correlation of the maps over 8x8 cells, per image"))  # fmt: skip
+
+    bagnets = [name for name, model in models.items() if is_bagnet(model, output)]
+    columns = {f"{m}/{meth}": maps for (m, meth), maps in comparison.maps.items()}
+    boxes: dict[int, np.ndarray] = {}
+    if bagnets:
+        bagnet = models[bagnets[0]]
+        chosen = evidence_map(bagnet, images, class_index=predicted[bagnets[0]], output=output)
+        columns[f"{bagnets[0]}/evidence, predicted class"] = chosen.upsample()
+        true = evidence_map(bagnet, images, class_index=labels, output=output)
+        grid_boxes = true.boxes().reshape(-1, 4)  # the same positions for every image
+        for i in range(len(images)):
+            boxes[i] = grid_boxes[np.argsort(true.maps[i].ravel())[::-1][:3]]
+
+    def titles(indices):
+        return [f"#{i} {name_of[labels[i]]}\n" + "\n".join(f"{m}: {name_of[predicted[m][i]]}" for m in models)
+                for i in indices]  # fmt: skip
+
+    shown = list(range(min(max_images, len(images))))
+    parts.append('<h2>Images</h2><p class="note">First column: the image with the boxes of the 3 patches with '
+                 "the most evidence for the true class (BagNet). Red: evidence for the class, blue: against; "
+                 "other maps are scaled to [0, 1].</p>")  # fmt: skip
+    for start in range(0, len(shown), 6):
+        chunk = shown[start : start + 6]
+        fig = _overlays(display, chunk, columns, boxes, titles(chunk))
+        parts.append(figure(fig, f"images_{start:03d}", "maps of images"))
+
+    if bagnets:
+        parts.append(f"<h2>Most informative patches per class ({html.escape(bagnets[0])})</h2>")
+        for c, class_name in enumerate(name_of):
+            of_class = images[labels == c]
+            if len(of_class) == 0:
+                continue
+            best = top_patches(models[bagnets[0]], of_class, c, k=patches_per_class, output=output)
+            fig = plot_patches(best, deprocess, title=f"{class_name}: most evidence for the class")
+            parts.append(figure(fig, f"patches_{c:03d}", f"patches of {class_name}"))
+
+    wrong = [i for i in range(len(images)) if any(predicted[m][i] != labels[i] for m in models)]
+    parts.append(f"<h2>Misclassified ({len(wrong)})</h2>")
+    if not wrong:
+        parts.append("<p>Every image was classified correctly by every model.</p>")
+    for start in range(0, min(len(wrong), 24), 6):
+        chunk = wrong[start : start + 6]
+        fig = _overlays(display, chunk, columns, boxes, titles(chunk))
+        parts.append(figure(fig, f"misclassified_{start:03d}", "misclassified images"))
+
+    document = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}"
+                f"</title><style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>")  # fmt: skip
+    path = os.path.join(folder, "report.html")
+    tmp = path + ".partial"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(document)
+    os.replace(tmp, path)
+    return path

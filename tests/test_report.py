@@ -1,0 +1,84 @@
+"""The HTML report: written self-contained, and rendered for real in headless Chromium."""
+
+import os
+import re
+import shutil
+
+import keras
+import numpy as np
+import pytest
+
+from bagnet_keras import BagNet, deprocess_input, preprocess_input
+from bagnet_keras.compare import compare
+from bagnet_keras.report import write_report
+from bagnet_keras.transfer import build_classifier
+from data_tools.synthetic import motif_scene
+
+SIZE = 48
+CLASSES = ["cross", "ring", "dot_above_bar"]
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    bagnet = BagNet(blocks=(1, 1, 1, 1), kernel3=(1, 1, 1, 0), base_width=8, include_top=False,
+                    input_shape=(SIZE, SIZE, 3))  # fmt: skip
+    cnn = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Conv2D(8, 3, activation="relu"),
+                            keras.layers.MaxPooling2D(), keras.layers.Conv2D(8, 3, activation="relu")])  # fmt: skip
+    models = {"cnn": build_classifier(cnn, 3, mode="scratch"), "bagnet": build_classifier(bagnet, 3, mode="scratch")}
+    scenes = [motif_scene(CLASSES[i % 3], seed=i, size=SIZE) for i in range(6)]
+    images = preprocess_input(np.stack([s[0] for s in scenes]).astype("float32"))
+    masks = np.stack([s[1] for s in scenes])
+    labels = [i % 3 for i in range(6)]
+    result = compare(models, images, labels, masks=masks, steps=4, linearity_k=3, progress=False)
+    folder = tmp_path_factory.mktemp("report")
+    path = write_report(result, models, images, labels, CLASSES, folder, deprocess=deprocess_input,
+                        findings=["BagNet evidence points into the masks in 3 of 6 images."])  # fmt: skip
+    return path, folder
+
+
+def test_report_is_one_self_contained_file_with_pngs_beside_it(report):
+    path, folder = report
+    text = open(path, encoding="utf-8").read()
+    assert not re.search(r'src="(?!data:image/png;base64,)', text), "an image is not embedded"
+    assert text.count("<img ") == len(os.listdir(folder / "figures"))
+    for section in ("Findings", "Models", "Faithfulness", "Deletion and insertion curves", "Agreement between maps",
+                    "Images", "Most informative patches per class", "Misclassified"):  # fmt: skip
+        assert f"<h2>{section}" in text, section
+    assert sorted(os.listdir(folder)) == ["figures", "report.html"]
+
+
+def test_report_renders_in_headless_chromium(report):
+    required = os.environ.get("BAGNET_KERAS_REQUIRE_BROWSER") == "1"
+    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
+        if required:
+            pytest.fail(f"{CHROMIUM} and {CHROMEDRIVER} are required (apt-get install chromium chromium-driver)")
+        pytest.skip("Chromium is not installed (apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    path, folder = report
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={folder.parent / 'chromium_profile'}", "--window-size=1200,900"):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    try:
+        driver.get(f"file://{path}")
+        images = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth]);"
+        )
+        assert images and all(complete and width > 0 for _, complete, width in images), images
+        tables = driver.execute_script("return document.querySelectorAll('table').length;")
+        assert tables == 3  # models, faithfulness, agreement between maps
+        headings = driver.execute_script("return Array.from(document.querySelectorAll('h2')).map(h => h.textContent);")
+        assert "Faithfulness" in headings
+        height = driver.execute_script("return document.body.scrollHeight;")
+        driver.set_window_size(1200, min(height + 100, 16000))
+        screenshot = folder.parent / "report_screenshot.png"
+        driver.save_screenshot(str(screenshot))
+        assert screenshot.stat().st_size > 10_000
+        print(f"\nscreenshot of the report: {screenshot}")
+    finally:
+        driver.quit()
