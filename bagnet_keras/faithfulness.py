@@ -84,12 +84,16 @@ def _ranking(heatmap: np.ndarray, patch: int) -> np.ndarray:
     return np.argsort(-cell_scores(heatmap, patch).ravel(), kind="stable")
 
 
+def _window(cell: int, width: int, patch: int) -> tuple[slice, slice]:
+    """The pixels of cell number ``cell`` (row-major) of an image ``width`` pixels wide."""
+    r, c = divmod(int(cell), -(-width // patch))
+    return slice(r * patch, (r + 1) * patch), slice(c * patch, (c + 1) * patch)
+
+
 def _mask_cells(image: np.ndarray, cells: np.ndarray, patch: int, fill: np.ndarray) -> np.ndarray:
     out = image.copy()
-    cols = -(-image.shape[1] // patch)
     for cell in cells:
-        r, c = divmod(int(cell), cols)
-        out[r * patch : (r + 1) * patch, c * patch : (c + 1) * patch] = fill
+        out[_window(cell, image.shape[1], patch)] = fill
     return out
 
 
@@ -152,10 +156,8 @@ def insertion_curve(
     batch = []
     for k in range(min(steps, len(ranking)) + 1):
         restored = blank.copy()
-        cols = -(-image.shape[1] // patch)
         for cell in ranking[:k]:
-            r, c = divmod(int(cell), cols)
-            window = (slice(r * patch, (r + 1) * patch), slice(c * patch, (c + 1) * patch))
+            window = _window(cell, image.shape[1], patch)
             restored[window] = image[window]
         batch.append(restored)
     return np.asarray(score_fn(np.stack(batch)))[:, class_index].astype("float64")
