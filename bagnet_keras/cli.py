@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -15,6 +16,20 @@ DEMO_EPILOG = """example:
   bagnet-keras demo --data datasets/streets --weights imagenet   # a crawled dataset, fine-tuned BagNet-33 and VGG16
 
 It prints its progress and, at the end, the path of report.html.
+"""
+
+EXPLAIN_EPILOG = """example:
+  bagnet-keras explain --model bagnet33 --weights imagenet --images street.jpg cafe.jpg --out runs/explain
+  bagnet-keras explain --model runs/bagnet/best.keras --data datasets/streets --split test --image-size 224
+
+Maps of each method for the model's top class, measured (deletion, insertion, ...), in OUT/report.html.
+"""
+
+COMPARE_EPILOG = """example:
+  bagnet-keras compare --model cnn=runs/vgg16/best.keras --model bagnet=runs/bagnet33/best.keras \\
+      --data datasets/streets --split test --image-size 224 --preprocess bagnet33 --output city
+
+Every model's maps measured on every model, in OUT/report.html and OUT/comparison/*.csv.
 """
 
 PREDICT_EPILOG = """example:
@@ -69,6 +84,34 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def explain(args: argparse.Namespace) -> int:
+    from bagnet_keras.workflows import explain_images
+
+    if bool(args.images) == bool(args.data):
+        raise ValueError("Give either --images (files) or --data (a dataset folder).")
+    weights = None if args.weights == "none" else args.weights
+    path = explain_images(args.model, args.images or args.data, args.out, weights=weights, methods=args.methods,
+                          image_size=args.image_size, split=args.split)  # fmt: skip
+    print(f"report: {os.path.abspath(path)}")
+    return 0
+
+
+def compare(args: argparse.Namespace) -> int:
+    from bagnet_keras.workflows import compare_models
+
+    models = {}
+    for item in args.model:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--model {item!r} is not NAME=PATH.keras, for example --model cnn=runs/cnn/best.keras")
+        models[name] = path
+    path = compare_models(models, args.data, args.out, split=args.split, image_size=args.image_size,
+                          preprocess=args.preprocess, masks=args.masks, methods=args.methods, output=args.output,
+                          max_images=args.max_images)  # fmt: skip
+    print(f"report: {os.path.abspath(path)}")
+    return 0
+
+
 def predict(args: argparse.Namespace) -> int:
     from bagnet_keras import BagNet33, bagnet_geometry, decode_predictions, evidence_model, preprocess_input
 
@@ -112,6 +155,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=demo)
+    p = sub.add_parser("explain", help="maps of one model for images, measured, as an HTML report",
+                       epilog=EXPLAIN_EPILOG, formatter_class=formatter)  # fmt: skip
+    p.add_argument("--model", required=True, help="a .keras file or a backbone name (bagnet33, vgg16, ...)")
+    p.add_argument("--weights", default="none", help="for a name: 'none', 'imagenet' or a weights file")
+    p.add_argument("--images", nargs="+", help="image files")
+    p.add_argument("--data", help="or a dataset folder")
+    p.add_argument("--split", choices=["train", "val", "test"], help="with --data: one split of the manifest")
+    p.add_argument("--methods", nargs="+", help="evidence, gradcam, gradcam++, layercam, scorecam, occlusion")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--out", default="runs/explain")
+    p.set_defaults(func=explain)
+    p = sub.add_parser("compare", help="compare the explanations of several models, as an HTML report",
+                       epilog=COMPARE_EPILOG, formatter_class=formatter)  # fmt: skip
+    p.add_argument("--model", action="append", required=True, metavar="NAME=PATH", help="a .keras model, repeatable")
+    p.add_argument("--data", required=True, help="a dataset folder (split by bagnet-keras split)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--masks", help="folder of ground-truth masks <class>/<name>.png, if any")
+    p.add_argument("--methods", nargs="+", help="default: evidence and gradcam for BagNets, gradcam otherwise")
+    p.add_argument("--output", help="the head to explain, for multi-output models")
+    p.add_argument("--preprocess", default="bagnet33", help="backbone whose preprocessing the models expect")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--max-images", type=int, default=200)
+    p.add_argument("--out", default="runs/compare")
+    p.set_defaults(func=compare)
     p = sub.add_parser("predict", help="BagNet-33 prediction and evidence grid for one image",
                        epilog=PREDICT_EPILOG, formatter_class=formatter)  # fmt: skip
     p.add_argument("--weights", default="none", help="'none' (default, offline), 'imagenet', or a checkpoint path")

@@ -59,34 +59,6 @@ def small_bagnet(input_shape: tuple, width: int = 16) -> keras.Model:
                   input_shape=input_shape, name="small_bagnet")  # fmt: skip
 
 
-def _read_split(root: str, split: str, size: int, masks_root: str | None):
-    """Images (uint8), labels, masks (or None) and class names of one split, in manifest order."""
-    from PIL import Image
-
-    from data_tools.clean import class_folders
-    from data_tools.manifest import read_manifest
-
-    names = class_folders(root)
-    records = sorted(
-        (r for r in read_manifest(root).values() if r.get("status") == "ok" and r.get("split") == split),
-        key=lambda r: r["path"],
-    )
-    images, labels, masks = [], [], []
-    for record in records:
-        with Image.open(os.path.join(root, record["path"])) as image:
-            images.append(np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR)))
-        labels.append(names.index(record["path"].split("/")[0]))
-        if masks_root is not None:
-            mask_path = os.path.join(masks_root, os.path.splitext(record["path"])[0] + ".png")
-            # A file clean converted or cropped no longer matches its mask: it counts as one without.
-            if record.get("converted") or not os.path.exists(mask_path):
-                masks.append(np.zeros((size, size), bool))
-            else:
-                with Image.open(mask_path) as mask:
-                    masks.append(np.asarray(mask.resize((size, size), Image.NEAREST)) > 0)
-    return np.stack(images), np.array(labels), (np.stack(masks) if masks_root else None), names
-
-
 def demo_findings(result: Comparison, labels: np.ndarray, class_names: Sequence[str], bagnet: str, cnn: str) -> list:
     """The demo's claims, each stated with its numbers and whether it holds."""
     from data_tools.synthetic import ARRANGEMENT_CLASSES, MOTIF_CLASSES
@@ -174,7 +146,7 @@ def run_demo(
     'runs/demo/report.html'
     """
     from data_tools.clean import clean
-    from data_tools.loader import image_dataset
+    from data_tools.loader import image_dataset, load_arrays
     from data_tools.split import split
     from data_tools.synthetic import write_motif_dataset
 
@@ -227,7 +199,7 @@ def run_demo(
                        verbose=verbose)  # fmt: skip
         models[name] = model
 
-    images, labels, masks, _ = _read_split(data, "test", image_size, masks_root)
+    images, labels, masks, _, _ = load_arrays(data, size, split="test", masks_root=masks_root)
     x = preprocess["bagnet"](images.astype("float32"))
     say(f"comparing explanations on {len(x)} test images")
     methods = {"bagnet": ["evidence", "gradcam"], "cnn": ["gradcam"]}

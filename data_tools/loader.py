@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+import numpy as np
+
 from data_tools.clean import class_folders
 from data_tools.manifest import read_manifest
 
@@ -137,3 +139,49 @@ def image_dataset(
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     dataset.class_names = names
     return dataset
+
+
+def load_arrays(
+    root: str,
+    image_size: tuple[int, int],
+    split: str | None = None,
+    masks_root: str | None = None,
+    max_images: int | None = None,
+):
+    """Images of a folder or split as one uint8 array, in the order `image_dataset` uses (no TensorFlow).
+
+    Each image is centre-cropped to the target aspect ratio and resized
+    (bilinear). With ``masks_root``, the mask of ``<class>/<name>.png`` under
+    it is read too (nearest neighbour); an image that clean converted or
+    cropped, or that has no mask, gets an empty one.
+
+    Returns
+    -------
+    (images, labels, masks, class_names, paths)
+        ``images`` (N, H, W, 3) uint8, ``labels`` (N,), ``masks`` (N, H, W) bool or None.
+
+    Examples
+    --------
+    >>> x, y, masks, names, paths = load_arrays("datasets/streets", (224, 224), split="test")  # doctest: +SKIP
+    """
+    from PIL import Image, ImageOps
+
+    height, width = image_size
+    paths, labels, names = _files(root, split)
+    if max_images is not None:
+        paths, labels = paths[:max_images], labels[:max_images]
+    records = read_manifest(root)
+    images, masks = [], []
+    for path in paths:
+        with Image.open(path) as image:
+            images.append(np.asarray(ImageOps.fit(image.convert("RGB"), (width, height), Image.BILINEAR)))
+        if masks_root is None:
+            continue
+        rel = os.path.relpath(path, root).replace(os.sep, "/")
+        mask_path = os.path.join(masks_root, os.path.splitext(rel)[0] + ".png")
+        if records.get(rel, {}).get("converted") or not os.path.exists(mask_path):
+            masks.append(np.zeros((height, width), bool))
+            continue
+        with Image.open(mask_path) as mask:
+            masks.append(np.asarray(ImageOps.fit(mask.convert("L"), (width, height), Image.NEAREST)) > 0)
+    return (np.stack(images), np.array(labels), np.stack(masks) if masks_root else None, names, paths)

@@ -1,0 +1,136 @@
+"""The `explain` and `compare` commands: load models and images from files, measure, write the report.
+
+Examples
+--------
+>>> explain_images("bagnet33", ["street.jpg"], "runs/explain", weights="imagenet")  # doctest: +SKIP
+'runs/explain/report.html'
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import keras
+import numpy as np
+
+from bagnet_keras.backbones import get_backbone
+from bagnet_keras.compare import compare
+from bagnet_keras.faithfulness import logit_fn
+from bagnet_keras.report import write_report
+
+
+def load_model(spec: str, weights: str | None = None) -> tuple[keras.Model, object]:
+    """A model and its preprocessing from a ``.keras`` file or a backbone name (with its classifier top).
+
+    Names of BagNets build the BagNet with ``weights`` (``"imagenet"``, a
+    checkpoint path, or None); other names build the keras.applications
+    classifier. A ``.keras`` file is loaded in Keras' safe mode (no code from
+    the file runs); its preprocessing is the BagNets' (ImageNet, as
+    `bagnet_keras.preprocess_input`) unless the caller knows better.
+    """
+    if spec.endswith(".keras"):
+        if not os.path.isfile(spec):
+            raise ValueError(f"Model file {spec!r} does not exist.")
+        return keras.models.load_model(spec, safe_mode=True), get_backbone("bagnet33").preprocess
+    record = get_backbone(spec)
+    if record.bagnet:
+        model = record.builder(weights=weights, classifier_activation=None)
+    else:
+        model = record.builder(weights=weights)
+    return model, record.preprocess
+
+
+def _class_names(model: keras.Model, names: Sequence[str] | None) -> list[str]:
+    n = int(model.outputs[0].shape[-1])
+    if names is not None and len(names) == n:
+        return list(names)
+    if n == 1000:
+        from bagnet_keras.imagenet import imagenet_classes
+
+        return [name for _, name in imagenet_classes()]
+    return [f"class {k}" for k in range(n)]
+
+
+def _read_images(paths: Sequence[str], size: int) -> np.ndarray:
+    from PIL import Image, ImageOps
+
+    images = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                images.append(np.asarray(ImageOps.fit(image.convert("RGB"), (size, size), Image.BILINEAR)))
+        except (OSError, ValueError) as error:
+            raise ValueError(f"Cannot read {path!r} as an image ({error}).") from None
+    return np.stack(images)
+
+
+def explain_images(
+    model: str,
+    images: Sequence[str] | str,
+    out: str,
+    weights: str | None = None,
+    methods: Sequence[str] | None = None,
+    image_size: int = 224,
+    split: str | None = None,
+    max_images: int = 64,
+    progress: bool = True,
+) -> str:
+    """Explain one model's top prediction for image files (or a dataset folder) and write the report.
+
+    The maps are measured as in `bagnet_keras.compare` for the predicted class.
+    """
+    net, preprocess = load_model(model, weights)
+    names = None
+    if isinstance(images, str):
+        from data_tools.loader import load_arrays
+
+        pixels, _, _, names, _ = load_arrays(images, (image_size, image_size), split=split, max_images=max_images)
+    else:
+        pixels = _read_images(images, image_size)
+    x = np.asarray(preprocess(pixels.astype("float32")))
+    predicted = logit_fn(net)(x).argmax(axis=1)
+    models = {"model": net}
+    result = compare(models, x, predicted, methods=methods, progress=progress)
+    result.save(os.path.join(out, "comparison"))
+    return write_report(result, models, x, predicted, _class_names(net, names), out,
+                        deprocess=_deprocess(preprocess), title=f"Explanations of {model}")  # fmt: skip
+
+
+def compare_models(
+    models: Mapping[str, str],
+    data: str,
+    out: str,
+    split: str | None = "test",
+    image_size: int = 224,
+    preprocess: str = "bagnet33",
+    masks: str | None = None,
+    methods: Sequence[str] | None = None,
+    output: str | None = None,
+    max_images: int | None = 200,
+    progress: bool = True,
+) -> str:
+    """Compare the explanations of trained models (``.keras`` files) on a dataset split and write the report.
+
+    ``preprocess`` names the backbone whose preprocessing the models expect.
+    """
+    from data_tools.loader import load_arrays
+
+    loaded = {name: load_model(path)[0] for name, path in models.items()}
+    pixels, labels, mask_arrays, names, _ = load_arrays(data, (image_size, image_size), split=split,
+                                                        masks_root=masks, max_images=max_images)  # fmt: skip
+    prep = get_backbone(preprocess).preprocess
+    x = np.asarray(prep(pixels.astype("float32")))
+    result = compare(loaded, x, labels, masks=mask_arrays, methods=methods, output=output, progress=progress,
+                     n_classes=len(names))  # fmt: skip
+    result.save(os.path.join(out, "comparison"))
+    return write_report(result, loaded, x, labels, names, out, deprocess=_deprocess(prep), output=output,
+                        title="Explanations compared")  # fmt: skip
+
+
+def _deprocess(preprocess):
+    """The inverse of a backbone's preprocessing where this package knows it, else min-max display."""
+    from bagnet_keras.imagenet import deprocess_input, preprocess_input
+
+    return deprocess_input if preprocess is preprocess_input else None
+
