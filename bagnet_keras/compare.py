@@ -171,10 +171,32 @@ def _write_csv(path: str, table: list[dict]) -> str:
     return path
 
 
+def _collect(images, labels, output):
+    """Arrays from a dataset of ``(images, labels)`` batches (labels by head when a dict); arrays pass through."""
+    if isinstance(images, np.ndarray) or keras.ops.is_tensor(images) or isinstance(images, list):
+        if labels is None:
+            raise ValueError("`labels` are needed with an image array (one true class per image).")
+        return images, labels
+    xs, ys = [], []
+    for batch in images:
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise ValueError("A dataset given as `images` must yield (images, labels) batches.")
+        x, y = batch[0], batch[1]
+        if isinstance(y, Mapping):
+            if output is None or output not in y:
+                raise ValueError(f"The dataset's labels are by head {sorted(y)}; pass output=<head name>.")
+            y = y[output]
+        xs.append(np.asarray(x))
+        ys.append(np.asarray(y))
+    if not xs:
+        raise ValueError("The dataset is empty.")
+    return np.concatenate(xs), np.concatenate(ys) if labels is None else labels
+
+
 def compare(
     models: Mapping[str, keras.Model],
     images,
-    labels: Sequence[int],
+    labels: Sequence[int] | None = None,
     masks: np.ndarray | None = None,
     methods: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
     output: int | str | None = None,
@@ -192,10 +214,10 @@ def compare(
     models : mapping name -> keras.Model
         E.g. ``{"cnn": finetuned_vgg, "bagnet": finetuned_bagnet}``; all take
         the same preprocessed ``images``.
-    images : array (N, H, W, C)
-        Preprocessed images.
-    labels : sequence of N ints
-        True classes; maps are computed for them.
+    images : array (N, H, W, C), or a dataset of ``(images, labels)`` batches
+        Preprocessed images (a `data_tools.loader.image_dataset` split, for example).
+    labels : sequence of N ints, optional
+        True classes (taken from the dataset when one is given); maps are computed for them.
     masks : array (N, H, W) of bool, optional
         Ground-truth object masks, for the pointing game and energy in mask.
     methods : sequence or mapping name -> sequence, optional
@@ -227,6 +249,7 @@ def compare(
     """
     if not isinstance(models, Mapping) or not models:
         raise ValueError("`models` must map names to Keras models, e.g. {'cnn': cnn, 'bagnet': bagnet}.")
+    images, labels = _collect(images, labels, output)
     x = check_images(images, 1, channels=None)
     labels = np.asarray(labels).astype(int).ravel()
     if len(labels) != len(x):

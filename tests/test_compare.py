@@ -128,3 +128,17 @@ def test_masking_is_linear_for_a_sum_and_shuffling_keeps_the_pixels():
     shuffled = shuffle_patches(image, grid=4, seed=3)
     assert not np.array_equal(shuffled, image)
     assert np.allclose(np.sort(shuffled.ravel()), np.sort(image.ravel()))
+
+
+def test_compare_takes_a_dataset_of_batches(models):
+    import tensorflow as tf
+
+    x = np.random.default_rng(1).normal(size=(4, SIZE, SIZE, 3)).astype("float32")
+    data = tf.data.Dataset.from_tensor_slices((x, {"shape": [0, 1, 2, 0], "size": [1, 0, 1, 0]})).batch(3)
+    from_data = compare(models, data, output="size", methods=["gradcam"], steps=2, linearity_k=2, progress=False)
+    from_arrays = compare(models, x, [1, 0, 1, 0], output="size", methods=["gradcam"], steps=2, linearity_k=2,
+                          progress=False)  # fmt: skip
+    assert [r["label"] for r in from_data.rows] == [r["label"] for r in from_arrays.rows]
+    assert np.allclose([r["deletion_area"] for r in from_data.rows], [r["deletion_area"] for r in from_arrays.rows])
+    with pytest.raises(ValueError, match="pass output=<head name>"):
+        compare(models, data, progress=False)

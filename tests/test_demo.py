@@ -40,3 +40,20 @@ def test_the_arrangement_pair_is_out_of_reach_of_the_bagnet_patches():
             gap = np.max(np.diff(values)) - 1
             assert gap > patch, (label, seed, gap, patch)
     assert receptive_field(small_cnn((64, 64, 3))).patch_size >= 64  # while the CNN sees the whole scene
+
+
+def test_demo_on_a_dataset_folder(tmp_path):
+    from PIL import Image
+
+    from bagnet_keras.demo import run_demo
+
+    for k, label in enumerate(["cross", "ring", "triangle"]):
+        (tmp_path / "streets" / label).mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(motif_scene(label, seed=100 + 10 * k + i, size=48)[0]).save(
+                tmp_path / "streets" / label / f"{i}.jpg", quality=95
+            )
+    path = run_demo(str(tmp_path / "out"), data=str(tmp_path / "streets"), image_size=48, epochs=1, progress=False)
+    text = open(path, encoding="utf-8").read()
+    assert "Deletion area on the BagNet" in text and "Pointing game" not in text  # no masks given
+    assert sorted(os.listdir(tmp_path / "out")) == ["comparison", "figures", "models", "report.html"]
