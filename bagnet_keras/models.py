@@ -23,6 +23,7 @@ import keras
 from keras import layers
 
 from bagnet_keras.geometry import Geometry, receptive_field
+from bagnet_keras.inference import BagNetModel
 from bagnet_keras.inputs import output_index
 from bagnet_keras.layers import StemConv
 from bagnet_keras.weights import PRETRAINED, imagenet_weights_file, load_weights
@@ -243,7 +244,7 @@ def BagNet(
         x = layers.GlobalMaxPooling2D(name="max_pool")(x)
 
     inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img_input
-    model = keras.Model(inputs, x, name=name)
+    model = BagNetModel(inputs, x, name=name)
 
     if weights is not None:
         load_weights(model, weights)

@@ -146,3 +146,29 @@ def test_full_size_round_trip(tmp_path):
     x = np.random.default_rng(0).normal(size=(1, 64, 64, 3)).astype("float32")
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
     assert bagnet_geometry(loaded).patch_size == 9
+
+
+def test_predict_folds_batchnorm_and_matches_keras_predict():
+    from bagnet_keras.inference import BagNetModel, foldable_pairs
+
+    model = BagNet(blocks=(1, 1, 1, 1), kernel3=(1, 1, 1, 0), base_width=8, classes=5, classifier_activation=None)
+    assert isinstance(model, BagNetModel)
+    # every BatchNorm follows a convolution it alone uses, the stem's included
+    pairs = foldable_pairs(model)
+    assert len(pairs) == sum(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:  # statistics that are not the identity, so the folding is exercised
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.moving_mean.shape[0]
+            layer.set_weights([rng.uniform(0.5, 2, c), rng.normal(0, 0.5, c), rng.normal(0, 0.5, c),
+                               rng.uniform(0.5, 2, c)])  # fmt: skip
+    x = rng.normal(size=(7, 40, 40, 3)).astype("float32")
+    reference = keras.Model.predict(model, x, batch_size=3, verbose=0)
+    fast = model.predict(x, batch_size=3, verbose=0)
+    assert fast.shape == (7, 5) and np.allclose(fast, reference, rtol=1e-4, atol=1e-4)
+    model.get_layer("conv1_bn").gamma.assign(np.zeros(8))  # the folded path follows the weights
+    assert np.allclose(model.predict(x, verbose=0), keras.Model.predict(model, x, verbose=0), rtol=1e-4, atol=1e-4)
+    import tensorflow as tf
+
+    data = tf.data.Dataset.from_tensor_slices(x).batch(4)  # anything but an array takes Keras' own path
+    assert np.allclose(model.predict(data, verbose=0), model.predict(x, verbose=0), rtol=1e-4, atol=1e-4)

@@ -1,0 +1,115 @@
+"""A faster inference path for BagNets: BatchNorm folded into the convolutions, batches fed without tf.data.
+
+`BagNetModel` is the functional model class the BagNet builders return.
+Its ``predict`` on arrays runs `folded_forward`: every BatchNormalization
+that follows a convolution is folded into that convolution's kernel and
+bias, and the batches are fed to one compiled function directly. Two things
+make Keras' own ``predict`` slow here. Inference BatchNorm is an extra pass
+over BagNet's large feature maps, which oneDNN fuses away once it is a bias.
+And Keras' tf.data-driven predict loop stalls at half speed on some 2-core
+machines (bench/forward.py shows both). The folded weights are computed
+from the variables inside the compiled function, so they follow any change
+of the weights. Anything else (datasets, generators, callbacks, ``steps``)
+goes through Keras' own ``predict``.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from bagnet_keras.graph import compiled, run_graph
+from bagnet_keras.layers import StemConv
+
+
+def _producer(layer):
+    tensor = layer.input
+    return tensor._keras_history[0] if hasattr(tensor, "_keras_history") else None
+
+
+def foldable_pairs(model: keras.Model) -> dict:
+    """``{convolution: batchnorm}`` for every BatchNorm whose input is a convolution used by it alone."""
+    pairs = {}
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.BatchNormalization) or len(layer._inbound_nodes) != 1:
+            continue
+        conv = _producer(layer)
+        plain_conv = isinstance(conv, keras.layers.Conv2D) and conv.groups == 1 and conv.data_format == "channels_last"
+        if (plain_conv or isinstance(conv, StemConv)) and len(conv._outbound_nodes) == 1 and layer.axis in (-1, 3):
+            if getattr(conv, "activation", None) in (None, keras.activations.linear):
+                pairs[conv] = layer
+    return pairs
+
+
+def _folded(conv, bn):
+    """The callable computing ``bn(conv(x))`` in inference mode as one convolution with a bias."""
+    ops = keras.ops
+
+    def call(x, **kwargs):
+        kernel = conv.fused_kernel() if isinstance(conv, StemConv) else conv.kernel
+        scale = ops.rsqrt(bn.moving_variance + bn.epsilon)
+        if bn.gamma is not None:
+            scale = scale * bn.gamma
+        shift = -bn.moving_mean * scale
+        if bn.beta is not None:
+            shift = shift + bn.beta
+        if getattr(conv, "use_bias", False):
+            shift = shift + conv.bias * scale
+        y = ops.conv(x, kernel * scale, strides=conv.strides, padding=conv.padding, dilation_rate=conv.dilation_rate)
+        return y + shift
+
+    return call
+
+
+def folded_forward(model: keras.Model):
+    """A compiled function ``f(x)`` equal to ``model(x, training=False)`` with BatchNorm folded into the convolutions.
+
+    Examples
+    --------
+    >>> from bagnet_keras import BagNet
+    >>> model = BagNet(blocks=(1, 1, 1, 1), base_width=4, classes=3)
+    >>> x = np.random.default_rng(0).normal(size=(2, 40, 40, 3)).astype("float32")
+    >>> bool(np.allclose(folded_forward(model)(x), model(x), atol=1e-5))
+    True
+    """
+    import tensorflow as tf
+
+    replacements = {}
+    for conv, bn in foldable_pairs(model).items():
+        replacements[id(conv)] = _folded(conv, bn)
+        replacements[id(bn)] = lambda x, **kwargs: x
+
+    def operation(layer):
+        return replacements.get(id(layer), layer)
+
+    @tf.function(reduce_retracing=True)
+    def forward(x):
+        return run_graph(model, x, operation)
+
+    return forward
+
+
+@keras.saving.register_keras_serializable(package="bagnet_keras")
+class BagNetModel(keras.Model):
+    """The functional model of a BagNet: a keras.Model whose ``predict`` on arrays uses `folded_forward`.
+
+    Examples
+    --------
+    >>> from bagnet_keras import BagNet
+    >>> type(BagNet(blocks=(1, 1, 1, 1), base_width=4)).__name__
+    'BagNetModel'
+    """
+
+    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
+        if steps is not None or callbacks or not isinstance(x, np.ndarray) or x.ndim != 4 or len(x) == 0:
+            return super().predict(x, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks)
+        batch_size = batch_size or 32
+        forward = compiled(self, ("folded_forward",), lambda model_ref: folded_forward(model_ref()))
+        x = x.astype(self.inputs[0].dtype or "float32", copy=False)
+        progress = keras.utils.Progbar(-(-len(x) // batch_size)) if verbose in ("auto", 1, True) else None
+        outputs = []
+        for i in range(0, len(x), batch_size):
+            outputs.append(keras.tree.map_structure(np.asarray, forward(x[i : i + batch_size])))
+            if progress is not None:
+                progress.add(1)
+        return keras.tree.map_structure(lambda *parts: np.concatenate(parts), *outputs)
