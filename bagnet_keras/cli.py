@@ -13,7 +13,7 @@ from data_tools.cli import add_commands, run
 DEMO_EPILOG = """example:
   bagnet-keras demo                                   # offline: generated scenes, a small BagNet and CNN, the report
   bagnet-keras demo --out runs/demo --per-class 100   # smaller and faster
-  bagnet-keras demo --data datasets/streets --weights imagenet   # a crawled dataset, fine-tuned BagNet-33 and VGG16
+  bagnet-keras demo --data datasets/streets --weights imagenet   # crawled data; fine-tuned BagNet-33, DenseNet-121
 
 It prints its progress and, at the end, the path of report.html.
 """
@@ -148,8 +148,12 @@ def main(argv: list[str] | None = None) -> int:
                        epilog=DEMO_EPILOG, formatter_class=formatter)  # fmt: skip
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--data", help="a dataset folder (one sub-folder per class) instead of generated scenes")
-    p.add_argument("--weights", default="none", choices=["none", "imagenet"],
-                   help="none: small models from scratch (offline); imagenet: fine-tune BagNet-33, VGG16")  # fmt: skip
+    p.add_argument(
+        "--weights",
+        default="none",
+        choices=["none", "imagenet"],
+        help="none: small models from scratch, offline; imagenet: fine-tune BagNet-33 and DenseNet-121",
+    )
     p.add_argument("--per-class", type=int, default=400, help="generated scenes per class")
     p.add_argument("--image-size", type=int, default=64, help="side of the generated scenes")
     p.add_argument("--epochs", type=int, default=30)

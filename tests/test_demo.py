@@ -57,3 +57,12 @@ def test_demo_on_a_dataset_folder(tmp_path):
     text = open(path, encoding="utf-8").read()
     assert "Deletion area on the BagNet" in text and "Pointing game" not in text  # no masks given
     assert sorted(os.listdir(tmp_path / "out")) == ["comparison", "figures", "models", "report.html"]
+
+
+def test_imagenet_demo_pair_shares_one_preprocessing():
+    from bagnet_keras.backbones import get_backbone
+
+    x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    a = np.asarray(get_backbone("bagnet33").preprocess(x.copy()))
+    b = np.asarray(get_backbone("densenet121").preprocess(x.copy()))
+    assert np.allclose(a, b)  # so `demo --weights imagenet` explains one input array with both models
