@@ -102,8 +102,9 @@ def test_download_verify_convert_and_reuse(tiny_record):
         backbone = build_tiny("tiny33", include_top=False)
         load_imagenet_weights(backbone, "tiny33", base_url=server.url)
         features = keras.Model(model.inputs, model.get_layer("avg_pool").input)
-        np.testing.assert_array_equal(
-            backbone.predict(out["inputs"], verbose=0), features.predict(out["inputs"], verbose=0)
+        # BagNet predict folds BatchNorm into the convolutions: equal up to float rounding, not bit for bit
+        np.testing.assert_allclose(
+            backbone.predict(out["inputs"], verbose=0), features.predict(out["inputs"], verbose=0), atol=1e-4
         )
 
 
