@@ -55,7 +55,10 @@ def test_report_renders_in_headless_chromium(report):
         if required:
             pytest.fail(f"{CHROMIUM} and {CHROMEDRIVER} are required (apt-get install chromium chromium-driver)")
         pytest.skip("Chromium is not installed (apt-get install chromium chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver")
+    if required:
+        from selenium import webdriver
+    else:
+        webdriver = pytest.importorskip("selenium.webdriver")
     path, folder = report
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
