@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import itertools
 import json
 import os
@@ -43,6 +44,7 @@ from bagnet_keras.faithfulness import (
     rank_correlation,
     shuffle_sensitivity,
 )
+from bagnet_keras.files import write_atomic
 from bagnet_keras.graph import iter_layers
 from bagnet_keras.inputs import check_images, output_index
 from bagnet_keras.layers import StemConv
@@ -134,10 +136,10 @@ class Comparison:
         for name, table in (("rows", self.rows), ("correlations", self.correlations),
                             ("models", self.model_rows), ("aggregates", self.aggregates)):  # fmt: skip
             written.append(_write_csv(os.path.join(folder, f"{name}.csv"), table))
-        path = os.path.join(folder, "comparison.json")
         payload = {"summary": self.summary, "aggregates": self.aggregates, "rows": self.rows,
                    "correlations": self.correlations, "models": self.model_rows}  # fmt: skip
-        _atomic_write(path, json.dumps(_plain(payload), indent=2, sort_keys=True))
+        text = json.dumps(_plain(payload), indent=2, sort_keys=True)
+        path = write_atomic(os.path.join(folder, "comparison.json"), text)
         return [*written, path]
 
 
@@ -153,22 +155,12 @@ def _plain(value):
     return value
 
 
-def _atomic_write(path: str, text: str) -> None:
-    tmp = path + ".partial"
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _write_csv(path: str, table: list[dict]) -> str:
-    columns = list(dict.fromkeys(key for row in table for key in row))
-    tmp = path + ".partial"
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(_plain(table))
-    os.replace(tmp, path)
-    return path
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(key for row in table for key in row)))
+    writer.writeheader()
+    writer.writerows(_plain(table))
+    return write_atomic(path, text.getvalue())
 
 
 def _collect(images, labels, output):

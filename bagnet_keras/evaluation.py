@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from sklearn.metrics import classification_report, confusion_matrix
 
+from bagnet_keras.files import write_atomic
 from bagnet_keras.inputs import check_image_size
 
 
@@ -92,8 +93,4 @@ def evaluate_classifier(
 
 def save_json(results: dict, path: str | os.PathLike) -> None:
     """Write ``results`` as indented JSON through a temporary file."""
-    path = os.fspath(path)
-    tmp = path + ".partial"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(results, indent=2, sort_keys=True))

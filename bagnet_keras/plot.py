@@ -9,8 +9,8 @@ to the pixel.
 
 from __future__ import annotations
 
+import io
 import os
-import uuid
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -18,6 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from bagnet_keras.evidence import EvidenceMap, TopPatches
+from bagnet_keras.files import write_atomic
 
 
 def to_display(image, deprocess: Callable | None = None) -> np.ndarray:
@@ -296,16 +297,20 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> str:
     'overlay.png'
     """
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
     suffix = os.path.splitext(path)[1]
     if not suffix:
         raise ValueError(f"`path` needs an extension that names the format (.png, .pdf, .svg). Received: {path!r}")
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}{suffix}")
-    try:
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return write_atomic(path, render_figure(fig, suffix[1:], dpi))
+
+
+def render_figure(fig: Figure, format: str = "png", dpi: int = 100) -> bytes:
+    """The bytes of ``fig`` as a file of ``format`` (``"png"``, ``"pdf"``, ``"svg"``).
+
+    Examples
+    --------
+    >>> render_figure(plot_overlay(np.ones((8, 8)), np.zeros((8, 8, 3))))[:4]
+    b'\\x89PNG'
+    """
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=format, dpi=dpi)
+    return buffer.getvalue()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import os
 from collections.abc import Callable, Mapping, Sequence
 
@@ -24,7 +23,8 @@ from matplotlib.patches import Rectangle
 
 from bagnet_keras.compare import Comparison, is_bagnet
 from bagnet_keras.evidence import evidence_map, top_patches
-from bagnet_keras.plot import plot_curves, plot_heatmap, plot_overlay, plot_patches, save_figure, to_display
+from bagnet_keras.files import write_atomic
+from bagnet_keras.plot import plot_curves, plot_heatmap, plot_overlay, plot_patches, render_figure, to_display
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -42,14 +42,11 @@ class _Figures:
     def __init__(self, folder: str):
         self.folder = os.path.join(folder, "figures")
         os.makedirs(self.folder, exist_ok=True)
-        self.files: list[str] = []
 
     def __call__(self, fig: Figure, name: str, alt: str) -> str:
-        path = save_figure(fig, os.path.join(self.folder, f"{name}.png"))
-        self.files.append(path)
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=100)
-        data = base64.b64encode(buffer.getvalue()).decode("ascii")
+        png = render_figure(fig, "png")  # rendered once, for the file and for the page
+        write_atomic(os.path.join(self.folder, f"{name}.png"), png)
+        data = base64.b64encode(png).decode("ascii")
         return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
 
 
@@ -228,9 +225,4 @@ def write_report(
 
     document = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}"
                 f"</title><style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>")  # fmt: skip
-    path = os.path.join(folder, "report.html")
-    tmp = path + ".partial"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(document)
-    os.replace(tmp, path)
-    return path
+    return write_atomic(os.path.join(folder, "report.html"), document)

@@ -52,19 +52,6 @@ def _class_names(model: keras.Model, names: Sequence[str] | None) -> list[str]:
     return [f"class {k}" for k in range(n)]
 
 
-def _read_images(paths: Sequence[str], size: int) -> np.ndarray:
-    from PIL import Image, ImageOps
-
-    images = []
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                images.append(np.asarray(ImageOps.fit(image.convert("RGB"), (size, size), Image.BILINEAR)))
-        except (OSError, ValueError) as error:
-            raise ValueError(f"Cannot read {path!r} as an image ({error}).") from None
-    return np.stack(images)
-
-
 def explain_images(
     model: str,
     images: Sequence[str] | str,
@@ -80,14 +67,14 @@ def explain_images(
 
     The maps are measured as in `bagnet_keras.compare` for the predicted class.
     """
+    from data_tools.loader import load_arrays, read_image
+
     net, preprocess = load_model(model, weights)
     names = None
     if isinstance(images, str):
-        from data_tools.loader import load_arrays
-
         pixels, _, _, names, _ = load_arrays(images, (image_size, image_size), split=split, max_images=max_images)
     else:
-        pixels = _read_images(images, image_size)
+        pixels = np.stack([read_image(path, (image_size, image_size)) for path in images])
     x = np.asarray(preprocess(pixels.astype("float32")))
     predicted = logit_fn(net)(x).argmax(axis=1)
     models = {"model": net}

@@ -141,6 +141,21 @@ def image_dataset(
     return dataset
 
 
+def read_image(path: str, image_size: tuple[int, int]) -> np.ndarray:
+    """One image file as uint8 RGB (H, W, 3): centre-cropped to the aspect ratio, resized (bilinear).
+
+    Raises ValueError naming the file when it cannot be decoded.
+    """
+    from PIL import Image, ImageOps
+
+    height, width = image_size
+    try:
+        with Image.open(path) as image:
+            return np.asarray(ImageOps.fit(image.convert("RGB"), (width, height), Image.BILINEAR))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"Cannot read {path!r} as an image ({error}).") from None
+
+
 def load_arrays(
     root: str,
     image_size: tuple[int, int],
@@ -173,8 +188,7 @@ def load_arrays(
     records = read_manifest(root)
     images, masks = [], []
     for path in paths:
-        with Image.open(path) as image:
-            images.append(np.asarray(ImageOps.fit(image.convert("RGB"), (width, height), Image.BILINEAR)))
+        images.append(read_image(path, image_size))
         if masks_root is None:
             continue
         rel = os.path.relpath(path, root).replace(os.sep, "/")
