@@ -18,6 +18,7 @@ from bagnet_keras.models import (
     load_imagenet_weights,
 )
 from bagnet_keras.occlusion import occlusion
+from bagnet_keras.onednn import OneDNNCrashWarning
 from bagnet_keras.torch_checkpoint import UnsafeCheckpointError, load_checkpoint
 from bagnet_keras.training import fit_classifier, save_model
 from bagnet_keras.transfer import build_classifier
@@ -52,6 +53,7 @@ __all__ = [
     "load_checkpoint",
     "load_imagenet_weights",
     "occlusion",
+    "OneDNNCrashWarning",
     "preprocess_input",
     "receptive_field",
     "save_model",

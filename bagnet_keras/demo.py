@@ -50,13 +50,17 @@ def small_cnn(input_shape: tuple, width: int = 16) -> keras.Model:
 def small_bagnet(input_shape: tuple, width: int = 16) -> keras.Model:
     """A BagNet-17 feature extractor (one block per stage): each position sees a 17 x 17 patch.
 
+    The stem has at least 16 channels whatever ``width`` is: the first shortcut (1x1, stride 2) reads the
+    stem, and training such a convolution on fewer channels crashes TensorFlow's oneDNN on AVX-512 CPUs
+    when a batch has an odd size (issue 17; ``tools/onednn_check.py`` reproduces it).
+
     Examples
     --------
     >>> small_bagnet((64, 64, 3)).output_shape
     (None, 6, 6, 512)
     """
-    return BagNet(blocks=(1, 1, 1, 1), kernel3=(1, 1, 1, 0), base_width=width, include_top=False,
-                  input_shape=input_shape, name="small_bagnet")  # fmt: skip
+    return BagNet(blocks=(1, 1, 1, 1), kernel3=(1, 1, 1, 0), base_width=width, stem_width=max(width, 16),
+                  include_top=False, input_shape=input_shape, name="small_bagnet")  # fmt: skip
 
 
 def demo_findings(result: Comparison, labels: np.ndarray, class_names: Sequence[str], bagnet: str, cnn: str) -> list:

@@ -129,6 +129,7 @@ def BagNet(
     classes: int = 1000,
     classifier_activation: str | None = "softmax",
     name: str = "bagnet",
+    stem_width: int | None = None,
 ) -> keras.Model:
     """Build a BagNet of any configuration.
 
@@ -168,6 +169,12 @@ def BagNet(
         Activation of the top; ``None`` returns the logits.
     name : str
         Model name.
+    stem_width : int, optional
+        Channels of the stem; default ``base_width``, as in the paper. Small
+        models to be trained on a CPU should keep it at 16 or more: the first
+        shortcut (1x1, stride 2) reads the stem, and TensorFlow's oneDNN
+        kernels crash training such a convolution on fewer channels (see
+        `bagnet_keras.onednn`).
 
     Returns
     -------
@@ -187,8 +194,10 @@ def BagNet(
     blocks = _check_int_tuple(blocks, "blocks", 4, minimum=1)
     kernel3 = _check_int_tuple(kernel3, "kernel3", 4, minimum=0)
     strides = _check_int_tuple(strides, "strides", 4, allowed={1, 2})
-    if not isinstance(base_width, numbers.Integral) or isinstance(base_width, bool) or base_width < 1:
-        raise ValueError(f"`base_width` must be a positive integer. Received: base_width={base_width!r}")
+    stem_width = base_width if stem_width is None else stem_width
+    for value, label in ((base_width, "base_width"), (stem_width, "stem_width")):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"`{label}` must be a positive integer. Received: {label}={value!r}")
     if pooling not in (None, "avg", "max"):
         raise ValueError(f"`pooling` must be None, 'avg' or 'max'. Received: pooling={pooling!r}")
     if include_top and (not isinstance(classes, numbers.Integral) or isinstance(classes, bool) or classes < 1):
@@ -213,12 +222,12 @@ def BagNet(
     else:
         img_input = input_tensor
 
-    x = StemConv(base_width, name="conv1_conv")(img_input)
+    x = StemConv(stem_width, name="conv1_conv")(img_input)
     # The authors' stem BatchNorm has torch momentum 0.001 (Keras 0.999).
     x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=0.999, name="conv1_bn")(x)
     x = layers.Activation("relu", name="conv1_relu")(x)
 
-    in_channels = base_width
+    in_channels = stem_width
     for stage in range(4):
         planes = base_width * 2**stage
         for i in range(blocks[stage]):

@@ -18,6 +18,7 @@ import keras
 import numpy as np
 
 from bagnet_keras.inputs import check_image_size
+from bagnet_keras.onednn import warn_if_onednn_crash_risk
 from bagnet_keras.transfer import head_layers
 
 
@@ -154,6 +155,13 @@ def fit_classifier(
     dict
         The history of both phases (lists by metric) and ``"phase"``.
 
+    Warns
+    -----
+    OneDNNCrashWarning
+        Before training, when the model has trainable 1x1 strided convolutions
+        that TensorFlow's oneDNN kernels on this CPU are known to crash on
+        (`bagnet_keras.onednn`); the warning names them and the workarounds.
+
     Examples
     --------
     >>> model = build_classifier("bagnet33", {"city": 10}, mode="finetune")  # doctest: +SKIP
@@ -162,6 +170,8 @@ def fit_classifier(
     for value, name in ((epochs, "epochs"), (head_epochs, "head_epochs")):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"`{name}` must be a non-negative integer. Received: {name}={value!r}")
+    # Before any training step: a crash there would kill the process without a traceback.
+    warn_if_onednn_crash_risk(model)
     if seed is not None:
         keras.utils.set_random_seed(seed)
     heads = [t._keras_history[0].name for t in model.outputs]

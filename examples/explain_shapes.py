@@ -99,7 +99,10 @@ def main() -> None:
     test_images, test_labels = make_shapes(200, seed=1)
     x, xt = preprocess(train_images), preprocess(test_images)
 
-    bagnet = BagNet(blocks=(1, 1, 1, 1), kernel3=(1, 1, 1, 0), base_width=8, classes=3, classifier_activation=None)
+    # stem_width 16: the first shortcut (1x1, stride 2) reads the stem, and training such a convolution on fewer
+    # than 16 channels crashes TensorFlow's oneDNN on AVX-512 CPUs (issue 17, tools/onednn_check.py).
+    bagnet = BagNet(blocks=(1, 1, 1, 1), kernel3=(1, 1, 1, 0), base_width=8, stem_width=16, classes=3,
+                    classifier_activation=None)  # fmt: skip
     # The authors' stem BatchNorm keeps 99.9% of its running statistics per step (torch momentum
     # 0.001): right for long ImageNet training, far too slow for 500 steps, so inference would use
     # statistics from before training. Use the other layers' 0.9 here.

@@ -60,6 +60,18 @@ def test_include_top_false_and_pooling():
     assert bagnet_geometry(feats).patch_size == 33
 
 
+def test_stem_width_sets_the_stem_alone():
+    model = BagNet(blocks=(1, 1, 1, 1), kernel3=(1, 1, 0, 0), base_width=4, stem_width=16, classes=3,
+                   classifier_activation=None)  # fmt: skip
+    assert model.get_layer("conv1_conv").compute_output_shape((1, 32, 32, 3))[-1] == 16
+    assert model.get_layer("conv2_block1_0_conv").kernel.shape == (1, 1, 16, 16)
+    assert model.get_layer("conv2_block1_1_conv").kernel.shape == (1, 1, 16, 4)
+    assert bagnet_geometry(model).patch_size == 9
+    x = np.random.default_rng(0).normal(size=(2, 48, 48, 3)).astype("float32")
+    evidence = evidence_model(model).predict(x, verbose=0)
+    np.testing.assert_allclose(evidence.mean(axis=(1, 2)), model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
+
+
 def test_input_tensor_and_fixed_input_shape():
     inp = keras.Input((40, 40, 3))
     model = BagNet(blocks=(1, 1, 1, 1), kernel3=(1, 1, 0, 0), base_width=8, classes=3, input_tensor=inp)
@@ -82,6 +94,7 @@ def test_input_tensor_and_fixed_input_shape():
         (dict(kernel3=(1, 1, 1, -1)), r"kernel3=\(1, 1, 1, -1\)"),
         (dict(strides=(2, 2, 3, 1)), r"strides=\(2, 2, 3, 1\)"),
         (dict(base_width=0), r"base_width=0"),
+        (dict(stem_width=2.5), r"stem_width=2.5"),
         (dict(classes=0), r"classes=0"),
         (dict(pooling="mean"), r"pooling='mean'"),
         (dict(weights="imagenet"), r"BagNet33"),

@@ -31,8 +31,10 @@ def _data(n_per_class, seed, batch=16, shuffle=False):
 
 
 def _tiny_bagnet():
-    shape = (SIZE, SIZE, 3)
-    return BagNet(blocks=(1, 1, 1, 1), kernel3=(1, 1, 0, 0), base_width=8, include_top=False, input_shape=shape)
+    # stem_width 16: training the first shortcut (1x1, stride 2) on fewer channels crashes TensorFlow's oneDNN on
+    # AVX-512 CPUs (issue 17, tools/onednn_check.py).
+    return BagNet(blocks=(1, 1, 1, 1), kernel3=(1, 1, 0, 0), base_width=8, stem_width=16, include_top=False,
+                  input_shape=(SIZE, SIZE, 3))  # fmt: skip
 
 
 def _copy(model):
