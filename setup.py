@@ -10,7 +10,7 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["bagnet_keras", "bagnet_keras.*", "data_tools", "data_tools.*"]),
-    package_data={"bagnet_keras": ["data/*.tsv"]},
+    package_data={"bagnet_keras.models": ["data/*.tsv"]},
     install_requires=[
         "tensorflow>=2.16",
         "keras>=3.3",
@@ -31,5 +31,5 @@ setup(
     ],
     # selenium drives Debian's chromium (apt: chromium chromium-driver) for the report's browser test.
     extras_require={"dev": ["pytest", "ruff", "selenium"]},
-    entry_points={"console_scripts": ["bagnet-keras=bagnet_keras.cli:main"]},
+    entry_points={"console_scripts": ["bagnet-keras=bagnet_keras.app.cli:main"]},
 )

@@ -1,67 +1,84 @@
-"""BagNets in Keras 3 with the authors' ImageNet weights, and tools to see what CNNs look at."""
+"""BagNets in Keras 3 with the authors' ImageNet weights, and tools to see what CNNs look at.
 
-from bagnet_keras.baselines import SVMBaseline, svm_baseline
-from bagnet_keras.cam import BaseCAM, GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM, cam
-from bagnet_keras.evaluation import evaluate_classifier
-from bagnet_keras.evidence import EvidenceMap, TopPatches, evidence_map, evidence_maps, top_patches
-from bagnet_keras.geometry import Geometry, receptive_field
-from bagnet_keras.guided import guided_backprop, guided_gradcam
-from bagnet_keras.imagenet import decode_predictions, deprocess_input, imagenet_classes, preprocess_input
-from bagnet_keras.labels import coarse_labels, with_heads
-from bagnet_keras.models import (
-    BagNet,
-    BagNet9,
-    BagNet17,
-    BagNet33,
-    bagnet_geometry,
-    evidence_model,
-    load_imagenet_weights,
-)
-from bagnet_keras.occlusion import occlusion
-from bagnet_keras.onednn import OneDNNCrashWarning
-from bagnet_keras.torch_checkpoint import UnsafeCheckpointError, load_checkpoint
-from bagnet_keras.training import fit_classifier, save_model
-from bagnet_keras.transfer import build_classifier
+The package is grouped by concern (see docs/architecture.md): ``core`` (graph
+walking, geometry, checks, files, custom layers), ``models`` (BagNet builders,
+weights, fast inference), ``explain`` (evidence, CAM family, guided backprop,
+occlusion), ``metrics`` (faithfulness, comparison), ``transfer`` (backbones,
+heads, training, evaluation, baselines), ``report`` (figures, HTML) and ``app``
+(the command line, the demo, workflows). Every public entry point is
+importable from here. Names are resolved on first use (PEP 562), so
+``import bagnet_keras`` and the ``bagnet-keras crawl`` command do not load
+TensorFlow; the first name used loads ``bagnet_keras.models`` too, which
+registers the custom Keras classes that saved ``.keras`` files refer to.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BagNet",
-    "BagNet17",
-    "BagNet33",
-    "BagNet9",
-    "bagnet_geometry",
-    "BaseCAM",
-    "build_classifier",
-    "cam",
-    "coarse_labels",
-    "decode_predictions",
-    "deprocess_input",
-    "evaluate_classifier",
-    "evidence_map",
-    "evidence_maps",
-    "evidence_model",
-    "EvidenceMap",
-    "fit_classifier",
-    "Geometry",
-    "GradCAM",
-    "GradCAMPlusPlus",
-    "guided_backprop",
-    "guided_gradcam",
-    "imagenet_classes",
-    "LayerCAM",
-    "load_checkpoint",
-    "load_imagenet_weights",
-    "occlusion",
-    "OneDNNCrashWarning",
-    "preprocess_input",
-    "receptive_field",
-    "save_model",
-    "ScoreCAM",
-    "svm_baseline",
-    "SVMBaseline",
-    "top_patches",
-    "TopPatches",
-    "UnsafeCheckpointError",
-    "with_heads",
-]
+# public name -> module that defines it
+_EXPORTS = {
+    "StemConv": "core.layers",
+    "Geometry": "core.geometry",
+    "receptive_field": "core.geometry",
+    "BagNet": "models.bagnet",
+    "BagNet9": "models.bagnet",
+    "BagNet17": "models.bagnet",
+    "BagNet33": "models.bagnet",
+    "bagnet_geometry": "models.bagnet",
+    "evidence_model": "models.bagnet",
+    "load_imagenet_weights": "models.bagnet",
+    "BagNetModel": "models.inference",
+    "UnsafeCheckpointError": "models.torch_checkpoint",
+    "load_checkpoint": "models.torch_checkpoint",
+    "decode_predictions": "models.imagenet",
+    "deprocess_input": "models.imagenet",
+    "imagenet_classes": "models.imagenet",
+    "preprocess_input": "models.imagenet",
+    "EvidenceMap": "explain.evidence",
+    "TopPatches": "explain.evidence",
+    "evidence_map": "explain.evidence",
+    "evidence_maps": "explain.evidence",
+    "top_patches": "explain.evidence",
+    "BaseCAM": "explain.cam",
+    "GradCAM": "explain.cam",
+    "GradCAMPlusPlus": "explain.cam",
+    "LayerCAM": "explain.cam",
+    "ScoreCAM": "explain.cam",
+    "cam": "explain.cam",
+    "guided_backprop": "explain.guided",
+    "guided_gradcam": "explain.guided",
+    "occlusion": "explain.occlusion",
+    "Comparison": "metrics.comparison",
+    "compare": "metrics.comparison",
+    "get_backbone": "transfer.backbones",
+    "build_classifier": "transfer.heads",
+    "fit_classifier": "transfer.training",
+    "save_model": "transfer.training",
+    "coarse_labels": "transfer.labels",
+    "with_heads": "transfer.labels",
+    "evaluate_classifier": "transfer.evaluation",
+    "SVMBaseline": "transfer.baselines",
+    "svm_baseline": "transfer.baselines",
+    "OneDNNCrashWarning": "transfer.onednn",
+    "write_report": "report.html",
+}
+
+__all__ = sorted(_EXPORTS, key=str.lower)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bagnet_keras' has no attribute {name!r}")
+    # Registers StemConv and BagNetModel, so keras.saving.load_model reads .keras files after any name is used.
+    importlib.import_module("bagnet_keras.models")
+    value = getattr(importlib.import_module(f"bagnet_keras.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

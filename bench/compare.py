@@ -4,7 +4,7 @@
 
 The demo's two models (a BagNet-17 of width 8 and a 5-stage CNN of width 16,
 random weights) explain ``--images`` generated scenes with BagNet evidence
-and Grad-CAM (BagNet) and Grad-CAM (CNN); `bagnet_keras.compare.compare`
+and Grad-CAM (BagNet) and Grad-CAM (CNN); `bagnet_keras.metrics.comparison.compare`
 then runs every measurement. Printed: milliseconds per image of each part,
 and each part as a multiple of one forward pass of both models over the
 same images (the baseline, timed in the same run), so the slow parts show.
@@ -22,10 +22,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bagnet_keras.compare import compare  # noqa: E402
-from bagnet_keras.demo import small_bagnet, small_cnn  # noqa: E402
-from bagnet_keras.imagenet import preprocess_input  # noqa: E402
-from bagnet_keras.transfer import build_classifier  # noqa: E402
+from bagnet_keras.app.demo import small_bagnet, small_cnn  # noqa: E402
+from bagnet_keras.metrics.comparison import compare  # noqa: E402
+from bagnet_keras.models.imagenet import preprocess_input  # noqa: E402
+from bagnet_keras.transfer.heads import build_classifier  # noqa: E402
 from data_tools.synthetic import ARRANGEMENT_CLASSES, MOTIF_CLASSES, motif_scene  # noqa: E402
 
 

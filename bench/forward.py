@@ -5,7 +5,7 @@
 Both Keras models are freshly built with weights=None and called the way a
 user calls them, ``model.predict(x, batch_size=16)``, in alternating rounds in
 one process, so machine noise hits both; the median of the rounds is
-reported. BagNet-33's ``predict`` is `bagnet_keras.inference.BagNetModel`'s
+reported. BagNet-33's ``predict`` is `bagnet_keras.models.inference.BagNetModel`'s
 (BatchNorm folded, no tf.data); Keras' own predict loop on the same model
 is timed beside it. If torch is importable, the authors' PyTorch BagNet-33
 (the definition in tools/torch_bagnet.py) is timed in the same process too.

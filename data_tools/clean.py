@@ -129,7 +129,7 @@ def clean(
     workers : int, optional
         Threads (default: the number of CPUs).
     progress : bool
-        Show a progress bar.
+        Show a progress bar when the output is a terminal.
 
     Returns
     -------
@@ -159,7 +159,8 @@ def clean(
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         results = pool.map(lambda rel: _process(root, rel, options), files)
         kept = []
-        for rel, result in tqdm(zip(files, results, strict=True), total=len(files), desc="clean", disable=not progress):
+        quiet = None if progress else True  # None: tqdm shows the bar on a terminal only
+        for rel, result in tqdm(zip(files, results, strict=True), total=len(files), desc="clean", disable=quiet):
             record = {**records.pop(rel, {}), "path": rel, "class": rel.split("/")[0], "cleaned": now}
             record.update(result)
             records[record["path"]] = record

@@ -468,7 +468,7 @@ def crawl(
         Scheme and host to send the engine's searches to instead of its own
         (a mirror or caching proxy; the tests use a server on 127.0.0.1).
     progress : bool
-        Show a progress bar per class.
+        Show a progress bar per class when the output is a terminal.
 
     Returns
     -------
@@ -494,7 +494,8 @@ def crawl(
             need = n_per_class - counts[label]
             if need <= 0:
                 continue
-            with tqdm(total=n_per_class, initial=counts[label], desc=label, unit="img", disable=not progress) as bar:
+            quiet = None if progress else True  # None: tqdm shows the bar on a terminal only
+            with tqdm(total=n_per_class, initial=counts[label], desc=label, unit="img", disable=quiet) as bar:
                 store = _Store(root, label, state, need, options, bar)
                 _crawl_class(store, engine, label_queries, filters, threads, endpoint)
             report.downloaded += store.kept

@@ -23,7 +23,7 @@ import keras
 import numpy as np
 
 from bagnet_keras import BagNet, cam, evidence_map, guided_gradcam, occlusion, top_patches
-from bagnet_keras.plot import plot_grid, plot_patches, save_figure
+from bagnet_keras.report.plot import plot_grid, plot_patches, save_figure
 
 CLASSES = ("disc", "square", "cross")
 SIZE = 64

@@ -15,8 +15,8 @@ import os
 import numpy as np
 
 from bagnet_keras import BagNet33, decode_predictions, deprocess_input, evidence_map, preprocess_input
-from bagnet_keras.cli import load_image, sample_image
-from bagnet_keras.plot import plot_evidence, save_figure
+from bagnet_keras.app.cli import load_image, sample_image
+from bagnet_keras.report.plot import plot_evidence, save_figure
 
 
 def main() -> None:

@@ -76,7 +76,7 @@ def datasets(root: str, backbone, size: int, batch_size: int):
 
 
 def run_svm(backbone_name, data, names, weights, size):
-    from bagnet_keras.baselines import SVMBaseline, extract_features, feature_extractor, svm_results
+    from bagnet_keras.transfer.baselines import SVMBaseline, extract_features, feature_extractor, svm_results
 
     extractor = feature_extractor(backbone_name, weights, (size, size, 3))
     x_train, y_train = extract_features(extractor, data["train"])
@@ -89,7 +89,7 @@ def run_svm(backbone_name, data, names, weights, size):
 
 def run_network(backbone_name, mode, data, names, args, folder):
     from bagnet_keras import build_classifier, evaluate_classifier, fit_classifier
-    from bagnet_keras.plot import plot_confusion, save_figure
+    from bagnet_keras.report.plot import plot_confusion, save_figure
 
     weights = None if mode == "scratch" else args.weights
     model = build_classifier(
@@ -122,8 +122,8 @@ def main(argv=None) -> int:
     args.weights = None if args.weights == "none" else args.weights
     os.makedirs(args.out, exist_ok=True)
 
-    from bagnet_keras.backbones import get_backbone
-    from bagnet_keras.evaluation import save_json
+    from bagnet_keras.transfer.backbones import get_backbone
+    from bagnet_keras.transfer.evaluation import save_json
 
     root = prepare(args)
     results = {}

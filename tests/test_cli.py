@@ -1,6 +1,6 @@
 import pytest
 
-from bagnet_keras.cli import main
+from bagnet_keras.app.cli import main
 
 
 def test_predict_prints_prediction_and_evidence_grid(capsys):
@@ -34,7 +34,7 @@ def test_explain_and_compare_commands_write_reports(tmp_path, capsys):
     from PIL import Image
 
     from bagnet_keras import BagNet
-    from bagnet_keras.transfer import build_classifier
+    from bagnet_keras.transfer.heads import build_classifier
     from data_tools.clean import clean
     from data_tools.split import split
     from data_tools.synthetic import motif_scene

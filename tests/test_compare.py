@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from bagnet_keras import BagNet
-from bagnet_keras.compare import compare, is_bagnet
-from bagnet_keras.faithfulness import (
+from bagnet_keras.metrics.comparison import compare, is_bagnet
+from bagnet_keras.metrics.faithfulness import (
     cell_scores,
     curve_area,
     deletion_curve,
@@ -21,7 +21,7 @@ from bagnet_keras.faithfulness import (
     rank_correlation,
     shuffle_patches,
 )
-from bagnet_keras.transfer import build_classifier
+from bagnet_keras.transfer.heads import build_classifier
 
 SIZE = 32
 

@@ -217,7 +217,7 @@ def test_border_cropping_and_bad_arguments(tmp_path):
 
 
 def test_cli_clean_and_split(tmp_path, capsys):
-    from bagnet_keras.cli import main
+    from bagnet_keras.app.cli import main
 
     for label in ("a", "b"):
         (tmp_path / label).mkdir()

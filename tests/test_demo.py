@@ -6,9 +6,9 @@ import re
 
 import numpy as np
 
-from bagnet_keras.cli import main
-from bagnet_keras.demo import small_bagnet, small_cnn
-from bagnet_keras.geometry import receptive_field
+from bagnet_keras.app.cli import main
+from bagnet_keras.app.demo import small_bagnet, small_cnn
+from bagnet_keras.core.geometry import receptive_field
 from data_tools.synthetic import ARRANGEMENT_CLASSES, motif_scene
 
 
@@ -45,7 +45,7 @@ def test_the_arrangement_pair_is_out_of_reach_of_the_bagnet_patches():
 def test_demo_on_a_dataset_folder(tmp_path):
     from PIL import Image
 
-    from bagnet_keras.demo import run_demo
+    from bagnet_keras.app.demo import run_demo
 
     for k, label in enumerate(["cross", "ring", "triangle"]):
         (tmp_path / "streets" / label).mkdir(parents=True)
@@ -60,7 +60,7 @@ def test_demo_on_a_dataset_folder(tmp_path):
 
 
 def test_imagenet_demo_pair_shares_one_preprocessing():
-    from bagnet_keras.backbones import get_backbone
+    from bagnet_keras.transfer.backbones import get_backbone
 
     x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
     a = np.asarray(get_backbone("bagnet33").preprocess(x.copy()))

@@ -162,7 +162,7 @@ def test_full_size_round_trip(tmp_path):
 
 
 def test_predict_folds_batchnorm_and_matches_keras_predict():
-    from bagnet_keras.inference import BagNetModel, foldable_pairs
+    from bagnet_keras.models.inference import BagNetModel, foldable_pairs
 
     model = BagNet(blocks=(1, 1, 1, 1), kernel3=(1, 1, 1, 0), base_width=8, classes=5, classifier_activation=None)
     assert isinstance(model, BagNetModel)

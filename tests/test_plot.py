@@ -4,7 +4,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from bagnet_keras import BagNet, evidence_map, top_patches
-from bagnet_keras.plot import plot_evidence, plot_grid, plot_heatmap, plot_overlay, plot_patches, to_display
+from bagnet_keras.report.plot import plot_evidence, plot_grid, plot_heatmap, plot_overlay, plot_patches, to_display
 
 matplotlib.use("Agg")
 
@@ -65,7 +65,7 @@ def test_display_conversion_and_bad_sizes():
 
 
 def test_save_figure_writes_through_a_temporary_file(tmp_path, monkeypatch):
-    from bagnet_keras.plot import save_figure
+    from bagnet_keras.report.plot import save_figure
 
     fig = plot_overlay(np.ones((32, 32)), _image())
     assert save_figure(fig, tmp_path / "a.png") == str(tmp_path / "a.png")

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from bagnet_keras import BagNet, deprocess_input, preprocess_input
-from bagnet_keras.compare import compare
-from bagnet_keras.report import write_report
-from bagnet_keras.transfer import build_classifier
+from bagnet_keras.metrics.comparison import compare
+from bagnet_keras.report.html import write_report
+from bagnet_keras.transfer.heads import build_classifier
 from data_tools.synthetic import motif_scene
 
 SIZE = 48

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import TINY, fixture_path
 
-from bagnet_keras.torch_checkpoint import UnsafeCheckpointError, load_checkpoint, state_dict_from_checkpoint
+from bagnet_keras.models.torch_checkpoint import UnsafeCheckpointError, load_checkpoint, state_dict_from_checkpoint
 
 
 @pytest.mark.parametrize("fmt", ["legacy", "zip"])

@@ -9,12 +9,12 @@ import pytest
 import tensorflow as tf
 
 from bagnet_keras import BagNet, evidence_map, preprocess_input
-from bagnet_keras.backbones import get_backbone
-from bagnet_keras.baselines import SVMBaseline, extract_features, feature_extractor, svm_baseline
-from bagnet_keras.evaluation import evaluate_classifier, save_json
-from bagnet_keras.labels import coarse_labels, with_heads
-from bagnet_keras.training import BestCheckpoint, fit_classifier, save_model
-from bagnet_keras.transfer import build_classifier, head_layers, set_trainable
+from bagnet_keras.transfer.backbones import get_backbone
+from bagnet_keras.transfer.baselines import SVMBaseline, extract_features, feature_extractor, svm_baseline
+from bagnet_keras.transfer.evaluation import evaluate_classifier, save_json
+from bagnet_keras.transfer.heads import build_classifier, head_layers, set_trainable
+from bagnet_keras.transfer.labels import coarse_labels, with_heads
+from bagnet_keras.transfer.training import BestCheckpoint, fit_classifier, save_model
 from data_tools.synthetic import TEXTURES, textures
 
 SIZE = 32
@@ -214,7 +214,7 @@ def test_images_of_the_wrong_size_for_a_fixed_size_backbone():
 
 
 def test_confusion_figure_from_results(pretrained):
-    from bagnet_keras.plot import plot_confusion
+    from bagnet_keras.report.plot import plot_confusion
 
     model = build_classifier(_copy(pretrained), {"texture": 3}, mode="transfer")
     _, _, test = _data(3, seed=12)
@@ -245,7 +245,7 @@ def test_vgg16_places365_weights_from_a_path_and_a_url(tmp_path, monkeypatch):
     import http.server
     import threading
 
-    from bagnet_keras.backbones import VGG16Places365, places365_preprocess
+    from bagnet_keras.transfer.backbones import VGG16Places365, places365_preprocess
 
     source = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
     _legacy_h5(source, tmp_path / "places.h5")

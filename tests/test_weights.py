@@ -11,7 +11,7 @@ import pytest
 from conftest import build_tiny, fixture_path, tiny_config, tiny_outputs
 
 from bagnet_keras import BagNet9, load_imagenet_weights
-from bagnet_keras import weights as weights_module
+from bagnet_keras.models import weights as weights_module
 
 
 class _Server:

@@ -7,7 +7,7 @@ channels, batches of odd sizes) in a child process, with no Keras and no code
 of this package, and reads the child's exit status: killed by a signal
 (SIGSEGV, or SIGABRT from "double free or corruption") means affected; a
 clean exit means not affected. Any other failure is reported as an error
-(exit status 2), never as a verdict. See `bagnet_keras.onednn` for the guard
+(exit status 2), never as a verdict. See `bagnet_keras.transfer.onednn` for the guard
 that `fit_classifier` runs before training.
 """
 

@@ -22,11 +22,11 @@ import keras
 import numpy as np
 from keras import ops
 
-from bagnet_keras.geometry import MERGE_LAYERS, Geometry, receptive_field, upsample
-from bagnet_keras.graph import compiled, run_graph
-from bagnet_keras.inputs import check_classes, check_images, check_positive_int, classes_per_image, output_index
-from bagnet_keras.layers import StemConv
-from bagnet_keras.models import bagnet_top
+from bagnet_keras.core.geometry import MERGE_LAYERS, Geometry, receptive_field, upsample
+from bagnet_keras.core.graph import compiled, run_graph
+from bagnet_keras.core.inputs import check_classes, check_images, check_positive_int, classes_per_image, output_index
+from bagnet_keras.core.layers import StemConv
+from bagnet_keras.models.bagnet import bagnet_top
 
 #: Layers that act on each position alone, so they run unchanged on a dilated (dense) map.
 _POINTWISE = (
@@ -98,7 +98,7 @@ class EvidenceMap:
         """The maps placed on the input pixels: (N, H, W[, K]).
 
         Each position is drawn at the centre of its patch and interpolated
-        linearly in between (see `bagnet_keras.geometry.placement_matrix`);
+        linearly in between (see `bagnet_keras.core.geometry.placement_matrix`);
         a stride-1 map is returned as it is.
         """
         if self.stride == 1:
@@ -251,7 +251,7 @@ def evidence_map(
         Images per forward pass of the native grid.
     output : int or str, optional
         Which head, for models with several (``"city"``; see
-        `bagnet_keras.transfer.build_classifier`).
+        `bagnet_keras.transfer.heads.build_classifier`).
 
     Returns
     -------

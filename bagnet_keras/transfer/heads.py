@@ -1,7 +1,7 @@
 """Classifiers on a backbone for a custom domain: transfer learning, fine-tuning, or training from scratch.
 
 `build_classifier` puts one or more named softmax heads on a backbone given
-by name (`bagnet_keras.backbones`) or as a Keras model. Every head is
+by name (`bagnet_keras.transfer.backbones`) or as a Keras model. Every head is
 ``avg_pool -> [head_dropout] -> <head>_logits -> <head>`` (a softmax): the
 average over positions followed by a linear layer, which for a BagNet is
 the same as the linear layer at every position followed by the average. So a
@@ -26,8 +26,8 @@ from collections.abc import Mapping
 
 import keras
 
-from bagnet_keras.backbones import Backbone, build_backbone, get_backbone
-from bagnet_keras.models import bagnet_top
+from bagnet_keras.models.bagnet import bagnet_top
+from bagnet_keras.transfer.backbones import Backbone, build_backbone, get_backbone
 
 MODES = ("transfer", "finetune", "scratch")
 POOL, DROPOUT = "avg_pool", "head_dropout"
@@ -67,7 +67,7 @@ def build_classifier(
     Parameters
     ----------
     backbone : str, Backbone or keras.Model
-        A name from `bagnet_keras.backbones.BACKBONES` ("bagnet33", "vgg16",
+        A name from `bagnet_keras.transfer.backbones.BACKBONES` ("bagnet33", "vgg16",
         "resnet50", ...), or a model whose output is a feature map
         (N, H, W, C), e.g. ``keras.applications.VGG16(include_top=False)``;
         its layers are shared, not copied.

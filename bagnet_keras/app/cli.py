@@ -75,8 +75,36 @@ def load_image(path: str, size: int = 224) -> np.ndarray:
     return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
 
 
+def start_tensorflow(verbose: bool = False) -> None:
+    """Import TensorFlow and Keras, with their native start-up log lines discarded unless ``verbose``.
+
+    TensorFlow's libraries log (oneDNN, CUDA, CPU features) through absl while
+    they load, before any log level applies, so only the stderr file descriptor
+    itself can keep those lines out of a user's terminal or CI log; Python
+    errors raised by the import still reach stderr.
+    """
+    if verbose:
+        import keras  # noqa: F401
+
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            import keras  # noqa: F401
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # CUDA's probe logs at the first device query
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def demo(args: argparse.Namespace) -> int:
-    from bagnet_keras.demo import run_demo
+    start_tensorflow(args.verbose)
+    from bagnet_keras.app.demo import run_demo
 
     weights = None if args.weights == "none" else args.weights
     run_demo(args.out, data=args.data, weights=weights, per_class=args.per_class, image_size=args.image_size,
@@ -85,7 +113,8 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def explain(args: argparse.Namespace) -> int:
-    from bagnet_keras.workflows import explain_images
+    start_tensorflow(args.verbose)
+    from bagnet_keras.app.workflows import explain_images
 
     if bool(args.images) == bool(args.data):
         raise ValueError("Give either --images (files) or --data (a dataset folder).")
@@ -97,7 +126,8 @@ def explain(args: argparse.Namespace) -> int:
 
 
 def compare(args: argparse.Namespace) -> int:
-    from bagnet_keras.workflows import compare_models
+    start_tensorflow(args.verbose)
+    from bagnet_keras.app.workflows import compare_models
 
     models = {}
     for item in args.model:
@@ -113,6 +143,7 @@ def compare(args: argparse.Namespace) -> int:
 
 
 def predict(args: argparse.Namespace) -> int:
+    start_tensorflow(args.verbose)
     from bagnet_keras import BagNet33, bagnet_geometry, decode_predictions, evidence_model, preprocess_input
 
     image = load_image(args.image) if args.image else sample_image()
@@ -144,8 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bagnet-keras", description="BagNets in Keras: see what a CNN looks at.")
     sub = parser.add_subparsers(dest="command", required=True)
     formatter = argparse.RawDescriptionHelpFormatter
+    tensorflow = argparse.ArgumentParser(add_help=False)
+    tensorflow.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up log lines")
     p = sub.add_parser("demo", help="the main job: BagNet evidence vs Grad-CAM, measured, as an HTML report",
-                       epilog=DEMO_EPILOG, formatter_class=formatter)  # fmt: skip
+                       epilog=DEMO_EPILOG, formatter_class=formatter, parents=[tensorflow])  # fmt: skip
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--data", help="a dataset folder (one sub-folder per class) instead of generated scenes")
     p.add_argument(
@@ -160,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=demo)
     p = sub.add_parser("explain", help="maps of one model for images, measured, as an HTML report",
-                       epilog=EXPLAIN_EPILOG, formatter_class=formatter)  # fmt: skip
+                       epilog=EXPLAIN_EPILOG, formatter_class=formatter, parents=[tensorflow])  # fmt: skip
     p.add_argument("--model", required=True, help="a .keras file or a backbone name (bagnet33, vgg16, ...)")
     p.add_argument("--weights", default="none", help="for a name: 'none', 'imagenet' or a weights file")
     p.add_argument("--images", nargs="+", help="image files")
@@ -171,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/explain")
     p.set_defaults(func=explain)
     p = sub.add_parser("compare", help="compare the explanations of several models, as an HTML report",
-                       epilog=COMPARE_EPILOG, formatter_class=formatter)  # fmt: skip
+                       epilog=COMPARE_EPILOG, formatter_class=formatter, parents=[tensorflow])  # fmt: skip
     p.add_argument("--model", action="append", required=True, metavar="NAME=PATH", help="a .keras model, repeatable")
     p.add_argument("--data", required=True, help="a dataset folder (split by bagnet-keras split)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
@@ -184,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/compare")
     p.set_defaults(func=compare)
     p = sub.add_parser("predict", help="BagNet-33 prediction and evidence grid for one image",
-                       epilog=PREDICT_EPILOG, formatter_class=formatter)  # fmt: skip
+                       epilog=PREDICT_EPILOG, formatter_class=formatter, parents=[tensorflow])  # fmt: skip
     p.add_argument("--weights", default="none", help="'none' (default, offline), 'imagenet', or a checkpoint path")
     p.add_argument("--image", help="an image file; default: a generated image")
     p.set_defaults(func=predict)

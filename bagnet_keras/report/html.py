@@ -1,4 +1,4 @@
-"""A self-contained HTML report of a `bagnet_keras.compare.Comparison`: one file, figures embedded, PNGs beside it.
+"""A self-contained HTML report of a `Comparison` (bagnet_keras.metrics): one file, figures embedded, PNGs beside it.
 
 `write_report` draws, from the comparison and the images: the models'
 accuracies, the faithfulness table with confidence intervals, the mean
@@ -21,10 +21,10 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from bagnet_keras.compare import Comparison, is_bagnet
-from bagnet_keras.evidence import evidence_map, top_patches
-from bagnet_keras.files import write_atomic
-from bagnet_keras.plot import plot_curves, plot_heatmap, plot_overlay, plot_patches, render_figure, to_display
+from bagnet_keras.core.files import write_atomic
+from bagnet_keras.explain.evidence import evidence_map, top_patches
+from bagnet_keras.metrics.comparison import Comparison, is_bagnet
+from bagnet_keras.report.plot import plot_curves, plot_heatmap, plot_overlay, plot_patches, render_figure, to_display
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -105,7 +105,7 @@ def write_report(
     Parameters
     ----------
     comparison : Comparison
-        From `bagnet_keras.compare.compare` on these models, images and labels.
+        From `bagnet_keras.metrics.comparison.compare` on these models, images and labels.
     models : mapping name -> keras.Model
     images : array (N, H, W, C)
         The preprocessed images given to `compare`.

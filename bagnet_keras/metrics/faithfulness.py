@@ -31,14 +31,14 @@ def logit_fn(model: keras.Model, output: int | str | None = None, batch_size: in
     The Dense layer before the output's softmax is tapped; a model whose
     output has no activation is used as it is.
     """
-    from bagnet_keras.models import bagnet_top
+    from bagnet_keras.models.bagnet import bagnet_top
 
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
     try:
         _, logits = bagnet_top(model, output)
         scores = keras.Model(inputs, logits.output)
     except ValueError:
-        from bagnet_keras.inputs import output_index
+        from bagnet_keras.core.inputs import output_index
 
         scores = keras.Model(inputs, model.outputs[output_index(model, output)])
 

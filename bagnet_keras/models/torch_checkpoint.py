@@ -263,7 +263,7 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
 
     Examples
     --------
-    >>> from bagnet_keras.torch_checkpoint import load_checkpoint
+    >>> from bagnet_keras.models.torch_checkpoint import load_checkpoint
     >>> state = load_checkpoint("bagnet32-2ddd53ed.pth.tar")  # doctest: +SKIP
     >>> state["fc.weight"].shape  # doctest: +SKIP
     (1000, 2048)

@@ -8,7 +8,7 @@ from importlib import resources
 import keras
 import numpy as np
 
-from bagnet_keras.weights import PRETRAINED
+from bagnet_keras.models.weights import PRETRAINED
 
 MEAN = np.asarray(PRETRAINED["bagnet33"].mean, dtype="float32")
 STD = np.asarray(PRETRAINED["bagnet33"].std, dtype="float32")
@@ -90,7 +90,7 @@ def imagenet_classes() -> list[tuple[str, str]]:
     >>> imagenet_classes()[0]
     ('n01440764', 'tench')
     """
-    text = resources.files("bagnet_keras").joinpath("data/imagenet_classes.tsv").read_text("utf-8")
+    text = resources.files("bagnet_keras.models").joinpath("data/imagenet_classes.tsv").read_text("utf-8")
     rows = [tuple(line.split("\t")) for line in text.splitlines() if line and not line.startswith("#")]
     return rows
 

@@ -4,7 +4,7 @@ One base class, `BaseCAM`, does the work every method shares: it finds the
 target layer (by name anywhere in nested sub-models, or the last layer with a
 4-D output), runs the model layer by layer so that layer's activations and
 the gradient of the class score with respect to them come out of one pass
-(`bagnet_keras.graph.run_graph`), picks the class (given or the top
+(`bagnet_keras.core.graph.run_graph`), picks the class (given or the top
 prediction), batches, and places the map on the input pixels with the layer's
 receptive field. Each method only says how to weight the activations:
 
@@ -23,9 +23,9 @@ import keras
 import numpy as np
 from tqdm.auto import tqdm
 
-from bagnet_keras.geometry import Geometry, layer_geometry, upsample
-from bagnet_keras.graph import compiled, find_layer, last_spatial_layer, run_graph
-from bagnet_keras.inputs import (
+from bagnet_keras.core.geometry import Geometry, layer_geometry, upsample
+from bagnet_keras.core.graph import compiled, find_layer, last_spatial_layer, run_graph
+from bagnet_keras.core.inputs import (
     check_images,
     check_positive_int,
     classes_or_top,
@@ -228,7 +228,7 @@ class ScoreCAM(BaseCAM):
     """Score-CAM: each channel's weight is the class score of the input masked by that channel.
 
     Costs one forward pass per channel and image (batched); a progress bar
-    shows them when ``progress`` is True.
+    shows them when ``progress`` is True and the output is a terminal.
     """
 
     uses_gradients = False
@@ -243,7 +243,7 @@ class ScoreCAM(BaseCAM):
         span = activations.max(axis=(1, 2), keepdims=True) - low
         scaled = np.where(span > 0, (activations - low) / np.where(span > 0, span, 1), 0)
         weights = np.empty((n, 1, 1, c), dtype="float32")
-        for i in tqdm(range(n), desc="Score-CAM", unit="image", disable=not self.progress):
+        for i in tqdm(range(n), desc="Score-CAM", unit="image", disable=None if self.progress else True):
             masks = upsample(scaled[i : i + 1], x.shape[1:3], self.geometry)[0]  # (H, W, C)
             masked = x[i][None] * np.moveaxis(masks, -1, 0)[..., None]
             scores = self.class_scores(masked.astype("float32"), np.full(c, classes[i], dtype="int32"))

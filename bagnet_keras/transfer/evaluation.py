@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from sklearn.metrics import classification_report, confusion_matrix
 
-from bagnet_keras.files import write_atomic
-from bagnet_keras.inputs import check_image_size
+from bagnet_keras.core.files import write_atomic
+from bagnet_keras.core.inputs import check_image_size
 
 
 def classification_results(labels: np.ndarray, scores: np.ndarray, class_names: Sequence[str], top_k: int = 5) -> dict:

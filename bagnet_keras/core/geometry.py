@@ -13,7 +13,7 @@ from typing import NamedTuple
 import keras
 import numpy as np
 
-from bagnet_keras.layers import StemConv
+from bagnet_keras.core.layers import StemConv
 
 
 class Geometry(NamedTuple):
@@ -159,7 +159,7 @@ def receptive_field(model: keras.Model, tensor=None, layer: str | None = None) -
     Examples
     --------
     >>> import keras
-    >>> from bagnet_keras.geometry import receptive_field
+    >>> from bagnet_keras.core.geometry import receptive_field
     >>> inp = keras.Input((None, None, 3))
     >>> out = keras.layers.Conv2D(4, 3, strides=2)(keras.layers.Conv2D(4, 3)(inp))
     >>> receptive_field(keras.Model(inp, out))

@@ -18,8 +18,8 @@ from typing import NamedTuple
 import keras
 import numpy as np
 
-from bagnet_keras.layers import StemConv
-from bagnet_keras.torch_checkpoint import load_checkpoint, state_dict_from_checkpoint
+from bagnet_keras.core.layers import StemConv
+from bagnet_keras.models.torch_checkpoint import load_checkpoint, state_dict_from_checkpoint
 
 #: Where the authors published the ImageNet checkpoints.
 DEFAULT_BASE_URL = (
@@ -94,7 +94,7 @@ def fetch_checkpoint(variant: str, base_url: str | None = None, cache_dir: str |
 
     Examples
     --------
-    >>> from bagnet_keras.weights import fetch_checkpoint
+    >>> from bagnet_keras.models.weights import fetch_checkpoint
     >>> fetch_checkpoint("bagnet33")  # doctest: +SKIP
     '/home/me/.keras/models/bagnet32-2ddd53ed.pth.tar'
     """
@@ -167,7 +167,7 @@ _BN_KEYS = ("weight", "bias", "running_mean", "running_var")
 
 
 def _torch_keys(layer: keras.layers.Layer) -> list[tuple[str, Callable]]:
-    """The authors' state-dict keys of a layer of `bagnet_keras.models`, in weight order, with converters."""
+    """The authors' state-dict keys of a layer of `bagnet_keras.models.bagnet`, in weight order, with converters."""
     if isinstance(layer, StemConv):
         # The authors' conv1 (1x1) and conv2 (3x3) are the two factors of the stem.
         return [("conv1.weight", _conv_kernel), ("conv2.weight", _conv_kernel)]
@@ -187,7 +187,7 @@ def _torch_keys(layer: keras.layers.Layer) -> list[tuple[str, Callable]]:
 
 
 def state_dict_to_keras(model: keras.Model, state_dict: dict[str, np.ndarray]) -> None:
-    """Copy the authors' BagNet state dict into a model built by `bagnet_keras.models`.
+    """Copy the authors' BagNet state dict into a model built by `bagnet_keras.models.bagnet`.
 
     Every weighted layer must find its tensors with the right shapes; the
     error names the first that does not. ``fc.*`` is ignored when the model
@@ -196,7 +196,7 @@ def state_dict_to_keras(model: keras.Model, state_dict: dict[str, np.ndarray]) -
     Examples
     --------
     >>> from bagnet_keras import BagNet
-    >>> from bagnet_keras.torch_checkpoint import load_checkpoint, state_dict_from_checkpoint
+    >>> from bagnet_keras.models.torch_checkpoint import load_checkpoint, state_dict_from_checkpoint
     >>> model = BagNet(blocks=(1, 1, 1, 1), classes=10)  # doctest: +SKIP
     >>> state_dict_to_keras(model, state_dict_from_checkpoint(load_checkpoint("mini33.pth.tar")))  # doctest: +SKIP
     """

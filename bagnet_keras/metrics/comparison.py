@@ -1,7 +1,7 @@
 """Compare explanations across models on the same images: which map is faithful to which model, and where they agree.
 
 `compare` computes, for every model and method, one heatmap per image (for
-the image's true class) and then the numbers of `bagnet_keras.faithfulness`:
+the image's true class) and then the numbers of `bagnet_keras.metrics.faithfulness`:
 deletion and insertion areas (of the true class's probability) on the
 explained model and deletion on every other model (cross-model masking),
 masking linearity (of its logit), pointing game and
@@ -28,9 +28,14 @@ import keras
 import numpy as np
 from tqdm.auto import tqdm
 
-from bagnet_keras.cam import CAM_METHODS, cam
-from bagnet_keras.evidence import evidence_map
-from bagnet_keras.faithfulness import (
+from bagnet_keras.core.files import write_atomic
+from bagnet_keras.core.graph import iter_layers
+from bagnet_keras.core.inputs import check_images, output_index
+from bagnet_keras.core.layers import StemConv
+from bagnet_keras.explain.cam import CAM_METHODS, cam
+from bagnet_keras.explain.evidence import evidence_map
+from bagnet_keras.explain.occlusion import occlusion
+from bagnet_keras.metrics.faithfulness import (
     curve_area,
     deletion_curve,
     energy_in_mask,
@@ -44,12 +49,7 @@ from bagnet_keras.faithfulness import (
     rank_correlation,
     shuffle_sensitivity,
 )
-from bagnet_keras.files import write_atomic
-from bagnet_keras.graph import iter_layers
-from bagnet_keras.inputs import check_images, output_index
-from bagnet_keras.layers import StemConv
-from bagnet_keras.models import bagnet_top
-from bagnet_keras.occlusion import occlusion
+from bagnet_keras.models.bagnet import bagnet_top
 
 METHODS = ("evidence", *CAM_METHODS, "occlusion")
 # Metrics aggregated per (model, method); "deletion_on_<model>" columns are added per other model.
@@ -76,7 +76,7 @@ def explanation_maps(
     """Heatmaps (N, H, W) of ``method`` for ``class_index`` per image, at the images' resolution.
 
     ``"evidence"`` is the BagNet's evidence on its native grid placed on the
-    pixels (`EvidenceMap.upsample`); CAM methods are `bagnet_keras.cam`;
+    pixels (`EvidenceMap.upsample`); CAM methods are `bagnet_keras.explain.cam`;
     ``"occlusion"`` uses 16-pixel squares moved by 8.
     """
     if method == "evidence":
@@ -228,6 +228,7 @@ def compare(
     n_classes : int, optional
         For per-class accuracies; default: the models' output size.
     progress : bool
+        Show a progress bar when the output is a terminal.
 
     Returns
     -------
@@ -276,7 +277,7 @@ def compare(
                                       "correct": bool(predicted[name][i] == labels[i]),
                                       "shuffle_kept": bool(kept[i])})  # fmt: skip
     total = sum(len(m) for m in per_model.values())
-    bar = tqdm(total=total * len(x), desc="compare", unit="map", disable=not progress)
+    bar = tqdm(total=total * len(x), desc="compare", unit="map", disable=None if progress else True)
     for name, model in models.items():
         for method in per_model[name]:
             with timed(f"maps {name}/{method}"):

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 from tqdm.auto import tqdm
 
-from bagnet_keras.inputs import check_images, check_positive_int, classes_per_image, n_classes_of, output_index
+from bagnet_keras.core.inputs import check_images, check_positive_int, classes_per_image, n_classes_of, output_index
 
 
 def _starts(size: int, patch: int, stride: int) -> list[int]:
@@ -53,7 +53,7 @@ def occlusion(
     batch_size : int
         Occluded images per forward pass.
     progress : bool
-        Show a progress bar.
+        Show a progress bar when the output is a terminal.
 
     Returns
     -------
@@ -92,7 +92,7 @@ def occlusion(
     for top, left in squares:
         coverage[top : top + patch_size, left : left + patch_size] += 1
     maps = np.zeros((n, h, w), dtype="float32")
-    for i in tqdm(range(n), desc="occlusion", unit="image", disable=not progress):
+    for i in tqdm(range(n), desc="occlusion", unit="image", disable=None if progress else True):
         for start in range(0, len(squares), batch_size):
             chunk = squares[start : start + batch_size]
             occluded = np.repeat(x[i : i + 1], len(chunk), axis=0)

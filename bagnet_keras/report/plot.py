@@ -17,8 +17,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from bagnet_keras.evidence import EvidenceMap, TopPatches
-from bagnet_keras.files import write_atomic
+from bagnet_keras.core.files import write_atomic
+from bagnet_keras.explain.evidence import EvidenceMap, TopPatches
 
 
 def to_display(image, deprocess: Callable | None = None) -> np.ndarray:
@@ -211,7 +211,7 @@ def plot_patches(
 
     Examples
     --------
-    >>> from bagnet_keras.evidence import TopPatches
+    >>> from bagnet_keras.explain.evidence import TopPatches
     >>> top = TopPatches(np.arange(3.0), np.arange(3), np.zeros((3, 4), int), np.zeros((3, 9, 9, 3)), 1)
     >>> len(plot_patches(top, cols=2).axes)
     4

@@ -22,11 +22,11 @@ from collections.abc import Sequence
 import keras
 from keras import layers
 
-from bagnet_keras.geometry import Geometry, receptive_field
-from bagnet_keras.inference import BagNetModel
-from bagnet_keras.inputs import output_index
-from bagnet_keras.layers import StemConv
-from bagnet_keras.weights import PRETRAINED, imagenet_weights_file, load_weights
+from bagnet_keras.core.geometry import Geometry, receptive_field
+from bagnet_keras.core.inputs import output_index
+from bagnet_keras.core.layers import StemConv
+from bagnet_keras.models.inference import BagNetModel
+from bagnet_keras.models.weights import PRETRAINED, imagenet_weights_file, load_weights
 
 #: Torch BatchNorm eps; Keras' default (1e-3) would shift every activation.
 BN_EPSILON = 1e-5
@@ -174,7 +174,7 @@ def BagNet(
         models to be trained on a CPU should keep it at 16 or more: the first
         shortcut (1x1, stride 2) reads the stem, and TensorFlow's oneDNN
         kernels crash training such a convolution on fewer channels (see
-        `bagnet_keras.onednn`).
+        `bagnet_keras.transfer.onednn`).
 
     Returns
     -------
@@ -263,7 +263,7 @@ def BagNet(
 def load_imagenet_weights(model: keras.Model, variant: str, base_url: str | None = None) -> None:
     """Load the pretrained weights of ``variant`` (a key of `PRETRAINED`) into ``model``.
 
-    Downloads and converts once (see `bagnet_keras.weights.imagenet_weights_file`).
+    Downloads and converts once (see `bagnet_keras.models.weights.imagenet_weights_file`).
     A model without top gets the backbone weights, copied layer by layer.
 
     Examples
@@ -383,7 +383,7 @@ def evidence_model(model: keras.Model, output: int | str | None = None) -> keras
     ----------
     model : keras.Model
         A BagNet built with ``include_top=True``, or a classifier built on a
-        BagNet by `bagnet_keras.transfer.build_classifier`.
+        BagNet by `bagnet_keras.transfer.heads.build_classifier`.
     output : int or str, optional
         Which head, for models with several (``"city"``).
 
@@ -408,7 +408,7 @@ def bagnet_top(model: keras.Model, output: int | str | None = None) -> tuple[ker
 
     Walking back from the output, activations and dropout may come between:
     ``avg_pool -> [dropout] -> logits -> [activation]`` is a BagNet's top,
-    and each head of `bagnet_keras.transfer.build_classifier` has that form.
+    and each head of `bagnet_keras.transfer.heads.build_classifier` has that form.
 
     Examples
     --------

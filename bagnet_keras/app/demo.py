@@ -5,7 +5,7 @@
 two that hold the same dot and bar and differ only in their arrangement. It
 cleans and splits them like a crawled dataset, trains a small BagNet and a
 small CNN from scratch on the CPU, compares their explanations
-(`bagnet_keras.compare`), states what the numbers say, and writes the HTML
+(`bagnet_keras.metrics.comparison`), states what the numbers say, and writes the HTML
 report. With ``data=`` it runs on a dataset folder instead (no masks), and
 with ``weights="imagenet"`` it fine-tunes BagNet-33 and DenseNet-121 (the
 same input preprocessing) instead of training small models.
@@ -20,12 +20,12 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from bagnet_keras.compare import Comparison, compare
-from bagnet_keras.imagenet import deprocess_input, preprocess_input
-from bagnet_keras.models import BagNet
-from bagnet_keras.report import write_report
-from bagnet_keras.training import fit_classifier
-from bagnet_keras.transfer import build_classifier
+from bagnet_keras.metrics.comparison import Comparison, compare
+from bagnet_keras.models.bagnet import BagNet
+from bagnet_keras.models.imagenet import deprocess_input, preprocess_input
+from bagnet_keras.report.html import write_report
+from bagnet_keras.transfer.heads import build_classifier
+from bagnet_keras.transfer.training import fit_classifier
 
 
 def small_cnn(input_shape: tuple, width: int = 16) -> keras.Model:
@@ -174,7 +174,7 @@ def run_demo(
     split(data, seed=seed)
 
     if weights == "imagenet":
-        from bagnet_keras.backbones import get_backbone
+        from bagnet_keras.transfer.backbones import get_backbone
 
         image_size = 224
         # DenseNet-121's ImageNet preprocessing is the BagNets' (torch-style mean and std), so both

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Mapping
 
 import keras
 import numpy as np
 
-from bagnet_keras.inputs import check_image_size
-from bagnet_keras.onednn import warn_if_onednn_crash_risk
-from bagnet_keras.transfer import head_layers
+from bagnet_keras.core.inputs import check_image_size
+from bagnet_keras.transfer.heads import head_layers
+from bagnet_keras.transfer.onednn import warn_if_onednn_crash_risk
 
 
 def save_model(model: keras.Model, path: str | os.PathLike) -> None:
@@ -121,14 +122,14 @@ def fit_classifier(
     strategy=None,
     verbose: int | str = "auto",
 ) -> dict[str, list]:
-    """Compile and train a `bagnet_keras.transfer.build_classifier` model.
+    """Compile and train a `bagnet_keras.transfer.heads.build_classifier` model.
 
     Parameters
     ----------
     model : keras.Model
     train, validation : tf.data.Dataset
         Batches of ``(images, labels)``, labels a dict by head name (see
-        `bagnet_keras.labels.with_heads`) or plain labels for one head;
+        `bagnet_keras.transfer.labels.with_heads`) or plain labels for one head;
         images preprocessed for the backbone.
     epochs : int
         Epochs of the main phase (the only phase for transfer and scratch,
@@ -149,6 +150,8 @@ def fit_classifier(
     strategy : tf.distribute.Strategy, optional
         The strategy the model was built under.
     verbose : int or "auto"
+        Keras' ``fit`` verbosity. ``"auto"``: the per-step progress bar (1)
+        on a terminal, one line per epoch (2) otherwise, so logs stay short.
 
     Returns
     -------
@@ -160,7 +163,7 @@ def fit_classifier(
     OneDNNCrashWarning
         Before training, when the model has trainable 1x1 strided convolutions
         that TensorFlow's oneDNN kernels on this CPU are known to crash on
-        (`bagnet_keras.onednn`); the warning names them and the workarounds.
+        (`bagnet_keras.transfer.onednn`); the warning names them and the workarounds.
 
     Examples
     --------
@@ -170,6 +173,8 @@ def fit_classifier(
     for value, name in ((epochs, "epochs"), (head_epochs, "head_epochs")):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"`{name}` must be a non-negative integer. Received: {name}={value!r}")
+    if verbose == "auto":
+        verbose = 1 if sys.stdout.isatty() else 2
     # Before any training step: a crash there would kill the process without a traceback.
     warn_if_onednn_crash_risk(model)
     if seed is not None:

@@ -18,9 +18,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
-from bagnet_keras.backbones import Backbone, build_backbone, get_backbone
-from bagnet_keras.evaluation import classification_results
-from bagnet_keras.inputs import check_image_size
+from bagnet_keras.core.inputs import check_image_size
+from bagnet_keras.transfer.backbones import Backbone, build_backbone, get_backbone
+from bagnet_keras.transfer.evaluation import classification_results
 
 
 def feature_extractor(
@@ -49,7 +49,7 @@ def feature_extractor(
 def extract_features(extractor: keras.Model, data) -> tuple[np.ndarray, np.ndarray | dict | None]:
     """Features of ``data`` (an image array, or batches of ``(images, labels)``) and the labels if any.
 
-    Labels given as a dict by head (`bagnet_keras.labels.with_heads`) come back as a dict of arrays.
+    Labels given as a dict by head (`bagnet_keras.transfer.labels.with_heads`) come back as a dict of arrays.
     """
     if isinstance(data, np.ndarray):
         check_image_size(extractor, data.shape)
@@ -136,7 +136,7 @@ def svm_baseline(
 
     ``train`` and ``test`` are batches of ``(images, labels)`` preprocessed
     for the backbone (single-head labels). Returns the metrics of
-    `bagnet_keras.evaluation.classification_results` plus ``"C"``.
+    `bagnet_keras.transfer.evaluation.classification_results` plus ``"C"``.
 
     Examples
     --------
@@ -150,7 +150,7 @@ def svm_baseline(
 
 
 def svm_results(svm: SVMBaseline, features: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> dict:
-    """`bagnet_keras.evaluation.classification_results` of a fitted `SVMBaseline`, plus its ``"C"``."""
+    """`bagnet_keras.transfer.evaluation.classification_results` of a fitted `SVMBaseline`, plus its ``"C"``."""
     scores = svm.decision_function(features)
     if scores.ndim == 1:  # two classes: one margin, positive for classes_[1]
         scores = np.stack([-scores, scores], axis=1)

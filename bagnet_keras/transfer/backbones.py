@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from bagnet_keras import imagenet
-from bagnet_keras.models import BagNet9, BagNet17, BagNet33
-from bagnet_keras.weights import fetch_file
+from bagnet_keras.models import imagenet
+from bagnet_keras.models.bagnet import BagNet9, BagNet17, BagNet33
+from bagnet_keras.models.weights import fetch_file
 
 PLACES365_URL = (
     "https://github.com/GKalliatakis/Keras-VGG16-places365/releases/download/v1.0/"

@@ -18,8 +18,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from bagnet_keras.graph import compiled, run_graph
-from bagnet_keras.layers import StemConv
+from bagnet_keras.core.graph import compiled, run_graph
+from bagnet_keras.core.layers import StemConv
 
 
 def _producer(layer):

@@ -14,10 +14,10 @@ from collections.abc import Mapping, Sequence
 import keras
 import numpy as np
 
-from bagnet_keras.backbones import get_backbone
-from bagnet_keras.compare import compare
-from bagnet_keras.faithfulness import logit_fn
-from bagnet_keras.report import write_report
+from bagnet_keras.metrics.comparison import compare
+from bagnet_keras.metrics.faithfulness import logit_fn
+from bagnet_keras.report.html import write_report
+from bagnet_keras.transfer.backbones import get_backbone
 
 
 def load_model(spec: str, weights: str | None = None) -> tuple[keras.Model, object]:
@@ -46,7 +46,7 @@ def _class_names(model: keras.Model, names: Sequence[str] | None) -> list[str]:
     if names is not None and len(names) == n:
         return list(names)
     if n == 1000:
-        from bagnet_keras.imagenet import imagenet_classes
+        from bagnet_keras.models.imagenet import imagenet_classes
 
         return [name for _, name in imagenet_classes()]
     return [f"class {k}" for k in range(n)]
@@ -65,7 +65,7 @@ def explain_images(
 ) -> str:
     """Explain one model's top prediction for image files (or a dataset folder) and write the report.
 
-    The maps are measured as in `bagnet_keras.compare` for the predicted class.
+    The maps are measured as in `bagnet_keras.metrics.comparison` for the predicted class.
     """
     from data_tools.loader import load_arrays, read_image
 
@@ -117,7 +117,7 @@ def compare_models(
 
 def _deprocess(preprocess):
     """The inverse of a backbone's preprocessing where this package knows it, else min-max display."""
-    from bagnet_keras.imagenet import deprocess_input, preprocess_input
+    from bagnet_keras.models.imagenet import deprocess_input, preprocess_input
 
     return deprocess_input if preprocess is preprocess_input else None
 

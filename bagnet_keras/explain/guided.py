@@ -16,9 +16,8 @@ import warnings
 import keras
 import numpy as np
 
-from bagnet_keras.cam import GradCAM
-from bagnet_keras.graph import compiled, find_layer, iter_layers, run_graph
-from bagnet_keras.inputs import (
+from bagnet_keras.core.graph import compiled, find_layer, iter_layers, run_graph
+from bagnet_keras.core.inputs import (
     check_images,
     check_positive_int,
     classes_or_top,
@@ -26,6 +25,7 @@ from bagnet_keras.inputs import (
     output_index,
     top_class_scores,
 )
+from bagnet_keras.explain.cam import GradCAM
 
 _MODES = ("guided", "deconvnet")
 

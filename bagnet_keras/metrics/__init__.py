@@ -1,0 +1,2 @@
+"""Numbers about explanations: faithfulness measures on plain arrays (`faithfulness`) and the
+comparison of several models' maps (`comparison`)."""

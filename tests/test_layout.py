@@ -1,0 +1,117 @@
+"""The package's layout: public names, import direction, a light command line, old .keras files (issue 14)."""
+
+import ast
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import bagnet_keras
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = os.path.join(ROOT, "bagnet_keras")
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
+
+# Every name `from bagnet_keras import ...` gave before the subpackages (commit 19a0a26), plus later ones.
+PUBLIC_BEFORE = [
+    "BagNet", "BagNet17", "BagNet33", "BagNet9", "bagnet_geometry", "BaseCAM", "build_classifier", "cam",
+    "coarse_labels", "decode_predictions", "deprocess_input", "evaluate_classifier", "evidence_map", "evidence_maps",
+    "evidence_model", "EvidenceMap", "fit_classifier", "Geometry", "GradCAM", "GradCAMPlusPlus", "guided_backprop",
+    "guided_gradcam", "imagenet_classes", "LayerCAM", "load_checkpoint", "load_imagenet_weights", "occlusion",
+    "preprocess_input", "receptive_field", "save_model", "ScoreCAM", "svm_baseline", "SVMBaseline", "top_patches",
+    "TopPatches", "UnsafeCheckpointError", "with_heads", "OneDNNCrashWarning",
+]  # fmt: skip
+
+# What each subpackage may import: downwards only (app -> report -> metrics -> explain -> models -> core,
+# transfer -> models), and data_tools from the application alone.
+ALLOWED = {
+    "core": {"core"},
+    "models": {"core", "models"},
+    "explain": {"core", "models", "explain"},
+    "transfer": {"core", "models", "transfer"},
+    "metrics": {"core", "models", "explain", "metrics"},
+    "report": {"core", "models", "explain", "metrics", "report"},
+    "app": {"core", "models", "explain", "transfer", "metrics", "report", "app", "data_tools"},
+}
+
+
+@pytest.mark.parametrize("name", PUBLIC_BEFORE)
+def test_every_public_name_is_still_importable(name):
+    value = getattr(bagnet_keras, name)
+    assert not isinstance(value, type(bagnet_keras)), f"bagnet_keras.{name} is a module"
+    assert name in bagnet_keras.__all__ and name in dir(bagnet_keras)
+
+
+def test_entry_points_are_functions_at_the_top():
+    from bagnet_keras.metrics.comparison import compare
+    from bagnet_keras.report.html import write_report
+
+    assert bagnet_keras.compare is compare and bagnet_keras.write_report is write_report
+    assert callable(bagnet_keras.cam) and callable(bagnet_keras.occlusion)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        bagnet_keras.nope  # noqa: B018
+
+
+def _imports(path):
+    """(line, top-level target) of every bagnet_keras / data_tools import in a file, function bodies included."""
+    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module + "." + alias.name for alias in node.names]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "data_tools":
+                yield node.lineno, "data_tools"
+            elif parts[0] == "bagnet_keras" and len(parts) > 1:
+                # a public name imported from the top is charged to the subpackage that defines it
+                yield node.lineno, bagnet_keras._EXPORTS.get(parts[1], parts[1]).split(".")[0]
+
+
+def test_imports_point_downwards_only():
+    upward = []
+    for package in ALLOWED:
+        folder = os.path.join(PACKAGE, package)
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".py"):
+                for line, target in _imports(os.path.join(folder, name)):
+                    if target not in ALLOWED[package]:
+                        upward.append(f"bagnet_keras/{package}/{name}:{line} imports {target}")
+    assert not upward, "\n".join(upward)
+    flat = [name for name in os.listdir(PACKAGE) if name.endswith(".py") and name != "__init__.py"]
+    assert not flat, f"modules outside the subpackages: {flat}"
+
+
+def _run(*args):
+    done = subprocess.run([sys.executable, "-X", "importtime", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_crawl_help_and_data_tools_load_no_tensorflow():
+    console_script = "import sys; from bagnet_keras.app.cli import main; sys.exit(main(['crawl', '--help']))"
+    code, out, err = _run("-c", console_script)
+    assert code == 0 and "bagnet-keras crawl" in out
+    imported = [line.rsplit("|", 1)[-1].strip() for line in err.splitlines() if "|" in line]
+    assert "bagnet_keras.app.cli" in imported
+    assert not [m for m in imported if m.split(".")[0] in ("tensorflow", "keras")], "crawl --help loaded TensorFlow"
+    code, _, err = _run("-c", "import bagnet_keras, data_tools.crawl")
+    imported = [line.rsplit("|", 1)[-1].strip() for line in err.splitlines() if "|" in line]
+    assert code == 0 and "data_tools.crawl" in imported and "tensorflow" not in imported
+
+
+def test_a_keras_file_saved_before_the_move_still_loads():
+    """tests/fixtures/pre_layout_bagnet.keras was saved by commit 19a0a26, when the classes lived in
+    bagnet_keras.layers and bagnet_keras.inference; their registered names did not change."""
+    import keras
+
+    from bagnet_keras import BagNetModel
+
+    model = keras.saving.load_model(os.path.join(FIXTURES, "pre_layout_bagnet.keras"), safe_mode=True)
+    assert isinstance(model, BagNetModel)
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
+    expected = np.load(os.path.join(FIXTURES, "pre_layout_bagnet_out.npy"))
+    np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=1e-6)
