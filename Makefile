@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint bench clean
+.PHONY: test demo lint bench clean test-latest-keras
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,15 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/bagnet-keras demo
 
+# The suite against the newest Keras release, past setup.py's upper bound, in a venv of its own.
+test-latest-keras:
+	$(PYTHON) -m venv .venv-latest-keras
+	.venv-latest-keras/bin/python -m pip install --quiet --upgrade pip
+	.venv-latest-keras/bin/python -m pip install --quiet -e ".[dev]"
+	.venv-latest-keras/bin/python -m pip install --quiet --upgrade keras
+	.venv-latest-keras/bin/python -m pip show keras | grep ^Version
+	.venv-latest-keras/bin/python -m pytest -q tests --doctest-modules bagnet_keras data_tools
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
@@ -29,4 +38,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/compare.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) .venv-latest-keras build *.egg-info

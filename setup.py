@@ -13,7 +13,9 @@ setup(
     package_data={"bagnet_keras.models": ["data/*.tsv"]},
     install_requires=[
         "tensorflow>=2.16",
-        "keras>=3.3",
+        # The newest minor version tested: bagnet_keras.core.graph reads private Keras internals
+        # (`make test-latest-keras` runs the suite against the newest release).
+        "keras>=3.3,<3.16",
         "numpy",
         "opencv-python-headless",
         "scikit-learn",

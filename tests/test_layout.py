@@ -115,3 +115,52 @@ def test_a_keras_file_saved_before_the_move_still_loads():
     x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
     expected = np.load(os.path.join(FIXTURES, "pre_layout_bagnet_out.npy"))
     np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=1e-6)
+
+
+PRIVATE_KERAS = ("_keras_history", "_inbound_nodes", "_outbound_nodes", "_nodes_by_depth", "_run_through_graph",
+                 "._functional")  # fmt: skip
+
+
+def test_private_keras_internals_live_in_the_graph_module_alone():
+    found = []
+    for folder, _, names in os.walk(PACKAGE):
+        for name in names:
+            path = os.path.join(folder, name)
+            if name.endswith(".py") and os.path.relpath(path, PACKAGE) != os.path.join("core", "graph.py"):
+                text = open(path, encoding="utf-8").read()
+                found += [f"{os.path.relpath(path, ROOT)}: {attr}" for attr in PRIVATE_KERAS if attr in text]
+    assert not found, found
+
+
+def test_predict_falls_back_to_keras_when_the_graph_walk_is_unavailable(monkeypatch):
+    """A Keras release without the private graph API must still let BagNet33().predict(x) work."""
+    import keras
+
+    from bagnet_keras import BagNet
+    from bagnet_keras.core import graph
+    from bagnet_keras.models import inference
+
+    model = BagNet(blocks=(1, 1, 1, 1), base_width=4, classes=3, classifier_activation=None)
+    x = np.random.default_rng(0).normal(size=(3, 40, 40, 3)).astype("float32")
+    folded = model.predict(x, verbose=0)
+    keras_loop = []
+    original = keras.Model.predict
+    monkeypatch.setattr(keras.Model, "predict", lambda self, *a, **k: keras_loop.append(1) or original(self, *a, **k))
+    assert graph.graph_walk_available(model) and not keras_loop
+    # as under a Keras release whose private graph API this package does not know
+    monkeypatch.setattr(inference, "graph_walk_available", lambda model: False)
+    np.testing.assert_allclose(model.predict(x, verbose=0), folded, atol=1e-4)
+    assert keras_loop == [1]
+
+
+def test_graph_walk_needs_the_private_api():
+    import keras
+
+    from bagnet_keras.core import graph
+
+    class Subclassed(keras.Model):
+        def call(self, x):
+            return x
+
+    assert not graph.graph_walk_available(Subclassed())
+    assert graph.graph_walk_available(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))

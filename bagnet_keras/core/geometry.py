@@ -13,6 +13,7 @@ from typing import NamedTuple
 import keras
 import numpy as np
 
+from bagnet_keras.core.graph import graph_nodes, inbound_nodes, producer
 from bagnet_keras.core.layers import StemConv
 
 
@@ -97,14 +98,14 @@ def _tensor_geometry(tensor, known: dict) -> Geometry:
     key = id(tensor)
     if key in known:
         return known[key]
-    history = getattr(tensor, "_keras_history", None)
+    history = producer(tensor)
     if history is None:
         raise ValueError(f"{tensor!r} is not a symbolic tensor of a Keras model.")
     layer, node_index, tensor_index = history
     if isinstance(layer, keras.layers.InputLayer):
         known[key] = _IDENTITY
         return _IDENTITY
-    node = layer._inbound_nodes[node_index]
+    node = inbound_nodes(layer)[node_index]
     inputs = [_tensor_geometry(t, known) for t in node.input_tensors]
 
     if isinstance(layer, keras.Model):
@@ -190,10 +191,6 @@ def compose(outer: Geometry, inner: Geometry) -> Geometry:
     )
 
 
-def _graph_of(model):
-    return model._functional if isinstance(model, keras.Sequential) else model
-
-
 def layer_geometry(model: keras.Model, path: str) -> Geometry:
     """Receptive field of the output of the layer at ``path`` (``"backbone/conv5_block3_out"``).
 
@@ -213,12 +210,7 @@ def layer_geometry(model: keras.Model, path: str) -> Geometry:
     current = model
     for sub_name in models:
         sub = current.get_layer(sub_name)
-        calls = [
-            node
-            for nodes in _graph_of(current)._nodes_by_depth.values()
-            for node in nodes
-            if node.operation is sub
-        ]
+        calls = [node for node in graph_nodes(current) if node.operation is sub]
         if len(calls) != 1:
             raise ValueError(
                 f"Sub-model {sub_name!r} is called {len(calls)} times in {current.name!r}; cannot place its layers."

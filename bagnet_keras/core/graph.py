@@ -1,4 +1,4 @@
-"""Run a Keras model layer by layer, nested sub-models included.
+"""Run a Keras model layer by layer, nested sub-models included; the one home of private Keras internals.
 
 Explanations need what a plain ``model(x)`` hides: the output of a layer deep
 inside a backbone that was wrapped as one layer of a transfer model, or a
@@ -7,6 +7,15 @@ its stride turned into a dilation). `run_graph` executes a functional or
 Sequential model node by node and lets the caller replace the computation of
 any layer; `find_layer` and `last_spatial_layer` locate a layer wherever it
 sits.
+
+Keras 3 has no public API for a functional graph's nodes, so this module
+reads its private attributes (``_keras_history``, ``_inbound_nodes``,
+``_outbound_nodes``, ``_nodes_by_depth``, ``_run_through_graph``,
+``Sequential._functional``), and no other module does (tests/test_layout.py
+checks it): a Keras release that renames them breaks this file alone, and
+`graph_walk_available` lets callers with another way (``BagNetModel.predict``)
+take it. setup.py bounds Keras at the newest minor version tested;
+``make test-latest-keras`` runs the suite against the newest release.
 """
 
 from __future__ import annotations
@@ -19,6 +28,61 @@ import keras
 
 OperationFn = Callable[[keras.layers.Layer], Callable]
 T = TypeVar("T")
+
+
+def producer(tensor) -> tuple[keras.layers.Layer, int, int] | None:
+    """``(layer, node_index, tensor_index)`` that made a symbolic Keras tensor, or None for other values.
+
+    Examples
+    --------
+    >>> import keras
+    >>> x = keras.Input((4,))
+    >>> producer(keras.layers.Dense(2, name="d")(x))[0].name
+    'd'
+    """
+    history = getattr(tensor, "_keras_history", None)
+    return None if history is None else tuple(history)
+
+
+def producing_layer(tensor) -> keras.layers.Layer | None:
+    """The layer that made a symbolic Keras tensor, or None."""
+    history = producer(tensor)
+    return None if history is None else history[0]
+
+
+def inbound_nodes(layer: keras.layers.Layer) -> list:
+    """The nodes (calls) of ``layer`` in the graphs it belongs to; ``node.input_tensors`` are their inputs."""
+    return list(layer._inbound_nodes)
+
+
+def outbound_count(layer: keras.layers.Layer) -> int:
+    """How many calls of other layers consume ``layer``'s outputs."""
+    return len(layer._outbound_nodes)
+
+
+def graph_nodes(model: keras.Model) -> list:
+    """Every node of a functional or Sequential model's own graph (``node.operation``, ``node.input_tensors``)."""
+    graph = model._functional if isinstance(model, keras.Sequential) else model
+    return [node for nodes in graph._nodes_by_depth.values() for node in nodes]
+
+
+def output_names(model: keras.Model) -> list[str]:
+    """Names of the layers that compute the model's outputs, in output order (the heads' names).
+
+    Examples
+    --------
+    >>> import keras
+    >>> x = keras.Input((4,))
+    >>> output_names(keras.Model(x, [keras.layers.Dense(2, name="city")(x), keras.layers.Dense(3, name="region")(x)]))
+    ['city', 'region']
+    """
+    names = getattr(model, "output_names", None)
+    return list(names) if names else [producing_layer(t).name for t in model.outputs]
+
+
+def graph_walk_available(model: keras.Model) -> bool:
+    """Whether this Keras version lets `run_graph` walk ``model`` (the private API it relies on is there)."""
+    return _is_graph_model(model)
 
 
 def _is_graph_model(layer) -> bool:

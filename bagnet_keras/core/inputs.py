@@ -7,6 +7,8 @@ import numbers
 import keras
 import numpy as np
 
+from bagnet_keras.core.graph import output_names
+
 
 def check_images(images, minimum: int = 1, channels: int | None = None) -> np.ndarray:
     """A float32 (N, H, W, C) array, or a ValueError that names what is wrong.
@@ -120,7 +122,7 @@ def output_index(model: keras.Model, output: int | str | None) -> int:
     >>> output_index(m, "scores")
     0
     """
-    names = [t._keras_history[0].name for t in model.outputs]
+    names = output_names(model)
     if output is None:
         if len(names) != 1:
             raise ValueError(f"Model {model.name!r} has {len(names)} outputs {names}; pass output=<index or name>.")

@@ -24,7 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bagnet_keras.core.geometry import Geometry, layer_geometry, upsample
-from bagnet_keras.core.graph import compiled, find_layer, last_spatial_layer, run_graph
+from bagnet_keras.core.graph import compiled, find_layer, last_spatial_layer, producing_layer, run_graph
 from bagnet_keras.core.inputs import (
     check_images,
     check_positive_int,
@@ -39,7 +39,7 @@ def _resolve_layer(model: keras.Model, layer: str | None) -> tuple[str, keras.la
     path, found = find_layer(model, layer) if layer is not None else last_spatial_layer(model)
     # A nested model as target means its output: tap the layer that computes it.
     while isinstance(found, keras.Model):
-        inner = found.outputs[0]._keras_history[0]
+        inner = producing_layer(found.outputs[0])
         path, found = f"{path}/{inner.name}", inner
     try:
         shape = found.output.shape

@@ -23,6 +23,7 @@ import keras
 from keras import layers
 
 from bagnet_keras.core.geometry import Geometry, receptive_field
+from bagnet_keras.core.graph import producing_layer
 from bagnet_keras.core.inputs import output_index
 from bagnet_keras.core.layers import StemConv
 from bagnet_keras.models.inference import BagNetModel
@@ -416,15 +417,15 @@ def bagnet_top(model: keras.Model, output: int | str | None = None) -> tuple[ker
     >>> [layer.name for layer in bagnet_top(BagNet(blocks=(1, 1, 1, 1), base_width=4))]
     ['avg_pool', 'logits']
     """
-    layer = model.outputs[output_index(model, output)]._keras_history[0]
+    layer = producing_layer(model.outputs[output_index(model, output)])
     found = []
     for wanted in (keras.layers.Dense, keras.layers.GlobalAveragePooling2D):
         while isinstance(layer, _PASS_THROUGH) and not isinstance(layer, wanted):
-            layer = layer.input._keras_history[0]
+            layer = producing_layer(layer.input)
         found.append(layer if isinstance(layer, wanted) else None)
         if found[-1] is None:
             break
-        layer = layer.input._keras_history[0]
+        layer = producing_layer(layer.input)
     if None in found or getattr(found[0], "activation", None) not in (None, keras.activations.linear):
         raise ValueError(
             f"Output {output if output is not None else 0!r} of model {model.name!r} is not a BagNet top, so it has no "

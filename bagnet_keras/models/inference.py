@@ -18,24 +18,26 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from bagnet_keras.core.graph import compiled, run_graph
+from bagnet_keras.core.graph import (
+    compiled,
+    graph_walk_available,
+    inbound_nodes,
+    outbound_count,
+    producing_layer,
+    run_graph,
+)
 from bagnet_keras.core.layers import StemConv
-
-
-def _producer(layer):
-    tensor = layer.input
-    return tensor._keras_history[0] if hasattr(tensor, "_keras_history") else None
 
 
 def foldable_pairs(model: keras.Model) -> dict:
     """``{convolution: batchnorm}`` for every BatchNorm whose input is a convolution used by it alone."""
     pairs = {}
     for layer in model.layers:
-        if not isinstance(layer, keras.layers.BatchNormalization) or len(layer._inbound_nodes) != 1:
+        if not isinstance(layer, keras.layers.BatchNormalization) or len(inbound_nodes(layer)) != 1:
             continue
-        conv = _producer(layer)
+        conv = producing_layer(layer.input)
         plain_conv = isinstance(conv, keras.layers.Conv2D) and conv.groups == 1 and conv.data_format == "channels_last"
-        if (plain_conv or isinstance(conv, StemConv)) and len(conv._outbound_nodes) == 1 and layer.axis in (-1, 3):
+        if (plain_conv or isinstance(conv, StemConv)) and outbound_count(conv) == 1 and layer.axis in (-1, 3):
             if getattr(conv, "activation", None) in (None, keras.activations.linear):
                 pairs[conv] = layer
     return pairs
@@ -101,7 +103,8 @@ class BagNetModel(keras.Model):
     """
 
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
-        if steps is not None or callbacks or not isinstance(x, np.ndarray) or x.ndim != 4 or len(x) == 0:
+        plain = isinstance(x, np.ndarray) and x.ndim == 4 and len(x) > 0 and steps is None and not callbacks
+        if not plain or not graph_walk_available(self):
             return super().predict(x, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks)
         batch_size = batch_size or 32
         forward = compiled(self, ("folded_forward",), lambda model_ref: folded_forward(model_ref()))

@@ -18,6 +18,7 @@ import numpy as np
 from sklearn.metrics import classification_report, confusion_matrix
 
 from bagnet_keras.core.files import write_atomic
+from bagnet_keras.core.graph import output_names
 from bagnet_keras.core.inputs import check_image_size
 
 
@@ -64,7 +65,7 @@ def evaluate_classifier(
     >>> results["city"]["accuracy"]  # doctest: +SKIP
     0.83
     """
-    heads = [t._keras_history[0].name for t in model.outputs]
+    heads = output_names(model)
     if not isinstance(class_names, Mapping):
         if len(heads) != 1:
             raise ValueError(f"The model has heads {heads}; give `class_names` as a mapping head -> names.")

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 
 import keras
 
+from bagnet_keras.core.graph import output_names
 from bagnet_keras.models.bagnet import bagnet_top
 from bagnet_keras.transfer.backbones import Backbone, build_backbone, get_backbone
 
@@ -183,7 +184,7 @@ def head_layers(model: keras.Model) -> set[str]:
     names = {POOL, DROPOUT}
     for index in range(len(model.outputs)):
         pool, logits = bagnet_top(model, index)
-        names |= {pool.name, logits.name, model.outputs[index]._keras_history[0].name}
+        names |= {pool.name, logits.name, output_names(model)[index]}
     return {layer.name for layer in model.layers if layer.name in names}
 
 

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 import keras
 import numpy as np
 
+from bagnet_keras.core.graph import output_names
 from bagnet_keras.core.inputs import check_image_size
 from bagnet_keras.transfer.heads import head_layers
 from bagnet_keras.transfer.onednn import warn_if_onednn_crash_risk
@@ -179,7 +180,7 @@ def fit_classifier(
     warn_if_onednn_crash_risk(model)
     if seed is not None:
         keras.utils.set_random_seed(seed)
-    heads = [t._keras_history[0].name for t in model.outputs]
+    heads = output_names(model)
     n_classes = {head: int(t.shape[-1]) for head, t in zip(heads, model.outputs, strict=True)}
     train = _targets_as_dict(model, train, heads)
     if validation is not None:
