@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
+from bagnet_keras.core.files import atomic_target
 from data_tools.dedupe import DEFAULT_THRESHOLD, check_threshold, duplicate_groups, perceptual_hash
 from data_tools.images import MAX_PIXELS, Rejected, load_clean
 from data_tools.manifest import read_manifest, write_manifest
@@ -88,10 +89,9 @@ def _process(root: str, rel: str, options: dict) -> dict:
         new_rel = stem + ".jpg"
         if new_rel != rel and os.path.exists(os.path.join(root, new_rel)):
             new_rel = os.path.relpath(_unique_path(os.path.join(root, new_rel)), root).replace(os.sep, "/")
-        tmp = os.path.join(root, os.path.dirname(rel), f".{os.path.basename(new_rel)}.part")
-        clean.image.save(tmp, "JPEG", quality=95)
-        result["original"] = _move_to_quarantine(root, rel, "_originals")
-        os.replace(tmp, os.path.join(root, new_rel))
+        with atomic_target(os.path.join(root, new_rel)) as tmp:
+            clean.image.save(tmp, "JPEG", quality=95)
+            result["original"] = _move_to_quarantine(root, rel, "_originals")
         result.update(path=new_rel, converted=changes)
     final = os.path.join(root, result.get("path", rel))
     result["sha256"] = _sha256(final)

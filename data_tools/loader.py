@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from bagnet_keras.core.files import fit_image, read_image
 from data_tools.clean import class_folders
 from data_tools.manifest import read_manifest
 
@@ -66,7 +67,8 @@ def image_dataset(
         None takes every image in the class folders.
     crop_to_aspect_ratio : bool
         Centre-crop each image to the target aspect ratio before resizing,
-        instead of stretching it.
+        instead of stretching it. Images are read by
+        `bagnet_keras.core.files.read_image`, as `load_arrays` reads them.
     shuffle : bool, optional
         Default: True for the train split and for whole folders, False for val/test.
     seed : int
@@ -99,19 +101,15 @@ def image_dataset(
     paths, labels, names = _files(root, split)
     height, width = image_size
 
+    def decode(path):
+        return read_image(path.decode(), image_size, crop_to_aspect_ratio).astype("float32")
+
     def load(path, label):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        if crop_to_aspect_ratio:
-            shape = tf.shape(image)
-            h, w = tf.cast(shape[0], tf.float64), tf.cast(shape[1], tf.float64)
-            target = width / height
-            crop_h = tf.cast(tf.minimum(h, w / target), tf.int32)
-            crop_w = tf.cast(tf.minimum(w, h * target), tf.int32)
-            image = tf.image.crop_to_bounding_box(
-                image, (shape[0] - crop_h) // 2, (shape[1] - crop_w) // 2, crop_h, crop_w
-            )
-        image = tf.image.resize(image, (height, width), antialias=True)
-        return tf.clip_by_value(image, 0.0, 255.0), label
+        # The same reader as load_arrays and the explain/compare commands: training and explanations see the
+        # very same pixels (Pillow releases the GIL while decoding and resizing, so parallel calls overlap).
+        image = tf.numpy_function(decode, [path], tf.float32, stateful=False)
+        image.set_shape((height, width, 3))
+        return image, label
 
     dataset = tf.data.Dataset.from_tensor_slices((paths, labels))
     shuffled = split in (None, "train") if shuffle is None else shuffle
@@ -141,21 +139,6 @@ def image_dataset(
     return dataset
 
 
-def read_image(path: str, image_size: tuple[int, int]) -> np.ndarray:
-    """One image file as uint8 RGB (H, W, 3): centre-cropped to the aspect ratio, resized (bilinear).
-
-    Raises ValueError naming the file when it cannot be decoded.
-    """
-    from PIL import Image, ImageOps
-
-    height, width = image_size
-    try:
-        with Image.open(path) as image:
-            return np.asarray(ImageOps.fit(image.convert("RGB"), (width, height), Image.BILINEAR))
-    except (OSError, ValueError) as error:
-        raise ValueError(f"Cannot read {path!r} as an image ({error}).") from None
-
-
 def load_arrays(
     root: str,
     image_size: tuple[int, int],
@@ -179,7 +162,7 @@ def load_arrays(
     --------
     >>> x, y, masks, names, paths = load_arrays("datasets/streets", (224, 224), split="test")  # doctest: +SKIP
     """
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     height, width = image_size
     paths, labels, names = _files(root, split)
@@ -197,5 +180,5 @@ def load_arrays(
             masks.append(np.zeros((height, width), bool))
             continue
         with Image.open(mask_path) as mask:
-            masks.append(np.asarray(ImageOps.fit(mask.convert("L"), (width, height), Image.NEAREST)) > 0)
+            masks.append(np.asarray(fit_image(mask.convert("L"), image_size, Image.NEAREST)) > 0)
     return (np.stack(images), np.array(labels), np.stack(masks) if masks_root else None, names, paths)

@@ -13,6 +13,8 @@ import json
 import os
 from collections.abc import Iterable
 
+from bagnet_keras.core.files import write_atomic
+
 MANIFEST = "manifest.jsonl"
 
 
@@ -69,11 +71,5 @@ def read_manifest(root: str) -> dict[str, dict]:
 
 def write_manifest(root: str, records: dict[str, dict]) -> None:
     """Replace the manifest with ``records`` (sorted by path) atomically."""
-    path = manifest_path(root)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for key in sorted(records):
-            f.write(json.dumps(records[key], sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    lines = [json.dumps(records[key], sort_keys=True) + "\n" for key in sorted(records)]
+    write_atomic(manifest_path(root), "".join(lines))

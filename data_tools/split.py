@@ -8,6 +8,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
+from bagnet_keras.core.files import atomic_target
 from data_tools.dedupe import DEFAULT_THRESHOLD, duplicate_groups
 from data_tools.manifest import read_manifest, write_manifest
 
@@ -107,6 +108,6 @@ def split(
         for record in usable:
             target = os.path.join(copy_to, record["split"], record["path"])
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            shutil.copy2(os.path.join(root, record["path"]), target + ".part")
-            os.replace(target + ".part", target)
+            with atomic_target(target) as tmp:
+                shutil.copy2(os.path.join(root, record["path"]), tmp)
     return summary

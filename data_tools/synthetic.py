@@ -12,6 +12,8 @@ import os
 import cv2
 import numpy as np
 
+from bagnet_keras.core.files import atomic_target
+
 
 def scene(seed: int, size: int | tuple[int, int] = 256) -> np.ndarray:
     """One RGB uint8 scene (H, W, 3).
@@ -180,7 +182,5 @@ def write_motif_dataset(root: str, masks_root: str, n_per_class: int, size: int 
         for i in range(n_per_class):
             image, mask = motif_scene(label, seed=seed * 1_000_003 + k * 100_003 + i, size=size)
             for folder, array in ((root, image), (masks_root, mask.astype(np.uint8) * 255)):
-                path = os.path.join(folder, label, f"{i:06d}.png")
-                tmp = os.path.join(folder, label, f".{i:06d}.png.part")
-                Image.fromarray(array).save(tmp, format="PNG")
-                os.replace(tmp, path)
+                with atomic_target(os.path.join(folder, label, f"{i:06d}.png")) as tmp:
+                    Image.fromarray(array).save(tmp, format="PNG")

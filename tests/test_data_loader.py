@@ -77,3 +77,26 @@ def test_every_epoch_is_shuffled_anew(tmp_path, cache):
     epochs = [order() for _ in range(4)]
     assert len(set(epochs)) > 1, "the same order every epoch"
     assert len({tuple(sorted(e)) for e in epochs}) == 1  # the same images each time
+
+
+@pytest.mark.parametrize("crop", [True, False])
+def test_training_and_explanations_see_the_same_pixels(tmp_path, crop):
+    """image_dataset (training) and load_arrays (explain, compare, the demo's test images) read a file alike."""
+    from data_tools.loader import load_arrays
+
+    root = tmp_path / "data"
+    for k, (label, shape) in enumerate((("tall", (97, 41)), ("wide", (50, 173)), ("square", (64, 64)))):
+        (root / label).mkdir(parents=True)
+        Image.fromarray(scene(k, shape)).save(root / label / "0.png")
+        Image.fromarray(scene(k + 10, shape)).convert("L").save(root / label / "1.jpg", quality=80)
+    ds = image_dataset(str(root), image_size=(24, 40), batch_size=4, shuffle=False, crop_to_aspect_ratio=crop)
+    trained_on = np.concatenate([x.numpy() for x, _ in ds])
+    if crop:
+        explained, *_ = load_arrays(str(root), (24, 40))
+    else:
+        from bagnet_keras.core.files import read_image
+
+        explained = np.stack([read_image(p, (24, 40), crop_to_aspect_ratio=False) for p in load_arrays(
+            str(root), (24, 40))[4]])  # fmt: skip
+    assert trained_on.dtype == np.float32 and explained.dtype == np.uint8
+    np.testing.assert_array_equal(trained_on, explained.astype("float32"))

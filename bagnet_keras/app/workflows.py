@@ -67,7 +67,8 @@ def explain_images(
 
     The maps are measured as in `bagnet_keras.metrics.comparison` for the predicted class.
     """
-    from data_tools.loader import load_arrays, read_image
+    from bagnet_keras.core.files import read_image
+    from data_tools.loader import load_arrays
 
     net, preprocess = load_model(model, weights)
     names = None

@@ -18,6 +18,7 @@ from typing import NamedTuple
 import keras
 import numpy as np
 
+from bagnet_keras.core.files import atomic_target
 from bagnet_keras.core.layers import StemConv
 from bagnet_keras.models.torch_checkpoint import load_checkpoint, state_dict_from_checkpoint
 
@@ -290,10 +291,6 @@ def imagenet_weights_file(
     if not os.path.exists(converted):
         full = build_full_model()
         state_dict_to_keras(full, state_dict_from_checkpoint(load_checkpoint(checkpoint)))
-        tmp = f"{stem}.tmp{os.getpid()}.weights.h5"
-        try:
+        with atomic_target(converted) as tmp:
             full.save_weights(tmp)
-            os.replace(tmp, converted)
-        finally:
-            _remove(tmp)
     return converted

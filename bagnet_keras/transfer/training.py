@@ -18,6 +18,7 @@ from collections.abc import Mapping
 import keras
 import numpy as np
 
+from bagnet_keras.core.files import atomic_target
 from bagnet_keras.core.graph import output_names
 from bagnet_keras.core.inputs import check_image_size
 from bagnet_keras.transfer.heads import head_layers
@@ -34,14 +35,8 @@ def save_model(model: keras.Model, path: str | os.PathLike) -> None:
     path = os.fspath(path)
     if not path.endswith(".keras"):
         raise ValueError(f"Save whole models as .keras files. Received: {path!r}")
-    folder, base = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{base[: -len('.keras')]}.partial.keras")
-    try:
+    with atomic_target(path) as tmp:
         model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 class BestCheckpoint(keras.callbacks.Callback):
