@@ -51,6 +51,7 @@ _EXPORTS = {
     "guided_backprop": "explain.guided",
     "guided_gradcam": "explain.guided",
     "occlusion": "explain.occlusion",
+    "explainer": "explain.registry",
     "Comparison": "metrics.comparison",
     "compare": "metrics.comparison",
     "get_backbone": "transfer.backbones",

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 
+from bagnet_keras.explain.registry import METHODS, TARGETS
 from data_tools.cli import add_commands, run
 
 DEMO_EPILOG = """example:
@@ -120,7 +121,7 @@ def explain(args: argparse.Namespace) -> int:
         raise ValueError("Give either --images (files) or --data (a dataset folder).")
     weights = None if args.weights == "none" else args.weights
     path = explain_images(args.model, args.images or args.data, args.out, weights=weights, methods=args.methods,
-                          image_size=args.image_size, split=args.split)  # fmt: skip
+                          image_size=args.image_size, split=args.split, target=args.target)  # fmt: skip
     print(f"report: {os.path.abspath(path)}")
     return 0
 
@@ -137,7 +138,7 @@ def compare(args: argparse.Namespace) -> int:
         models[name] = path
     path = compare_models(models, args.data, args.out, split=args.split, image_size=args.image_size,
                           preprocess=args.preprocess, masks=args.masks, methods=args.methods, output=args.output,
-                          max_images=args.max_images)  # fmt: skip
+                          max_images=args.max_images, target=args.target)  # fmt: skip
     print(f"report: {os.path.abspath(path)}")
     return 0
 
@@ -199,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", nargs="+", help="image files")
     p.add_argument("--data", help="or a dataset folder")
     p.add_argument("--split", choices=["train", "val", "test"], help="with --data: one split of the manifest")
-    p.add_argument("--methods", nargs="+", help="evidence, gradcam, gradcam++, layercam, scorecam, occlusion")
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), metavar="METHOD",
+                   help=f"any of: {', '.join(METHODS)} (default: evidence and gradcam for BagNets, gradcam otherwise)")
+    p.add_argument("--target", choices=TARGETS, default="logit", help="the class score explained (default: logit)")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--out", default="runs/explain")
     p.set_defaults(func=explain)
@@ -209,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, help="a dataset folder (split by bagnet-keras split)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--masks", help="folder of ground-truth masks <class>/<name>.png, if any")
-    p.add_argument("--methods", nargs="+", help="default: evidence and gradcam for BagNets, gradcam otherwise")
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), metavar="METHOD",
+                   help=f"any of: {', '.join(METHODS)} (default: evidence and gradcam for BagNets, gradcam otherwise)")
+    p.add_argument("--target", choices=TARGETS, default="logit", help="the class score explained (default: logit)")
     p.add_argument("--output", help="the head to explain, for multi-output models")
     p.add_argument("--preprocess", default="bagnet33", help="backbone whose preprocessing the models expect")
     p.add_argument("--image-size", type=int, default=224)

@@ -62,6 +62,7 @@ def explain_images(
     split: str | None = None,
     max_images: int = 64,
     progress: bool = True,
+    target: str = "logit",
 ) -> str:
     """Explain one model's top prediction for image files (or a dataset folder) and write the report.
 
@@ -79,7 +80,7 @@ def explain_images(
     x = np.asarray(preprocess(pixels.astype("float32")))
     predicted = logit_fn(net)(x).argmax(axis=1)
     models = {"model": net}
-    result = compare(models, x, predicted, methods=methods, progress=progress)
+    result = compare(models, x, predicted, methods=methods, progress=progress, target=target)
     result.save(os.path.join(out, "comparison"))
     return write_report(result, models, x, predicted, _class_names(net, names), out,
                         deprocess=_deprocess(preprocess), title=f"Explanations of {model}")  # fmt: skip
@@ -97,6 +98,7 @@ def compare_models(
     output: str | None = None,
     max_images: int | None = 200,
     progress: bool = True,
+    target: str = "logit",
 ) -> str:
     """Compare the explanations of trained models (``.keras`` files) on a dataset split and write the report.
 
@@ -110,7 +112,7 @@ def compare_models(
     prep = get_backbone(preprocess).preprocess
     x = np.asarray(prep(pixels.astype("float32")))
     result = compare(loaded, x, labels, masks=mask_arrays, methods=methods, output=output, progress=progress,
-                     n_classes=len(names))  # fmt: skip
+                     n_classes=len(names), target=target)  # fmt: skip
     result.save(os.path.join(out, "comparison"))
     return write_report(result, loaded, x, labels, names, out, deprocess=_deprocess(prep), output=output,
                         title="Explanations compared")  # fmt: skip

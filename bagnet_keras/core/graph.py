@@ -235,6 +235,95 @@ def last_spatial_layer(model: keras.Model) -> tuple[str, keras.layers.Layer]:
     return found
 
 
+#: What an explanation explains: the class logit (the pre-softmax score, as Grad-CAM's paper defines it) or
+#: the class probability.
+TARGETS = ("logit", "probability")
+_SQUASHING = ("softmax", "sigmoid")
+
+
+def check_target(target) -> str:
+    """Examples
+    --------
+    >>> check_target("logit")
+    'logit'
+    """
+    if target not in TARGETS:
+        raise ValueError(f"`target` must be one of {TARGETS}. Received: target={target!r}")
+    return target
+
+
+def squashing_layer(model: keras.Model, index: int = 0) -> tuple[keras.layers.Layer | None, str | None]:
+    """The layer whose softmax (or sigmoid) ends output ``index``, and which of the two; (None, None) for logits.
+
+    The layer is a ``Softmax``, an ``Activation``, or any layer built with
+    ``activation="softmax"``; outputs of nested models are followed inside.
+
+    Examples
+    --------
+    >>> import keras
+    >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax", name="p")])
+    >>> layer, kind = squashing_layer(m)
+    >>> layer.name, kind
+    ('p', 'softmax')
+    """
+    history = producer(model.outputs[index])
+    while history is not None and isinstance(history[0], keras.Model):
+        history = producer(history[0].outputs[history[2]])
+    layer = None if history is None else history[0]
+    if isinstance(layer, keras.layers.Softmax):
+        return layer, "softmax"
+    kind = getattr(getattr(layer, "activation", None), "__name__", None)
+    return (layer, kind) if kind in _SQUASHING else (None, None)
+
+
+def _without_squashing(layer: keras.layers.Layer) -> Callable:
+    if isinstance(layer, (keras.layers.Softmax, keras.layers.Activation)):
+        return lambda *args, **kwargs: args[0]
+
+    def call(*args, **kwargs):
+        # Traced once inside a compiled function: the layer's own weights, without its last activation.
+        saved = layer.activation
+        layer.activation = keras.activations.linear
+        try:
+            return layer(*args, **kwargs)
+        finally:
+            layer.activation = saved
+
+    return call
+
+
+def target_scores(model: keras.Model, inputs, index: int, target: str, operation_fn: OperationFn | None = None):
+    """The class scores of output ``index`` that ``target`` names, computed by `run_graph`.
+
+    ``"logit"`` runs the model without the softmax (or sigmoid) that ends the
+    output, so a softmax-headed classifier is explained by its logits; an
+    output without one already is the logit. ``"probability"`` is the
+    model's own output, or the softmax of it where the model returns logits.
+    ``operation_fn`` is passed on to `run_graph` for every other layer.
+
+    Examples
+    --------
+    >>> import keras, numpy as np
+    >>> m = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, activation="softmax")])
+    >>> x = np.ones((1, 2), "float32")
+    >>> bool(np.allclose(keras.ops.softmax(target_scores(m, x, 0, "logit")), m(x)))
+    True
+    """
+    layer, kind = squashing_layer(model, index)
+    if check_target(target) == "logit" and layer is not None:
+        plain = operation_fn
+
+        def operation_fn(op):
+            if op is layer:
+                return _without_squashing(op)
+            return plain(op) if plain is not None else op
+
+    scores = keras.tree.flatten(run_graph(model, inputs, operation_fn))[index]
+    if target == "probability" and layer is None:
+        scores = keras.ops.softmax(scores, axis=-1)
+    return scores
+
+
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 

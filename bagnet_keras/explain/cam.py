@@ -24,7 +24,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bagnet_keras.core.geometry import Geometry, layer_geometry, upsample
-from bagnet_keras.core.graph import compiled, find_layer, last_spatial_layer, producing_layer, run_graph
+from bagnet_keras.core.graph import (
+    check_target,
+    compiled,
+    find_layer,
+    last_spatial_layer,
+    producing_layer,
+    target_scores,
+)
 from bagnet_keras.core.inputs import (
     check_images,
     check_positive_int,
@@ -76,6 +83,9 @@ class BaseCAM:
     normalize : bool
         Scale each map to [0, 1] (the usual display convention); ``False``
         keeps the raw values.
+    target : {"logit", "probability"}
+        The class score explained: the logit (default, as Grad-CAM's paper
+        defines it; the model's final softmax is left out) or the probability.
 
     Attributes
     ----------
@@ -95,8 +105,10 @@ class BaseCAM:
         output: int | str | None = None,
         batch_size: int = 32,
         normalize: bool = True,
+        target: str = "logit",
     ):
         self.model = model
+        self.target = check_target(target)
         self.layer_path, self.layer = _resolve_layer(model, layer)
         self.output = output_index(model, output)
         self.n_classes = n_classes_of(model, self.output)
@@ -106,30 +118,31 @@ class BaseCAM:
             self.geometry: Geometry | None = layer_geometry(model, self.layer_path)
         except ValueError:
             self.geometry = None
-        self._step = compiled(model, ("cam", id(self.layer), self.output, self.uses_gradients), self._build_step)
+        key = ("cam", id(self.layer), self.output, self.uses_gradients, self.target)
+        self._step = compiled(model, key, self._build_step)
 
     def _build_step(self, model_ref):
         import tensorflow as tf
 
-        target, index, uses_gradients = self.layer, self.output, self.uses_gradients
+        layer, index, uses_gradients, target = self.layer, self.output, self.uses_gradients, self.target
 
         @tf.function(reduce_retracing=True)
         def step(x, classes):
             taps = {}
 
-            def tap(layer):
-                if layer is not target:
-                    return layer
+            def tap(op):
+                if op is not layer:
+                    return op
 
                 def call(*args, **kwargs):
-                    taps["activations"] = out = layer(*args, **kwargs)
+                    taps["activations"] = out = op(*args, **kwargs)
                     tape.watch(out)
                     return out
 
                 return call
 
             with tf.GradientTape() as tape:
-                scores = keras.tree.flatten(run_graph(model_ref(), x, tap))[index]
+                scores = target_scores(model_ref(), x, index, target, tap)
                 classes, score = top_class_scores(scores, classes)
             activations = taps["activations"]
             grads = tape.gradient(score, activations) if uses_gradients else tf.zeros_like(activations)
@@ -140,20 +153,20 @@ class BaseCAM:
         return step
 
     def class_scores(self, x: np.ndarray, classes: np.ndarray) -> np.ndarray:
-        """Score of ``classes[i]`` for ``x[i]`` (model output, batched)."""
+        """Score of ``classes[i]`` for ``x[i]`` (the ``target`` score, batched)."""
         import tensorflow as tf
 
-        index = self.output
+        index, target = self.output, self.target
 
         def build(model_ref):
             @tf.function(reduce_retracing=True)
             def forward(x, classes):
-                scores = keras.tree.flatten(model_ref()(x, training=False))[index]
+                scores = target_scores(model_ref(), x, index, target)
                 return tf.gather(scores, classes, axis=1, batch_dims=1)
 
             return forward
 
-        forward = compiled(self.model, ("class_scores", index), build)
+        forward = compiled(self.model, ("class_scores", index, target), build)
         return np.concatenate(
             [
                 np.asarray(forward(x[i : i + self.batch_size], classes[i : i + self.batch_size]))
@@ -264,6 +277,7 @@ def cam(
     output: int | str | None = None,
     batch_size: int = 32,
     normalize: bool = True,
+    target: str = "logit",
 ) -> np.ndarray:
     """Class activation maps of a Keras model, at the input's resolution.
 
@@ -284,6 +298,8 @@ def cam(
     batch_size : int
     normalize : bool
         Scale each map to [0, 1].
+    target : {"logit", "probability"}
+        The class score explained (default: the logit, before the model's softmax).
 
     Returns
     -------
@@ -300,5 +316,6 @@ def cam(
     """
     if method not in CAM_METHODS:
         raise ValueError(f"`method` must be one of {sorted(CAM_METHODS)}. Received: method={method!r}")
-    explainer = CAM_METHODS[method](model, layer=layer, output=output, batch_size=batch_size, normalize=normalize)
+    explainer = CAM_METHODS[method](model, layer=layer, output=output, batch_size=batch_size, normalize=normalize,
+                                    target=target)  # fmt: skip
     return explainer(images, class_index)

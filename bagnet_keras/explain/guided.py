@@ -16,7 +16,7 @@ import warnings
 import keras
 import numpy as np
 
-from bagnet_keras.core.graph import compiled, find_layer, iter_layers, run_graph
+from bagnet_keras.core.graph import check_target, compiled, find_layer, iter_layers, target_scores
 from bagnet_keras.core.inputs import (
     check_images,
     check_positive_int,
@@ -83,6 +83,7 @@ def guided_backprop(
     unit: int | None = None,
     output: int | str | None = None,
     batch_size: int = 32,
+    target: str = "logit",
 ) -> np.ndarray:
     """Input-space visualisation of a class, or of one unit of a layer, with modified ReLU gradients.
 
@@ -103,6 +104,8 @@ def guided_backprop(
     output : int or str, optional
         Which output of a multi-output model.
     batch_size : int
+    target : {"logit", "probability"}
+        The class score differentiated (default: the logit, before the model's softmax).
 
     Returns
     -------
@@ -124,6 +127,7 @@ def guided_backprop(
     x = check_images(images)
     batch_size = check_positive_int(batch_size, "batch_size")
     index = output_index(model, output)
+    score_target = check_target(target)
     target = None
     if layer is not None or unit is not None:
         if layer is None or unit is None:
@@ -160,7 +164,7 @@ def guided_backprop(
 
             with tf.GradientTape() as tape:
                 tape.watch(batch)
-                scores = keras.tree.flatten(run_graph(model_ref(), batch, fn))[index]
+                scores = target_scores(model_ref(), batch, index, score_target, fn)
                 if target is None:
                     _, score = top_class_scores(scores, classes)
                 else:
@@ -170,7 +174,7 @@ def guided_backprop(
 
         return step
 
-    step = compiled(model, ("guided", mode, id(target), unit, index), build)
+    step = compiled(model, ("guided", mode, id(target), unit, index, score_target), build)
     grads = np.concatenate(
         [np.asarray(step(x[i : i + batch_size], classes[i : i + batch_size])) for i in range(0, len(x), batch_size)]
     )
@@ -189,6 +193,7 @@ def guided_gradcam(
     layer: str | None = None,
     output: int | str | None = None,
     batch_size: int = 32,
+    target: str = "logit",
 ) -> np.ndarray:
     """Guided Grad-CAM: guided backpropagation times the Grad-CAM map, (N, H, W, C).
 
@@ -200,7 +205,8 @@ def guided_gradcam(
     >>> guided_gradcam(model, np.ones((1, 8, 8, 3))).shape
     (1, 8, 8, 3)
     """
-    explainer = GradCAM(model, layer=layer, output=output, batch_size=batch_size)
+    explainer = GradCAM(model, layer=layer, output=output, batch_size=batch_size, target=target)
     maps = explainer(images, class_index)
-    grads = guided_backprop(model, images, explainer.class_index_, output=output, batch_size=batch_size)
+    grads = guided_backprop(model, images, explainer.class_index_, output=output, batch_size=batch_size,
+                            target=target)  # fmt: skip
     return grads * maps[..., None]

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 from tqdm.auto import tqdm
 
+from bagnet_keras.core.graph import check_target, compiled, target_scores
 from bagnet_keras.core.inputs import check_images, check_positive_int, classes_per_image, n_classes_of, output_index
 
 
@@ -30,6 +31,7 @@ def occlusion(
     output: int | str | None = None,
     batch_size: int = 64,
     progress: bool = False,
+    target: str = "logit",
 ) -> np.ndarray:
     """Drop in the class score when each square of the image is occluded.
 
@@ -54,6 +56,8 @@ def occlusion(
         Occluded images per forward pass.
     progress : bool
         Show a progress bar when the output is a terminal.
+    target : {"logit", "probability"}
+        The class score whose drop is measured (default: the logit, before the model's softmax).
 
     Returns
     -------
@@ -75,14 +79,21 @@ def occlusion(
     patch_size = check_positive_int(patch_size, "patch_size")
     stride = check_positive_int(stride, "stride")
     batch_size = check_positive_int(batch_size, "batch_size")
+    target = check_target(target)
     n, h, w, c = x.shape
     if patch_size > min(h, w):
         raise ValueError(f"`patch_size`={patch_size} is larger than the images ({h}x{w}).")
     fill = np.broadcast_to(np.asarray(value, dtype="float32"), (c,)) if np.ndim(value) else np.float32(value)
 
+    def build(model_ref):
+        import tensorflow as tf
+
+        return tf.function(lambda batch: target_scores(model_ref(), batch, index, target), reduce_retracing=True)
+
+    forward = compiled(model, ("scores", index, target), build)
+
     def scores(batch):
-        out = keras.tree.flatten(model.predict_on_batch(batch))[index]
-        return np.asarray(out)
+        return np.asarray(forward(batch))
 
     base = np.concatenate([scores(x[i : i + batch_size]) for i in range(0, n, batch_size)])
     classes = classes_per_image(class_index, n, n_classes)

@@ -29,12 +29,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bagnet_keras.core.files import write_atomic
-from bagnet_keras.core.graph import iter_layers
+from bagnet_keras.core.graph import check_target, iter_layers
 from bagnet_keras.core.inputs import check_images, output_index
 from bagnet_keras.core.layers import StemConv
-from bagnet_keras.explain.cam import CAM_METHODS, cam
-from bagnet_keras.explain.evidence import evidence_map
-from bagnet_keras.explain.occlusion import occlusion
+from bagnet_keras.explain.registry import METHODS, explain
 from bagnet_keras.metrics.faithfulness import (
     curve_area,
     deletion_curve,
@@ -51,7 +49,6 @@ from bagnet_keras.metrics.faithfulness import (
 )
 from bagnet_keras.models.bagnet import bagnet_top
 
-METHODS = ("evidence", *CAM_METHODS, "occlusion")
 # Metrics aggregated per (model, method); "deletion_on_<model>" columns are added per other model.
 _MAP_METRICS = ("deletion_area", "insertion_area", "linearity_sum", "linearity_joint", "pointing", "energy")
 
@@ -68,24 +65,6 @@ def is_bagnet(model: keras.Model, output: int | str | None = None) -> bool:
     except ValueError:
         return False
     return any(isinstance(layer, StemConv) for _, layer in iter_layers(model))
-
-
-def explanation_maps(
-    model: keras.Model, images: np.ndarray, class_index: np.ndarray, method: str, output=None
-) -> np.ndarray:
-    """Heatmaps (N, H, W) of ``method`` for ``class_index`` per image, at the images' resolution.
-
-    ``"evidence"`` is the BagNet's evidence on its native grid placed on the
-    pixels (`EvidenceMap.upsample`); CAM methods are `bagnet_keras.explain.cam`;
-    ``"occlusion"`` uses 16-pixel squares moved by 8.
-    """
-    if method == "evidence":
-        return evidence_map(model, images, class_index=class_index, output=output).upsample()
-    if method in CAM_METHODS:
-        return cam(model, images, class_index=class_index, method=method, output=output)
-    if method == "occlusion":
-        return occlusion(model, images, class_index=class_index, output=output)
-    raise ValueError(f"Unknown method {method!r}; choose from {METHODS}.")
 
 
 @dataclass
@@ -198,6 +177,7 @@ def compare(
     shuffle_grid: int = 4,
     n_classes: int | None = None,
     progress: bool = True,
+    target: str = "logit",
 ) -> Comparison:
     """Explain the same images with every model and method, and measure the maps.
 
@@ -213,7 +193,8 @@ def compare(
     masks : array (N, H, W) of bool, optional
         Ground-truth object masks, for the pointing game and energy in mask.
     methods : sequence or mapping name -> sequence, optional
-        Methods for every model, or per model. Default: ``"evidence"`` and
+        Methods for every model, or per model: names in
+        `bagnet_keras.explain.registry.METHODS`. Default: ``"evidence"`` and
         ``"gradcam"`` for BagNets, ``"gradcam"`` for the others.
     output : int or str, optional
         The head to explain in multi-output models.
@@ -229,6 +210,8 @@ def compare(
         For per-class accuracies; default: the models' output size.
     progress : bool
         Show a progress bar when the output is a terminal.
+    target : {"logit", "probability"}
+        The class score every map explains (the curves always measure the probability).
 
     Returns
     -------
@@ -240,6 +223,7 @@ def compare(
     >>> result.aggregate("bagnet", "evidence", "deletion_area")["mean"]  # doctest: +SKIP
     0.41
     """
+    check_target(target)
     if not isinstance(models, Mapping) or not models:
         raise ValueError("`models` must map names to Keras models, e.g. {'cnn': cnn, 'bagnet': bagnet}.")
     images, labels = _collect(images, labels, output)
@@ -281,7 +265,7 @@ def compare(
     for name, model in models.items():
         for method in per_model[name]:
             with timed(f"maps {name}/{method}"):
-                maps = explanation_maps(model, x, labels, method, output)
+                maps = explain(model, x, method, class_index=labels, output=output, target=target)
             result.maps[name, method] = maps
             deletion, insertion = [], []
             for i in range(len(x)):
@@ -344,9 +328,9 @@ def _methods(models, methods, output) -> dict[str, list[str]]:
             wanted = list(methods)
         for method in wanted:
             if method not in METHODS:
-                raise ValueError(f"Unknown method {method!r} for model {name!r}; choose from {METHODS}.")
-            if method == "evidence" and not is_bagnet(model, output):
-                raise ValueError(f"Model {name!r} is not a BagNet: it has no 'evidence' maps; use a CAM method.")
+                raise ValueError(f"Unknown method {method!r} for model {name!r}; choose from {', '.join(METHODS)}.")
+            if METHODS[method].bagnet_only and not is_bagnet(model, output):
+                raise ValueError(f"Model {name!r} is not a BagNet: it has no {method!r} maps; use a CAM method.")
         chosen[name] = wanted
     return chosen
 

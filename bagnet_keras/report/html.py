@@ -23,6 +23,7 @@ from matplotlib.patches import Rectangle
 
 from bagnet_keras.core.files import write_atomic
 from bagnet_keras.explain.evidence import evidence_map, top_patches
+from bagnet_keras.explain.registry import METHODS
 from bagnet_keras.metrics.comparison import Comparison, is_bagnet
 from bagnet_keras.report.plot import plot_curves, plot_heatmap, plot_overlay, plot_patches, render_figure, to_display
 
@@ -167,6 +168,8 @@ def write_report(
         "pointing, energy: agreement with the ground-truth masks. Intervals: 95 % bootstrap.</p>"
         + _table(["model", "method", "metric", "mean", "low", "high", "n"], rows)
     )
+    used = sorted({method for _, method in comparison.maps}, key=list(METHODS).index)
+    parts.append('<p class="note">Methods: ' + "; ".join(html.escape(METHODS[m].description) for m in used) + ".</p>")
     deletion = {f"{m}/{meth}": c["deletion"] for (m, meth), c in comparison.curves.items()}
     insertion = {f"{m}/{meth}": c["insertion"] for (m, meth), c in comparison.curves.items()}
     deletion_fig = plot_curves(deletion, "deletion (on the explained model)")

@@ -1,0 +1,100 @@
+"""One registry of explanation methods, one call shape, one target score (issue 14, item 4)."""
+
+import keras
+import numpy as np
+import pytest
+
+from bagnet_keras import BagNet, build_classifier, compare
+from bagnet_keras.core import graph
+from bagnet_keras.explain import registry
+from bagnet_keras.explain.registry import METHODS, explain
+
+
+@pytest.fixture(scope="module")
+def softmax_model():
+    """A softmax-headed BagNet classifier, and the same layers ending at its logits."""
+    keras.utils.set_random_seed(0)
+    backbone = BagNet(blocks=(1, 1, 1, 1), kernel3=(1, 1, 0, 0), base_width=4, stem_width=16, include_top=False,
+                      input_shape=(32, 32, 3))  # fmt: skip
+    model = build_classifier(backbone, {"label": 3}, mode="scratch")
+    # Scale the head so that the softmax saturates differently from the logits.
+    logits = model.get_layer("label_logits")
+    logits.kernel.assign(logits.kernel * 40.0)
+    return model, keras.Model(model.input, logits.output)
+
+
+def _x():
+    return np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype("float32")
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_explains_the_logit_by_default_and_the_probability_when_asked(softmax_model, method):
+    model, logits_model = softmax_model
+    x, classes = _x(), np.array([0, 2])
+    by_logit = explain(model, x, method, class_index=classes)
+    assert by_logit.shape == (2, 32, 32) and by_logit.dtype == np.float32
+    # the softmax left out of the model == a model that never had one
+    np.testing.assert_allclose(by_logit, explain(logits_model, x, method, class_index=classes), rtol=1e-4, atol=1e-5)
+    if method == "evidence":
+        with pytest.raises(ValueError, match="target='logit' only"):
+            explain(model, x, method, class_index=classes, target="probability")
+        return
+    by_probability = explain(model, x, method, class_index=classes, target="probability")
+    # the model's own softmax == the softmax applied to a logits model's output
+    np.testing.assert_allclose(by_probability, explain(logits_model, x, method, class_index=classes,
+                                                       target="probability"), rtol=1e-4, atol=1e-5)  # fmt: skip
+    assert not np.allclose(by_probability, by_logit, atol=1e-3), "the target made no difference"
+
+
+def test_a_dense_layer_with_a_softmax_activation_is_explained_by_its_logits():
+    keras.utils.set_random_seed(2)
+    conv = keras.layers.Conv2D(6, 3, activation="relu", name="conv")
+    inputs = keras.Input((16, 16, 3))
+    features = keras.layers.GlobalAveragePooling2D()(conv(inputs))
+    head = keras.layers.Dense(3, activation="softmax", name="head")
+    model = keras.Model(inputs, head(features))
+    logits = keras.Model(inputs, keras.layers.Dense(3, name="plain")(features))
+    logits.get_layer("plain").set_weights(head.get_weights())
+    x = np.random.default_rng(3).normal(size=(3, 16, 16, 3)).astype("float32")
+    for method in ("gradcam", "occlusion", "guided_backprop"):
+        np.testing.assert_allclose(explain(model, x, method, class_index=1), explain(logits, x, method, class_index=1),
+                                   rtol=1e-4, atol=1e-5)  # fmt: skip
+    assert head.activation is keras.activations.softmax  # the layer was only borrowed
+
+
+def test_bad_method_and_target_name_the_value():
+    with pytest.raises(ValueError, match="'nope'.*gradcam"):
+        explain(None, _x(), "nope")
+    with pytest.raises(ValueError, match="target='softmax'"):
+        explain(keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(2)]),
+                np.ones((1, 4, 4, 3)), "gradcam", target="softmax")  # fmt: skip
+    assert registry.TARGETS == graph.TARGETS
+
+
+def test_compare_and_the_command_line_read_the_registry(softmax_model, capsys):
+    from bagnet_keras.app.cli import main
+
+    model, _ = softmax_model
+    x, labels = _x(), np.array([0, 1])
+    result = compare({"bagnet": model}, x, labels, methods=["guided_backprop", "gradcam"], steps=2, progress=False)
+    np.testing.assert_allclose(result.maps["bagnet", "gradcam"], explain(model, x, "gradcam", class_index=labels))
+    with pytest.raises(SystemExit):
+        main(["explain", "--help"])
+    help_text = capsys.readouterr().out
+    assert all(name in help_text for name in METHODS) and "--target" in help_text
+    with pytest.raises(SystemExit):
+        main(["compare", "--model", "a=b.keras", "--data", "d", "--methods", "nope"])
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
+
+
+def test_explainer_fixes_model_method_and_target(softmax_model):
+    import bagnet_keras
+
+    model, _ = softmax_model
+    x = _x()
+    run = bagnet_keras.explainer(model, "layercam", target="probability")
+    np.testing.assert_array_equal(run(x, class_index=[1, 0]),
+                                  explain(model, x, "layercam", class_index=[1, 0], target="probability"))  # fmt: skip
+    with pytest.raises(ValueError, match="'nope'"):
+        bagnet_keras.explainer(model, "nope")
+    assert isinstance(bagnet_keras.explain, type(bagnet_keras))  # the subpackage, not hidden by a function
