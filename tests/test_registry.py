@@ -60,6 +60,11 @@ def test_a_dense_layer_with_a_softmax_activation_is_explained_by_its_logits():
         np.testing.assert_allclose(explain(model, x, method, class_index=1), explain(logits, x, method, class_index=1),
                                    rtol=1e-4, atol=1e-5)  # fmt: skip
     assert head.activation is keras.activations.softmax  # the layer was only borrowed
+    # the faithfulness curves score the same logits, and their probabilities are the model's own
+    from bagnet_keras.metrics.faithfulness import logit_fn, probability_fn
+
+    np.testing.assert_allclose(logit_fn(model)(x), logits.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(probability_fn(logit_fn(model))(x), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
 
 
 def test_bad_method_and_target_name_the_value():

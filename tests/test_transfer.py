@@ -322,3 +322,14 @@ def test_same_seed_same_model():
         x, _, _ = _data(1, seed=15)
         predictions.append(model.predict(x, verbose=0)["predictions"])
     assert np.array_equal(predictions[0], predictions[1])
+
+
+def test_training_logs_one_line_per_epoch_off_a_terminal(capsys):
+    """Off a terminal (pytest captures stdout), verbose='auto' writes one line an epoch and no progress bar."""
+    keras.utils.set_random_seed(0)
+    model = build_classifier(_tiny_bagnet(), {"texture": 3}, mode="scratch")
+    _, _, train = _data(4, seed=3)
+    fit_classifier(model, train, train, epochs=3, patience=None)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" (")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert all("val_loss" in line and "\r" not in line for line in lines)

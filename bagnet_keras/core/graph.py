@@ -324,6 +324,26 @@ def target_scores(model: keras.Model, inputs, index: int, target: str, operation
     return scores
 
 
+def score_function(model: keras.Model, index: int, target: str) -> Callable:
+    """A compiled ``f(images) -> scores`` of output ``index`` as ``target`` names (`target_scores`), one per model.
+
+    Examples
+    --------
+    >>> import keras, numpy as np
+    >>> m = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, activation="softmax")])
+    >>> score_function(m, 0, "logit")(np.ones((4, 2), "float32")).shape
+    TensorShape([4, 3])
+    """
+    import tensorflow as tf
+
+    check_target(target)
+
+    def build(model_ref):
+        return tf.function(lambda x: target_scores(model_ref(), x, index, target), reduce_retracing=True)
+
+    return compiled(model, ("scores", index, target), build)
+
+
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 

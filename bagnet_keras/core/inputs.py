@@ -168,3 +168,18 @@ def check_image_size(model: keras.Model, shape) -> None:
             f"Images of shape {got} do not fit model {model.name!r} which takes {expected}; resize them "
             f"(for example image_dataset(..., image_size={expected[:2]}))."
         )
+
+
+def in_batches(fn, batch_size: int, *arrays):
+    """``fn`` applied to consecutive batches of ``arrays`` (sliced alike); its results concatenated as NumPy.
+
+    ``fn`` may return an array or a structure (tuple, dict) of arrays; the
+    structure is kept. This is the one batching loop of the explanations.
+
+    Examples
+    --------
+    >>> in_batches(lambda a, b: a + b, 2, np.arange(5), np.ones(5, int))
+    array([1, 2, 3, 4, 5])
+    """
+    outputs = [fn(*(a[i : i + batch_size] for a in arrays)) for i in range(0, len(arrays[0]), batch_size)]
+    return keras.tree.map_structure(lambda *parts: np.concatenate([np.asarray(p) for p in parts]), *outputs)

@@ -36,6 +36,7 @@ from bagnet_keras.core.inputs import (
     check_images,
     check_positive_int,
     classes_or_top,
+    in_batches,
     n_classes_of,
     output_index,
     top_class_scores,
@@ -167,12 +168,7 @@ class BaseCAM:
             return forward
 
         forward = compiled(self.model, ("class_scores", index, target), build)
-        return np.concatenate(
-            [
-                np.asarray(forward(x[i : i + self.batch_size], classes[i : i + self.batch_size]))
-                for i in range(0, len(x), self.batch_size)
-            ]
-        )
+        return in_batches(forward, self.batch_size, x, classes)
 
     def weights(self, x: np.ndarray, activations: np.ndarray, grads: np.ndarray, classes: np.ndarray) -> np.ndarray:
         """Weights of the activations (N, 1, 1, C) or (N, h, w, C); the method's one job."""
@@ -185,16 +181,14 @@ class BaseCAM:
         """
         x = check_images(images)
         wanted = classes_or_top(class_index, len(x), self.n_classes)
-        maps, used = [], []
-        for i in range(0, len(x), self.batch_size):
-            xb = x[i : i + self.batch_size]
-            activations, grads, classes = self._step(xb, wanted[i : i + self.batch_size])
-            activations, grads, classes = np.asarray(activations), np.asarray(grads), np.asarray(classes)
+
+        def batch_maps(xb, wanted_b):
+            activations, grads, classes = (np.asarray(t) for t in self._step(xb, wanted_b))
             weights = self.weights(xb, activations, grads, classes)
-            maps.append(np.maximum((weights * activations).sum(axis=-1), 0))
-            used.append(classes)
-        self.class_index_ = np.concatenate(used)
-        cams = upsample(np.concatenate(maps), x.shape[1:3], self.geometry)
+            return np.maximum((weights * activations).sum(axis=-1), 0), classes
+
+        maps, self.class_index_ = in_batches(batch_maps, self.batch_size, x, wanted)
+        cams = upsample(maps, x.shape[1:3], self.geometry)
         if self.normalize:
             low = cams.min(axis=(1, 2), keepdims=True)
             span = cams.max(axis=(1, 2), keepdims=True) - low

@@ -24,7 +24,14 @@ from keras import ops
 
 from bagnet_keras.core.geometry import MERGE_LAYERS, Geometry, receptive_field, upsample
 from bagnet_keras.core.graph import compiled, run_graph
-from bagnet_keras.core.inputs import check_classes, check_images, check_positive_int, classes_per_image, output_index
+from bagnet_keras.core.inputs import (
+    check_classes,
+    check_images,
+    check_positive_int,
+    classes_per_image,
+    in_batches,
+    output_index,
+)
 from bagnet_keras.core.layers import StemConv
 from bagnet_keras.models.bagnet import bagnet_top
 
@@ -119,9 +126,7 @@ class _BagNetEvidence:
         self._dense_fn = None
 
     def native(self, x: np.ndarray, batch_size: int) -> np.ndarray:
-        return np.concatenate(
-            [np.asarray(self.features.predict_on_batch(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
-        )
+        return in_batches(self.features.predict_on_batch, batch_size, x)
 
     def project(self, features, classes: np.ndarray):
         kernel = ops.take(self.kernel, classes, axis=1)

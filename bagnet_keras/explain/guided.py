@@ -21,6 +21,7 @@ from bagnet_keras.core.inputs import (
     check_images,
     check_positive_int,
     classes_or_top,
+    in_batches,
     n_classes_of,
     output_index,
     top_class_scores,
@@ -175,9 +176,7 @@ def guided_backprop(
         return step
 
     step = compiled(model, ("guided", mode, id(target), unit, index, score_target), build)
-    grads = np.concatenate(
-        [np.asarray(step(x[i : i + batch_size], classes[i : i + batch_size])) for i in range(0, len(x), batch_size)]
-    )
+    grads = in_batches(step, batch_size, x, classes)
     if not any(_is_plain_relu(layer) for _, layer in iter_layers(model)):
         warnings.warn(
             f"Model {model.name!r} has no plain ReLU: guided backpropagation is the ordinary gradient here.",

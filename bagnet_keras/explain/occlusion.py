@@ -10,8 +10,15 @@ import keras
 import numpy as np
 from tqdm.auto import tqdm
 
-from bagnet_keras.core.graph import check_target, compiled, target_scores
-from bagnet_keras.core.inputs import check_images, check_positive_int, classes_per_image, n_classes_of, output_index
+from bagnet_keras.core.graph import check_target, score_function
+from bagnet_keras.core.inputs import (
+    check_images,
+    check_positive_int,
+    classes_per_image,
+    in_batches,
+    n_classes_of,
+    output_index,
+)
 
 
 def _starts(size: int, patch: int, stride: int) -> list[int]:
@@ -85,17 +92,12 @@ def occlusion(
         raise ValueError(f"`patch_size`={patch_size} is larger than the images ({h}x{w}).")
     fill = np.broadcast_to(np.asarray(value, dtype="float32"), (c,)) if np.ndim(value) else np.float32(value)
 
-    def build(model_ref):
-        import tensorflow as tf
-
-        return tf.function(lambda batch: target_scores(model_ref(), batch, index, target), reduce_retracing=True)
-
-    forward = compiled(model, ("scores", index, target), build)
+    forward = score_function(model, index, target)
 
     def scores(batch):
         return np.asarray(forward(batch))
 
-    base = np.concatenate([scores(x[i : i + batch_size]) for i in range(0, n, batch_size)])
+    base = in_batches(scores, batch_size, x)
     classes = classes_per_image(class_index, n, n_classes)
     classes = base.argmax(axis=1) if classes is None else classes
     squares = [(top, left) for top in _starts(h, patch_size, stride) for left in _starts(w, patch_size, stride)]

@@ -22,30 +22,23 @@ import keras
 import numpy as np
 from scipy.stats import spearmanr
 
+from bagnet_keras.core.graph import score_function
+from bagnet_keras.core.inputs import in_batches, output_index
+
 ScoreFn = Callable[[np.ndarray], np.ndarray]
 
 
 def logit_fn(model: keras.Model, output: int | str | None = None, batch_size: int = 64) -> ScoreFn:
-    """``score_fn`` giving the pre-softmax scores of an output of ``model`` (a BagNet or a `build_classifier` model).
+    """``score_fn`` giving the pre-softmax scores (logits) of an output of any ``model``.
 
-    The Dense layer before the output's softmax is tapped; a model whose
-    output has no activation is used as it is.
+    The softmax (or sigmoid) that ends the output is left out, as the
+    explanations leave it out (`bagnet_keras.core.graph.target_scores`); an
+    output without one is used as it is.
     """
-    from bagnet_keras.models.bagnet import bagnet_top
-
-    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-    try:
-        _, logits = bagnet_top(model, output)
-        scores = keras.Model(inputs, logits.output)
-    except ValueError:
-        from bagnet_keras.core.inputs import output_index
-
-        scores = keras.Model(inputs, model.outputs[output_index(model, output)])
+    forward = score_function(model, output_index(model, output), "logit")
 
     def fn(x: np.ndarray) -> np.ndarray:
-        return np.concatenate(
-            [np.asarray(scores(x[i : i + batch_size], training=False)) for i in range(0, len(x), batch_size)]
-        )
+        return in_batches(forward, batch_size, x)
 
     return fn
 
