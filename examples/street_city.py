@@ -97,7 +97,7 @@ def run_network(backbone_name, mode, data, names, args, folder):
         input_shape=(args.image_size, args.image_size, 3), dropout=0.2,
     )  # fmt: skip
     epochs = args.epochs * (3 if mode == "scratch" else 1)
-    fit_classifier(model, data["train"], data["val"], epochs=epochs, head_epochs=args.epochs, out_dir=folder)
+    fit_classifier(model, data["train"], data["val"], epochs=epochs, head_epochs=args.epochs, output_dir=folder)
     results = evaluate_classifier(model, data["test"], names)
     for head, result in results.items():
         title = f"{backbone_name} {mode}: {head} ({result['accuracy']:.2f})"

@@ -19,7 +19,7 @@ from bagnet_keras.metrics.faithfulness import (
     mean_ci,
     pointing_game,
     rank_correlation,
-    shuffle_patches,
+    shuffle_tiles,
 )
 from bagnet_keras.transfer.heads import build_classifier
 
@@ -97,14 +97,14 @@ def test_deletion_of_a_known_ranking():
     image[2:4, 0:2] = 2.0  # cell 2: 8
     heatmap = cell_scores_to_map([[0.0, 5.0], [1.0, 0.0]])
     # mean fill = 40 / 16 = 2.5: masking cell 1 leaves 8 + 4 * 2.5, then cell 2 too gives 8 * 2.5 = 20
-    assert deletion_curve(_sum_score, image, heatmap, 0, steps=2, patch=2).tolist() == [40.0, 18.0, 20.0]
+    assert deletion_curve(_sum_score, image, heatmap, 0, steps=2, cell=2).tolist() == [40.0, 18.0, 20.0]
     # insertion: all filled (40), then cell 1 restored (32 + 12 * 2.5), then cell 2 (32 + 8 + 8 * 2.5)
-    assert insertion_curve(_sum_score, image, heatmap, 0, steps=2, patch=2).tolist() == [40.0, 62.0, 60.0]
+    assert insertion_curve(_sum_score, image, heatmap, 0, steps=2, cell=2).tolist() == [40.0, 62.0, 60.0]
     assert curve_area(np.array([40.0, 18.0, 20.0])) == pytest.approx((40 + 18) / 4 + (18 + 20) / 4)
 
 
-def cell_scores_to_map(cells, patch=2):
-    return np.kron(np.asarray(cells, dtype="float64"), np.ones((patch, patch)))
+def cell_scores_to_map(cells, cell=2):
+    return np.kron(np.asarray(cells, dtype="float64"), np.ones((cell, cell)))
 
 
 def test_map_metrics_by_hand():
@@ -123,9 +123,9 @@ def test_map_metrics_by_hand():
 
 def test_masking_is_linear_for_a_sum_and_shuffling_keeps_the_pixels():
     image = np.random.default_rng(1).uniform(0, 1, (8, 8, 2)).astype("float32")
-    joint_sum, joint = masking_linearity(_sum_score, image, image[..., 0], 0, k=4, patch=2)
+    joint_sum, joint = masking_linearity(_sum_score, image, image[..., 0], 0, k=4, cell=2)
     assert joint_sum == pytest.approx(joint, rel=1e-5)
-    shuffled = shuffle_patches(image, grid=4, seed=3)
+    shuffled = shuffle_tiles(image, grid=4, seed=3)
     assert not np.array_equal(shuffled, image)
     assert np.allclose(np.sort(shuffled.ravel()), np.sort(image.ravel()))
 

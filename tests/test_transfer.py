@@ -109,7 +109,7 @@ def test_save_load_predict_identical_and_interrupted_checkpoint(tmp_path, monkey
     model = build_classifier(_tiny_bagnet(), {"texture": 3, "region": 2}, mode="scratch", dropout=0.2)
     _, _, train = _data(6, seed=5)
     train, _ = with_heads(train, list(TEXTURES), "texture", {"region": REGION})
-    fit_classifier(model, train, train, epochs=2, out_dir=tmp_path, verbose=0)
+    fit_classifier(model, train, train, epochs=2, output_dir=tmp_path, verbose=0)
     assert sorted(os.listdir(tmp_path)) == ["best.keras", "history.csv"]
     x, _, _ = _data(2, seed=6)
     path = tmp_path / "model.keras"

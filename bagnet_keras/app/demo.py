@@ -110,7 +110,7 @@ def demo_findings(result: Comparison, labels: np.ndarray, class_names: Sequence[
 
 
 def run_demo(
-    out: str = "runs/demo",
+    output_dir: str = "runs/demo",
     data: str | None = None,
     weights: str | None = None,
     per_class: int = 400,
@@ -125,7 +125,7 @@ def run_demo(
 
     Parameters
     ----------
-    out : str
+    output_dir : str
         Output folder: ``data/`` and ``masks/`` (generated), ``models/``, ``comparison/`` and ``report.html``.
     data : str, optional
         A dataset folder (one sub-folder per class, e.g. crawled) instead of the generated scenes.
@@ -164,7 +164,7 @@ def run_demo(
     keras.utils.set_random_seed(seed)
     masks_root = None
     if data is None:
-        data, masks_root = os.path.join(out, "data"), os.path.join(out, "masks")
+        data, masks_root = os.path.join(output_dir, "data"), os.path.join(output_dir, "masks")
         say(f"generating {per_class} scenes per class into {data}")
         write_motif_dataset(data, masks_root, per_class, image_size, seed)
     say("clean and split")
@@ -202,7 +202,7 @@ def run_demo(
         model = build_classifier(backbone, {"label": len(names)}, mode=mode, input_shape=(*size, 3), dropout=0.3,
                                  name=name)  # fmt: skip
         fit_classifier(model, train, val, epochs=epochs, head_epochs=max(1, epochs // 3), learning_rate=1e-3,
-                       patience=patience, out_dir=os.path.join(out, "models", name), seed=seed,
+                       patience=patience, output_dir=os.path.join(output_dir, "models", name), seed=seed,
                        verbose=verbose)  # fmt: skip
         models[name] = model
 
@@ -211,11 +211,11 @@ def run_demo(
     say(f"comparing explanations on {len(x)} test images")
     methods = {"bagnet": ["evidence", "gradcam"], "cnn": ["gradcam"]}
     result = compare(models, x, labels, masks=masks, methods=methods, progress=progress, n_classes=len(names))
-    result.save(os.path.join(out, "comparison"))
+    result.save(os.path.join(output_dir, "comparison"))
     findings = demo_findings(result, labels, names, "bagnet", "cnn")
     for finding in findings:
         say(finding)
-    path = write_report(result, models, x, labels, names, out, deprocess=deprocess_input,
+    path = write_report(result, models, x, labels, names, output_dir, deprocess=deprocess_input,
                         title="What a BagNet and a CNN look at", findings=findings)  # fmt: skip
     say(f"report: {os.path.abspath(path)}")
     return path

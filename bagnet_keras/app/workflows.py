@@ -55,7 +55,7 @@ def _class_names(model: keras.Model, names: Sequence[str] | None) -> list[str]:
 def explain_images(
     model: str,
     images: Sequence[str] | str,
-    out: str,
+    output_dir: str,
     weights: str | None = None,
     methods: Sequence[str] | None = None,
     image_size: int = 224,
@@ -81,15 +81,15 @@ def explain_images(
     predicted = logit_fn(net)(x).argmax(axis=1)
     models = {"model": net}
     result = compare(models, x, predicted, methods=methods, progress=progress, target=target)
-    result.save(os.path.join(out, "comparison"))
-    return write_report(result, models, x, predicted, _class_names(net, names), out,
+    result.save(os.path.join(output_dir, "comparison"))
+    return write_report(result, models, x, predicted, _class_names(net, names), output_dir,
                         deprocess=_deprocess(preprocess), title=f"Explanations of {model}")  # fmt: skip
 
 
 def compare_models(
     models: Mapping[str, str],
     data: str,
-    out: str,
+    output_dir: str,
     split: str | None = "test",
     image_size: int = 224,
     preprocess: str = "bagnet33",
@@ -113,8 +113,8 @@ def compare_models(
     x = np.asarray(prep(pixels.astype("float32")))
     result = compare(loaded, x, labels, masks=mask_arrays, methods=methods, output=output, progress=progress,
                      n_classes=len(names), target=target)  # fmt: skip
-    result.save(os.path.join(out, "comparison"))
-    return write_report(result, loaded, x, labels, names, out, deprocess=_deprocess(prep), output=output,
+    result.save(os.path.join(output_dir, "comparison"))
+    return write_report(result, loaded, x, labels, names, output_dir, deprocess=_deprocess(prep), output=output,
                         title="Explanations compared")  # fmt: skip
 
 

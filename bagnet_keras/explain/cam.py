@@ -64,7 +64,7 @@ def _resolve_layer(model: keras.Model, layer: str | None) -> tuple[str, keras.la
 class BaseCAM:
     """Class activation maps of one layer of a Keras model.
 
-    Subclasses override `weights`, which turns the layer's activations (and
+    Subclasses override `channel_weights`, which turns the layer's activations (and
     the gradients of the class score, when ``uses_gradients``) into weights
     broadcastable to the activations; the map is the ReLU of the
     channel-sum of weights x activations.
@@ -170,7 +170,9 @@ class BaseCAM:
         forward = compiled(self.model, ("class_scores", index, target), build)
         return in_batches(forward, self.batch_size, x, classes)
 
-    def weights(self, x: np.ndarray, activations: np.ndarray, grads: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    def channel_weights(
+        self, x: np.ndarray, activations: np.ndarray, grads: np.ndarray, classes: np.ndarray
+    ) -> np.ndarray:
         """Weights of the activations (N, 1, 1, C) or (N, h, w, C); the method's one job."""
         raise NotImplementedError
 
@@ -184,7 +186,7 @@ class BaseCAM:
 
         def batch_maps(xb, wanted_b):
             activations, grads, classes = (np.asarray(t) for t in self._step(xb, wanted_b))
-            weights = self.weights(xb, activations, grads, classes)
+            weights = self.channel_weights(xb, activations, grads, classes)
             return np.maximum((weights * activations).sum(axis=-1), 0), classes
 
         maps, self.class_index_ = in_batches(batch_maps, self.batch_size, x, wanted)
@@ -208,14 +210,14 @@ class GradCAM(BaseCAM):
     (1, 16, 16)
     """
 
-    def weights(self, x, activations, grads, classes):
+    def channel_weights(self, x, activations, grads, classes):
         return grads.mean(axis=(1, 2), keepdims=True)
 
 
 class GradCAMPlusPlus(BaseCAM):
     """Grad-CAM++: positive gradients weighted by alpha = g^2 / (2 g^2 + sum(A) g^3)."""
 
-    def weights(self, x, activations, grads, classes):
+    def channel_weights(self, x, activations, grads, classes):
         g2 = grads**2
         g3 = grads**3
         total = activations.sum(axis=(1, 2), keepdims=True)
@@ -227,7 +229,7 @@ class GradCAMPlusPlus(BaseCAM):
 class LayerCAM(BaseCAM):
     """Layer-CAM: every position weighted by its own positive gradient."""
 
-    def weights(self, x, activations, grads, classes):
+    def channel_weights(self, x, activations, grads, classes):
         return np.maximum(grads, 0)
 
 
@@ -244,7 +246,7 @@ class ScoreCAM(BaseCAM):
         super().__init__(model, layer=layer, **kwargs)
         self.progress = progress
 
-    def weights(self, x, activations, grads, classes):
+    def channel_weights(self, x, activations, grads, classes):
         n, h, w, c = activations.shape
         low = activations.min(axis=(1, 2), keepdims=True)
         span = activations.max(axis=(1, 2), keepdims=True) - low

@@ -108,17 +108,17 @@ class Comparison:
                 return row
         raise KeyError((model, method, metric))
 
-    def save(self, folder: str | os.PathLike) -> list[str]:
+    def save(self, output_dir: str | os.PathLike) -> list[str]:
         """Write ``rows.csv``, ``correlations.csv``, ``models.csv``, ``aggregates.csv`` and ``comparison.json``."""
-        os.makedirs(folder, exist_ok=True)
+        os.makedirs(output_dir, exist_ok=True)
         written = []
         for name, table in (("rows", self.rows), ("correlations", self.correlations),
                             ("models", self.model_rows), ("aggregates", self.aggregates)):  # fmt: skip
-            written.append(_write_csv(os.path.join(folder, f"{name}.csv"), table))
+            written.append(_write_csv(os.path.join(output_dir, f"{name}.csv"), table))
         payload = {"summary": self.summary, "aggregates": self.aggregates, "rows": self.rows,
                    "correlations": self.correlations, "models": self.model_rows}  # fmt: skip
         text = json.dumps(_plain(payload), indent=2, sort_keys=True)
-        path = write_atomic(os.path.join(folder, "comparison.json"), text)
+        path = write_atomic(os.path.join(output_dir, "comparison.json"), text)
         return [*written, path]
 
 
@@ -172,7 +172,7 @@ def compare(
     methods: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
     output: int | str | None = None,
     steps: int = 20,
-    patch: int = 8,
+    cell: int = 8,
     linearity_k: int = 10,
     shuffle_grid: int = 4,
     n_classes: int | None = None,
@@ -200,7 +200,7 @@ def compare(
         The head to explain in multi-output models.
     steps : int
         Cells masked (deletion) or restored (insertion), k = 0..steps.
-    patch : int
+    cell : int
         Side of the masked cells (8 in the paper).
     linearity_k : int
         Cells of the masking-linearity test.
@@ -273,19 +273,19 @@ def compare(
                        "predicted": int(predicted[name][i])}  # fmt: skip
                 for other, probability in probabilities.items():
                     with timed(f"deletion on {other}"):
-                        curve = deletion_curve(probability, x[i], maps[i], labels[i], steps, patch)
+                        curve = deletion_curve(probability, x[i], maps[i], labels[i], steps, cell)
                     if other == name:
                         deletion.append(curve)
                         row["deletion_area"] = curve_area(curve)
                     else:
                         row[f"deletion_on_{other}"] = curve_area(curve)
                 with timed(f"insertion on {name}"):
-                    curve = insertion_curve(probabilities[name], x[i], maps[i], labels[i], steps, patch)
+                    curve = insertion_curve(probabilities[name], x[i], maps[i], labels[i], steps, cell)
                 insertion.append(curve)
                 row["insertion_area"] = curve_area(curve)
                 with timed(f"linearity on {name}"):
                     row["linearity_sum"], row["linearity_joint"] = masking_linearity(
-                        scorers[name], x[i], maps[i], labels[i], linearity_k, patch
+                        scorers[name], x[i], maps[i], labels[i], linearity_k, cell
                     )
                 if masks is not None and masks[i].any():
                     row["pointing"] = pointing_game(maps[i], masks[i])
@@ -298,7 +298,7 @@ def compare(
     start = time.perf_counter()
     for i in range(len(x)):
         for a, b in itertools.combinations(keys, 2):
-            rho = rank_correlation(result.maps[a][i], result.maps[b][i], patch)
+            rho = rank_correlation(result.maps[a][i], result.maps[b][i], cell)
             result.correlations.append({"image": i, "map_a": "/".join(a), "map_b": "/".join(b), "spearman": rho})
     seconds["rank correlations"] += time.perf_counter() - start
     result.aggregates = _aggregate(result.rows, result.correlations, result.model_rows)

@@ -1,16 +1,16 @@
-"""Numbers that say how faithful a heatmap is to a model, with the BagNet paper's patch masking.
+"""Numbers that say how faithful a heatmap is to a model, with the BagNet paper's masking of 8x8 cells.
 
 Every function takes plain arrays: an image (H, W, C) as the model sees it, a
 heatmap (H, W) at the image's resolution (`EvidenceMap.upsample()`, the CAM
 maps), and ``score_fn``, which maps a batch of images to class scores (use
-`logit_fn` for a model's logits). Heatmaps rank the image's ``patch`` x
-``patch`` cells by their mean value; a masked cell is filled with the
+`logit_fn` for a model's logits). Heatmaps rank the image's ``cell`` x
+``cell`` squares ("cells") by their mean value; a masked cell is filled with the
 image's per-channel mean, as in Brendel & Bethge (2019), section 4.
 
 Examples
 --------
 >>> import numpy as np
->>> cell_scores(np.arange(16.0).reshape(4, 4), patch=2).tolist()
+>>> cell_scores(np.arange(16.0).reshape(4, 4), cell=2).tolist()
 [[2.5, 4.5], [10.5, 12.5]]
 """
 
@@ -60,33 +60,33 @@ def probability_fn(score_fn: ScoreFn) -> ScoreFn:
     return fn
 
 
-def cell_scores(heatmap: np.ndarray, patch: int = 8) -> np.ndarray:
-    """Mean of ``heatmap`` (H, W) over each ``patch`` x ``patch`` cell: (ceil(H/patch), ceil(W/patch))."""
+def cell_scores(heatmap: np.ndarray, cell: int = 8) -> np.ndarray:
+    """Mean of ``heatmap`` (H, W) over each ``cell`` x ``cell`` square: (ceil(H/cell), ceil(W/cell))."""
     heatmap = np.asarray(heatmap, dtype="float64")
     if heatmap.ndim != 2:
         raise ValueError(f"`heatmap` must be 2-D (H, W). Received shape {heatmap.shape}")
     h, w = heatmap.shape
-    rows, cols = -(-h // patch), -(-w // patch)
-    padded = np.full((rows * patch, cols * patch), np.nan)
+    rows, cols = -(-h // cell), -(-w // cell)
+    padded = np.full((rows * cell, cols * cell), np.nan)
     padded[:h, :w] = heatmap
-    return np.nanmean(padded.reshape(rows, patch, cols, patch), axis=(1, 3))
+    return np.nanmean(padded.reshape(rows, cell, cols, cell), axis=(1, 3))
 
 
-def _ranking(heatmap: np.ndarray, patch: int) -> np.ndarray:
+def _ranking(heatmap: np.ndarray, cell: int) -> np.ndarray:
     """Cell indices (row-major) from the highest mean value down; ties keep the earlier cell."""
-    return np.argsort(-cell_scores(heatmap, patch).ravel(), kind="stable")
+    return np.argsort(-cell_scores(heatmap, cell).ravel(), kind="stable")
 
 
-def _window(cell: int, width: int, patch: int) -> tuple[slice, slice]:
-    """The pixels of cell number ``cell`` (row-major) of an image ``width`` pixels wide."""
-    r, c = divmod(int(cell), -(-width // patch))
-    return slice(r * patch, (r + 1) * patch), slice(c * patch, (c + 1) * patch)
+def _window(index: int, width: int, cell: int) -> tuple[slice, slice]:
+    """The pixels of cell number ``index`` (row-major) of an image ``width`` pixels wide."""
+    r, c = divmod(int(index), -(-width // cell))
+    return slice(r * cell, (r + 1) * cell), slice(c * cell, (c + 1) * cell)
 
 
-def _mask_cells(image: np.ndarray, cells: np.ndarray, patch: int, fill: np.ndarray) -> np.ndarray:
+def _mask_cells(image: np.ndarray, cells: np.ndarray, cell: int, fill: np.ndarray) -> np.ndarray:
     out = image.copy()
-    for cell in cells:
-        out[_window(cell, image.shape[1], patch)] = fill
+    for index in cells:
+        out[_window(index, image.shape[1], cell)] = fill
     return out
 
 
@@ -100,7 +100,7 @@ def deletion_curve(
     heatmap: np.ndarray,
     class_index: int,
     steps: int = 20,
-    patch: int = 8,
+    cell: int = 8,
     fill=None,
 ) -> np.ndarray:
     """Class score after masking the k highest-ranked cells, for k = 0..steps: shape (steps + 1,).
@@ -112,13 +112,13 @@ def deletion_curve(
     >>> image = np.zeros((4, 4, 1)); image[:2, :2] = 4.0
     >>> score = lambda x: x.sum(axis=(1, 2))  # one class: the sum of the pixels
     >>> heatmap = np.zeros((4, 4)); heatmap[:2, :2] = 1.0
-    >>> deletion_curve(score, image, heatmap, 0, steps=2, patch=2).tolist()  # the fill is the mean, 1.0
+    >>> deletion_curve(score, image, heatmap, 0, steps=2, cell=2).tolist()  # the fill is the mean, 1.0
     [16.0, 4.0, 8.0]
     """
     image = np.asarray(image, dtype="float32")
-    order = _ranking(heatmap, patch)[:steps]
+    order = _ranking(heatmap, cell)[:steps]
     fill = _fill(image, fill)
-    batch = np.stack([_mask_cells(image, order[:k], patch, fill) for k in range(len(order) + 1)])
+    batch = np.stack([_mask_cells(image, order[:k], cell, fill) for k in range(len(order) + 1)])
     return np.asarray(score_fn(batch))[:, class_index].astype("float64")
 
 
@@ -128,7 +128,7 @@ def insertion_curve(
     heatmap: np.ndarray,
     class_index: int,
     steps: int = 20,
-    patch: int = 8,
+    cell: int = 8,
     fill=None,
 ) -> np.ndarray:
     """Class score of the fully masked image with the k highest-ranked cells restored, k = 0..steps.
@@ -139,18 +139,18 @@ def insertion_curve(
     --------
     >>> image = np.zeros((4, 4, 1)); image[:2, :2] = 4.0
     >>> heatmap = np.zeros((4, 4)); heatmap[:2, :2] = 1.0
-    >>> insertion_curve(lambda x: x.sum(axis=(1, 2)), image, heatmap, 0, steps=1, patch=2).tolist()
+    >>> insertion_curve(lambda x: x.sum(axis=(1, 2)), image, heatmap, 0, steps=1, cell=2).tolist()
     [16.0, 28.0]
     """
     image = np.asarray(image, dtype="float32")
-    ranking = _ranking(heatmap, patch)
+    ranking = _ranking(heatmap, cell)
     fill = _fill(image, fill)
-    blank = _mask_cells(image, ranking, patch, fill)
+    blank = _mask_cells(image, ranking, cell, fill)
     batch = []
     for k in range(min(steps, len(ranking)) + 1):
         restored = blank.copy()
-        for cell in ranking[:k]:
-            window = _window(cell, image.shape[1], patch)
+        for index in ranking[:k]:
+            window = _window(index, image.shape[1], cell)
             restored[window] = image[window]
         batch.append(restored)
     return np.asarray(score_fn(np.stack(batch)))[:, class_index].astype("float64")
@@ -174,16 +174,16 @@ def curve_area(curve: np.ndarray, normalize: bool = False) -> float:
     return float(area / curve[0]) if normalize and curve[0] != 0 else area
 
 
-def rank_correlation(map_a: np.ndarray, map_b: np.ndarray, patch: int = 8) -> float:
+def rank_correlation(map_a: np.ndarray, map_b: np.ndarray, cell: int = 8) -> float:
     """Spearman correlation of two heatmaps over the image's cells (1 for maps that rank cells alike).
 
     Examples
     --------
     >>> a = np.arange(64.0).reshape(8, 8)
-    >>> rank_correlation(a, a ** 2, patch=2), rank_correlation(a, -a, patch=2)
+    >>> rank_correlation(a, a ** 2, cell=2), rank_correlation(a, -a, cell=2)
     (1.0, -1.0)
     """
-    a, b = cell_scores(map_a, patch).ravel(), cell_scores(map_b, patch).ravel()
+    a, b = cell_scores(map_a, cell).ravel(), cell_scores(map_b, cell).ravel()
     if a.shape != b.shape:
         raise ValueError(f"The maps must have the same shape. Received {np.shape(map_a)} and {np.shape(map_b)}")
     if np.ptp(a) == 0 or np.ptp(b) == 0:
@@ -224,7 +224,7 @@ def energy_in_mask(heatmap: np.ndarray, mask: np.ndarray) -> float:
 
 
 def masking_linearity(
-    score_fn: ScoreFn, image: np.ndarray, heatmap: np.ndarray, class_index: int, k: int = 10, patch: int = 8, fill=None
+    score_fn: ScoreFn, image: np.ndarray, heatmap: np.ndarray, class_index: int, k: int = 10, cell: int = 8, fill=None
 ) -> tuple[float, float]:
     """``(sum of single-cell effects, effect of masking all k at once)`` for the k highest-ranked cells.
 
@@ -235,23 +235,23 @@ def masking_linearity(
     Examples
     --------
     >>> image = np.arange(16.0).reshape(4, 4, 1)
-    >>> masking_linearity(lambda x: x.sum(axis=(1, 2)), image, image[..., 0], 0, k=2, patch=2)
+    >>> masking_linearity(lambda x: x.sum(axis=(1, 2)), image, image[..., 0], 0, k=2, cell=2)
     (32.0, 32.0)
     """
     image = np.asarray(image, dtype="float32")
-    order = _ranking(heatmap, patch)[:k]
+    order = _ranking(heatmap, cell)[:k]
     fill = _fill(image, fill)
-    batch = [image, _mask_cells(image, order, patch, fill)] + [_mask_cells(image, [c], patch, fill) for c in order]
+    batch = [image, _mask_cells(image, order, cell, fill)] + [_mask_cells(image, [c], cell, fill) for c in order]
     scores = np.asarray(score_fn(np.stack(batch)))[:, class_index].astype("float64")
     return float(np.sum(scores[0] - scores[2:])), float(scores[0] - scores[1])
 
 
-def shuffle_patches(image: np.ndarray, grid: int = 4, seed: int = 0) -> np.ndarray:
+def shuffle_tiles(image: np.ndarray, grid: int = 4, seed: int = 0) -> np.ndarray:
     """The image cut into ``grid`` x ``grid`` tiles, put back in a random order (crops to a multiple of grid).
 
     Examples
     --------
-    >>> shuffle_patches(np.arange(16.0).reshape(4, 4, 1), grid=2, seed=0).shape
+    >>> shuffle_tiles(np.arange(16.0).reshape(4, 4, 1), grid=2, seed=0).shape
     (4, 4, 1)
     """
     image = np.asarray(image)
@@ -271,7 +271,7 @@ def shuffle_sensitivity(score_fn: ScoreFn, images: np.ndarray, grid: int = 4, se
     a bag-of-local-features model barely cares.
     """
     images = np.asarray(images, dtype="float32")
-    shuffled = np.stack([shuffle_patches(x, grid, seed + i) for i, x in enumerate(images)])
+    shuffled = np.stack([shuffle_tiles(x, grid, seed + i) for i, x in enumerate(images)])
     cropped = images[:, : shuffled.shape[1], : shuffled.shape[2]]
     before = np.asarray(score_fn(cropped)).argmax(axis=1)
     after = np.asarray(score_fn(shuffled)).argmax(axis=1)

@@ -38,10 +38,10 @@ img { max-width: 100%; } .finding { margin: 0.3em 0; } .note { color: #555; font
 
 
 class _Figures:
-    """Saves each figure as a PNG under ``folder/figures`` and returns its ``<img>`` tag with the PNG embedded."""
+    """Saves each figure as a PNG under ``output_dir/figures`` and returns its ``<img>`` tag with the PNG embedded."""
 
-    def __init__(self, folder: str):
-        self.folder = os.path.join(folder, "figures")
+    def __init__(self, output_dir: str):
+        self.folder = os.path.join(output_dir, "figures")
         os.makedirs(self.folder, exist_ok=True)
 
     def __call__(self, fig: Figure, name: str, alt: str) -> str:
@@ -93,7 +93,7 @@ def write_report(
     images: np.ndarray,
     labels: Sequence[int],
     class_names: Sequence[str],
-    folder: str | os.PathLike,
+    output_dir: str | os.PathLike,
     deprocess: Callable | None = None,
     output: int | str | None = None,
     title: str = "Grad-CAM and BagNet evidence",
@@ -101,7 +101,7 @@ def write_report(
     max_images: int = 12,
     patches_per_class: int = 8,
 ) -> str:
-    """Write ``report.html`` (and ``figures/*.png``) into ``folder``; returns the report's path.
+    """Write ``report.html`` (and ``figures/*.png``) into ``output_dir``; returns the report's path.
 
     Parameters
     ----------
@@ -112,7 +112,7 @@ def write_report(
         The preprocessed images given to `compare`.
     labels : sequence of N ints
     class_names : sequence of str
-    folder : path
+    output_dir : path
         Output folder; nothing is written outside it.
     deprocess : callable, optional
         Turns the preprocessed images back into displayable RGB.
@@ -135,9 +135,9 @@ def write_report(
     >>> models = {"cnn": cnn, "bagnet": bagnet}  # doctest: +SKIP
     >>> path = write_report(result, models, x_test, y_test, names, "runs/report")  # doctest: +SKIP
     """
-    folder = os.fspath(folder)
-    os.makedirs(folder, exist_ok=True)
-    figure = _Figures(folder)
+    output_dir = os.fspath(output_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    figure = _Figures(output_dir)
     images = np.asarray(images)
     labels = np.asarray(labels).astype(int)
     display = np.stack([to_display(x, deprocess) for x in images])
@@ -228,4 +228,4 @@ def write_report(
 
     document = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}"
                 f"</title><style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>")  # fmt: skip
-    return write_atomic(os.path.join(folder, "report.html"), document)
+    return write_atomic(os.path.join(output_dir, "report.html"), document)

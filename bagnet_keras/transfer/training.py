@@ -134,7 +134,7 @@ def fit_classifier(
     finetune_learning_rate: float = 1e-5,
     class_weight: str | Mapping[str, np.ndarray] | None = "balanced",
     patience: int | None = 3,
-    out_dir: str | os.PathLike | None = None,
+    output_dir: str | os.PathLike | None = None,
     seed: int | None = 0,
     strategy=None,
     verbose: int | str = "auto",
@@ -160,7 +160,7 @@ def fit_classifier(
     patience : int or None
         Early stopping on validation loss (training loss without validation);
         the best weights are restored at the end of each phase.
-    out_dir : path, optional
+    output_dir : path, optional
         Where ``best.keras`` (atomic) and ``history.csv`` go; nothing else is written.
     seed : int or None
         Seeds Python, NumPy and TensorFlow (`keras.utils.set_random_seed`).
@@ -186,7 +186,7 @@ def fit_classifier(
     Examples
     --------
     >>> model = build_classifier("bagnet33", {"city": 10}, mode="finetune")  # doctest: +SKIP
-    >>> history = fit_classifier(model, train, val, epochs=10, out_dir="runs/bagnet33")  # doctest: +SKIP
+    >>> history = fit_classifier(model, train, val, epochs=10, output_dir="runs/bagnet33")  # doctest: +SKIP
     """
     for value, name in ((epochs, "epochs"), (head_epochs, "head_epochs")):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -208,12 +208,12 @@ def fit_classifier(
     if class_weight is not None:
         train = _with_sample_weights(train, {h: np.asarray(class_weight[h], "float32") for h in heads})
     callbacks = []
-    if out_dir is not None:
-        os.makedirs(out_dir, exist_ok=True)
+    if output_dir is not None:
+        os.makedirs(output_dir, exist_ok=True)
         monitor = "val_loss" if validation is not None else "loss"
         callbacks += [
-            BestCheckpoint(os.path.join(out_dir, "best.keras"), monitor=monitor),
-            keras.callbacks.CSVLogger(os.path.join(out_dir, "history.csv"), append=True),
+            BestCheckpoint(os.path.join(output_dir, "best.keras"), monitor=monitor),
+            keras.callbacks.CSVLogger(os.path.join(output_dir, "history.csv"), append=True),
         ]
     backbone = [layer for layer in model.layers if layer.name not in head_layers(model) and layer.weights]
     trainable = {layer.name: layer.trainable for layer in backbone}
