@@ -33,6 +33,10 @@ def test_grid_draws_signed_and_unsigned_maps_differently(tmp_path):
     assert evidence_panel.get_images()[0].get_cmap().name == "RdBu_r"
     fig.savefig(tmp_path / "grid.png")
     assert (tmp_path / "grid.png").stat().st_size > 0
+    # a signed method keeps its style in a row where its map happens to be non-negative
+    maps["evidence"][1] = 1.0
+    second_row_evidence = plot_grid(images, maps).axes[5]
+    assert second_row_evidence.get_images()[0].get_cmap().name == "RdBu_r"
 
 
 def test_evidence_and_patch_gallery_from_a_bagnet():

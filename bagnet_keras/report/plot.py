@@ -162,8 +162,9 @@ def plot_grid(
 ) -> Figure:
     """Images down the rows, the image then one column per method.
 
-    Signed maps (with negative values, e.g. BagNet evidence) are drawn with
-    `plot_heatmap`, non-negative ones with `plot_overlay`.
+    Signed maps (a method with negative values in any image, e.g. BagNet
+    evidence) are drawn with `plot_heatmap`, non-negative ones with
+    `plot_overlay`; each column keeps one style for all its rows.
 
     Parameters
     ----------
@@ -189,13 +190,14 @@ def plot_grid(
     cols = 1 + len(maps)
     fig = Figure(figsize=(size * cols, size * len(images)), layout="constrained")
     axes = fig.subplots(len(images), cols, squeeze=False)
+    signed = {name: bool(np.min(m) < 0) for name, m in maps.items()}
     for n, row in enumerate(axes):
         row[0].imshow(to_display(images[n], deprocess))
         row[0].set_axis_off()
         if row_titles:
             row[0].set_title(row_titles[n], fontsize=9)
         for ax, (name, m) in zip(row[1:], maps.items(), strict=True):
-            draw = plot_heatmap if np.min(m[n]) < 0 else plot_overlay
+            draw = plot_heatmap if signed[name] else plot_overlay
             draw(m[n], images[n], ax=ax, deprocess=deprocess, title=name if n == 0 else None)
     return fig
 
