@@ -31,15 +31,15 @@ def report(tmp_path_factory):
     images = preprocess_input(np.stack([s[0] for s in scenes]).astype("float32"))
     masks = np.stack([s[1] for s in scenes])
     labels = [i % 3 for i in range(6)]
-    result = compare(models, images, labels, masks=masks, steps=4, linearity_k=3, progress=False)
+    result = compare(models, images, labels, masks=masks, steps=4, linearity_k=3, progress=False,
+                     deprocess=deprocess_input)  # fmt: skip
     folder = tmp_path_factory.mktemp("report")
-    path = write_report(result, models, images, labels, CLASSES, folder, deprocess=deprocess_input,
-                        findings=["BagNet evidence points into the masks in 3 of 6 images."])  # fmt: skip
-    return path, folder
+    path = write_report(result, CLASSES, folder, findings=["BagNet evidence points into the masks in 3 of 6 images."])
+    return path, folder, result
 
 
 def test_report_is_one_self_contained_file_with_pngs_beside_it(report):
-    path, folder = report
+    path, folder, _ = report
     text = open(path, encoding="utf-8").read()
     assert not re.search(r'src="(?!data:image/png;base64,)', text), "an image is not embedded"
     assert text.count("<img ") == len(os.listdir(folder / "figures"))
@@ -59,7 +59,7 @@ def test_report_renders_in_headless_chromium(report):
         from selenium import webdriver
     else:
         webdriver = pytest.importorskip("selenium.webdriver")
-    path, folder = report
+    path, folder, _ = report
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -85,3 +85,18 @@ def test_report_renders_in_headless_chromium(report):
         print(f"\nscreenshot of the report: {screenshot}")
     finally:
         driver.quit()
+
+
+def test_the_report_is_drawn_from_the_comparison_alone(report, monkeypatch, tmp_path):
+    """No model runs in write_report: everything it shows was kept by compare."""
+    _, _, result = report
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("write_report ran a model")
+
+    for name in ("__call__", "predict", "predict_on_batch"):
+        monkeypatch.setattr(keras.Model, name, forbidden)
+    path = write_report(result, CLASSES, tmp_path)
+    assert "Most informative patches per class (bagnet)" in open(path, encoding="utf-8").read()
+    assert result.images.dtype == np.uint8 and result.images.shape == (6, SIZE, SIZE, 3)
+    assert result.evidence["boxes"].shape == (6, 3, 4) and sorted(result.patches) == [0, 1, 2]

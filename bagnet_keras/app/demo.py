@@ -210,12 +210,12 @@ def run_demo(
     x = preprocess["bagnet"](images.astype("float32"))
     say(f"comparing explanations on {len(x)} test images")
     methods = {"bagnet": ["evidence", "gradcam"], "cnn": ["gradcam"]}
-    result = compare(models, x, labels, masks=masks, methods=methods, progress=progress, n_classes=len(names))
+    result = compare(models, x, labels, masks=masks, methods=methods, progress=progress, n_classes=len(names),
+                     deprocess=deprocess_input)  # fmt: skip
     result.save(os.path.join(output_dir, "comparison"))
     findings = demo_findings(result, labels, names, "bagnet", "cnn")
     for finding in findings:
         say(finding)
-    path = write_report(result, models, x, labels, names, output_dir, deprocess=deprocess_input,
-                        title="What a BagNet and a CNN look at", findings=findings)  # fmt: skip
+    path = write_report(result, names, output_dir, title="What a BagNet and a CNN look at", findings=findings)
     say(f"report: {os.path.abspath(path)}")
     return path

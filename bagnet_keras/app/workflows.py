@@ -80,10 +80,10 @@ def explain_images(
     x = np.asarray(preprocess(pixels.astype("float32")))
     predicted = logit_fn(net)(x).argmax(axis=1)
     models = {"model": net}
-    result = compare(models, x, predicted, methods=methods, progress=progress, target=target)
+    result = compare(models, x, predicted, methods=methods, progress=progress, target=target,
+                     deprocess=_deprocess(preprocess))  # fmt: skip
     result.save(os.path.join(output_dir, "comparison"))
-    return write_report(result, models, x, predicted, _class_names(net, names), output_dir,
-                        deprocess=_deprocess(preprocess), title=f"Explanations of {model}")  # fmt: skip
+    return write_report(result, _class_names(net, names), output_dir, title=f"Explanations of {model}")
 
 
 def compare_models(
@@ -112,10 +112,9 @@ def compare_models(
     prep = get_backbone(preprocess).preprocess
     x = np.asarray(prep(pixels.astype("float32")))
     result = compare(loaded, x, labels, masks=mask_arrays, methods=methods, output=output, progress=progress,
-                     n_classes=len(names), target=target)  # fmt: skip
+                     n_classes=len(names), target=target, deprocess=_deprocess(prep))  # fmt: skip
     result.save(os.path.join(output_dir, "comparison"))
-    return write_report(result, loaded, x, labels, names, output_dir, deprocess=_deprocess(prep), output=output,
-                        title="Explanations compared")  # fmt: skip
+    return write_report(result, names, output_dir, title="Explanations compared")
 
 
 def _deprocess(preprocess):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+from collections.abc import Callable
 
 import numpy as np
 
@@ -139,3 +140,38 @@ def read_image(path: str | os.PathLike, image_size: tuple[int, int], crop_to_asp
             return np.asarray(fit_image(image.convert("RGB"), image_size, crop_to_aspect_ratio=crop_to_aspect_ratio))
     except (OSError, ValueError) as error:
         raise ValueError(f"Cannot read {os.fspath(path)!r} as an image ({error}).") from None
+
+
+def to_display(image, deprocess: Callable | None = None) -> np.ndarray:
+    """An image as float RGB in [0, 1] for ``imshow``.
+
+    ``deprocess`` (e.g. `bagnet_keras.deprocess_input`) undoes the model's
+    preprocessing; without it, uint8 and [0, 255] images are divided by 255,
+    [0, 1] images kept, and anything else (normalised inputs) min-max scaled.
+
+    Examples
+    --------
+    >>> to_display(np.full((2, 2, 3), 255, dtype="uint8")).max()
+    np.float64(1.0)
+    """
+    image = np.asarray(deprocess(image) if deprocess is not None else image)
+    if image.dtype == np.uint8:
+        return image / 255.0
+    image = image.astype("float64")
+    low, high = image.min(), image.max()
+    if low >= 0 and high <= 1:
+        return image
+    if low >= 0 and high <= 255:
+        return image / 255.0
+    return (image - low) / (high - low) if high > low else np.zeros_like(image)
+
+
+def display_images(images, deprocess: Callable | None = None) -> np.ndarray:
+    """Images as uint8 RGB for showing (`to_display`, then scaled to 0..255).
+
+    Examples
+    --------
+    >>> display_images(np.zeros((1, 2, 2, 3))).dtype
+    dtype('uint8')
+    """
+    return np.stack([np.round(to_display(image, deprocess) * 255) for image in images]).astype(np.uint8)

@@ -21,17 +21,18 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import keras
 import numpy as np
 from tqdm.auto import tqdm
 
-from bagnet_keras.core.files import write_atomic
+from bagnet_keras.core.files import display_images, write_atomic
 from bagnet_keras.core.graph import check_target, iter_layers
 from bagnet_keras.core.inputs import check_images, output_index
 from bagnet_keras.core.layers import StemConv
+from bagnet_keras.explain.evidence import evidence_map, top_patches
 from bagnet_keras.explain.registry import METHODS, explain
 from bagnet_keras.metrics.faithfulness import (
     curve_area,
@@ -91,6 +92,18 @@ class Comparison:
         ``(model, method)`` -> heatmaps (N, H, W), for figures.
     curves : dict
         ``(model, method)`` -> deletion and insertion curves on the explained model, each (N, steps + 1).
+    images : ndarray or None
+        (N, H, W, 3) uint8: the images as shown (the preprocessing undone by ``deprocess``).
+    labels : ndarray or None
+        (N,) the true classes.
+    evidence : dict
+        For the first BagNet among the models: ``"model"`` (its name), ``"predicted"`` (N, H, W) its
+        evidence for its predicted class on the pixels, and ``"boxes"`` (N, 3, 4) the boxes of the three
+        patches with the most evidence for the true class; empty without a BagNet.
+    patches : dict
+        Class index -> `TopPatches` of that BagNet over the class's images (patch pixels as uint8).
+
+    `bagnet_keras.report.html.write_report` draws the report from these alone, running no model.
     """
 
     rows: list = field(default_factory=list)
@@ -100,6 +113,10 @@ class Comparison:
     summary: dict = field(default_factory=dict)
     maps: dict = field(default_factory=dict)
     curves: dict = field(default_factory=dict)
+    images: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    evidence: dict = field(default_factory=dict)
+    patches: dict = field(default_factory=dict)
 
     def aggregate(self, model: str, method: str, metric: str) -> dict:
         """The aggregate row of one metric (KeyError if it was not computed)."""
@@ -178,6 +195,8 @@ def compare(
     n_classes: int | None = None,
     progress: bool = True,
     target: str = "logit",
+    deprocess: Callable | None = None,
+    patches_per_class: int = 8,
 ) -> Comparison:
     """Explain the same images with every model and method, and measure the maps.
 
@@ -212,6 +231,11 @@ def compare(
         Show a progress bar when the output is a terminal.
     target : {"logit", "probability"}
         The class score every map explains (the curves always measure the probability).
+    deprocess : callable, optional
+        Undoes the models' preprocessing, for the images the report shows
+        (e.g. `bagnet_keras.deprocess_input`); default: min-max scaling.
+    patches_per_class : int
+        Size of each class's gallery of a BagNet's most informative patches.
 
     Returns
     -------
@@ -302,6 +326,12 @@ def compare(
             result.correlations.append({"image": i, "map_a": "/".join(a), "map_b": "/".join(b), "spearman": rho})
     seconds["rank correlations"] += time.perf_counter() - start
     result.aggregates = _aggregate(result.rows, result.correlations, result.model_rows)
+    result.images, result.labels = display_images(x, deprocess), labels
+    bagnet = next((name for name, model in models.items() if is_bagnet(model, output)), None)
+    if bagnet is not None:
+        with timed(f"report figures {bagnet}"):
+            _bagnet_views(result, bagnet, models[bagnet], x, labels, predicted[bagnet], output, deprocess,
+                          patches_per_class, n_classes)  # fmt: skip
     accuracy = {name: per_class_accuracy(labels, predicted[name], n_classes) for name in models}
     result.summary = {
         "n_images": len(x),
@@ -315,6 +345,23 @@ def compare(
         "seconds": dict(seconds),
     }
     return result
+
+
+def _bagnet_views(result, name, model, x, labels, predicted, output, deprocess, k, n_classes) -> None:
+    """What the report shows of a BagNet beside the maps: evidence for its prediction, boxes, patch galleries."""
+    true = evidence_map(model, x, class_index=labels, output=output)
+    grid_boxes = true.boxes().reshape(-1, 4)  # the same positions for every image
+    best = np.argsort(-true.maps.reshape(len(x), -1), axis=1, kind="stable")[:, :3]
+    result.evidence = {
+        "model": name,
+        "predicted": evidence_map(model, x, class_index=predicted, output=output).upsample(),
+        "boxes": grid_boxes[best],
+    }
+    for c in range(n_classes):
+        if np.any(labels == c):
+            patches = top_patches(model, x[labels == c], c, k=k, output=output)
+            patches.patches = display_images(patches.patches, deprocess)
+            result.patches[c] = patches
 
 
 def _methods(models, methods, output) -> dict[str, list[str]]:

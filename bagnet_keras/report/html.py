@@ -1,6 +1,6 @@
 """A self-contained HTML report of a `Comparison` (bagnet_keras.metrics): one file, figures embedded, PNGs beside it.
 
-`write_report` draws, from the comparison and the images: the models'
+`write_report` draws, from the comparison alone (no model runs): the models'
 accuracies, the faithfulness table with confidence intervals, the mean
 deletion and insertion curves, the agreement between maps, per-image rows
 of overlays (image with the boxes of the BagNet's most predictive patches,
@@ -15,17 +15,16 @@ from __future__ import annotations
 import base64
 import html
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from bagnet_keras.core.files import write_atomic
-from bagnet_keras.explain.evidence import evidence_map, top_patches
 from bagnet_keras.explain.registry import METHODS
-from bagnet_keras.metrics.comparison import Comparison, is_bagnet
-from bagnet_keras.report.plot import plot_curves, plot_heatmap, plot_overlay, plot_patches, render_figure, to_display
+from bagnet_keras.metrics.comparison import Comparison
+from bagnet_keras.report.plot import plot_curves, plot_heatmap, plot_overlay, plot_patches, render_figure
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -89,42 +88,29 @@ def _overlays(
 
 def write_report(
     comparison: Comparison,
-    models: Mapping[str, object],
-    images: np.ndarray,
-    labels: Sequence[int],
     class_names: Sequence[str],
     output_dir: str | os.PathLike,
-    deprocess: Callable | None = None,
-    output: int | str | None = None,
     title: str = "Grad-CAM and BagNet evidence",
     findings: Sequence[str] = (),
     max_images: int = 12,
-    patches_per_class: int = 8,
 ) -> str:
     """Write ``report.html`` (and ``figures/*.png``) into ``output_dir``; returns the report's path.
+
+    The report is drawn from the comparison alone (its images, maps,
+    curves, tables and BagNet views); no model runs here.
 
     Parameters
     ----------
     comparison : Comparison
-        From `bagnet_keras.metrics.comparison.compare` on these models, images and labels.
-    models : mapping name -> keras.Model
-    images : array (N, H, W, C)
-        The preprocessed images given to `compare`.
-    labels : sequence of N ints
+        From `bagnet_keras.metrics.comparison.compare` (give it ``deprocess=`` so the images look right).
     class_names : sequence of str
     output_dir : path
         Output folder; nothing is written outside it.
-    deprocess : callable, optional
-        Turns the preprocessed images back into displayable RGB.
-    output : int or str, optional
-        The head explained, for multi-output models.
     title : str
     findings : sequence of str
         Sentences stated at the top (e.g. the numbers a study checks).
     max_images : int
         Images shown with all their maps (misclassified ones come in addition).
-    patches_per_class : int
-        Size of each class's patch gallery (BagNets only).
 
     Returns
     -------
@@ -132,20 +118,22 @@ def write_report(
 
     Examples
     --------
-    >>> models = {"cnn": cnn, "bagnet": bagnet}  # doctest: +SKIP
-    >>> path = write_report(result, models, x_test, y_test, names, "runs/report")  # doctest: +SKIP
+    >>> result = compare({"cnn": cnn, "bagnet": bagnet}, x_test, y_test, deprocess=deprocess_input)  # doctest: +SKIP
+    >>> path = write_report(result, names, "runs/report")  # doctest: +SKIP
     """
     output_dir = os.fspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     figure = _Figures(output_dir)
-    images = np.asarray(images)
-    labels = np.asarray(labels).astype(int)
-    display = np.stack([to_display(x, deprocess) for x in images])
+    if comparison.images is None or comparison.labels is None:
+        raise ValueError("This comparison holds no images; make it with bagnet_keras.compare (it keeps them).")
+    display = comparison.images / 255.0
+    labels = np.asarray(comparison.labels).astype(int)
     name_of = list(class_names)
+    models = list(comparison.summary["accuracy"])
     predicted = {name: np.array([r["predicted"] for r in comparison.model_rows if r["model"] == name])
                  for name in models}  # fmt: skip
     parts = [f"<h1>{html.escape(title)}</h1>"]
-    parts.append(f'<p class="note">{len(images)} images, {len(name_of)} classes, models: '
+    parts.append(f'<p class="note">{len(labels)} images, {len(name_of)} classes, models: '
                  f"{html.escape(', '.join(models))}.</p>")  # fmt: skip
     if findings:
         parts.append("<h2>Findings</h2>" + "".join(f'<p class="finding">{html.escape(f)}</p>' for f in findings))
@@ -182,23 +170,18 @@ def write_report(
                  + _table(["map", "map", "Spearman mean", "low", "high", "n"], rows,
                           "rank correlation of the maps over 8x8 cells, per image"))  # fmt: skip
 
-    bagnets = [name for name, model in models.items() if is_bagnet(model, output)]
     columns = {f"{m}/{meth}": maps for (m, meth), maps in comparison.maps.items()}
     boxes: dict[int, np.ndarray] = {}
-    if bagnets:
-        bagnet = models[bagnets[0]]
-        chosen = evidence_map(bagnet, images, class_index=predicted[bagnets[0]], output=output)
-        columns[f"{bagnets[0]}/evidence, predicted class"] = chosen.upsample()
-        true = evidence_map(bagnet, images, class_index=labels, output=output)
-        grid_boxes = true.boxes().reshape(-1, 4)  # the same positions for every image
-        for i in range(len(images)):
-            boxes[i] = grid_boxes[np.argsort(true.maps[i].ravel())[::-1][:3]]
+    bagnet = comparison.evidence.get("model")
+    if bagnet is not None:
+        columns[f"{bagnet}/evidence, predicted class"] = comparison.evidence["predicted"]
+        boxes = dict(enumerate(comparison.evidence["boxes"]))
 
     def titles(indices):
         return [f"#{i} {name_of[labels[i]]}\n" + "\n".join(f"{m}: {name_of[predicted[m][i]]}" for m in models)
                 for i in indices]  # fmt: skip
 
-    shown = list(range(min(max_images, len(images))))
+    shown = list(range(min(max_images, len(labels))))
     parts.append('<h2>Images</h2><p class="note">First column: the image with the boxes of the 3 patches with '
                  "the most evidence for the true class (BagNet). Red: evidence for the class, blue: against; "
                  "other maps are scaled to [0, 1].</p>")  # fmt: skip
@@ -207,17 +190,13 @@ def write_report(
         fig = _overlays(display, chunk, columns, boxes, titles(chunk))
         parts.append(figure(fig, f"images_{start:03d}", "maps of images"))
 
-    if bagnets:
-        parts.append(f"<h2>Most informative patches per class ({html.escape(bagnets[0])})</h2>")
-        for c, class_name in enumerate(name_of):
-            of_class = images[labels == c]
-            if len(of_class) == 0:
-                continue
-            best = top_patches(models[bagnets[0]], of_class, c, k=patches_per_class, output=output)
-            fig = plot_patches(best, deprocess, title=f"{class_name}: most evidence for the class")
-            parts.append(figure(fig, f"patches_{c:03d}", f"patches of {class_name}"))
+    if bagnet is not None:
+        parts.append(f"<h2>Most informative patches per class ({html.escape(bagnet)})</h2>")
+        for c, best in sorted(comparison.patches.items()):
+            fig = plot_patches(best, title=f"{name_of[c]}: most evidence for the class")
+            parts.append(figure(fig, f"patches_{c:03d}", f"patches of {name_of[c]}"))
 
-    wrong = [i for i in range(len(images)) if any(predicted[m][i] != labels[i] for m in models)]
+    wrong = [i for i in range(len(labels)) if any(predicted[m][i] != labels[i] for m in models)]
     parts.append(f"<h2>Misclassified ({len(wrong)})</h2>")
     if not wrong:
         parts.append("<p>Every image was classified correctly by every model.</p>")

@@ -17,32 +17,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from bagnet_keras.core.files import write_atomic
+from bagnet_keras.core.files import to_display, write_atomic
 from bagnet_keras.explain.evidence import EvidenceMap, TopPatches
-
-
-def to_display(image, deprocess: Callable | None = None) -> np.ndarray:
-    """An image as float RGB in [0, 1] for ``imshow``.
-
-    ``deprocess`` (e.g. `bagnet_keras.deprocess_input`) undoes the model's
-    preprocessing; without it, uint8 and [0, 255] images are divided by 255,
-    [0, 1] images kept, and anything else (normalised inputs) min-max scaled.
-
-    Examples
-    --------
-    >>> to_display(np.full((2, 2, 3), 255, dtype="uint8")).max()
-    np.float64(1.0)
-    """
-    image = np.asarray(deprocess(image) if deprocess is not None else image)
-    if image.dtype == np.uint8:
-        return image / 255.0
-    image = image.astype("float64")
-    low, high = image.min(), image.max()
-    if low >= 0 and high <= 1:
-        return image
-    if low >= 0 and high <= 255:
-        return image / 255.0
-    return (image - low) / (high - low) if high > low else np.zeros_like(image)
 
 
 def _edges(image: np.ndarray) -> np.ndarray:
