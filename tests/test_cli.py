@@ -66,3 +66,18 @@ def test_explain_and_compare_commands_write_reports(tmp_path, capsys):
     assert "Explanations of" in (tmp_path / "explain" / "report.html").read_text()
     assert main(["compare", "--model", "cnn", "--data", str(tmp_path / "data")]) == 2
     assert "NAME=PATH" in capsys.readouterr().err
+
+
+def test_tensorflow_start_up_lines_only_with_verbose():
+    import subprocess
+    import sys
+
+    def stderr(*args):
+        code = "import sys; from bagnet_keras.app.cli import main; sys.exit(main(['predict', *sys.argv[1:]]))"
+        done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0 and "top class" in done.stdout, done.stderr
+        return done.stderr
+
+    quiet = stderr()
+    assert "oneDNN" not in quiet and "I0000" not in quiet
+    assert "I0000" in stderr("--verbose")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -84,23 +85,24 @@ def start_tensorflow(verbose: bool = False) -> None:
     itself can keep those lines out of a user's terminal or CI log; Python
     errors raised by the import still reach stderr.
     """
-    if verbose:
-        import keras  # noqa: F401
-
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    sys.stderr.flush()
-    saved = os.dup(2)
+    saved = None
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        sys.stderr.flush()
+        with contextlib.suppress(OSError):  # no stderr to protect
+            saved = os.dup(2)
     try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            import keras  # noqa: F401
-            import tensorflow as tf
+        if saved is not None:
+            with open(os.devnull, "w") as null:
+                os.dup2(null.fileno(), 2)
+        import keras  # noqa: F401
+        import tensorflow as tf
 
-            tf.config.list_physical_devices()  # CUDA's probe logs at the first device query
+        tf.config.list_physical_devices()  # CUDA's probe logs at the first device query
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        if saved is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def demo(args: argparse.Namespace) -> int:
