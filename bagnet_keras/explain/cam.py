@@ -30,6 +30,7 @@ from bagnet_keras.core.graph import (
     find_layer,
     last_spatial_layer,
     producing_layer,
+    score_function,
     target_scores,
 )
 from bagnet_keras.core.inputs import (
@@ -155,20 +156,9 @@ class BaseCAM:
 
     def class_scores(self, x: np.ndarray, classes: np.ndarray) -> np.ndarray:
         """Score of ``classes[i]`` for ``x[i]`` (the ``target`` score, batched)."""
-        import tensorflow as tf
-
-        index, target = self.output, self.target
-
-        def build(model_ref):
-            @tf.function(reduce_retracing=True)
-            def forward(x, classes):
-                scores = target_scores(model_ref(), x, index, target)
-                return tf.gather(scores, classes, axis=1, batch_dims=1)
-
-            return forward
-
-        forward = compiled(self.model, ("class_scores", index, target), build)
-        return in_batches(forward, self.batch_size, x, classes)
+        forward = score_function(self.model, self.output, self.target)
+        scores = in_batches(forward, self.batch_size, x)
+        return np.take_along_axis(scores, np.asarray(classes)[:, None], axis=1)[:, 0]
 
     def channel_weights(
         self, x: np.ndarray, activations: np.ndarray, grads: np.ndarray, classes: np.ndarray
