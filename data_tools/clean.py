@@ -8,11 +8,16 @@ orientation, uniform borders, a format other than JPEG or PNG) are rewritten
 as JPEG through a temporary file, and their originals moved to
 ``<root>/_quarantine/_originals/<class>/``. Nothing is deleted, nothing is
 written outside ``root``, and running it again changes nothing.
+
+Every change of a run is one `bagnet_keras.core.commit.Transaction`: the
+files are inspected and the re-encoded ones staged under temporary names
+first, then the moves, the renames and the new manifest are committed
+together. A kill before the commit point leaves the dataset as it was; a
+kill after it is finished by the next run, before it does anything else.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections import Counter
@@ -22,10 +27,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
-from bagnet_keras.core.files import atomic_target
+from bagnet_keras.core.commit import Transaction, disk_full_errors, file_sha256, folder_lock, recover
 from data_tools.dedupe import DEFAULT_THRESHOLD, check_threshold, duplicate_groups, perceptual_hash
 from data_tools.images import MAX_PIXELS, Rejected, load_clean
-from data_tools.manifest import read_manifest, write_manifest
+from data_tools.manifest import MANIFEST, manifest_text, read_manifest
 
 QUARANTINE = "_quarantine"
 _KEPT_FORMATS = ("JPEG", "PNG")
@@ -54,49 +59,40 @@ def class_folders(root: str) -> list[str]:
     )
 
 
-def _unique_path(path: str) -> str:
-    stem, ext = os.path.splitext(path)
-    candidate, k = path, 1
-    while os.path.exists(candidate):
-        candidate = f"{stem}_{k}{ext}"
-        k += 1
-    return candidate
+def _inspect(root: str, rel: str, options: dict, tx: Transaction) -> dict:
+    """Check one file (reading only) and stage its re-encoded copy where it needs one.
 
-
-def _move_to_quarantine(root: str, rel: str, folder: str = "") -> str:
-    target = _unique_path(os.path.join(root, QUARANTINE, folder, rel))
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    os.replace(os.path.join(root, rel), target)
-    return os.path.relpath(target, root).replace(os.sep, "/")
-
-
-def _sha256(path: str) -> str:
-    with open(path, "rb") as f:  # images that passed the pixel-count check: small enough to read whole
-        return hashlib.sha256(f.read()).hexdigest()
-
-
-def _process(root: str, rel: str, options: dict) -> dict:
-    """Check one file; rewrite or quarantine it. Returns the manifest fields it sets."""
+    Returns the manifest fields it sets, and ``staged`` for a re-encoded file.
+    """
     path = os.path.join(root, rel)
     try:
         clean = load_clean(path, **options)
     except Rejected as reason:
-        return {"status": "rejected", "reason": str(reason), "quarantine": _move_to_quarantine(root, rel)}
+        return {"status": "rejected", "reason": str(reason)}
     result = {"status": "ok", "reason": None, "width": clean.image.width, "height": clean.image.height}
     if clean.changes or clean.format not in _KEPT_FORMATS:
-        changes = clean.changes or [f"{clean.format} to JPEG"]
-        stem = os.path.splitext(rel)[0]
-        new_rel = stem + ".jpg"
-        if new_rel != rel and os.path.exists(os.path.join(root, new_rel)):
-            new_rel = os.path.relpath(_unique_path(os.path.join(root, new_rel)), root).replace(os.sep, "/")
-        with atomic_target(os.path.join(root, new_rel)) as tmp:
-            clean.image.save(tmp, "JPEG", quality=95)
-            result["original"] = _move_to_quarantine(root, rel, "_originals")
-        result.update(path=new_rel, converted=changes)
-    final = os.path.join(root, result.get("path", rel))
-    result["sha256"] = _sha256(final)
+        staged = tx.stage(os.path.splitext(rel)[0] + ".jpg")
+        clean.image.save(staged, "JPEG", quality=95)
+        result.update(staged=staged, converted=clean.changes or [f"{clean.format} to JPEG"])
+    result["sha256"] = file_sha256(result.get("staged", path))
     result["dhash"] = f"{perceptual_hash(clean.image):016x}"
     return result
+
+
+def _plan(tx: Transaction, rel: str, result: dict) -> dict:
+    """Plan the moves of one inspected file; returns its fields with the paths it will have."""
+    if result["status"] == "rejected":
+        return {**result, "quarantine": tx.move(rel, f"{QUARANTINE}/{rel}")}
+    if "staged" not in result:
+        return result
+    result = dict(result)
+    staged = result.pop("staged")
+    new_rel = os.path.splitext(rel)[0] + ".jpg"
+    if new_rel != rel:
+        new_rel = tx.free_path(new_rel)
+    result["original"] = tx.move(rel, f"{QUARANTINE}/_originals/{rel}")
+    tx.replace(staged, new_rel)
+    return {**result, "path": new_rel}
 
 
 def clean(
@@ -146,6 +142,17 @@ def clean(
     if not max_aspect >= 1:
         raise ValueError(f"`max_aspect` must be at least 1. Received: max_aspect={max_aspect!r}")
     check_threshold(threshold)  # before any file is touched
+    class_folders(root)  # the folder must exist before its lock can
+    options = dict(min_size=min_size, max_aspect=max_aspect, max_pixels=max_pixels, crop_borders=crop_borders)
+    with folder_lock(root, "clean"), disk_full_errors(root), Transaction(root) as tx:
+        recover(root)
+        report = _clean(root, tx, options, threshold, workers, progress)
+        tx.commit()
+    return report
+
+
+def _clean(root: str, tx: Transaction, options: dict, threshold: int, workers, progress: bool) -> CleanReport:
+    """Plan the whole run into ``tx``; the caller commits it."""
     records = read_manifest(root)
     files = [
         f"{label}/{name}"
@@ -153,34 +160,33 @@ def clean(
         for name in sorted(os.listdir(os.path.join(root, label)))
         if not name.startswith(".") and os.path.isfile(os.path.join(root, label, name))
     ]
-    options = dict(min_size=min_size, max_aspect=max_aspect, max_pixels=max_pixels, crop_borders=crop_borders)
     report = CleanReport()
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        results = pool.map(lambda rel: _process(root, rel, options), files)
-        kept = []
+        results = pool.map(lambda rel: _inspect(root, rel, options, tx), files)
+        kept, seen = [], set()
         quiet = None if progress else True  # None: tqdm shows the bar on a terminal only
         for rel, result in tqdm(zip(files, results, strict=True), total=len(files), desc="clean", disable=quiet):
             record = {**records.pop(rel, {}), "path": rel, "class": rel.split("/")[0], "cleaned": now}
-            record.update(result)
+            record.update(_plan(tx, rel, result))
             records[record["path"]] = record
+            seen.add(record["path"])
             if result["status"] == "rejected":
                 report.reasons[result["reason"].split(":")[0]] += 1
             else:
                 kept.append(record)
                 report.converted += "converted" in result
-    processed = set(files)
     for rel, record in records.items():
         # A file removed by hand since the last run must not reach split or the loader.
-        if record.get("status") == "ok" and rel not in processed and not os.path.exists(os.path.join(root, rel)):
+        if record.get("status") == "ok" and rel not in seen and not os.path.exists(os.path.join(root, rel)):
             record.update(status="missing", reason="missing: the file is no longer in the dataset")
-    _drop_duplicates(root, kept, records, threshold, report)
+    _drop_duplicates(tx, kept, threshold, report)
     report.kept = len(kept) - report.duplicates
-    write_manifest(root, records)
+    tx.write(MANIFEST, manifest_text(records))
     return report
 
 
-def _drop_duplicates(root: str, kept: list[dict], records: dict, threshold: int, report: CleanReport) -> None:
+def _drop_duplicates(tx: Transaction, kept: list[dict], threshold: int, report: CleanReport) -> None:
     if not kept:
         return
     hashes = np.array([int(r["dhash"], 16) for r in kept], dtype=np.uint64)
@@ -199,6 +205,6 @@ def _drop_duplicates(root: str, kept: list[dict], records: dict, threshold: int,
         record.update(
             status="duplicate",
             reason=f"near-duplicate: of {first['path']} ({distance} bits apart)",
-            quarantine=_move_to_quarantine(root, record["path"]),
+            quarantine=tx.move(record["path"], f"{QUARANTINE}/{record['path']}"),
         )
         report.duplicates += 1

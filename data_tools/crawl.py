@@ -12,13 +12,22 @@ module adds what a dataset needs and icrawler does not do:
   size, aspect-ratio and pixel-count checks as `data_tools.clean`; bytes
   already in the dataset are not kept twice;
 - files are named ``<class>/000001.<format>`` upwards by this module (never
-  from the URL), written to a hidden temporary name, recorded in the manifest
-  and only then renamed, so neither a failure nor SIGKILL leaves a partial or
-  unrecorded file, and nothing is written outside ``root``;
+  from the URL) and committed through `bagnet_keras.core.commit`: written
+  and flushed under a hidden staged name, recorded in the manifest (the
+  record, with the file's sha256, is the intent), then renamed. On resume a
+  record whose rename a kill interrupted is finished (the staged bytes match
+  the recorded sha256); a record without its bytes is dropped and its URL
+  fetched again. So neither a failure nor SIGKILL at any instant leaves a
+  partial or unrecorded file or loses a picture, and nothing is written
+  outside ``root``;
 - every URL that did not give a kept file is recorded, with the reason, in
   ``<root>/crawl_log.jsonl``;
 - running the same crawl again resumes: URLs already tried are skipped, files
-  are never overwritten, and each class is filled up to ``n_per_class``.
+  are never overwritten, and each class is filled up to ``n_per_class``;
+- one writer at a time: a second crawl, or a clean or split of the folder
+  while a crawl writes it, stops with an error naming the lock file and the
+  process holding it; a full disk stops the crawl with an error naming the
+  folder (`bagnet_keras.core.commit.NoSpaceError`), keeping what it kept.
 """
 
 from __future__ import annotations
@@ -38,13 +47,23 @@ from urllib.parse import quote_plus
 from icrawler.storage import BaseStorage
 from tqdm.auto import tqdm
 
+from bagnet_keras.core.commit import (
+    append_lines,
+    disk_full_errors,
+    finish_staged,
+    folder_lock,
+    read_lines,
+    recover,
+    rename_durably,
+    repair_lines,
+    staged_path,
+)
 from data_tools.engines import ENGINES, SEARCH_LIMIT, check_filters, finish_crawler, make_crawler
 from data_tools.fetch import LimitedSession
 from data_tools.images import MAX_PIXELS, Rejected, load_clean
-from data_tools.manifest import append_jsonl, manifest_path, read_jsonl, read_manifest, write_manifest
+from data_tools.manifest import manifest_path, read_manifest, write_manifest
 
 CRAWL_LOG = "crawl_log.jsonl"
-LOCK_FILE = ".crawl.lock"
 FLICKR_KEY_VARIABLE = "FLICKR_APIKEY"  # the variable icrawler's Flickr crawler reads
 
 logger = logging.getLogger(__name__)
@@ -129,9 +148,9 @@ class _Store(BaseStorage):
     def write(self, id, data):
         task = self.pending.pop(id)
         final = os.path.join(self.root, id)
-        tmp = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.part")
+        staged = staged_path(final)
         try:
-            with open(tmp, "wb") as f:
+            with open(staged, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
@@ -152,10 +171,9 @@ class _Store(BaseStorage):
             if "page" in task:
                 record["page"] = task["page"]
             with self.lock:
-                append_jsonl(manifest_path(self.root), [record])
-            # Recorded first, renamed last: a kill in between leaves a record whose file is missing,
-            # which the next run marks as such, never a file nobody knows the source of.
-            os.replace(tmp, final)
+                append_lines(manifest_path(self.root), [record])
+            # The record is the intent: a kill from here on is rolled forward by the next run's _reconcile.
+            rename_durably(staged, final)
         except OSError as error:
             # Disk full or similar: no later file would fare better, so the crawl stops with this error.
             self.error = error
@@ -188,7 +206,7 @@ class _Store(BaseStorage):
         entry = {"time": _now(), "class": self.label, "engine": self.engine, "query": self.query, "url": url}
         entry["reason"] = reason
         with self.lock:
-            append_jsonl(os.path.join(self.root, CRAWL_LOG), [entry])
+            append_lines(os.path.join(self.root, CRAWL_LOG), [entry])
             self.state.failures[reason.split(":")[0]] += 1
         logger.warning("%s: %s (%s)", self.label, url, reason)
 
@@ -216,22 +234,33 @@ def _index(path: str) -> int:
 def _reconcile(root: str, labels: Sequence[str], options: dict) -> tuple[_State, dict[str, int]]:
     """Bring the manifest in line with the class folders after any earlier run, and read the state.
 
-    Hidden ``.part`` files of an interrupted run are removed; records whose
-    file has gone are marked missing; valid files nobody recorded (added by
-    hand) are adopted. Returns the state and the valid images per class.
+    Recovery first (`bagnet_keras.core.commit`): lines a kill cut short are
+    cut off; a record whose file is missing is finished from its staged file
+    when that holds the recorded bytes, and dropped otherwise (its URL will be
+    fetched again), unless the file was committed and later removed (by hand
+    or by clean), which leaves it marked missing; then every other temporary
+    file goes. Valid files nobody recorded (added by hand) are adopted.
+    Returns the state and the valid images per class.
     """
+    manifest = manifest_path(root)
+    repair_lines(manifest)
+    repair_lines(os.path.join(root, CRAWL_LOG))
     records = read_manifest(root)
     changed = False
     for label in labels:
-        folder = os.path.join(root, label)
-        os.makedirs(folder, exist_ok=True)
-        for name in os.listdir(folder):
-            if name.startswith(".") and name.endswith(".part"):
-                os.remove(os.path.join(folder, name))
-    for rel, record in records.items():
-        if record.get("status") == "ok" and not os.path.exists(os.path.join(root, rel)):
-            record.update(status="missing", reason="missing: the file is not in the dataset (interrupted or removed)")
+        os.makedirs(os.path.join(root, label), exist_ok=True)
+    for rel, record in list(records.items()):
+        if record.get("status") != "ok" or os.path.exists(os.path.join(root, rel)):
+            continue
+        final = os.path.join(root, rel)
+        if os.path.exists(staged_path(final)):
+            if not finish_staged(final, record["sha256"]):
+                del records[rel]  # recorded, but its bytes never reached the disk whole: fetch it again
+                changed = True
+        else:
+            record.update(status="missing", reason="missing: the file is not in the dataset (removed)")
             changed = True
+    recover(root)
     for label in labels:
         for name in sorted(os.listdir(os.path.join(root, label))):
             rel = f"{label}/{name}"
@@ -269,7 +298,7 @@ def _reconcile(root: str, labels: Sequence[str], options: dict) -> tuple[_State,
         for name in os.listdir(os.path.join(root, label)):
             state.next_index[label] = max(state.next_index[label], _index(name))
         state.next_index[label] += 1
-    for entry in read_jsonl(os.path.join(root, CRAWL_LOG)):
+    for entry in read_lines(os.path.join(root, CRAWL_LOG)):
         state.urls.add(entry["url"])
         state.tried[entry.get("class"), entry.get("query")] += 1
     return state, {label: counts[label] for label in labels}
@@ -487,7 +516,7 @@ def crawl(
     options = dict(min_size=min_size, max_aspect=max_aspect, max_pixels=max_pixels, timeout=timeout)
     options.update(deadline=deadline, max_bytes=max_bytes, retries=retries, backoff=backoff, threads=threads)
     os.makedirs(root, exist_ok=True)
-    with _locked(root):
+    with folder_lock(root, "crawl"), disk_full_errors(root):
         state, counts = _reconcile(root, list(classes), options)
         report = CrawlReport(counts=dict(counts))
         for label, label_queries in classes.items():
@@ -537,30 +566,6 @@ def _crawl_class(store: _Store, engine: str, queries: list[str], filters, thread
 
 
 def _raise_store_error(store: _Store) -> None:
-    if store.error is not None:
-        raise OSError(f"Could not write into {store.root!r}: {store.error}") from store.error
-
-
-class _locked:
-    """An exclusive lock on ``root`` for the crawl (released by the OS if the process dies)."""
-
-    def __init__(self, root: str):
-        self.path = os.path.join(root, LOCK_FILE)
-
-    def __enter__(self):
-        self.file = open(self.path, "a")
-        try:
-            import fcntl
-        except ImportError:  # Windows: no advisory locks; concurrent crawls of one folder are the user's care
-            return self
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.close()
-            raise ValueError(
-                f"Another crawl is writing into {os.path.dirname(self.path)!r}; wait for it or stop it first."
-            ) from None
-        return self
-
-    def __exit__(self, *exc):
-        self.file.close()
+    error = store.error
+    if error is not None:  # the errno stays, so that disk_full_errors can tell a full disk
+        raise OSError(error.errno, f"Could not write into {store.root!r}: {error.strerror or error}") from error

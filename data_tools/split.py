@@ -1,4 +1,10 @@
-"""Stratified train/val/test split in which near-duplicate groups never straddle two splits."""
+"""Stratified train/val/test split in which near-duplicate groups never straddle two splits.
+
+The split is a function of the manifest and the arguments, so a run killed
+at any point and started again writes the same manifest and copies: each
+file is written whole through `bagnet_keras.core.commit`, and the
+temporary files a kill left are removed first.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
-from bagnet_keras.core.files import atomic_target
+from bagnet_keras.core.commit import atomic_target, disk_full_errors, folder_lock, recover, sweep_temporary
 from data_tools.dedupe import DEFAULT_THRESHOLD, duplicate_groups
 from data_tools.manifest import read_manifest, write_manifest
 
@@ -91,6 +97,14 @@ def split(
     {'train': Counter({'berlin': 280, ...}), 'val': ..., 'test': ...}
     """
     ratios = _check_ratios(ratios)
+    if not os.path.isdir(root):
+        raise ValueError(f"Dataset folder {root!r} does not exist.")
+    with folder_lock(root, "split"), disk_full_errors(copy_to or root):
+        recover(root)
+        return _split(root, ratios, seed, threshold, copy_to)
+
+
+def _split(root: str, ratios: np.ndarray, seed: int, threshold: int, copy_to: str | None) -> dict[str, Counter]:
     records = read_manifest(root)
     usable = [r for r in records.values() if r.get("status") == "ok" and "dhash" in r]
     if not usable:
@@ -105,6 +119,8 @@ def split(
         summary[name][record["class"]] += 1
     write_manifest(root, records)
     if copy_to is not None:
+        if os.path.isdir(copy_to):
+            sweep_temporary(copy_to)
         for record in usable:
             target = os.path.join(copy_to, record["split"], record["path"])
             os.makedirs(os.path.dirname(target), exist_ok=True)

@@ -12,7 +12,7 @@ import os
 import cv2
 import numpy as np
 
-from bagnet_keras.core.files import atomic_target
+from bagnet_keras.core.commit import atomic_target
 
 
 def scene(seed: int, size: int | tuple[int, int] = 256) -> np.ndarray:

@@ -17,10 +17,11 @@ import time
 import pytest
 from search_server import FAULTS, SearchServer, jpeg_bytes, png_bytes
 
+from bagnet_keras.core.commit import LOCK_FILE, FolderBusyError, folder_lock, read_lines
 from data_tools.cli import main as data_tools_main
 from data_tools.crawl import CRAWL_LOG, crawl, load_classes
 from data_tools.images import load_clean
-from data_tools.manifest import read_jsonl, read_manifest
+from data_tools.manifest import read_manifest
 
 FAST = dict(timeout=1.0, deadline=2.0, retries=1, backoff=0.01, threads=4, progress=False)
 
@@ -45,7 +46,7 @@ def _files(root):
     for folder, _, names in os.walk(root):
         for name in names:
             found.add(os.path.relpath(os.path.join(folder, name), root).replace(os.sep, "/"))
-    return found - {"manifest.jsonl", CRAWL_LOG, ".crawl.lock"}
+    return found - {"manifest.jsonl", CRAWL_LOG, LOCK_FILE}
 
 
 def _check_consistent(root, labels, n):
@@ -142,7 +143,7 @@ def fault_crawl(tmp_path_factory):
     report = crawl(root, ["faults"], 6, endpoint=server.url, **FAST)
     elapsed = time.monotonic() - start
     server.close()
-    log = {entry["url"]: entry["reason"] for entry in read_jsonl(str(root / CRAWL_LOG))}
+    log = {entry["url"]: entry["reason"] for entry in read_lines(str(root / CRAWL_LOG))}
     yield dict(root=root, base=base, report=report, faults=faults, log=log, elapsed=elapsed, requests=server.requests)
 
 
@@ -315,11 +316,10 @@ def test_crawl_leaves_the_callers_logging_alone(server, tmp_path):
 
 
 def test_one_crawl_per_folder_at_a_time(server, tmp_path):
-    from data_tools.crawl import _locked
-
-    with _locked(str(tmp_path)):
-        with pytest.raises(ValueError, match="Another crawl"):
+    with folder_lock(str(tmp_path), "crawl"):
+        with pytest.raises(FolderBusyError, match=rf"process {os.getpid()} \('crawl'\).*lock file .*\.lock"):
             crawl(tmp_path, ["Bern"], 1, endpoint=server.url, **FAST)
+    assert server.requests == []
 
 
 def test_cli_crawl(server, tmp_path, capsys):

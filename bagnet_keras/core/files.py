@@ -1,12 +1,6 @@
-"""Files shared by the library and data_tools: atomic writes and the one image reader.
+"""Image files shared by the library and data_tools: the one image reader and display conversions.
 
-A file is written under a hidden temporary name beside its final path,
-flushed to disk, then renamed over the final path (and the folder flushed
-where the platform allows), so a reader never sees half of it: the final
-path holds the old file or the whole new one. Every result writer of the
-package goes through `atomic_target` (model checkpoints, converted weights,
-manifests, generated and converted images, split copies, reports, tables);
-the crawler keeps its own ``.part`` files because resuming a crawl reads them.
+(Writing files goes through `bagnet_keras.core.commit`.)
 
 `read_image` is how both the training pipeline (``data_tools.loader``) and
 the explanation and comparison commands turn a file into an array, so a
@@ -15,84 +9,10 @@ model sees the same pixels in training and in its explanations.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import uuid
 from collections.abc import Callable
 
 import numpy as np
-
-#: Hidden temporary files start with this; the final name follows, so writers that choose the format
-#: from the extension (Keras, h5py, Pillow) see the right one.
-TEMPORARY_PREFIX = ".partial-"
-
-
-def temporary_path(path: str | os.PathLike) -> str:
-    """A fresh hidden path beside ``path`` that keeps its name (and extension) at the end.
-
-    Examples
-    --------
-    >>> name = os.path.basename(temporary_path("runs/best.keras"))
-    >>> name.startswith(TEMPORARY_PREFIX) and name.endswith("-best.keras")
-    True
-    """
-    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
-    return os.path.join(folder, f"{TEMPORARY_PREFIX}{uuid.uuid4().hex[:12]}-{name}")
-
-
-def _fsync(path: str, directory: bool = False) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
-    except OSError:  # folders cannot be opened on Windows; the rename is what matters there
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_target(path: str | os.PathLike):
-    """Yield a temporary path to write ``path``'s new content to; it replaces ``path`` when the block succeeds.
-
-    On an exception the temporary file is removed and ``path`` is left as it
-    was.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> folder = tempfile.mkdtemp()
-    >>> with atomic_target(os.path.join(folder, "a.txt")) as tmp:
-    ...     _ = open(tmp, "w").write("whole")
-    >>> open(os.path.join(folder, "a.txt")).read(), os.listdir(folder)
-    ('whole', ['a.txt'])
-    """
-    path = os.fspath(path)
-    tmp = temporary_path(path)
-    try:
-        yield tmp
-        _fsync(tmp)
-        os.replace(tmp, path)
-        _fsync(os.path.dirname(os.path.abspath(path)), directory=True)
-    finally:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
-
-
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> str:
-    """Write ``data`` (text as UTF-8) to ``path`` through `atomic_target`.
-
-    Examples
-    --------
-    >>> write_atomic("runs/results.json", "{}")  # doctest: +SKIP
-    'runs/results.json'
-    """
-    with atomic_target(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data if isinstance(data, bytes) else data.encode("utf-8"))
-    return os.fspath(path)
 
 
 def fit_image(image, image_size: tuple[int, int], resample=None, crop_to_aspect_ratio: bool = True):

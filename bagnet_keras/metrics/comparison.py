@@ -28,7 +28,8 @@ import keras
 import numpy as np
 from tqdm.auto import tqdm
 
-from bagnet_keras.core.files import display_images, write_atomic
+from bagnet_keras.core.commit import write_atomic
+from bagnet_keras.core.files import display_images
 from bagnet_keras.core.graph import check_target, iter_layers
 from bagnet_keras.core.inputs import check_images, output_index
 from bagnet_keras.core.layers import StemConv

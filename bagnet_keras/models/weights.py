@@ -18,7 +18,7 @@ from typing import NamedTuple
 import keras
 import numpy as np
 
-from bagnet_keras.core.files import atomic_target
+from bagnet_keras.core.commit import atomic_target
 from bagnet_keras.core.layers import StemConv
 from bagnet_keras.models.torch_checkpoint import load_checkpoint, state_dict_from_checkpoint
 

@@ -21,7 +21,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from bagnet_keras.core.files import write_atomic
+from bagnet_keras.core.commit import write_atomic
 from bagnet_keras.explain.registry import METHODS
 from bagnet_keras.metrics.comparison import Comparison
 from bagnet_keras.report.plot import plot_curves, plot_heatmap, plot_overlay, plot_patches, render_figure

@@ -17,7 +17,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from bagnet_keras.core.files import to_display, write_atomic
+from bagnet_keras.core.commit import write_atomic
+from bagnet_keras.core.files import to_display
 from bagnet_keras.explain.evidence import EvidenceMap, TopPatches
 
 

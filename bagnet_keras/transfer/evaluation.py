@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from sklearn.metrics import classification_report, confusion_matrix
 
-from bagnet_keras.core.files import write_atomic
+from bagnet_keras.core.commit import write_atomic
 from bagnet_keras.core.graph import output_names
 from bagnet_keras.core.inputs import check_image_size
 

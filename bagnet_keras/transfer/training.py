@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import keras
 import numpy as np
 
-from bagnet_keras.core.files import atomic_target
+from bagnet_keras.core.commit import atomic_target
 from bagnet_keras.core.graph import output_names
 from bagnet_keras.core.inputs import check_image_size
 from bagnet_keras.transfer.heads import head_layers
