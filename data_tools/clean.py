@@ -22,7 +22,7 @@ import os
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -144,11 +144,21 @@ def clean(
     check_threshold(threshold)  # before any file is touched
     class_folders(root)  # the folder must exist before its lock can
     options = dict(min_size=min_size, max_aspect=max_aspect, max_pixels=max_pixels, crop_borders=crop_borders)
-    with folder_lock(root, "clean"), disk_full_errors(root), Transaction(root) as tx:
-        recover(root)
-        report = _clean(root, tx, options, threshold, workers, progress)
-        tx.commit()
+    arguments = {**options, "threshold": threshold}
+    with folder_lock(root, "clean"), disk_full_errors(root):
+        finished = recover(root)
+        if finished is not None and finished.get("clean") == arguments:
+            # This command, killed after its commit point: what it committed is its whole result.
+            return _report_from(finished["report"])
+        with Transaction(root) as tx:
+            report = _clean(root, tx, options, threshold, workers, progress)
+            tx.details.update(clean=arguments, report={**asdict(report), "reasons": dict(report.reasons)})
+            tx.commit()
     return report
+
+
+def _report_from(fields: dict) -> CleanReport:
+    return CleanReport(**{**fields, "reasons": Counter(fields["reasons"])})
 
 
 def _clean(root: str, tx: Transaction, options: dict, threshold: int, workers, progress: bool) -> CleanReport:
@@ -196,11 +206,12 @@ def _drop_duplicates(tx: Transaction, kept: list[dict], threshold: int, report: 
     keeper = {}
     for k in order:
         record = kept[k]
-        record["group"] = int(groups[k])
-        if groups[k] not in keeper:
-            keeper[groups[k]] = record
+        first = keeper.setdefault(groups[k], record)
+        # Named by its kept image, not by a component number: a rerun, which no longer sees the
+        # quarantined members, names every group as this run did.
+        record["group"] = first["path"]
+        if first is record:
             continue
-        first = keeper[groups[k]]
         distance = int(np.bitwise_count(hashes[k] ^ np.uint64(int(first["dhash"], 16))))
         record.update(
             status="duplicate",

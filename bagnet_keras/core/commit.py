@@ -293,7 +293,10 @@ class Transaction:
     only temporary files, which `recover` deletes; from then on `recover`
     finishes the renames.
 
-    Paths are relative to ``root`` (``/`` or the OS separator).
+    Paths are relative to ``root`` (``/`` or the OS separator). ``details``
+    (plain JSON data: the writer's arguments and report, say) travel in the
+    intent, and `recover` returns them, so a rerun can tell that the change
+    it finished was its own.
 
     Examples
     --------
@@ -309,8 +312,9 @@ class Transaction:
     (['_quarantine', 'manifest.txt'], ['bad.txt'])
     """
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, details: dict | None = None):
         self.root = os.fspath(root)
+        self.details = dict(details or {})
         self.operations: list[dict] = []
         self.staged: list[str] = []
         self.committed = False
@@ -366,7 +370,7 @@ class Transaction:
         for path in self.staged:
             fsync_path(path)
         intent = os.path.join(self.root, INTENT_FILE)
-        write_atomic(intent, json.dumps({"operations": self.operations}, indent=1))
+        write_atomic(intent, json.dumps({"details": self.details, "operations": self.operations}, indent=1))
         self.committed = True
         _apply(self.root, self.operations)
         os.remove(intent)
@@ -409,31 +413,32 @@ def sweep_temporary(folder: str | os.PathLike) -> list[str]:
     return removed
 
 
-def recover(root: str | os.PathLike) -> bool:
+def recover(root: str | os.PathLike) -> dict | None:
     """Finish a `Transaction` that a kill interrupted under ``root``, then delete leftover temporary files.
 
-    Returns whether a committed intent was applied. Call it under the
-    writer's `folder_lock`, before reading anything the writer keeps.
+    Returns the ``details`` of the transaction it finished, or None when
+    there was none. Call it under the writer's `folder_lock`, before reading
+    anything the writer keeps.
 
     Examples
     --------
     >>> import tempfile
-    >>> recover(tempfile.mkdtemp())
-    False
+    >>> recover(tempfile.mkdtemp()) is None
+    True
     """
     root = os.fspath(root)
     intent = os.path.join(root, INTENT_FILE)
-    applied = False
+    details = None
     if os.path.exists(intent):
         with open(intent, encoding="utf-8") as f:
-            operations = json.load(f)["operations"]
-        _apply(root, operations)
+            committed = json.load(f)
+        _apply(root, committed["operations"])
         os.remove(intent)
         fsync_path(root, directory=True)
-        applied = True
+        details = committed["details"]
     if os.path.isdir(root):
         sweep_temporary(root)
-    return applied
+    return details
 
 
 # -- one writer per folder, and a full disk
