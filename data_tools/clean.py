@@ -18,6 +18,7 @@ kill after it is finished by the next run, before it does anything else.
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from collections import Counter
@@ -72,7 +73,10 @@ def _inspect(root: str, rel: str, options: dict, tx: Transaction) -> dict:
     result = {"status": "ok", "reason": None, "width": clean.image.width, "height": clean.image.height}
     if clean.changes or clean.format not in _KEPT_FORMATS:
         staged = tx.stage(os.path.splitext(rel)[0] + ".jpg")
-        clean.image.save(staged, "JPEG", quality=95)
+        encoded = io.BytesIO()  # encoded first: Pillow's own file writes lose the errno of a full disk
+        clean.image.save(encoded, "JPEG", quality=95)
+        with open(staged, "wb") as f:
+            f.write(encoded.getbuffer())
         result.update(staged=staged, converted=clean.changes or [f"{clean.format} to JPEG"])
     result["sha256"] = file_sha256(result.get("staged", path))
     result["dhash"] = f"{perceptual_hash(clean.image):016x}"

@@ -32,6 +32,7 @@ module adds what a dataset needs and icrawler does not do:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -48,6 +49,7 @@ from icrawler.storage import BaseStorage
 from tqdm.auto import tqdm
 
 from bagnet_keras.core.commit import (
+    FULL_DISK_ERRNOS,
     append_lines,
     disk_full_errors,
     finish_staged,
@@ -176,9 +178,12 @@ class _Store(BaseStorage):
             rename_durably(staged, final)
         except OSError as error:
             # Disk full or similar: no later file would fare better, so the crawl stops with this error.
+            # A staged file whose record did not make it whole is of no use (the next run would drop it).
+            with contextlib.suppress(OSError):
+                os.remove(staged)
             self.error = error
-            self.signal.set(reach_max_num=True)
-            raise
+            self.signal.set(reach_max_num=True)  # the crawl raises it when icrawler's threads have ended
+            return
         with self.lock:
             self.kept += 1
             self.bar.update(1)
@@ -567,5 +572,7 @@ def _crawl_class(store: _Store, engine: str, queries: list[str], filters, thread
 
 def _raise_store_error(store: _Store) -> None:
     error = store.error
-    if error is not None:  # the errno stays, so that disk_full_errors can tell a full disk
+    if error is not None and error.errno in FULL_DISK_ERRNOS:
+        raise error  # disk_full_errors says what to do
+    if error is not None:
         raise OSError(error.errno, f"Could not write into {store.root!r}: {error.strerror or error}") from error

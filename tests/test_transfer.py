@@ -2,6 +2,9 @@
 
 import json
 import os
+import signal
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -110,7 +113,7 @@ def test_save_load_predict_identical_and_interrupted_checkpoint(tmp_path, monkey
     _, _, train = _data(6, seed=5)
     train, _ = with_heads(train, list(TEXTURES), "texture", {"region": REGION})
     fit_classifier(model, train, train, epochs=2, output_dir=tmp_path, verbose=0)
-    assert sorted(os.listdir(tmp_path)) == ["best.keras", "history.csv"]
+    assert sorted(os.listdir(tmp_path)) == ["backup", "best.keras", "history.csv", "run.json"]
     x, _, _ = _data(2, seed=6)
     path = tmp_path / "model.keras"
     save_model(model, path)
@@ -131,7 +134,7 @@ def test_save_load_predict_identical_and_interrupted_checkpoint(tmp_path, monkey
     with pytest.raises(OSError, match="disk full"):
         checkpoint.on_epoch_end(0, {"loss": 0.1})
     assert (tmp_path / "best.keras").read_bytes() == good
-    assert sorted(os.listdir(tmp_path)) == ["best.keras", "history.csv", "model.keras"]
+    assert sorted(os.listdir(tmp_path)) == ["backup", "best.keras", "history.csv", "model.keras", "run.json"]
 
 
 def test_svm_baseline_matches_scikit_learn_on_the_same_features(pretrained):
@@ -309,7 +312,7 @@ def test_street_city_example_runs_offline_on_a_dataset_folder(tmp_path, capsys):
     assert set(results["vgg16/transfer"]) == {"city", "region"}
     assert results["vgg16/transfer"]["region"]["class_names"] == ["East", "West"]
     assert sorted(os.listdir(tmp_path / "runs" / "vgg16" / "transfer")) == [
-        "best.keras", "confusion_city.png", "confusion_region.png", "history.csv"]  # fmt: skip
+        "backup", "best.keras", "confusion_city.png", "confusion_region.png", "history.csv", "run.json"]  # fmt: skip
 
 
 def test_same_seed_same_model():
@@ -333,3 +336,63 @@ def test_training_logs_one_line_per_epoch_off_a_terminal(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(" (")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
     assert all("val_loss" in line and "\r" not in line for line in lines)
+
+
+# -- resumable training (issue 16)
+
+
+def _train(output_dir, mode, argument):
+    script = os.path.join(os.path.dirname(__file__), "killpoint", "train.py")
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, script, str(output_dir), mode, str(argument)], capture_output=True,
+                          text=True, env=env, timeout=300)  # fmt: skip
+
+
+def test_training_killed_in_epoch_3_resumes_from_the_end_of_epoch_2(tmp_path):
+    out = tmp_path / "run"
+    killed = _train(out, "kill", 3)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    state = json.loads((out / "backup" / "state.json").read_text())
+    assert state["epoch"] == 2 and not state["complete"] and len(state["history"]["loss"]) == 2
+    # the backup of the end of epoch 2, read the way Keras reads it: weights and the optimizer's state
+    keras.utils.set_random_seed(0)
+    saved = build_classifier(_tiny_bagnet(), {"texture": 3}, mode="scratch")
+    saved.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    saved.optimizer.build(saved.trainable_variables)
+    saved.load_weights(out / "backup" / state["weights"])
+    assert int(saved.optimizer.iterations.numpy()) == 2 * 3  # two epochs of three batches
+
+    resumed = _train(out, "resume", tmp_path / "start.npz")
+    assert resumed.returncode == 0, resumed.stderr
+    with np.load(tmp_path / "start.npz", allow_pickle=False) as start:
+        assert int(start["epoch"]) == 2  # Keras counts from 0: the third epoch
+        weights = [start[f"weight_{k}"] for k in range(len(saved.get_weights()))]
+        optimizer = [start[f"optimizer_{k}"] for k in range(len(saved.optimizer.variables))]
+    assert all(np.array_equal(a, b) for a, b in zip(weights, saved.get_weights(), strict=True))
+    assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(optimizer, saved.optimizer.variables, strict=True))
+    state = json.loads((out / "backup" / "state.json").read_text())
+    assert state["complete"] and state["epoch"] == 4 and len(state["history"]["loss"]) == 4
+    rows = (out / "history.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,phase,") and [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2", "3"]
+    # the best model where README says: <output_dir>/best.keras
+    best = keras.models.load_model(out / "best.keras", safe_mode=True)
+    assert best.output_names == ["texture"]
+
+
+def test_finished_training_is_not_repeated_and_other_arguments_are_refused(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = build_classifier(_tiny_bagnet(), {"texture": 3}, mode="scratch")
+    _, _, train = _data(3, seed=1, batch=6)
+    history = fit_classifier(model, train, epochs=2, patience=None, output_dir=tmp_path, verbose=0)
+    trained = model.get_weights()
+    calls = []
+    fit = keras.Model.fit
+    try:
+        keras.Model.fit = lambda self, *a, **k: calls.append(k) or fit(self, *a, **k)
+        again = fit_classifier(model, train, epochs=2, patience=None, output_dir=tmp_path, verbose=0)
+    finally:
+        keras.Model.fit = fit
+    assert again == history and not calls
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), trained, strict=True))
+    with pytest.raises(ValueError, match=r"other arguments \(differing: epochs, learning_rate\).*another output_dir"):
+        fit_classifier(model, train, epochs=3, learning_rate=0.1, patience=None, output_dir=tmp_path, verbose=0)

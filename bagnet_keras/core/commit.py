@@ -53,7 +53,8 @@ INTENT_FILE = ".intent.json"
 #: The lock file of `folder_lock`.
 LOCK_FILE = ".lock"
 
-_FULL = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+#: What a full disk, a full quota or a file-size limit make a write fail with.
+FULL_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)})
 
 
 def temporary_path(path: str | os.PathLike) -> str:
@@ -516,7 +517,7 @@ def disk_full_errors(folder: str | os.PathLike) -> Iterator[None]:
     except NoSpaceError:
         raise
     except OSError as error:
-        if error.errno not in _FULL:
+        if error.errno not in FULL_DISK_ERRNOS:
             raise
         raise NoSpaceError(
             f"No space left to write into {os.fspath(folder)!r} ({error.strerror or error}). Free some space "

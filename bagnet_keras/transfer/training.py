@@ -24,6 +24,7 @@ from bagnet_keras.core.graph import output_names
 from bagnet_keras.core.inputs import check_image_size
 from bagnet_keras.transfer.heads import head_layers
 from bagnet_keras.transfer.onednn import warn_if_onednn_crash_risk
+from bagnet_keras.transfer.resume import EpochBackup, ResumableEarlyStopping, check_run, load_arrays, model_signature
 
 
 def save_model(model: keras.Model, path: str | os.PathLike) -> None:
@@ -207,52 +208,82 @@ def fit_classifier(
         class_weight = balanced_class_weights(train, n_classes)
     if class_weight is not None:
         train = _with_sample_weights(train, {h: np.asarray(class_weight[h], "float32") for h in heads})
-    callbacks = []
-    if output_dir is not None:
-        os.makedirs(output_dir, exist_ok=True)
-        monitor = "val_loss" if validation is not None else "loss"
-        callbacks += [
-            BestCheckpoint(os.path.join(output_dir, "best.keras"), monitor=monitor),
-            keras.callbacks.CSVLogger(os.path.join(output_dir, "history.csv"), append=True),
-        ]
+    monitor = "val_loss" if validation is not None else "loss"
     backbone = [layer for layer in model.layers if layer.name not in head_layers(model) and layer.weights]
     trainable = {layer.name: layer.trainable for layer in backbone}
     finetune = any(trainable.values()) and not all(trainable.values())
     phases = [("heads", head_epochs, learning_rate), ("finetune", epochs, finetune_learning_rate)]
     if not finetune:
         phases = [("train", epochs, learning_rate)]
-    history: dict[str, list] = {"phase": []}
-    done = 0
+    checkpoint = None
+    if output_dir is not None:
+        output_dir = os.fspath(output_dir)
+        os.makedirs(output_dir, exist_ok=True)
+        weights_of = {h: np.asarray(class_weight[h]).tolist() for h in heads} if class_weight is not None else None
+        check_run(output_dir, dict(
+            epochs=epochs, head_epochs=head_epochs if finetune else None, learning_rate=learning_rate,
+            finetune_learning_rate=finetune_learning_rate if finetune else None, class_weight=weights_of,
+            patience=patience, seed=seed, model=model_signature(model), data=str(train.element_spec),
+        ))  # fmt: skip
+        checkpoint = BestCheckpoint(os.path.join(output_dir, "best.keras"), monitor=monitor)
+    backup = EpochBackup(output_dir)
+    state = backup.load()
+    if state is not None and state.get("best") is not None:
+        checkpoint.best = state["best"]
+    resumed = [phase for phase, _, _ in phases].index(state["phase"]) if state is not None else -1
+    done = 0  # epochs before the phase, as Keras counts them (both phases share one count)
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
-    for phase, phase_epochs, rate in phases:
+    for index, (phase, phase_epochs, rate) in enumerate(phases):
         for layer in backbone:
             layer.trainable = trainable[layer.name] and phase != "heads"
+        if index < resumed:
+            continue
+        if index == resumed and state["complete"]:  # the weights this phase left, for the next one
+            model.set_weights(load_arrays(os.path.join(backup.folder, state["weights"])))
+            done = state["epoch"]
+            continue
         if phase_epochs == 0:
             continue
-        per_phase = [EpochLine(done + phase_epochs, phase)] if epoch_lines else []
+        start, end = done, done + phase_epochs
+        if index == resumed:
+            done, start = state["start"], state["epoch"]
+            end = start if state["stopped"] else done + phase_epochs
+        callbacks = [checkpoint] if checkpoint is not None else []
+        early = None
         if patience is not None:
-            monitor = "val_loss" if validation is not None else "loss"
-            stop = keras.callbacks.EarlyStopping(monitor=monitor, patience=patience, restore_best_weights=True)
-            per_phase.append(stop)
+            early = ResumableEarlyStopping(monitor=monitor, patience=patience, restore_best_weights=True)
+            callbacks.append(early)
+        if epoch_lines:
+            callbacks.append(EpochLine(done + phase_epochs, phase))
+        backup.start_phase(phase, done, checkpoint, early)
+        callbacks.append(backup)
         with scope:
             model.compile(
                 optimizer=keras.optimizers.Adam(rate),
                 loss={h: "sparse_categorical_crossentropy" for h in heads},
                 metrics={h: ["accuracy"] for h in heads},
             )
+        if index == resumed:
+            # The epoch state of a killed run: weights and the optimizer's moments and step count.
+            model.optimizer.build(model.trainable_variables)
+            model.load_weights(os.path.join(backup.folder, state["weights"]))
+            if early is not None and state.get("early"):
+                carried = dict(state["early"])
+                if carried.get("file"):
+                    carried["weights"] = load_arrays(os.path.join(backup.folder, carried["file"]))
+                early.carried = carried
         result = model.fit(
             train,
             validation_data=validation,
-            epochs=done + phase_epochs,
-            initial_epoch=done,
-            callbacks=callbacks + per_phase,
+            epochs=end,
+            initial_epoch=start,
+            callbacks=callbacks,
             shuffle=False,  # a tf.data pipeline shuffles itself (data_tools.loader does)
             verbose=verbose,
         )
-        for key, values in result.history.items():
-            history.setdefault(key, []).extend(float(v) for v in values)
-        history["phase"] += [phase] * len(result.epoch)
-        done += len(result.epoch)
+        done = start + len(result.epoch)
+        backup.complete_phase(done)
+    history = backup.history
     for layer in backbone:
         layer.trainable = trainable[layer.name]
     return history
