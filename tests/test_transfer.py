@@ -394,5 +394,6 @@ def test_finished_training_is_not_repeated_and_other_arguments_are_refused(tmp_p
         keras.Model.fit = fit
     assert again == history and not calls
     assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), trained, strict=True))
-    with pytest.raises(ValueError, match=r"other arguments \(differing: epochs, learning_rate\).*another output_dir"):
+    refused = r"other arguments \(differing: epochs, learning_rate\).*another output folder"
+    with pytest.raises(ValueError, match=refused):
         fit_classifier(model, train, epochs=3, learning_rate=0.1, patience=None, output_dir=tmp_path, verbose=0)

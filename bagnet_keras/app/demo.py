@@ -13,6 +13,7 @@ same input preprocessing) instead of training small models.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
+from bagnet_keras.core.commit import check_arguments, write_atomic
 from bagnet_keras.metrics.comparison import Comparison, compare
 from bagnet_keras.models.bagnet import BagNet
 from bagnet_keras.models.imagenet import deprocess_input, preprocess_input
@@ -109,6 +111,24 @@ def demo_findings(result: Comparison, labels: np.ndarray, class_names: Sequence[
     return findings
 
 
+class _Stages:
+    """The demo's finished stages, in ``<output_dir>/stages.json`` (written atomically after each stage)."""
+
+    def __init__(self, output_dir: str):
+        self.path = os.path.join(output_dir, "stages.json")
+        self.finished = []
+        if os.path.exists(self.path):
+            with open(self.path, encoding="utf-8") as f:
+                self.finished = json.load(f)
+
+    def done(self, stage: str) -> bool:
+        return stage in self.finished
+
+    def mark(self, stage: str) -> None:
+        self.finished.append(stage)
+        write_atomic(self.path, json.dumps(self.finished))
+
+
 def run_demo(
     output_dir: str = "runs/demo",
     data: str | None = None,
@@ -126,7 +146,10 @@ def run_demo(
     Parameters
     ----------
     output_dir : str
-        Output folder: ``data/`` and ``masks/`` (generated), ``models/``, ``comparison/`` and ``report.html``.
+        Output folder: ``data/`` and ``masks/`` (generated), ``models/``, ``comparison/`` and ``report.html``,
+        with ``run.json`` (the arguments) and ``stages.json`` (the stages done). Running the demo again into
+        it goes on where it stopped: finished stages are skipped, training resumes from its last epoch;
+        other arguments into the same folder are refused.
     data : str, optional
         A dataset folder (one sub-folder per class, e.g. crawled) instead of the generated scenes.
     weights : None or "imagenet"
@@ -156,6 +179,12 @@ def run_demo(
 
     start = time.monotonic()
     verbose = "auto" if progress else 0
+    os.makedirs(output_dir, exist_ok=True)
+    # A rerun of the same demo goes on where it stopped (each stage below resumes or is skipped when done);
+    # one with other arguments into the same folder is refused rather than mixed with it.
+    check_arguments(output_dir, dict(data=data, weights=weights, per_class=per_class, image_size=image_size,
+                                     epochs=epochs, width=width, seed=seed, patience=patience))  # fmt: skip
+    stages = _Stages(output_dir)
 
     def say(message: str) -> None:
         if progress:
@@ -165,13 +194,17 @@ def run_demo(
     masks_root = None
     if data is None:
         data, masks_root = os.path.join(output_dir, "data"), os.path.join(output_dir, "masks")
-        say(f"generating {per_class} scenes per class into {data}")
-        write_motif_dataset(data, masks_root, per_class, image_size, seed)
-    say("clean and split")
-    # A generated scene may lose a line of uniform margin to the crop; it stays usable.
-    report = clean(data, min_size=min(64, image_size // 2), progress=progress)
-    say(f"clean kept {report.kept} images ({report.duplicates} near-duplicates, {report.rejected} unusable)")
-    split(data, seed=seed)
+        if not stages.done("generate"):
+            say(f"generating {per_class} scenes per class into {data}")
+            write_motif_dataset(data, masks_root, per_class, image_size, seed)
+            stages.mark("generate")
+    if not stages.done("clean and split"):
+        say("clean and split")
+        # A generated scene may lose a line of uniform margin to the crop; it stays usable.
+        report = clean(data, min_size=min(64, image_size // 2), progress=progress)
+        say(f"clean kept {report.kept} images ({report.duplicates} near-duplicates, {report.rejected} unusable)")
+        split(data, seed=seed)
+        stages.mark("clean and split")
 
     if weights == "imagenet":
         from bagnet_keras.transfer.backbones import get_backbone

@@ -32,6 +32,9 @@ The pieces, smallest first:
   (``flock``), released when its process dies, so a lock left by a killed
   run never blocks the resume; the file names the holder for the error a
   second writer gets.
+- `check_arguments`: a folder remembers the arguments of the run writing
+  it, so a rerun with the same ones resumes and one with other ones stops
+  with an error instead of mixing two runs' results.
 - `disk_full_errors`: a full disk (or a file-size limit) becomes one error
   that names the folder and says what to do.
 """
@@ -52,6 +55,8 @@ TEMPORARY_PREFIX = ".partial-"
 INTENT_FILE = ".intent.json"
 #: The lock file of `folder_lock`.
 LOCK_FILE = ".lock"
+#: The arguments of the run that writes a folder (`check_arguments`).
+RUN_FILE = "run.json"
 
 #: What a full disk, a full quota or a file-size limit make a write fail with.
 FULL_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)})
@@ -442,7 +447,41 @@ def recover(root: str | os.PathLike) -> dict | None:
     return details
 
 
-# -- one writer per folder, and a full disk
+# -- one run per folder, one writer at a time, and a full disk
+
+
+def check_arguments(folder: str | os.PathLike, arguments: dict) -> None:
+    """Record ``arguments`` (plain JSON data) in ``<folder>/run.json``, or raise if it holds other ones.
+
+    Raises ValueError naming the arguments that differ, so that a rerun
+    never mixes its results with those of another run.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> check_arguments(folder, {"epochs": 4, "seed": 0})
+    >>> check_arguments(folder, {"epochs": 4, "seed": 0})  # the same run again: resume
+    >>> check_arguments(folder, {"epochs": 5, "seed": 0})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: '...' holds a run with other arguments (differing: epochs). Rerun with ...
+    """
+    folder = os.fspath(folder)
+    path = os.path.join(folder, RUN_FILE)
+    arguments = json.loads(json.dumps(arguments))  # as they read back (tuples become lists)
+    if not os.path.exists(path):
+        write_atomic(path, json.dumps(arguments, indent=1, sort_keys=True))
+        return
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    if saved != arguments:
+        differing = sorted(k for k in set(saved) | set(arguments) if saved.get(k) != arguments.get(k))
+        raise ValueError(
+            f"{folder!r} holds a run with other arguments (differing: {', '.join(differing)}). Rerun with the "
+            "arguments of that run to resume it, or choose another output folder (or delete that one) to start "
+            "afresh."
+        )
 
 
 class FolderBusyError(OSError):

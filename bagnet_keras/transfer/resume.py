@@ -13,9 +13,10 @@ fine-tune nor of early stopping. At the end of a phase the weights that the
 phase leaves (early stopping's best) are committed too, so a kill at the
 start of the next phase does not repeat it.
 
-``<output_dir>/run.json`` holds the run's arguments: a rerun with the same
-ones continues from the last committed epoch; one with other arguments stops
-with an error instead of mixing two runs.
+``<output_dir>/run.json`` holds the run's arguments
+(`bagnet_keras.core.commit.check_arguments`): a rerun with the same ones
+continues from the last committed epoch; one with other arguments stops with
+an error instead of mixing two runs.
 """
 
 from __future__ import annotations
@@ -32,31 +33,12 @@ from bagnet_keras.core.commit import atomic_target, write_atomic
 
 BACKUP = "backup"
 STATE = "state.json"
-RUN = "run.json"
 
 
 def model_signature(model: keras.Model) -> list:
     """What the run's weights depend on: each layer's class, weight shapes and trainability."""
     return [[type(layer).__name__, [list(w.shape) for w in layer.weights], bool(layer.trainable)]
             for layer in model.layers]  # fmt: skip
-
-
-def check_run(output_dir: str, arguments: dict) -> None:
-    """Record ``arguments`` in ``run.json``, or raise ValueError if the folder holds a run with other ones."""
-    path = os.path.join(output_dir, RUN)
-    arguments = json.loads(json.dumps(arguments))  # as they read back (tuples become lists)
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            saved = json.load(f)
-        if saved != arguments:
-            differing = sorted(k for k in set(saved) | set(arguments) if saved.get(k) != arguments.get(k))
-            raise ValueError(
-                f"{output_dir!r} holds a training run with other arguments (differing: {', '.join(differing)}). "
-                "Rerun with the arguments of that run to resume it, or choose another output_dir (or delete "
-                "that one) to start afresh."
-            )
-        return
-    write_atomic(path, json.dumps(arguments, indent=1, sort_keys=True))
 
 
 def _save_arrays(path: str, arrays: list) -> None:

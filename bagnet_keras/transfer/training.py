@@ -5,7 +5,8 @@ trainable. Transfer (none) and scratch (all) train in one phase. Fine-tuning
 trains in two: first the heads alone with the backbone frozen, then the
 layers from ``trainable_from`` on as well, at a smaller learning rate. The
 best model (by validation loss) is saved as ``best.keras`` through a
-temporary file, and the history of both phases goes to ``history.csv``.
+temporary file, and the history of both phases goes to ``history.csv``. With
+an output folder the run survives a kill (`bagnet_keras.transfer.resume`).
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from collections.abc import Mapping
 import keras
 import numpy as np
 
-from bagnet_keras.core.commit import atomic_target
+from bagnet_keras.core.commit import atomic_target, check_arguments
 from bagnet_keras.core.graph import output_names
 from bagnet_keras.core.inputs import check_image_size
 from bagnet_keras.transfer.heads import head_layers
 from bagnet_keras.transfer.onednn import warn_if_onednn_crash_risk
-from bagnet_keras.transfer.resume import EpochBackup, ResumableEarlyStopping, check_run, load_arrays, model_signature
+from bagnet_keras.transfer.resume import EpochBackup, ResumableEarlyStopping, load_arrays, model_signature
 
 
 def save_model(model: keras.Model, path: str | os.PathLike) -> None:
@@ -162,7 +163,11 @@ def fit_classifier(
         Early stopping on validation loss (training loss without validation);
         the best weights are restored at the end of each phase.
     output_dir : path, optional
-        Where ``best.keras`` (atomic) and ``history.csv`` go; nothing else is written.
+        Where ``best.keras`` (atomic) and ``history.csv`` go, with ``run.json`` (the arguments) and
+        ``backup/`` (the state after the last finished epoch). Called again with the same folder and
+        arguments, training resumes from that epoch, optimizer state included (a finished run is not
+        repeated: its final weights are restored); other arguments raise ValueError. Nothing else is
+        written.
     seed : int or None
         Seeds Python, NumPy and TensorFlow (`keras.utils.set_random_seed`).
     strategy : tf.distribute.Strategy, optional
@@ -220,7 +225,7 @@ def fit_classifier(
         output_dir = os.fspath(output_dir)
         os.makedirs(output_dir, exist_ok=True)
         weights_of = {h: np.asarray(class_weight[h]).tolist() for h in heads} if class_weight is not None else None
-        check_run(output_dir, dict(
+        check_arguments(output_dir, dict(
             epochs=epochs, head_epochs=head_epochs if finetune else None, learning_rate=learning_rate,
             finetune_learning_rate=finetune_learning_rate if finetune else None, class_weight=weights_of,
             patience=patience, seed=seed, model=model_signature(model), data=str(train.element_spec),
