@@ -32,7 +32,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 USABLE = 16
 #: Clean and split are swept at every step; the crawl at every step until its second picture is in place,
 #: at every rename (the window of the bug: recorded, not yet renamed), and at every CRAWL_EVERY-th step beyond.
-CRAWL_EVERY = 3
+CRAWL_EVERY = 5
 TIME_FIELDS = ("crawled", "cleaned")
 
 

@@ -341,16 +341,15 @@ def test_training_logs_one_line_per_epoch_off_a_terminal(capsys):
 # -- resumable training (issue 16)
 
 
-def _train(output_dir, mode, argument):
-    script = os.path.join(os.path.dirname(__file__), "killpoint", "train.py")
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, script, str(output_dir), mode, str(argument)], capture_output=True,
-                          text=True, env=env, timeout=300)  # fmt: skip
+def test_training_killed_in_epoch_3_resumes_from_the_end_of_epoch_2(tmp_path, monkeypatch):
+    from killpoint import train
 
+    from bagnet_keras.transfer.resume import EpochBackup
 
-def test_training_killed_in_epoch_3_resumes_from_the_end_of_epoch_2(tmp_path):
     out = tmp_path / "run"
-    killed = _train(out, "kill", 3)
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    killed = subprocess.run([sys.executable, train.__file__, str(out), "3"], capture_output=True, text=True,
+                            env=env, timeout=300)  # fmt: skip
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     state = json.loads((out / "backup" / "state.json").read_text())
     assert state["epoch"] == 2 and not state["complete"] and len(state["history"]["loss"]) == 2
@@ -362,16 +361,20 @@ def test_training_killed_in_epoch_3_resumes_from_the_end_of_epoch_2(tmp_path):
     saved.load_weights(out / "backup" / state["weights"])
     assert int(saved.optimizer.iterations.numpy()) == 2 * 3  # two epochs of three batches
 
-    resumed = _train(out, "resume", tmp_path / "start.npz")
-    assert resumed.returncode == 0, resumed.stderr
-    with np.load(tmp_path / "start.npz", allow_pickle=False) as start:
-        assert int(start["epoch"]) == 2  # Keras counts from 0: the third epoch
-        weights = [start[f"weight_{k}"] for k in range(len(saved.get_weights()))]
-        optimizer = [start[f"optimizer_{k}"] for k in range(len(saved.optimizer.variables))]
+    starts = []  # what each epoch of the rerun starts from
+
+    def on_epoch_begin(self, epoch, logs=None):
+        starts.append((epoch, self.model.get_weights(), [np.array(v) for v in self.model.optimizer.variables]))
+
+    monkeypatch.setattr(EpochBackup, "on_epoch_begin", on_epoch_begin, raising=False)
+    history = train.run(str(out))
+    assert [epoch for epoch, _, _ in starts] == [2, 3]  # Keras counts from 0: epochs 3 and 4
+    _, weights, optimizer = starts[0]
     assert all(np.array_equal(a, b) for a, b in zip(weights, saved.get_weights(), strict=True))
     assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(optimizer, saved.optimizer.variables, strict=True))
+    assert len(history["loss"]) == 4 and history["phase"] == ["train"] * 4
     state = json.loads((out / "backup" / "state.json").read_text())
-    assert state["complete"] and state["epoch"] == 4 and len(state["history"]["loss"]) == 4
+    assert state["complete"] and state["epoch"] == 4
     rows = (out / "history.csv").read_text().splitlines()
     assert rows[0].startswith("epoch,phase,") and [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2", "3"]
     # the best model where README says: <output_dir>/best.keras
