@@ -47,7 +47,7 @@ def _save_arrays(path: str, arrays: list) -> None:
             np.savez(f, *arrays)
 
 
-def load_arrays(path: str) -> list:
+def read_arrays(path: str) -> list:
     with np.load(path, allow_pickle=False) as data:  # never unpickles anything
         return [data[f"arr_{k}"] for k in range(len(data.files))]
 
@@ -71,11 +71,12 @@ class EpochBackup(keras.callbacks.Callback):
     ``early``), so that their ``on_epoch_end`` has run.
     """
 
-    def __init__(self, output_dir: str | None, history: dict | None = None):
+    def __init__(self, output_dir: str | None):
         super().__init__()
         self.folder = os.path.join(output_dir, BACKUP) if output_dir is not None else None
         self.output_dir = output_dir
-        self.history: dict[str, list] = history or {"phase": []}
+        self.history: dict[str, list] = {"phase": []}
+        self.committed: dict = {}  # the state last committed (or loaded)
         self.phase, self.start, self.checkpoint, self.early = "", 0, None, None
 
     def load(self) -> dict | None:
@@ -85,7 +86,7 @@ class EpochBackup(keras.callbacks.Callback):
         with open(os.path.join(self.folder, STATE), encoding="utf-8") as f:
             state = json.load(f)
         self._remove_files_except(state)
-        self.history = state["history"]
+        self.committed, self.history = state, state["history"]
         self._write_csv()
         return state
 
@@ -111,7 +112,7 @@ class EpochBackup(keras.callbacks.Callback):
             early = os.path.join(self.folder, f"early-{epoch + 1:04d}.npz")
             if improved:
                 _save_arrays(early, self.early.best_weights)
-            previous = self._state().get("early", {}).get("file") if not improved else None
+            previous = (self.committed.get("early") or {}).get("file") if not improved else None
             state["early"] = {"wait": self.early.wait, "best": _plain(self.early.best),
                               "epoch": self.early.best_epoch,
                               "file": os.path.basename(early) if improved else previous}  # fmt: skip
@@ -126,18 +127,12 @@ class EpochBackup(keras.callbacks.Callback):
         _save_arrays(weights, self.model.get_weights())
         self._commit({"phase": self.phase, "complete": True, "epoch": epoch, "weights": os.path.basename(weights)})
 
-    def _state(self) -> dict:
-        path = os.path.join(self.folder, STATE)
-        if not os.path.exists(path):
-            return {}
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-
     def _commit(self, state: dict) -> None:
         if self.checkpoint is not None:
             state["best"] = _plain(self.checkpoint.best)
         state["history"] = self.history
         write_atomic(os.path.join(self.folder, STATE), json.dumps(state))
+        self.committed = state
         self._remove_files_except(state)
         self._write_csv()
 

@@ -25,7 +25,7 @@ from bagnet_keras.core.graph import output_names
 from bagnet_keras.core.inputs import check_image_size
 from bagnet_keras.transfer.heads import head_layers
 from bagnet_keras.transfer.onednn import warn_if_onednn_crash_risk
-from bagnet_keras.transfer.resume import EpochBackup, ResumableEarlyStopping, load_arrays, model_signature
+from bagnet_keras.transfer.resume import EpochBackup, ResumableEarlyStopping, model_signature, read_arrays
 
 
 def save_model(model: keras.Model, path: str | os.PathLike) -> None:
@@ -244,7 +244,7 @@ def fit_classifier(
         if index < resumed:
             continue
         if index == resumed and state["complete"]:  # the weights this phase left, for the next one
-            model.set_weights(load_arrays(os.path.join(backup.folder, state["weights"])))
+            model.set_weights(read_arrays(os.path.join(backup.folder, state["weights"])))
             done = state["epoch"]
             continue
         if phase_epochs == 0:
@@ -275,7 +275,7 @@ def fit_classifier(
             if early is not None and state.get("early"):
                 carried = dict(state["early"])
                 if carried.get("file"):
-                    carried["weights"] = load_arrays(os.path.join(backup.folder, carried["file"]))
+                    carried["weights"] = read_arrays(os.path.join(backup.folder, carried["file"]))
                 early.carried = carried
         result = model.fit(
             train,
