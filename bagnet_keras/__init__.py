@@ -54,6 +54,7 @@ _EXPORTS = {
     "explainer": "explain.registry",
     "Comparison": "metrics.comparison",
     "compare": "metrics.comparison",
+    "merge_shards": "metrics.results",
     "get_backbone": "transfer.backbones",
     "build_classifier": "transfer.heads",
     "fit_classifier": "transfer.training",

@@ -139,6 +139,67 @@ def image_dataset(
     return dataset
 
 
+class ImageFiles:
+    """The images (or masks) of a dataset folder as an array read on slicing: only the sliced files are decoded.
+
+    ``files[a:b]`` is an array (b - a, H, W, 3) of uint8, in the order of
+    `image_dataset` (or (b - a, H, W) of bool with ``masks_root``: the mask
+    ``<masks_root>/<class>/<name>.png`` of each image, nearest-neighbour
+    resized; an image that clean converted or cropped, or that has no mask,
+    gets an empty one). `bagnet_keras.compare` reads such arrays
+    ``batch_size`` images at a time, so the dataset is never in memory.
+
+    Attributes
+    ----------
+    paths, labels, class_names, shape
+
+    Examples
+    --------
+    >>> files = ImageFiles("datasets/streets", (224, 224), split="test")  # doctest: +SKIP
+    >>> files[:16].shape, len(files.labels)  # doctest: +SKIP
+    ((16, 224, 224, 3), 412)
+    """
+
+    def __init__(
+        self,
+        root: str,
+        image_size: tuple[int, int],
+        split: str | None = None,
+        masks_root: str | None = None,
+        max_images: int | None = None,
+    ):
+        self.root, self.image_size, self.masks_root = root, tuple(image_size), masks_root
+        paths, labels, self.class_names = _files(root, split)
+        if max_images is not None:
+            paths, labels = paths[:max_images], labels[:max_images]
+        self.paths, self.labels = paths, np.array(labels)
+        self._records = read_manifest(root) if masks_root is not None else {}
+        self.shape = (len(paths), *self.image_size) + (() if masks_root is not None else (3,))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index) -> np.ndarray:
+        if not isinstance(index, slice):
+            raise TypeError(f"ImageFiles are read by slices (files[a:b]). Received: {index!r}")
+        chosen = self.paths[index]
+        if self.masks_root is None:
+            if not chosen:
+                return np.zeros((0, *self.shape[1:]), np.uint8)
+            return np.stack([read_image(path, self.image_size) for path in chosen])
+        return np.stack([self._mask(path) for path in chosen]) if chosen else np.zeros((0, *self.image_size), bool)
+
+    def _mask(self, path: str) -> np.ndarray:
+        from PIL import Image
+
+        rel = os.path.relpath(path, self.root).replace(os.sep, "/")
+        mask_path = os.path.join(self.masks_root, os.path.splitext(rel)[0] + ".png")
+        if self._records.get(rel, {}).get("converted") or not os.path.exists(mask_path):
+            return np.zeros(self.image_size, bool)
+        with Image.open(mask_path) as mask:
+            return np.asarray(fit_image(mask.convert("L"), self.image_size, Image.NEAREST)) > 0
+
+
 def load_arrays(
     root: str,
     image_size: tuple[int, int],
@@ -151,7 +212,8 @@ def load_arrays(
     Each image is centre-cropped to the target aspect ratio and resized
     (bilinear). With ``masks_root``, the mask of ``<class>/<name>.png`` under
     it is read too (nearest neighbour); an image that clean converted or
-    cropped, or that has no mask, gets an empty one.
+    cropped, or that has no mask, gets an empty one. For datasets larger than
+    memory, slice an `ImageFiles` instead.
 
     Returns
     -------
@@ -162,23 +224,6 @@ def load_arrays(
     --------
     >>> x, y, masks, names, paths = load_arrays("datasets/streets", (224, 224), split="test")  # doctest: +SKIP
     """
-    from PIL import Image
-
-    height, width = image_size
-    paths, labels, names = _files(root, split)
-    if max_images is not None:
-        paths, labels = paths[:max_images], labels[:max_images]
-    records = read_manifest(root)
-    images, masks = [], []
-    for path in paths:
-        images.append(read_image(path, image_size))
-        if masks_root is None:
-            continue
-        rel = os.path.relpath(path, root).replace(os.sep, "/")
-        mask_path = os.path.join(masks_root, os.path.splitext(rel)[0] + ".png")
-        if records.get(rel, {}).get("converted") or not os.path.exists(mask_path):
-            masks.append(np.zeros((height, width), bool))
-            continue
-        with Image.open(mask_path) as mask:
-            masks.append(np.asarray(fit_image(mask.convert("L"), image_size, Image.NEAREST)) > 0)
-    return (np.stack(images), np.array(labels), np.stack(masks) if masks_root else None, names, paths)
+    files = ImageFiles(root, image_size, split, max_images=max_images)
+    masks = ImageFiles(root, image_size, split, masks_root, max_images)[:] if masks_root else None
+    return files[:], files.labels, masks, files.class_names, files.paths

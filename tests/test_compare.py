@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 
 import keras
 import numpy as np
@@ -140,5 +141,80 @@ def test_compare_takes_a_dataset_of_batches(models):
                           progress=False)  # fmt: skip
     assert [r["label"] for r in from_data.rows] == [r["label"] for r in from_arrays.rows]
     assert np.allclose([r["deletion_area"] for r in from_data.rows], [r["deletion_area"] for r in from_arrays.rows])
-    with pytest.raises(ValueError, match="pass output=<head name>"):
+    with pytest.raises(ValueError, match="pass output="):
         compare(models, data, progress=False)
+
+
+# -- the batched passes and the streamed, resumable run
+
+
+def test_batched_passes_equal_the_per_image_measures(models):
+    """Every row of a streamed comparison equals deletion_curve / insertion_curve / masking_linearity per image."""
+    from bagnet_keras.explain.registry import explain
+    from bagnet_keras.metrics.faithfulness import logit_fn, probability_fn
+
+    x = np.random.default_rng(2).normal(size=(5, SIZE, SIZE, 3)).astype("float32")
+    labels = np.array([0, 1, 2, 0, 1])
+    result = compare(models, x, labels, output="shape", steps=5, linearity_k=3, batch_size=2, progress=False)
+    scorers = {name: logit_fn(model, "shape") for name, model in models.items()}
+    for name, method in (("bagnet", "evidence"), ("cnn", "gradcam")):
+        maps = explain(models[name], x, method, class_index=labels, output="shape")
+        rows = [r for r in result.rows if (r["model"], r["method"]) == (name, method)]
+        assert [r["image"] for r in rows] == list(range(5))
+        for i, row in enumerate(rows):
+            for other, scorer in scorers.items():
+                curve = deletion_curve(probability_fn(scorer), x[i], maps[i], labels[i], steps=5, cell=8)
+                column = "deletion_area" if other == name else f"deletion_on_{other}"
+                assert row[column] == pytest.approx(curve_area(curve), abs=1e-5)
+            curve = insertion_curve(probability_fn(scorers[name]), x[i], maps[i], labels[i], steps=5, cell=8)
+            assert row["insertion_area"] == pytest.approx(curve_area(curve), abs=1e-5)
+            np.testing.assert_allclose(result.curves[name, method]["insertion"][i], curve, atol=1e-5)
+            linearity = masking_linearity(scorers[name], x[i], maps[i], labels[i], k=3, cell=8)
+            assert (row["linearity_sum"], row["linearity_joint"]) == pytest.approx(linearity, abs=1e-4)
+    # more linearity cells than deletion steps: the joint masking gets its own pass
+    wide = compare(models, x[:2], labels[:2], output="shape", steps=2, linearity_k=4, methods={"cnn": ["gradcam"]},
+                   progress=False)  # fmt: skip
+    maps = explain(models["cnn"], x[:2], "gradcam", class_index=labels[:2], output="shape")
+    expected = masking_linearity(scorers["cnn"], x[1], maps[1], labels[1], k=4, cell=8)
+    assert (wide.rows[1]["linearity_sum"], wide.rows[1]["linearity_joint"]) == pytest.approx(expected, abs=1e-4)
+
+
+def _streamed(models, x, labels, folder, **kwargs):
+    args = dict(output="shape", steps=3, linearity_k=2, batch_size=2, progress=False, report_images=1)
+    return compare(models, x, labels, output_dir=folder, **{**args, **kwargs})
+
+
+def test_streamed_run_writes_parts_resumes_and_refuses_other_runs(models, tmp_path):
+    x = np.random.default_rng(3).normal(size=(5, SIZE, SIZE, 3)).astype("float32")
+    labels = [0, 1, 2, 0, 1]
+    in_memory = compare(models, x, labels, output="shape", steps=3, linearity_k=2, batch_size=2, progress=False,
+                        report_images=1)  # fmt: skip
+    folder = tmp_path / "run"
+    streamed = _streamed(models, x, labels, folder)
+    assert streamed.rows == in_memory.rows and streamed.correlations == in_memory.correlations
+    assert sorted(os.listdir(folder / "parts")) == ["part-000000.npz", "part-000001.npz", "part-000002.npz"]
+    assert {"rows.csv", "comparison.json", "run.json"} <= set(os.listdir(folder))
+    # only the first image and the misclassified ones keep their pixels and maps
+    wrong = sorted({r["image"] for r in streamed.model_rows if not r["correct"]})
+    assert streamed.shown.tolist() == sorted({0, *wrong}) and len(streamed.images) == len(streamed.shown)
+    assert streamed.maps["bagnet", "evidence"].shape == (len(streamed.shown), SIZE, SIZE)
+
+    # a rerun after losing the last part measures that batch alone, and ends with the same rows
+    stamps = {name: os.stat(folder / "parts" / name).st_mtime_ns for name in os.listdir(folder / "parts")}
+    os.remove(folder / "parts" / "part-000002.npz")
+    again = _streamed(models, x, labels, folder)
+    assert again.rows == streamed.rows and again.model_rows == streamed.model_rows
+    for name in ("part-000000.npz", "part-000001.npz"):
+        assert os.stat(folder / "parts" / name).st_mtime_ns == stamps[name]
+
+    with pytest.raises(ValueError, match="other arguments \\(differing: steps\\)"):
+        _streamed(models, x, labels, folder, steps=4)
+    with pytest.raises(ValueError, match="Batch 1 of the data differs"):
+        _streamed(models, x[[0, 1, 3, 2, 4]], labels, folder)
+
+
+def test_mean_ci_draws_resamples_in_blocks():
+    values = np.random.default_rng(0).normal(size=3000)
+    rng = np.random.default_rng(0)
+    means = values[rng.integers(0, 3000, (2000, 3000))].mean(axis=1)
+    assert mean_ci(values) == (values.mean(), np.percentile(means, 2.5), np.percentile(means, 97.5))

@@ -1,4 +1,5 @@
-"""Nothing lost at any kill point (issue 16): crawl, clean and split killed at their k-th file-system step.
+"""Nothing lost at any kill point (issues 16, 13): crawl, clean, split and a streamed comparison killed at
+their k-th file-system step.
 
 Each command runs in a child process (tests/killpoint/runner.py forks one
 per run) that SIGKILLs itself at its k-th step under the dataset folder
@@ -23,6 +24,7 @@ from PIL import Image
 from search_server import SearchServer, jpeg_bytes
 
 from bagnet_keras.core.commit import INTENT_FILE, LOCK_FILE, is_temporary
+from bagnet_keras.core.stream import PARTS
 from data_tools.cli import main as data_tools_main
 from data_tools.crawl import CRAWL_LOG
 from data_tools.manifest import read_manifest
@@ -46,8 +48,9 @@ class Runner:
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
                                         env=env)  # fmt: skip
 
-    def run(self, argv, roots, at=0, trace=None) -> dict:
-        request = {"argv": argv, "roots": [str(r) for r in roots], "at": at, "trace": str(trace) if trace else None}
+    def run(self, argv, roots, at=0, trace=None, command="data_tools") -> dict:
+        request = {"argv": argv, "roots": [str(r) for r in roots], "at": at, "trace": str(trace) if trace else None,
+                   "command": command}  # fmt: skip
         self.process.stdin.write(json.dumps(request) + "\n")
         self.process.stdin.flush()
         return json.loads(self.process.stdout.readline())
@@ -74,16 +77,16 @@ def _trace(path):
     return steps, violations
 
 
-def _reference(runner, argv, roots, trace):
+def _reference(runner, argv, roots, trace, command="data_tools"):
     """An uninterrupted run: its steps (with what each touched); it must write nothing outside ``roots``."""
-    assert runner.run(argv, roots, trace=trace) == {"exit": 0}
+    assert runner.run(argv, roots, trace=trace, command=command) == {"exit": 0}
     steps, violations = _trace(trace)
     assert steps and not violations, violations
     return steps
 
 
-def _killed(runner, argv, roots, k, trace):
-    answer = runner.run(argv, roots, at=k, trace=trace)
+def _killed(runner, argv, roots, k, trace, command="data_tools"):
+    answer = runner.run(argv, roots, at=k, trace=trace, command=command)
     steps, violations = _trace(trace)
     assert answer == {"signal": 9}, (k, answer)
     assert len(steps) == k and not violations, (k, violations)
@@ -259,3 +262,40 @@ def test_split_sweep_every_kill_point(runner, tmp_path, capsys):
     _sweep(runner, tmp_path, "split", make, argv, lambda case: [case / "data", case / "copies"], capsys)
     copies, _ = _tree(tmp_path / "reference" / "copies")
     assert len(copies) == sum(r["status"] == "ok" for r in read_manifest(str(tmp_path / "reference" / "data")).values())
+
+
+# -- a streamed comparison's commit path (bagnet_keras.core.stream, metrics.results)
+
+
+def _streamed_files(folder):
+    """Its tables byte for byte and each part's arrays and meta (a part's zip records its write time)."""
+    files, leftovers = _tree(folder)
+    tables = {k: v for k, v in files.items() if f"/{PARTS}/" not in k}
+    parts = {}
+    for name in sorted(os.listdir(folder / PARTS)):
+        with np.load(folder / PARTS / name, allow_pickle=False) as data:
+            parts[name] = {key: data[key].tolist() for key in data.files}
+    return tables, parts, leftovers
+
+
+def test_streamed_comparison_sweep_every_kill_point(runner, tmp_path, capsys):
+    """Parts, run.json and the tables of `compare(..., output_dir=)`: killed at every step, rerun, the same."""
+
+    def argv(case):
+        return [str(case), "7", "3"]  # 7 images in parts of 3
+
+    steps = _reference(runner, argv(tmp_path / "reference"), [tmp_path / "reference"], tmp_path / "ref.jsonl",
+                       command="streamed")  # fmt: skip
+    expected = _streamed_files(tmp_path / "reference")
+    assert len(expected[1]) == 3 and not expected[2] and "reference/rows.csv" in expected[0]
+    for k in range(1, len(steps) + 1):
+        case = tmp_path / f"k{k}"
+        _killed(runner, argv(case), [case], k, tmp_path / f"k{k}.jsonl", command="streamed")
+        assert runner.run(argv(case), [case], command="streamed") == {"exit": 0}, k
+        tables, parts, leftovers = _streamed_files(case)
+        assert not leftovers, (k, leftovers)
+        assert parts == expected[1], k
+        assert {os.path.basename(p): v for p, v in tables.items()} == \
+            {os.path.basename(p): v for p, v in expected[0].items()}, k
+    with capsys.disabled():
+        print(f"\nstreamed comparison: {len(steps)} kill points, all passed")

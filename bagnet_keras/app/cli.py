@@ -25,13 +25,27 @@ EXPLAIN_EPILOG = """example:
   bagnet-keras explain --model runs/bagnet/best.keras --data datasets/streets --split test --image-size 224
 
 Maps of each method for the model's top class, measured (deletion, insertion, ...), in OUT/report.html.
+Results are committed batch by batch under OUT/comparison: the same command again resumes a killed run.
 """
 
 COMPARE_EPILOG = """example:
   bagnet-keras compare --model cnn=runs/vgg16/best.keras --model bagnet=runs/bagnet33/best.keras \\
       --data datasets/streets --split test --image-size 224 --preprocess bagnet33 --output city
 
-Every model's maps measured on every model, in OUT/report.html and OUT/comparison/*.csv.
+Every model's maps measured on every model, in OUT/report.html and OUT/comparison/*.csv. The split is
+read --batch-size images at a time and each batch's rows are committed under OUT/comparison/parts as
+they go: memory does not grow with the split, and the same command again resumes a killed run (other
+arguments into the same OUT stop with an error).
+"""
+
+SHARD_HELP = ("measure shard I of N (from 0; the batches whose number is I modulo N), for N jobs sharing the "
+              "data; 'env' or 'env/N' reads I from JOB_COMPLETION_INDEX (Kubernetes) or SLURM_ARRAY_TASK_ID")
+
+MERGE_EPILOG = """example:
+  for i in 0 1 2; do bagnet-keras compare ... --shard $i/3 --out runs/compare/shard-$i; done
+  bagnet-keras merge runs/compare/all runs/compare/shard-0 runs/compare/shard-1 runs/compare/shard-2
+
+The merged tables (OUT/comparison) and report equal those of one unsharded run.
 """
 
 PREDICT_EPILOG = """example:
@@ -123,9 +137,18 @@ def explain(args: argparse.Namespace) -> int:
         raise ValueError("Give either --images (files) or --data (a dataset folder).")
     weights = None if args.weights == "none" else args.weights
     path = explain_images(args.model, args.images or args.data, args.out, weights=weights, methods=args.methods,
-                          image_size=args.image_size, split=args.split, target=args.target)  # fmt: skip
-    print(f"report: {os.path.abspath(path)}")
+                          image_size=args.image_size, split=args.split, target=args.target,
+                          batch_size=args.batch_size, shard=args.shard)  # fmt: skip
+    _done(path, args)
     return 0
+
+
+def _done(path: str | None, args: argparse.Namespace) -> None:
+    if path is None:
+        print(f"shard {args.shard[0]}/{args.shard[1]} done in {os.path.abspath(args.out)}; when every shard is "
+              f"done: bagnet-keras merge OUT SHARD_OUT_FOLDERS...")  # fmt: skip
+    else:
+        print(f"report: {os.path.abspath(path)}")
 
 
 def compare(args: argparse.Namespace) -> int:
@@ -140,9 +163,27 @@ def compare(args: argparse.Namespace) -> int:
         models[name] = path
     path = compare_models(models, args.data, args.out, split=args.split, image_size=args.image_size,
                           preprocess=args.preprocess, masks=args.masks, methods=args.methods, output=args.output,
-                          max_images=args.max_images, target=args.target)  # fmt: skip
+                          max_images=args.max_images, target=args.target, batch_size=args.batch_size,
+                          shard=args.shard)  # fmt: skip
+    _done(path, args)
+    return 0
+
+
+def merge(args: argparse.Namespace) -> int:
+    from bagnet_keras.app.workflows import merge as merge_folders
+
+    path = merge_folders(args.out, args.shards)
     print(f"report: {os.path.abspath(path)}")
     return 0
+
+
+def _shard(text: str):
+    from bagnet_keras.core.stream import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def predict(args: argparse.Namespace) -> int:
@@ -206,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"any of: {', '.join(METHODS)} (default: evidence and gradcam for BagNets, gradcam otherwise)")
     p.add_argument("--target", choices=TARGETS, default="logit", help="the class score explained (default: logit)")
     p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, help="images per batch and model call (default: 16 on a CPU, 64 on a GPU)")
+    p.add_argument("--shard", type=_shard, metavar="I/N", help=SHARD_HELP)
     p.add_argument("--out", default="runs/explain")
     p.set_defaults(func=explain)
     p = sub.add_parser("compare", help="compare the explanations of several models, as an HTML report",
@@ -220,9 +263,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", help="the head to explain, for multi-output models")
     p.add_argument("--preprocess", default="bagnet33", help="backbone whose preprocessing the models expect")
     p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--max-images", type=int, default=200)
+    p.add_argument("--max-images", type=int, help="only the first N images of the split (default: all)")
+    p.add_argument("--batch-size", type=int, help="images per batch and model call (default: 16 on a CPU, 64 on a GPU)")
+    p.add_argument("--shard", type=_shard, metavar="I/N", help=SHARD_HELP)
     p.add_argument("--out", default="runs/compare")
     p.set_defaults(func=compare)
+    p = sub.add_parser("merge", help="join the output folders of finished shards of compare or explain, and report",
+                       epilog=MERGE_EPILOG, formatter_class=formatter)  # fmt: skip
+    p.add_argument("out", help="output folder of the merged comparison and report")
+    p.add_argument("shards", nargs="+", metavar="SHARD_OUT", help="the --out folder of every shard")
+    p.set_defaults(func=merge)
     p = sub.add_parser("predict", help="BagNet-33 prediction and evidence grid for one image",
                        epilog=PREDICT_EPILOG, formatter_class=formatter, parents=[tensorflow])  # fmt: skip
     p.add_argument("--weights", default="none", help="'none' (default, offline), 'imagenet', or a checkpoint path")

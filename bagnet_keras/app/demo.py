@@ -173,7 +173,7 @@ def run_demo(
     'runs/demo/report.html'
     """
     from data_tools.clean import clean
-    from data_tools.loader import image_dataset, load_arrays
+    from data_tools.loader import ImageFiles, image_dataset
     from data_tools.split import split
     from data_tools.synthetic import write_motif_dataset
 
@@ -239,14 +239,14 @@ def run_demo(
                        verbose=verbose)  # fmt: skip
         models[name] = model
 
-    images, labels, masks, _, _ = load_arrays(data, size, split="test", masks_root=masks_root)
-    x = preprocess["bagnet"](images.astype("float32"))
-    say(f"comparing explanations on {len(x)} test images")
+    files = ImageFiles(data, size, split="test")
+    masks = ImageFiles(data, size, split="test", masks_root=masks_root) if masks_root else None
+    say(f"comparing explanations on {len(files)} test images")
     methods = {"bagnet": ["evidence", "gradcam"], "cnn": ["gradcam"]}
-    result = compare(models, x, labels, masks=masks, methods=methods, progress=progress, n_classes=len(names),
-                     deprocess=deprocess_input)  # fmt: skip
-    result.save(os.path.join(output_dir, "comparison"))
-    findings = demo_findings(result, labels, names, "bagnet", "cnn")
+    result = compare(models, files, files.labels, masks=masks, methods=methods, progress=progress,
+                     n_classes=len(names), deprocess=deprocess_input, preprocess=preprocess["bagnet"],
+                     output_dir=os.path.join(output_dir, "comparison"))  # fmt: skip
+    findings = demo_findings(result, files.labels, names, "bagnet", "cnn")
     for finding in findings:
         say(finding)
     path = write_report(result, names, output_dir, title="What a BagNet and a CNN look at", findings=findings)

@@ -8,12 +8,14 @@ Examples
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 
 import keras
 import numpy as np
 
+from bagnet_keras.core.commit import write_atomic
 from bagnet_keras.metrics.comparison import compare
 from bagnet_keras.metrics.faithfulness import logit_fn
 from bagnet_keras.report.html import write_report
@@ -60,30 +62,47 @@ def explain_images(
     methods: Sequence[str] | None = None,
     image_size: int = 224,
     split: str | None = None,
-    max_images: int = 64,
+    max_images: int | None = 64,
     progress: bool = True,
     target: str = "logit",
-) -> str:
+    batch_size: int | None = None,
+    shard: tuple[int, int] | None = None,
+) -> str | None:
     """Explain one model's top prediction for image files (or a dataset folder) and write the report.
 
-    The maps are measured as in `bagnet_keras.metrics.comparison` for the predicted class.
+    The maps are measured as in `bagnet_keras.metrics.comparison` for the predicted class, batch by
+    batch; the results are committed under ``output_dir/comparison`` as they go, so the same call
+    again resumes a killed run. A ``shard`` writes no report (`merge` does, from all shards) and
+    returns None.
     """
     from bagnet_keras.core.files import read_image
-    from data_tools.loader import load_arrays
+    from bagnet_keras.metrics.comparison import default_batch_size
+    from data_tools.loader import ImageFiles
 
     net, preprocess = load_model(model, weights)
+    batch_size = batch_size or default_batch_size()
     names = None
     if isinstance(images, str):
-        pixels, _, _, names, _ = load_arrays(images, (image_size, image_size), split=split, max_images=max_images)
+        files = ImageFiles(images, (image_size, image_size), split=split, max_images=max_images)
+        names = files.class_names
     else:
-        pixels = np.stack([read_image(path, (image_size, image_size)) for path in images])
-    x = np.asarray(preprocess(pixels.astype("float32")))
-    predicted = logit_fn(net)(x).argmax(axis=1)
-    models = {"model": net}
-    result = compare(models, x, predicted, methods=methods, progress=progress, target=target,
-                     deprocess=_deprocess(preprocess))  # fmt: skip
-    result.save(os.path.join(output_dir, "comparison"))
-    return write_report(result, _class_names(net, names), output_dir, title=f"Explanations of {model}")
+        files = np.stack([read_image(path, (image_size, image_size)) for path in images])
+    scorer = logit_fn(net, batch_size=batch_size)
+
+    def batches():
+        # Each batch is explained for the model's own top class, computed as the batch is read.
+        for start in range(0, len(files), batch_size):
+            x = np.asarray(preprocess(np.asarray(files[start : start + batch_size], dtype="float32")))
+            yield x, scorer(x).argmax(axis=1)
+
+    names = _class_names(net, names)
+    _write_classes(output_dir, names)
+    result = compare({"model": net}, batches(), methods=methods, progress=progress, target=target,
+                     deprocess=_deprocess(preprocess), batch_size=batch_size, shard=shard,
+                     output_dir=os.path.join(output_dir, "comparison"))  # fmt: skip
+    if shard is not None:
+        return None
+    return write_report(result, names, output_dir, title=f"Explanations of {model}")
 
 
 def compare_models(
@@ -96,25 +115,58 @@ def compare_models(
     masks: str | None = None,
     methods: Sequence[str] | None = None,
     output: str | None = None,
-    max_images: int | None = 200,
+    max_images: int | None = None,
     progress: bool = True,
     target: str = "logit",
-) -> str:
+    batch_size: int | None = None,
+    shard: tuple[int, int] | None = None,
+) -> str | None:
     """Compare the explanations of trained models (``.keras`` files) on a dataset split and write the report.
 
-    ``preprocess`` names the backbone whose preprocessing the models expect.
+    ``preprocess`` names the backbone whose preprocessing the models expect. The images are read
+    ``batch_size`` at a time and the results committed under ``output_dir/comparison`` as they go:
+    memory does not grow with the split, and the same call again resumes a killed run. A ``shard``
+    (index, count) measures its part of the split and writes no report: `merge` joins the shards'
+    folders and writes it; it returns None.
     """
-    from data_tools.loader import load_arrays
+    from data_tools.loader import ImageFiles
 
     loaded = {name: load_model(path)[0] for name, path in models.items()}
-    pixels, labels, mask_arrays, names, _ = load_arrays(data, (image_size, image_size), split=split,
-                                                        masks_root=masks, max_images=max_images)  # fmt: skip
+    size = (image_size, image_size)
+    files = ImageFiles(data, size, split=split, max_images=max_images)
+    mask_files = ImageFiles(data, size, split=split, masks_root=masks, max_images=max_images) if masks else None
     prep = get_backbone(preprocess).preprocess
-    x = np.asarray(prep(pixels.astype("float32")))
-    result = compare(loaded, x, labels, masks=mask_arrays, methods=methods, output=output, progress=progress,
-                     n_classes=len(names), target=target, deprocess=_deprocess(prep))  # fmt: skip
-    result.save(os.path.join(output_dir, "comparison"))
+    _write_classes(output_dir, files.class_names)
+    result = compare(loaded, files, files.labels, masks=mask_files, methods=methods, output=output,
+                     progress=progress, n_classes=len(files.class_names), target=target, deprocess=_deprocess(prep),
+                     preprocess=prep, batch_size=batch_size, shard=shard,
+                     output_dir=os.path.join(output_dir, "comparison"))  # fmt: skip
+    if shard is not None:
+        return None
+    return write_report(result, files.class_names, output_dir, title="Explanations compared")
+
+
+def merge(output_dir: str, shard_dirs: Sequence[str]) -> str:
+    """Join the output folders of finished shards of `compare_models` (or `explain_images`) and write the report.
+
+    The merged tables go to ``output_dir/comparison``, the report to ``output_dir/report.html``.
+    """
+    from bagnet_keras.metrics.results import merge_shards
+
+    if os.path.abspath(output_dir) in {os.path.abspath(d) for d in shard_dirs}:
+        raise ValueError(f"The merged output folder {output_dir!r} is one of the shards' folders; choose another.")
+    result = merge_shards([os.path.join(d, "comparison") for d in shard_dirs], os.path.join(output_dir, "comparison"))
+    names = json.loads(open(os.path.join(shard_dirs[0], CLASSES_FILE), encoding="utf-8").read())
     return write_report(result, names, output_dir, title="Explanations compared")
+
+
+#: The class names of a run's output folder, for `merge` (written before the comparison starts).
+CLASSES_FILE = "classes.json"
+
+
+def _write_classes(output_dir: str, names: Sequence[str]) -> None:
+    os.makedirs(output_dir, exist_ok=True)
+    write_atomic(os.path.join(output_dir, CLASSES_FILE), json.dumps(list(names)))
 
 
 def _deprocess(preprocess):

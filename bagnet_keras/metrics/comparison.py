@@ -1,58 +1,65 @@
-"""Compare explanations across models on the same images: which map is faithful to which model, and where they agree.
+"""Compare explanations across models on the same images, batch by batch: which map is faithful to which model.
 
 `compare` computes, for every model and method, one heatmap per image (for
 the image's true class) and then the numbers of `bagnet_keras.metrics.faithfulness`:
 deletion and insertion areas (of the true class's probability) on the
 explained model and deletion on every other model (cross-model masking),
-masking linearity (of its logit), pointing game and
-energy in the ground-truth mask where one is given, rank correlations between
-all maps of an image, shuffle sensitivity of each model, and the correlation
-of the models' per-class accuracies. The result holds tidy per-image rows
-and aggregates with bootstrap confidence intervals, and writes CSV and JSON.
+masking linearity (of its logit), pointing game and energy in the
+ground-truth mask where one is given, rank correlations between all maps of
+an image, shuffle sensitivity of each model, and the correlation of the
+models' per-class accuracies.
+
+It streams: images are read ``batch_size`` at a time (from arrays or a
+dataset), each batch's masked copies of all its images go through each model
+in full batches (`bagnet_keras.metrics.masking`), and the batch's rows are
+committed as one part (`bagnet_keras.core.stream`) before the next batch is
+read. Only the images a report shows are kept. With ``output_dir`` the parts
+are files: a killed run, started again with the same arguments, skips the
+batches it committed and ends with exactly the rows of an uninterrupted run.
+The result (`bagnet_keras.metrics.results.Comparison`) is assembled from the
+parts: tidy per-image rows and aggregates with bootstrap intervals.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import itertools
-import json
-import os
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import keras
 import numpy as np
 from tqdm.auto import tqdm
 
-from bagnet_keras.core.commit import write_atomic
 from bagnet_keras.core.files import display_images
 from bagnet_keras.core.graph import check_target, iter_layers
-from bagnet_keras.core.inputs import check_images, output_index
+from bagnet_keras.core.inputs import check_images, check_positive_int, output_index
 from bagnet_keras.core.layers import StemConv
-from bagnet_keras.explain.evidence import evidence_map, top_patches
+from bagnet_keras.core.stream import MemoryStore, PartStore, check_shard, digest, run_parts
+from bagnet_keras.explain.evidence import evidence_map
 from bagnet_keras.explain.registry import METHODS, explain
 from bagnet_keras.metrics.faithfulness import (
     curve_area,
-    deletion_curve,
     energy_in_mask,
-    insertion_curve,
     logit_fn,
-    masking_linearity,
-    mean_ci,
-    per_class_accuracy,
     pointing_game,
-    probability_fn,
     rank_correlation,
-    shuffle_sensitivity,
+    shuffle_tiles,
 )
+from bagnet_keras.metrics.masking import (
+    Passes,
+    deletion_passes,
+    insertion_passes,
+    rank_positions,
+    score_passes,
+    single_cell_passes,
+)
+from bagnet_keras.metrics.results import MISCLASSIFIED_SHOWN, Comparison, assemble
 from bagnet_keras.models.bagnet import bagnet_top
 
-# Metrics aggregated per (model, method); "deletion_on_<model>" columns are added per other model.
-_MAP_METRICS = ("deletion_area", "insertion_area", "linearity_sum", "linearity_joint", "pointing", "energy")
+__all__ = ["Comparison", "compare", "default_batch_size", "is_bagnet"]
 
 
 def is_bagnet(model: keras.Model, output: int | str | None = None) -> bool:
@@ -69,104 +76,43 @@ def is_bagnet(model: keras.Model, output: int | str | None = None) -> bool:
     return any(isinstance(layer, StemConv) for _, layer in iter_layers(model))
 
 
-@dataclass
-class Comparison:
-    """The result of `compare`.
+def default_batch_size() -> int:
+    """Images per model call when none is given: 16 on CPUs, 64 where Keras sees an accelerator.
 
-    Attributes
-    ----------
-    rows : list of dict
-        One per (image, model, method): ``image``, ``label``, ``model``,
-        ``method``, ``predicted``, ``deletion_area``, ``insertion_area``,
-        ``deletion_on_<other model>``, ``linearity_sum``, ``linearity_joint``,
-        and ``pointing`` and ``energy`` when masks were given.
-    correlations : list of dict
-        One per image and pair of maps: ``image``, ``map_a``, ``map_b``, ``spearman``.
-    model_rows : list of dict
-        One per (image, model): ``predicted``, ``correct``, ``shuffle_kept``.
-    aggregates : list of dict
-        Per (model, method) and metric: ``mean``, ``low``, ``high`` (95 % bootstrap interval), ``n``.
-    summary : dict
-        Accuracy per model, per-class accuracy per model and their correlation between models, and
-        ``seconds``: time spent per part (maps of each model and method, deletion, insertion, ...).
-    maps : dict
-        ``(model, method)`` -> heatmaps (N, H, W), for figures.
-    curves : dict
-        ``(model, method)`` -> deletion and insertion curves on the explained model, each (N, steps + 1).
-    images : ndarray or None
-        (N, H, W, 3) uint8: the images as shown (the preprocessing undone by ``deprocess``).
-    labels : ndarray or None
-        (N,) the true classes.
-    evidence : dict
-        For the first BagNet among the models: ``"model"`` (its name), ``"predicted"`` (N, H, W) its
-        evidence for its predicted class on the pixels, and ``"boxes"`` (N, 3, 4) the boxes of the three
-        patches with the most evidence for the true class; empty without a BagNet.
-    patches : dict
-        Class index -> `TopPatches` of that BagNet over the class's images (patch pixels as uint8).
+    On a CPU a batch of 16 BagNet-33 inputs of 224 x 224 already keeps every
+    core busy, and its activations stay near a gigabyte; a GPU needs larger
+    batches to be busy.
+    """
+    devices = keras.distribution.list_devices()
+    return 64 if any(not str(d).lower().startswith("cpu") for d in devices) else 16
 
-    `bagnet_keras.report.html.write_report` draws the report from these alone, running no model.
+def _is_array(images) -> bool:
+    """Arrays, memory maps, tensors and lazy arrays such as `data_tools.loader.ImageFiles` (sliced, not iterated)."""
+    return isinstance(images, list) or (hasattr(images, "shape") and hasattr(images, "__getitem__"))
+
+
+def _chunks(images, labels, masks, output, batch_size: int, wanted: Callable[[int], bool]) -> Iterator[tuple]:
+    """``(images, labels, masks)`` of exactly ``batch_size`` images (the last may have fewer), in the data's order.
+
+    ``images`` is an array-like (`_is_array`) with ``labels`` beside it, or an iterable of ``(images, labels)``
+    batches of any size (a tf.data dataset; labels by head when a dict), re-cut to ``batch_size``. Batches
+    that ``wanted(index)`` refuses (another shard's) are None where they need not be read.
     """
 
-    rows: list = field(default_factory=list)
-    correlations: list = field(default_factory=list)
-    model_rows: list = field(default_factory=list)
-    aggregates: list = field(default_factory=list)
-    summary: dict = field(default_factory=dict)
-    maps: dict = field(default_factory=dict)
-    curves: dict = field(default_factory=dict)
-    images: np.ndarray | None = None
-    labels: np.ndarray | None = None
-    evidence: dict = field(default_factory=dict)
-    patches: dict = field(default_factory=dict)
+    def slice_of(values, start, stop):
+        return None if values is None else np.asarray(values[start:stop])
 
-    def aggregate(self, model: str, method: str, metric: str) -> dict:
-        """The aggregate row of one metric (KeyError if it was not computed)."""
-        for row in self.aggregates:
-            if (row["model"], row["method"], row["metric"]) == (model, method, metric):
-                return row
-        raise KeyError((model, method, metric))
-
-    def save(self, output_dir: str | os.PathLike) -> list[str]:
-        """Write ``rows.csv``, ``correlations.csv``, ``models.csv``, ``aggregates.csv`` and ``comparison.json``."""
-        os.makedirs(output_dir, exist_ok=True)
-        written = []
-        for name, table in (("rows", self.rows), ("correlations", self.correlations),
-                            ("models", self.model_rows), ("aggregates", self.aggregates)):  # fmt: skip
-            written.append(_write_csv(os.path.join(output_dir, f"{name}.csv"), table))
-        payload = {"summary": self.summary, "aggregates": self.aggregates, "rows": self.rows,
-                   "correlations": self.correlations, "models": self.model_rows}  # fmt: skip
-        text = json.dumps(_plain(payload), indent=2, sort_keys=True)
-        path = write_atomic(os.path.join(output_dir, "comparison.json"), text)
-        return [*written, path]
-
-
-def _plain(value):
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
-
-
-def _write_csv(path: str, table: list[dict]) -> str:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(key for row in table for key in row)))
-    writer.writeheader()
-    writer.writerows(_plain(table))
-    return write_atomic(path, text.getvalue())
-
-
-def _collect(images, labels, output):
-    """Arrays from a dataset of ``(images, labels)`` batches (labels by head when a dict); arrays pass through."""
-    if isinstance(images, np.ndarray) or keras.ops.is_tensor(images) or isinstance(images, list):
+    if _is_array(images):
         if labels is None:
             raise ValueError("`labels` are needed with an image array (one true class per image).")
-        return images, labels
-    xs, ys = [], []
+        for index, start in enumerate(range(0, len(images), batch_size)):
+            stop = start + batch_size
+            if not wanted(index):
+                yield None
+                continue
+            yield slice_of(images, start, stop), slice_of(labels, start, stop), slice_of(masks, start, stop)
+        return
+    xs, ys, held, start = [], [], 0, 0
     for batch in images:
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
             raise ValueError("A dataset given as `images` must yield (images, labels) batches.")
@@ -177,9 +123,222 @@ def _collect(images, labels, output):
             y = y[output]
         xs.append(np.asarray(x))
         ys.append(np.asarray(y))
-    if not xs:
-        raise ValueError("The dataset is empty.")
-    return np.concatenate(xs), np.concatenate(ys) if labels is None else labels
+        held += len(xs[-1])
+        while held >= batch_size:
+            x, y = np.concatenate(xs), np.concatenate(ys)
+            stop = start + batch_size
+            own = y[:batch_size] if labels is None else slice_of(labels, start, stop)
+            yield x[:batch_size], own, slice_of(masks, start, stop)
+            xs, ys, held, start = [x[batch_size:]], [y[batch_size:]], held - batch_size, stop
+    if held:
+        y = np.concatenate(ys)
+        own = y if labels is None else slice_of(labels, start, start + held)
+        yield np.concatenate(xs), own, slice_of(masks, start, start + held)
+
+
+@dataclass
+class _Setup:
+    """What every batch of one comparison is measured with."""
+
+    models: Mapping[str, keras.Model]
+    scorers: dict
+    keys: list
+    output: int | str | None
+    target: str
+    steps: int
+    cell: int
+    linearity_k: int
+    shuffle_grid: int
+    batch_size: int
+    bagnet: str | None
+    deprocess: Callable | None
+    report_images: int
+    patches_per_class: int
+    has_masks: bool
+
+
+def _probability(logits: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    logits = np.asarray(logits, dtype="float64")
+    top = logits.max(axis=1, keepdims=True)
+    lse = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+    return np.exp(logits[np.arange(len(logits)), classes] - lse)
+
+
+def _measure(setup: _Setup, index: int, batch: tuple) -> tuple[dict, dict]:
+    """Every number of one batch of images, and what the report may show of them: a part's arrays and meta."""
+    x, labels, masks = batch
+    x = check_images(x, 1, channels=None)
+    labels = np.asarray(labels).astype(int).ravel()
+    if len(labels) != len(x):
+        raise ValueError(f"`labels` must have one class per image ({len(x)}). Received {len(labels)}.")
+    if setup.has_masks:
+        masks = np.asarray(masks, dtype=bool)
+        if masks.shape != x.shape[:3]:
+            raise ValueError(f"`masks` must be (N, H, W) = {x.shape[:3]} for these images. Received {masks.shape}.")
+    start = index * setup.batch_size
+    n = len(x)
+    seconds: Counter = Counter()
+    passes: Counter = Counter()
+
+    @contextlib.contextmanager
+    def timed(part: str):
+        begin = time.perf_counter()
+        yield
+        seconds[part] += time.perf_counter() - begin
+
+    logits, predicted, kept = {}, {}, {}
+    for name, scorer in setup.scorers.items():
+        with timed(f"predict {name}"):
+            logits[name] = np.asarray(scorer(x), dtype="float64")
+        predicted[name] = logits[name].argmax(axis=1)
+        with timed(f"shuffle test {name}"):
+            shuffled = np.stack([shuffle_tiles(image, setup.shuffle_grid, start + i) for i, image in enumerate(x)])
+            before = predicted[name]
+            if shuffled.shape != x.shape:  # the tiles cut the image: compare with the same crop
+                before = np.asarray(scorer(x[:, : shuffled.shape[1], : shuffled.shape[2]])).argmax(axis=1)
+                passes[name] += n
+            kept[name] = before == np.asarray(scorer(shuffled)).argmax(axis=1)
+        passes[name] += 2 * n
+    maps = {}
+    for key in setup.keys:
+        with timed(f"maps {key[0]}/{key[1]}"):
+            maps[key] = explain(setup.models[key[0]], x, key[1], class_index=labels, output=setup.output,
+                                target=setup.target, batch_size=setup.batch_size)  # fmt: skip
+
+    with timed("masking passes"):
+        curves, linearity = _masking(setup, x, labels, maps, logits, passes)
+    arrays: dict = {}
+    rows, model_rows, correlations = [], [], []
+    for i in range(n):
+        image = start + i
+        for name in setup.models:
+            model_rows.append({"image": image, "model": name, "label": int(labels[i]),
+                               "predicted": int(predicted[name][i]), "correct": bool(predicted[name][i] == labels[i]),
+                               "shuffle_kept": bool(kept[name][i])})  # fmt: skip
+    for j, (name, method) in enumerate(setup.keys):
+        arrays[f"deletion_{j}"] = curves[name, method][name]
+        arrays[f"insertion_{j}"] = curves[name, method]["insertion"]
+    for i in range(n):
+        for name, method in setup.keys:
+            row = {"image": start + i, "label": int(labels[i]), "model": name, "method": method,
+                   "predicted": int(predicted[name][i])}  # fmt: skip
+            for other in setup.models:
+                area = curve_area(curves[name, method][other][i])
+                row["deletion_area" if other == name else f"deletion_on_{other}"] = area
+            row["insertion_area"] = curve_area(curves[name, method]["insertion"][i])
+            row["linearity_sum"], row["linearity_joint"] = linearity[name, method][i]
+            if setup.has_masks and masks[i].any():
+                row["pointing"] = pointing_game(maps[name, method][i], masks[i])
+                row["energy"] = energy_in_mask(maps[name, method][i], masks[i])
+            rows.append(row)
+    with timed("rank correlations"):
+        for i in range(n):
+            for a, b in itertools.combinations(setup.keys, 2):
+                rho = rank_correlation(maps[a][i], maps[b][i], setup.cell)
+                correlations.append({"image": start + i, "map_a": "/".join(a), "map_b": "/".join(b), "spearman": rho})
+
+    wrong = np.any([predicted[name] != labels for name in setup.models], axis=0)
+    first = start + np.arange(n) < setup.report_images
+    chosen = np.flatnonzero(first | (wrong & (np.cumsum(wrong) <= MISCLASSIFIED_SHOWN)))
+    arrays["shown_index"] = start + chosen
+    arrays["shown_images"] = (display_images(x[chosen], setup.deprocess) if len(chosen)
+                              else np.zeros((0, *x.shape[1:3], 3), np.uint8))  # fmt: skip
+    for j, key in enumerate(setup.keys):
+        arrays[f"shown_map_{j}"] = maps[key][chosen]
+    if setup.bagnet is not None:
+        with timed(f"report views {setup.bagnet}"):
+            arrays.update(_bagnet_views(setup, x, labels, predicted[setup.bagnet], chosen, start))
+    meta = {"labels": labels.tolist(), "rows": rows, "model_rows": model_rows, "correlations": correlations,
+            "seconds": dict(seconds), "passes": dict(passes)}  # fmt: skip
+    return arrays, meta
+
+
+def _masking(setup: _Setup, x, labels, maps, logits, passes: Counter) -> tuple[dict, dict]:
+    """Deletion curves on every model, insertion curves and masking linearity on the explained one.
+
+    All deletion copies of the batch are built once and go through every model; each model's own
+    copies (insertion, single cells) follow in full batches.
+    """
+    n = len(x)
+    positions = {key: rank_positions(maps[key], setup.cell) for key in setup.keys}
+    n_cells = next(iter(positions.values())).shape[1]
+    s, k = min(setup.steps, n_cells), min(setup.linearity_k, n_cells)
+    fills = x.reshape(n, -1, x.shape[-1]).mean(axis=1)
+    deletion = Passes.concat([deletion_passes(positions[key], s) for key in setup.keys])
+    scored = score_passes(setup.scorers, x, deletion, labels, setup.cell, setup.batch_size, fills)
+    for name in setup.models:
+        passes[name] += len(deletion)
+    base = {name: _probability(logits[name], labels) for name in setup.models}
+    curves: dict = {}
+    for j, key in enumerate(setup.keys):
+        rows = slice(j * n * s, (j + 1) * n * s)
+        curves[key] = {}
+        for name, (logit, lse) in scored.items():
+            probability = np.exp(logit[rows] - lse[rows]).reshape(n, s)
+            curves[key][name] = np.concatenate([base[name][:, None], probability], axis=1)
+    linearity = {}
+    for name in setup.models:
+        own = [key for key in setup.keys if key[0] == name]
+        if not own:
+            continue
+        parts = []
+        for key in own:
+            parts += [insertion_passes(positions[key], s), single_cell_passes(positions[key], k)]
+            if k > s:  # masking linearity's joint masking is not on the deletion curve
+                parts.append(Passes(np.arange(n), positions[key] < k))
+        mine = Passes.concat(parts)
+        logit, lse = score_passes({name: setup.scorers[name]}, x, mine, labels, setup.cell, setup.batch_size,
+                                  fills)[name]  # fmt: skip
+        passes[name] += len(mine)
+        unmasked = logits[name][np.arange(n), labels]
+        offset = 0
+        for key in own:
+            j = setup.keys.index(key)
+            rows = slice(offset, offset + n * (s + 1))
+            curves[key]["insertion"] = np.exp(logit[rows] - lse[rows]).reshape(n, -1)
+            offset += n * (s + 1)
+            singles = logit[offset : offset + n * k].reshape(n, k)
+            offset += n * k
+            if k > s:
+                joint = logit[offset : offset + n]
+                offset += n
+            else:
+                joint = scored[name][0][j * n * s : (j + 1) * n * s].reshape(n, s)[:, k - 1]
+            linearity[key] = [(float(np.sum(unmasked[i] - singles[i])), float(unmasked[i] - joint[i]))
+                              for i in range(n)]  # fmt: skip
+    return curves, linearity
+
+
+def _bagnet_views(setup: _Setup, x, labels, predicted, chosen, start) -> dict:
+    """What the report shows of a BagNet beside the maps: evidence for its prediction, boxes, patch candidates."""
+    model = setup.models[setup.bagnet]
+    true = evidence_map(model, x, class_index=labels, output=setup.output, batch_size=setup.batch_size)
+    grid_boxes = true.boxes().reshape(-1, 4)  # the same positions for every image
+    flat = true.maps.reshape(len(x), -1)
+    best = np.argsort(-flat, axis=1, kind="stable")[:, :3]
+    views = {"shown_boxes": grid_boxes[best[chosen]]}
+    if len(chosen):
+        views["shown_evidence"] = evidence_map(model, x[chosen], class_index=predicted[chosen], output=setup.output,
+                                               batch_size=setup.batch_size).upsample()  # fmt: skip
+    else:
+        views["shown_evidence"] = np.zeros((0, *x.shape[1:3]), "float32")
+    found = []  # (class, score, image, box, pixels): the best patch of each image, the best k per class
+    for c in np.unique(labels):
+        mine = []
+        for i in np.flatnonzero(labels == c):
+            position = np.argsort(flat[i])[::-1][0]  # as `top_patches` with max_per_image=1 picks it
+            top, left, bottom, right = grid_boxes[position]
+            mine.append((int(c), float(flat[i, position]), start + int(i), grid_boxes[position],
+                         x[i, top:bottom, left:right]))  # fmt: skip
+        found += sorted(mine, key=lambda item: (-item[1], item[2]))[: setup.patches_per_class]
+    q = true.patch_size
+    views["patch_class"] = np.array([f[0] for f in found], dtype=int)
+    views["patch_score"] = np.array([f[1] for f in found], dtype="float32")
+    views["patch_image"] = np.array([f[2] for f in found], dtype=int)
+    views["patch_boxes"] = np.array([f[3] for f in found], dtype=int).reshape(-1, 4)
+    views["patch_pixels"] = (display_images(np.stack([f[4] for f in found]), setup.deprocess) if found
+                             else np.zeros((0, q, q, 3), np.uint8))  # fmt: skip
+    return views
 
 
 def compare(
@@ -198,8 +357,13 @@ def compare(
     target: str = "logit",
     deprocess: Callable | None = None,
     patches_per_class: int = 8,
+    batch_size: int | None = None,
+    output_dir: str | None = None,
+    report_images: int = 12,
+    preprocess: Callable | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> Comparison:
-    """Explain the same images with every model and method, and measure the maps.
+    """Explain the same images with every model and method, and measure the maps, batch by batch.
 
     Parameters
     ----------
@@ -207,7 +371,9 @@ def compare(
         E.g. ``{"cnn": finetuned_vgg, "bagnet": finetuned_bagnet}``; all take
         the same preprocessed ``images``.
     images : array (N, H, W, C), or a dataset of ``(images, labels)`` batches
-        Preprocessed images (a `data_tools.loader.image_dataset` split, for example).
+        Preprocessed images (a `data_tools.loader.image_dataset` split, for
+        example). Arrays may be memory maps: only ``batch_size`` images are
+        read at a time.
     labels : sequence of N ints, optional
         True classes (taken from the dataset when one is given); maps are computed for them.
     masks : array (N, H, W) of bool, optional
@@ -237,6 +403,26 @@ def compare(
         (e.g. `bagnet_keras.deprocess_input`); default: min-max scaling.
     patches_per_class : int
         Size of each class's gallery of a BagNet's most informative patches.
+    batch_size : int, optional
+        Images read at a time, and inputs per model call (the masked copies of
+        several images share a call). It bounds the memory: the activations
+        of one batch. Default: `default_batch_size`.
+    output_dir : str, optional
+        Commit each batch's results into this folder as it goes
+        (``parts/``, ``run.json``) and the tables at the end (``rows.csv``,
+        ``comparison.json``, ...). The same call again resumes a killed run
+        (finished batches are not recomputed); other arguments, models or
+        data in the same folder raise a ValueError.
+    report_images : int
+        The first images whose pixels and maps are kept for the report
+        (besides the first 24 misclassified ones).
+    preprocess : callable, optional
+        Applied to each batch as it is read (e.g. `bagnet_keras.preprocess_input`), so ``images`` can be
+        raw pixels: a uint8 memory map, or a `data_tools.loader.ImageFiles` of a dataset folder.
+    shard : (index, count), optional
+        Measure only the batches whose number is ``index`` modulo ``count``: one of ``count`` processes,
+        machines or cluster jobs sharing the data, each with its own ``output_dir``.
+        `bagnet_keras.merge_shards` joins the finished shards into the comparison of the whole run.
 
     Returns
     -------
@@ -244,125 +430,95 @@ def compare(
 
     Examples
     --------
-    >>> result = compare({"cnn": cnn, "bagnet": bagnet}, x_test, y_test, masks=masks)  # doctest: +SKIP
-    >>> result.aggregate("bagnet", "evidence", "deletion_area")["mean"]  # doctest: +SKIP
-    0.41
+    >>> import keras, numpy as np
+    >>> keras.utils.set_random_seed(0)
+    >>> cnn = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(4, 3, name="conv"),
+    ...                         keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2, activation="softmax")])
+    >>> x = np.random.default_rng(0).normal(size=(5, 16, 16, 3)).astype("float32")
+    >>> result = compare({"cnn": cnn}, x, [0, 1, 0, 1, 0], steps=4, batch_size=2, progress=False)
+    >>> len(result.rows), sorted(result.aggregate("cnn", "gradcam", "deletion_area"))
+    (5, ['high', 'low', 'mean', 'method', 'metric', 'model', 'n'])
     """
     check_target(target)
     if not isinstance(models, Mapping) or not models:
         raise ValueError("`models` must map names to Keras models, e.g. {'cnn': cnn, 'bagnet': bagnet}.")
-    images, labels = _collect(images, labels, output)
-    x = check_images(images, 1, channels=None)
-    labels = np.asarray(labels).astype(int).ravel()
-    if len(labels) != len(x):
-        raise ValueError(f"`labels` must have one class per image ({len(x)}). Received {len(labels)}.")
-    if masks is not None:
-        masks = np.asarray(masks, dtype=bool)
-        if masks.shape != x.shape[:3]:
-            raise ValueError(f"`masks` must be (N, H, W) = {x.shape[:3]}. Received {masks.shape}.")
+    batch_size = default_batch_size() if batch_size is None else check_positive_int(batch_size, "batch_size")
+    for name, value in (("steps", steps), ("cell", cell), ("linearity_k", linearity_k),
+                        ("shuffle_grid", shuffle_grid), ("patches_per_class", patches_per_class)):  # fmt: skip
+        check_positive_int(value, name)
+    if isinstance(report_images, bool) or not isinstance(report_images, int) or report_images < 0:
+        raise ValueError(f"`report_images` must be an integer >= 0. Received: report_images={report_images!r}")
+    if _is_array(images):
+        n_images = len(images)
+        if labels is not None and len(labels) != n_images:
+            raise ValueError(f"`labels` must have one class per image ({n_images}). Received {len(labels)}.")
+        if masks is not None and tuple(np.shape(masks)) != tuple(np.shape(images)[:3]):
+            raise ValueError(f"`masks` must be (N, H, W) = {tuple(np.shape(images)[:3])}. "
+                             f"Received {tuple(np.shape(masks))}.")  # fmt: skip
+    shard = check_shard(shard)
+    if shard is not None and output_dir is None:
+        raise ValueError("A shard commits its batches for merge_shards to join: give it an output_dir.")
     per_model = _methods(models, methods, output)
-    scorers = {name: logit_fn(model, output) for name, model in models.items()}
-    probabilities = {name: probability_fn(scorer) for name, scorer in scorers.items()}
+    keys = [(name, method) for name in models for method in per_model[name]]
+    if not keys:
+        raise ValueError("No maps to measure: `methods` names none for any model.")
     sizes = {name: int(model.outputs[output_index(model, output)].shape[-1]) for name, model in models.items()}
     n_classes = n_classes or max(sizes.values())
-    result = Comparison()
-    seconds: Counter = Counter()
+    setup = _Setup(
+        models=models, scorers={name: logit_fn(model, output, batch_size) for name, model in models.items()},
+        keys=keys, output=output, target=target, steps=steps, cell=cell, linearity_k=linearity_k,
+        shuffle_grid=shuffle_grid, batch_size=batch_size,
+        bagnet=next((name for name, model in models.items() if is_bagnet(model, output)), None),
+        deprocess=deprocess, report_images=report_images, patches_per_class=patches_per_class,
+        has_masks=masks is not None,
+    )  # fmt: skip
+    if output_dir is None:
+        store = MemoryStore()
+    else:
+        # What makes two runs' rows different: a rerun must match all of it to resume.
+        arguments = {"models": {name: digest(*model.get_weights()) for name, model in models.items()},
+                     "methods": per_model, "output": output, "steps": steps, "cell": cell,
+                     "linearity_k": linearity_k, "shuffle_grid": shuffle_grid, "target": target,
+                     "batch_size": batch_size, "n_classes": n_classes, "masks": masks is not None,
+                     "report_images": report_images, "patches_per_class": patches_per_class,
+                     "preprocess": _name_of(preprocess), "shard": shard}  # fmt: skip
+        store = PartStore(output_dir, arguments, "compare")
+    total = len(images) if _is_array(images) else None
+    bar = tqdm(total=total, desc="compare", unit="image", disable=None if progress else True)
 
-    @contextlib.contextmanager
-    def timed(part: str):
-        start = time.perf_counter()
-        yield
-        seconds[part] += time.perf_counter() - start
+    def measure(index, batch):
+        if preprocess is not None:
+            batch = (np.asarray(preprocess(np.asarray(batch[0], dtype="float32"))), *batch[1:])
+        part = _measure(setup, index, batch)
+        bar.update(len(batch[0]))
+        return part
 
-    predicted = {}
-    for name, scorer in scorers.items():
-        with timed(f"predict {name}"):
-            predicted[name] = scorer(x).argmax(axis=1)
-        with timed(f"shuffle test {name}"):
-            kept = shuffle_sensitivity(scorer, x, grid=shuffle_grid)
-        for i in range(len(x)):
-            result.model_rows.append({"image": i, "model": name, "label": int(labels[i]),
-                                      "predicted": int(predicted[name][i]),
-                                      "correct": bool(predicted[name][i] == labels[i]),
-                                      "shuffle_kept": bool(kept[i])})  # fmt: skip
-    total = sum(len(m) for m in per_model.values())
-    bar = tqdm(total=total * len(x), desc="compare", unit="map", disable=None if progress else True)
-    for name, model in models.items():
-        for method in per_model[name]:
-            with timed(f"maps {name}/{method}"):
-                maps = explain(model, x, method, class_index=labels, output=output, target=target)
-            result.maps[name, method] = maps
-            deletion, insertion = [], []
-            for i in range(len(x)):
-                row = {"image": i, "label": int(labels[i]), "model": name, "method": method,
-                       "predicted": int(predicted[name][i])}  # fmt: skip
-                for other, probability in probabilities.items():
-                    with timed(f"deletion on {other}"):
-                        curve = deletion_curve(probability, x[i], maps[i], labels[i], steps, cell)
-                    if other == name:
-                        deletion.append(curve)
-                        row["deletion_area"] = curve_area(curve)
-                    else:
-                        row[f"deletion_on_{other}"] = curve_area(curve)
-                with timed(f"insertion on {name}"):
-                    curve = insertion_curve(probabilities[name], x[i], maps[i], labels[i], steps, cell)
-                insertion.append(curve)
-                row["insertion_area"] = curve_area(curve)
-                with timed(f"linearity on {name}"):
-                    row["linearity_sum"], row["linearity_joint"] = masking_linearity(
-                        scorers[name], x[i], maps[i], labels[i], linearity_k, cell
-                    )
-                if masks is not None and masks[i].any():
-                    row["pointing"] = pointing_game(maps[i], masks[i])
-                    row["energy"] = energy_in_mask(maps[i], masks[i])
-                result.rows.append(row)
-                bar.update(1)
-            result.curves[name, method] = {"deletion": np.stack(deletion), "insertion": np.stack(insertion)}
-    bar.close()
-    keys = list(result.maps)
-    start = time.perf_counter()
-    for i in range(len(x)):
-        for a, b in itertools.combinations(keys, 2):
-            rho = rank_correlation(result.maps[a][i], result.maps[b][i], cell)
-            result.correlations.append({"image": i, "map_a": "/".join(a), "map_b": "/".join(b), "spearman": rho})
-    seconds["rank correlations"] += time.perf_counter() - start
-    result.aggregates = _aggregate(result.rows, result.correlations, result.model_rows)
-    result.images, result.labels = display_images(x, deprocess), labels
-    bagnet = next((name for name, model in models.items() if is_bagnet(model, output)), None)
-    if bagnet is not None:
-        with timed(f"report figures {bagnet}"):
-            _bagnet_views(result, bagnet, models[bagnet], x, labels, predicted[bagnet], output, deprocess,
-                          patches_per_class, n_classes)  # fmt: skip
-    accuracy = {name: per_class_accuracy(labels, predicted[name], n_classes) for name in models}
-    result.summary = {
-        "n_images": len(x),
-        "accuracy": {name: float((predicted[name] == labels).mean()) for name in models},
-        "per_class_accuracy": {name: acc.tolist() for name, acc in accuracy.items()},
-        "per_class_accuracy_correlation": {
-            f"{a}/{b}": _pearson(accuracy[a], accuracy[b]) for a, b in itertools.combinations(models, 2)
-        },
-        "shuffle_kept": {name: float(np.mean([r["shuffle_kept"] for r in result.model_rows if r["model"] == name]))
-                         for name in models},  # fmt: skip
-        "seconds": dict(seconds),
-    }
+    with store, bar:
+        committed = store.indices()
+        if committed and progress:
+            bar.write(f"compare: {len(committed)} batches of {batch_size} images were committed in {output_dir} "
+                      "by an earlier run; measuring the rest")  # fmt: skip
+        def wanted(index: int) -> bool:
+            return shard is None or index % shard[1] == shard[0]
+
+        chunks = _chunks(images, labels, masks, output, batch_size, wanted)
+        _, batches = run_parts(store, chunks, measure, skip=lambda index: not wanted(index))
+        details = {"keys": keys, "models": list(models), "n_classes": n_classes, "report_images": report_images,
+                   "patches_per_class": patches_per_class, "bagnet": setup.bagnet}  # fmt: skip
+        store.finish(batches, details)
+        if not store.indices():  # a shard without batches: the others hold the run's images
+            return Comparison(summary={"n_images": 0})
+        result = assemble(store, keys, list(models), n_classes, report_images, patches_per_class, setup.bagnet)
+        if output_dir is not None:
+            result.save(output_dir)
     return result
 
 
-def _bagnet_views(result, name, model, x, labels, predicted, output, deprocess, k, n_classes) -> None:
-    """What the report shows of a BagNet beside the maps: evidence for its prediction, boxes, patch galleries."""
-    true = evidence_map(model, x, class_index=labels, output=output)
-    grid_boxes = true.boxes().reshape(-1, 4)  # the same positions for every image
-    best = np.argsort(-true.maps.reshape(len(x), -1), axis=1, kind="stable")[:, :3]
-    result.evidence = {
-        "model": name,
-        "predicted": evidence_map(model, x, class_index=predicted, output=output).upsample(),
-        "boxes": grid_boxes[best],
-    }
-    for c in range(n_classes):
-        if np.any(labels == c):
-            patches = top_patches(model, x[labels == c], c, k=k, output=output)
-            patches.patches = display_images(patches.patches, deprocess)
-            result.patches[c] = patches
+def _name_of(function: Callable | None) -> str | None:
+    """A preprocessing function as run.json records it (a function cannot be compared across runs)."""
+    if function is None:
+        return None
+    return f"{getattr(function, '__module__', '')}.{getattr(function, '__qualname__', type(function).__name__)}"
 
 
 def _methods(models, methods, output) -> dict[str, list[str]]:
@@ -383,36 +539,3 @@ def _methods(models, methods, output) -> dict[str, list[str]]:
     return chosen
 
 
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    both = ~(np.isnan(a) | np.isnan(b))
-    if both.sum() < 2 or np.ptp(a[both]) == 0 or np.ptp(b[both]) == 0:
-        return float("nan")
-    return float(np.corrcoef(a[both], b[both])[0, 1])
-
-
-def _aggregate(rows: list[dict], correlations: list[dict], model_rows: list[dict]) -> list[dict]:
-    out = []
-    groups: dict = {}
-    for row in rows:
-        groups.setdefault((row["model"], row["method"]), []).append(row)
-    for (model, method), group in groups.items():
-        metrics = [m for m in _MAP_METRICS if any(m in r for r in group)]
-        metrics += sorted({k for r in group for k in r if k.startswith("deletion_on_")})
-        for metric in metrics:
-            values = [float(r[metric]) for r in group if metric in r]
-            mean, low, high = mean_ci(values)
-            out.append({"model": model, "method": method, "metric": metric,
-                        "mean": mean, "low": low, "high": high, "n": len(values)})  # fmt: skip
-    pairs: dict = {}
-    for row in correlations:
-        pairs.setdefault((row["map_a"], row["map_b"]), []).append(row["spearman"])
-    for (a, b), values in pairs.items():
-        mean, low, high = mean_ci(values)
-        out.append({"model": a, "method": b, "metric": "spearman", "mean": mean, "low": low, "high": high,
-                    "n": int(np.sum(~np.isnan(values)))})  # fmt: skip
-    for model in dict.fromkeys(r["model"] for r in model_rows):
-        for metric in ("correct", "shuffle_kept"):
-            mean, low, high = mean_ci([float(r[metric]) for r in model_rows if r["model"] == model])
-            out.append({"model": model, "method": "", "metric": metric, "mean": mean, "low": low, "high": high,
-                        "n": sum(r["model"] == model for r in model_rows)})  # fmt: skip
-    return out

@@ -69,6 +69,7 @@ def _overlays(
     boxes: Mapping[int, np.ndarray],
     titles: Sequence[str],
 ) -> Figure:
+    """One row per image; ``indices`` are positions in ``display``, the columns' maps and ``boxes``."""
     cols = 1 + len(columns)
     fig = Figure(figsize=(2.0 * cols, 2.3 * len(indices)), layout="constrained")
     axes = fig.subplots(len(indices), cols, squeeze=False)
@@ -97,7 +98,9 @@ def write_report(
     """Write ``report.html`` (and ``figures/*.png``) into ``output_dir``; returns the report's path.
 
     The report is drawn from the comparison alone (its images, maps,
-    curves, tables and BagNet views); no model runs here.
+    curves, tables and BagNet views); no model runs here. Images are shown
+    with their maps where the comparison kept them (``Comparison.shown``:
+    the first ones and the first misclassified ones).
 
     Parameters
     ----------
@@ -127,6 +130,7 @@ def write_report(
     if comparison.images is None or comparison.labels is None:
         raise ValueError("This comparison holds no images; make it with bagnet_keras.compare (it keeps them).")
     display = comparison.images / 255.0
+    position = {int(image): p for p, image in enumerate(comparison.shown)}
     labels = np.asarray(comparison.labels).astype(int)
     name_of = list(class_names)
     models = list(comparison.summary["accuracy"])
@@ -181,14 +185,16 @@ def write_report(
         return [f"#{i} {name_of[labels[i]]}\n" + "\n".join(f"{m}: {name_of[predicted[m][i]]}" for m in models)
                 for i in indices]  # fmt: skip
 
-    shown = list(range(min(max_images, len(labels))))
+    def overlays(indices):
+        return _overlays(display, [position[i] for i in indices], columns, boxes, titles(indices))
+
+    shown = [i for i in range(min(max_images, len(labels))) if i in position]
     parts.append('<h2>Images</h2><p class="note">First column: the image with the boxes of the 3 patches with '
                  "the most evidence for the true class (BagNet). Red: evidence for the class, blue: against; "
                  "other maps are scaled to [0, 1].</p>")  # fmt: skip
     for start in range(0, len(shown), 6):
         chunk = shown[start : start + 6]
-        fig = _overlays(display, chunk, columns, boxes, titles(chunk))
-        parts.append(figure(fig, f"images_{start:03d}", "maps of images"))
+        parts.append(figure(overlays(chunk), f"images_{start:03d}", "maps of images"))
 
     if bagnet is not None:
         parts.append(f"<h2>Most informative patches per class ({html.escape(bagnet)})</h2>")
@@ -200,10 +206,9 @@ def write_report(
     parts.append(f"<h2>Misclassified ({len(wrong)})</h2>")
     if not wrong:
         parts.append("<p>Every image was classified correctly by every model.</p>")
-    for start in range(0, min(len(wrong), 24), 6):
-        chunk = wrong[start : start + 6]
-        fig = _overlays(display, chunk, columns, boxes, titles(chunk))
-        parts.append(figure(fig, f"misclassified_{start:03d}", "misclassified images"))
+    kept = [i for i in wrong if i in position][:24]
+    for start in range(0, len(kept), 6):
+        parts.append(figure(overlays(kept[start : start + 6]), f"misclassified_{start:03d}", "misclassified images"))
 
     document = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}"
                 f"</title><style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>")  # fmt: skip

@@ -3,7 +3,8 @@
 Importing the commands once and forking for each run makes a kill-point
 sweep affordable (a fresh interpreter costs half a second per run). Reads
 one JSON request per line on stdin, ``{"argv": [...], "roots": [...],
-"at": k, "trace": path-or-null}``, and answers one JSON line per request on
+"at": k, "trace": path-or-null}`` (with ``"command": "streamed"``, the
+argv goes to ``streamed.py``'s main instead of data_tools'), and answers one JSON line per request on
 stdout: ``{"exit": code}`` or ``{"signal": number}``.
 """
 
@@ -25,7 +26,9 @@ import data_tools.split  # noqa: E402, F401
 from data_tools.cli import main  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(HERE))
-from killpoint import steps  # noqa: E402
+from killpoint import steps, streamed  # noqa: E402
+
+COMMANDS = {"data_tools": main, "streamed": streamed.main}
 
 
 def serve() -> None:
@@ -37,7 +40,7 @@ def serve() -> None:
             try:
                 sys.stdout = open(os.devnull, "w")
                 steps.arm(request["roots"], request["at"], request.get("trace"))
-                code = main(request["argv"])
+                code = COMMANDS[request.get("command", "data_tools")](request["argv"])
             except BaseException:
                 traceback.print_exc()
             finally:

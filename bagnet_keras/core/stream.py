@@ -1,0 +1,410 @@
+"""Runs over a whole dataset, batch by batch: each batch's results committed as one part file, resumed after a kill.
+
+A comparison of 50,000 images cannot hold its images, maps or masked
+copies in memory, and a run that dies at 90 % must not start from zero.
+So a long run measures one batch at a time and commits that batch's
+results (per-image rows, curves, the few images a report shows) as one
+file, and its final tables are computed from those files at the end.
+
+A run writes into one folder, under `bagnet_keras.core.commit.folder_lock`:
+
+- ``run.json``: its arguments (`bagnet_keras.core.commit.check_arguments`);
+  a rerun with other ones stops with an error instead of mixing two runs.
+- ``parts/part-<index>.npz``: the results of batch ``index``: NumPy arrays
+  and plain JSON data (``meta``), written through
+  `bagnet_keras.core.commit.write_atomic` (temporary name, fsync, rename).
+  A batch whose part exists is done; the part also holds a digest of the
+  batch's inputs, so a rerun over other data stops with an error.
+- ``complete.json``: written last, when every batch of the run is
+  committed: how many batches the data has, and what reading the parts
+  needs (`PartStore.finish`).
+
+A run can be one shard of a larger one (``shard=(i, n)``: the batches whose
+index is i modulo n), so that n processes, machines or cluster jobs share a
+dataset; `merged_store` joins the finished shards' folders into the parts of
+one run, after checking that they are the shards of the same run.
+
+The invariant of the commit protocol holds: after a kill at any instant, a
+part is either absent (its batch is measured again) or present and whole.
+Nothing else is state, so the rerun ends with exactly the parts an
+uninterrupted run writes. Parts are read with ``allow_pickle=False``: no
+pickle ever runs.
+
+Examples
+--------
+>>> import tempfile
+>>> folder = tempfile.mkdtemp()
+>>> def measure(index, batch):
+...     return {"double": 2 * batch}, {"n": len(batch)}
+>>> batches = [np.arange(3.0), np.arange(3.0, 5.0)]
+>>> with PartStore(folder, {"factor": 2}) as store:
+...     run_parts(store, batches, measure)  # (batches measured now, batches in the data)
+...     [store.read(i)[0]["double"].tolist() for i in store.indices()]
+(2, 2)
+[[0.0, 2.0, 4.0], [6.0, 8.0]]
+>>> with PartStore(folder, {"factor": 2}) as store:  # the rerun finds both batches done
+...     run_parts(store, batches, measure)
+(0, 2)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+from bagnet_keras.core.commit import RUN_FILE as RUN_FILE_NAME
+from bagnet_keras.core.commit import check_arguments, folder_lock, recover, write_atomic
+
+#: The folder of the part files, inside the run's folder.
+PARTS = "parts"
+#: Written when a run (or shard) has committed all its batches.
+COMPLETE = "complete.json"
+_PART = re.compile(r"^part-(\d{6,})\.npz$")
+
+Measure = Callable[[int, object], tuple[dict, dict]]
+
+
+def digest(*values) -> str:
+    """A sha256 of arrays (their dtype, shape and bytes), to recognise a batch's inputs on a rerun.
+
+    Examples
+    --------
+    >>> digest(np.zeros(2)) == digest(np.zeros(2)), digest(np.zeros(2)) == digest(np.zeros(3))
+    (True, False)
+    """
+    h = hashlib.sha256()
+    for value in values:
+        if value is None:
+            h.update(b"none;")
+            continue
+        array = np.ascontiguousarray(value)
+        h.update(f"{array.dtype.str}{array.shape};".encode())
+        h.update(array.tobytes())
+    return h.hexdigest()
+
+
+class MemoryStore:
+    """The parts of a run kept in memory: `PartStore`'s interface, for a run that writes no files."""
+
+    def __init__(self):
+        self._parts: dict[int, tuple[dict, dict]] = {}
+
+    def __enter__(self) -> MemoryStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def done(self, index: int) -> bool:
+        return index in self._parts
+
+    def write(self, index: int, arrays: dict, meta: dict) -> None:
+        self._parts[index] = (dict(arrays), json.loads(json.dumps(meta)))
+
+    def read(self, index: int) -> tuple[dict, dict]:
+        return self._parts[index]
+
+    def read_meta(self, index: int) -> dict:
+        return self._parts[index][1]
+
+    def indices(self) -> list[int]:
+        return sorted(self._parts)
+
+    def finish(self, batches: int, details: dict) -> None:
+        self.complete = {"batches": batches, **details}
+
+
+class PartStore:
+    """The part files of one run in ``folder``: lock, recovery and argument check on entering.
+
+    Parameters
+    ----------
+    folder : path
+        The run's folder (created if needed). Nothing is written outside it.
+    arguments : dict
+        Plain JSON data that identifies the run (`check_arguments`).
+    command : str
+        Named in the error a second writer of the folder gets.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> with PartStore(folder, {"steps": 20}) as store:
+    ...     store.write(0, {"x": np.ones(2)}, {"rows": [{"image": 0}]})
+    ...     store.done(0), store.read_meta(0)["rows"]
+    (True, [{'image': 0}])
+    >>> PartStore(folder, {"steps": 10}).__enter__()  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: '...' holds a run with other arguments (differing: steps). ...
+    """
+
+    def __init__(self, folder: str | os.PathLike, arguments: dict, command: str = "compare"):
+        self.folder = os.fspath(folder)
+        self.arguments = arguments
+        self.command = command
+        self._lock = None
+
+    def __enter__(self) -> PartStore:
+        os.makedirs(os.path.join(self.folder, PARTS), exist_ok=True)
+        self._lock = folder_lock(self.folder, self.command)
+        self._lock.__enter__()
+        try:
+            recover(self.folder)  # temporary files of a killed write go; parts are whole or absent
+            check_arguments(self.folder, self.arguments)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._lock is not None:
+            self._lock.__exit__(None, None, None)
+            self._lock = None
+
+    def path(self, index: int) -> str:
+        return os.path.join(self.folder, PARTS, f"part-{index:06d}.npz")
+
+    def done(self, index: int) -> bool:
+        return os.path.exists(self.path(index))
+
+    def write(self, index: int, arrays: dict, meta: dict) -> None:
+        """Commit batch ``index``: its arrays and ``meta`` (plain JSON data) as one file, atomically."""
+        if "meta" in arrays:
+            raise ValueError("An array of a part may not be called 'meta' (the part's JSON data has that name).")
+        payload = {name: np.asarray(value) for name, value in arrays.items()}
+        for name, value in payload.items():
+            if value.dtype == object:
+                raise ValueError(f"Array {name!r} of a part has dtype object, which only a pickle could store.")
+        buffer = io.BytesIO()  # one write of the whole file: fewer steps for a kill to fall between
+        np.savez(buffer, meta=np.array(json.dumps(meta, allow_nan=True)), **payload)
+        write_atomic(self.path(index), buffer.getvalue())
+
+    def read(self, index: int) -> tuple[dict, dict]:
+        """``(arrays, meta)`` of a committed batch."""
+        with np.load(self.path(index), allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files if name != "meta"}
+            meta = json.loads(str(data["meta"]))
+        return arrays, meta
+
+    def read_meta(self, index: int) -> dict:
+        """The ``meta`` of a committed batch alone (its arrays are not read)."""
+        with np.load(self.path(index), allow_pickle=False) as data:
+            return json.loads(str(data["meta"]))
+
+    def indices(self) -> list[int]:
+        """The committed batches, in order."""
+        return _indices(self.folder)
+
+    def finish(self, batches: int, details: dict) -> None:
+        """Record that every batch is committed: ``complete.json`` with the count and ``details`` (plain JSON)."""
+        write_atomic(os.path.join(self.folder, COMPLETE), json.dumps({"batches": batches, **details}, indent=1))
+
+
+def _indices(folder: str) -> list[int]:
+    names = os.listdir(os.path.join(folder, PARTS))
+    return sorted(int(m.group(1)) for m in map(_PART.match, names) if m)
+
+
+def check_shard(shard) -> tuple[int, int] | None:
+    """``None`` or ``(index, count)`` with 0 <= index < count, else a ValueError naming the value.
+
+    Examples
+    --------
+    >>> check_shard((2, 3))
+    (2, 3)
+    >>> check_shard((3, 2))
+    Traceback (most recent call last):
+    ...
+    ValueError: shard 3/2: the index must be in 0..1 (shards are numbered from 0 to count - 1).
+    """
+    if shard is None:
+        return None
+    try:
+        index, count = (int(v) for v in shard)
+    except (TypeError, ValueError):
+        raise ValueError(f"`shard` must be (index, count), e.g. (0, 4). Received: shard={shard!r}") from None
+    if count < 1:
+        raise ValueError(f"shard {index}/{count}: the count of shards must be at least 1.")
+    if not 0 <= index < count:
+        raise ValueError(f"shard {index}/{count}: the index must be in 0..{count - 1} (shards are numbered from 0 "
+                         "to count - 1).")  # fmt: skip
+    return index, count
+
+
+def parse_shard(text: str, environ=None) -> tuple[int, int]:
+    """The shard a command-line ``--shard`` names: ``"I/N"``, or ``"env"`` / ``"env/N"`` from a cluster's variables.
+
+    With ``env`` the index comes from ``JOB_COMPLETION_INDEX`` (a Kubernetes
+    indexed Job) or ``SLURM_ARRAY_TASK_ID`` (a Slurm array; counted from
+    ``SLURM_ARRAY_TASK_MIN``), and the count, when not given, from
+    ``SLURM_ARRAY_TASK_COUNT``.
+
+    Examples
+    --------
+    >>> parse_shard("1/4")
+    (1, 4)
+    >>> parse_shard("env", {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "8"})
+    (4, 8)
+    >>> parse_shard("env/3", {"JOB_COMPLETION_INDEX": "2"})
+    (2, 3)
+    """
+    environ = os.environ if environ is None else environ
+    head, _, tail = str(text).partition("/")
+
+    def number(value: str) -> int:
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"--shard {text!r} is not I/N (shard I of N, counted from 0, e.g. 0/4) "
+                             "or env[/N].") from None  # fmt: skip
+
+    count = number(tail) if tail else None
+    if head != "env":
+        if count is None:
+            number("")
+        return check_shard((number(head), count))
+    if "JOB_COMPLETION_INDEX" in environ:
+        index = number(environ["JOB_COMPLETION_INDEX"])
+    elif "SLURM_ARRAY_TASK_ID" in environ:
+        index = number(environ["SLURM_ARRAY_TASK_ID"]) - number(environ.get("SLURM_ARRAY_TASK_MIN", "0"))
+        if count is None and environ.get("SLURM_ARRAY_TASK_COUNT"):
+            count = number(environ["SLURM_ARRAY_TASK_COUNT"])
+    else:
+        raise ValueError(f"--shard {text}: neither JOB_COMPLETION_INDEX (a Kubernetes indexed Job) nor "
+                         "SLURM_ARRAY_TASK_ID (a Slurm array) is set; give the shard as I/N.")  # fmt: skip
+    if count is None:
+        raise ValueError(f"--shard {text}: the number of shards is not known; give it as env/N.")
+    return check_shard((index, count))
+
+
+def _read_json(path: str) -> dict | None:
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+class MergedStore:
+    """The parts of several finished shards of one run, read as one run's (see `merged_store`)."""
+
+    def __init__(self, owners: dict[int, str]):
+        self._owners = owners
+
+    def indices(self) -> list[int]:
+        return sorted(self._owners)
+
+    def read(self, index: int) -> tuple[dict, dict]:
+        store = PartStore(self._owners[index], {})
+        return store.read(index)
+
+
+def merged_store(folders: list[str]) -> tuple[MergedStore, dict]:
+    """Join the folders of finished shards into one run's parts; returns the store and the run's ``complete.json``.
+
+    Raises ValueError, naming the folder and the value, unless the folders are
+    the finished shards 0..n-1 of one run: the same arguments but the shard,
+    each shard once, each complete, each batch in exactly one of them.
+    """
+    if not folders:
+        raise ValueError("Name the folders of the shards to merge.")
+    runs = []
+    for folder in folders:
+        arguments = _read_json(os.path.join(folder, RUN_FILE_NAME))
+        complete = _read_json(os.path.join(folder, COMPLETE))
+        if arguments is None:
+            raise ValueError(f"{folder!r} holds no run ({RUN_FILE_NAME} is missing): name the output folder of a "
+                             "sharded run.")  # fmt: skip
+        if complete is None:
+            raise ValueError(f"The run in {folder!r} has not finished ({COMPLETE} is missing): run its command "
+                             "again to complete it, then merge.")  # fmt: skip
+        runs.append((folder, arguments, complete))
+    first_folder, first, _ = runs[0]
+    same = {k: v for k, v in first.items() if k != "shard"}
+    for folder, arguments, _ in runs[1:]:
+        other = {k: v for k, v in arguments.items() if k != "shard"}
+        if other != same:
+            differing = sorted(k for k in set(same) | set(other) if same.get(k) != other.get(k))
+            raise ValueError(f"{folder!r} and {first_folder!r} are not shards of the same run (differing: "
+                             f"{', '.join(differing)}); merge the shards of one run only.")  # fmt: skip
+    shards = [tuple(a.get("shard") or (0, 1)) for _, a, _ in runs]
+    counts = {n for _, n in shards}
+    if len(counts) != 1:
+        raise ValueError(f"The shards name different shard counts ({sorted(counts)}); merge the shards of one run.")
+    count = counts.pop()
+    indices = sorted(i for i, _ in shards)
+    if indices != list(range(count)):
+        missing = sorted(set(range(count)) - set(indices))
+        twice = sorted({i for i in indices if indices.count(i) > 1})
+        raise ValueError(f"Merging {count} shards needs each of 0..{count - 1} once: "
+                         f"{'missing ' + str(missing) if missing else ''}{' ' if missing and twice else ''}"
+                         f"{'given twice ' + str(twice) if twice else ''}.")  # fmt: skip
+    totals = {c["batches"] for _, _, c in runs}
+    if len(totals) != 1:
+        raise ValueError(f"The shards saw different numbers of batches ({sorted(totals)}): the data changed "
+                         "between them; run every shard on the same data.")  # fmt: skip
+    owners: dict[int, str] = {}
+    for folder, _, _ in runs:
+        for index in _indices(folder):
+            owners[index] = folder
+    total = totals.pop()
+    if sorted(owners) != list(range(total)):
+        raise ValueError(f"The shards hold {len(owners)} of the run's {total} batches; run each shard's command "
+                         "again to complete it.")  # fmt: skip
+    return MergedStore(owners), runs[0][2]
+
+
+def run_parts(
+    store: PartStore | MemoryStore,
+    batches: Iterable,
+    measure: Measure,
+    key: Callable[[object], str] | None = None,
+    skip: Callable[[int], bool] | None = None,
+) -> int:
+    """Measure every batch not yet committed in ``store`` and commit it; returns how many were measured.
+
+    Parameters
+    ----------
+    store : PartStore or MemoryStore
+    batches : iterable
+        The run's batches, in the same order on every run.
+    measure : callable
+        ``measure(index, batch) -> (arrays, meta)``, deterministic.
+    key : callable, optional
+        ``key(batch) -> str`` identifying a batch's inputs (default: `digest` of the batch); recorded as
+        ``meta["inputs"]`` and checked against a committed batch on a rerun.
+    skip : callable, optional
+        ``skip(index)`` is True for batches this run leaves to another (a shard's); their batches
+        may be None (not read).
+
+    Returns
+    -------
+    (measured, batches)
+        How many batches were measured now, and how many the data has.
+    """
+    key = key or (lambda batch: digest(*(batch if isinstance(batch, tuple) else (batch,))))
+    measured = total = 0
+    for index, batch in enumerate(batches):
+        total += 1
+        if skip is not None and skip(index):
+            continue
+        inputs = key(batch)
+        if store.done(index):
+            if store.read_meta(index).get("inputs") != inputs:
+                raise ValueError(
+                    f"Batch {index} of the data differs from the one committed in {getattr(store, 'folder', '')!r} "
+                    "(other images, labels or order). Rerun on the data of that run to resume it, or choose "
+                    "another output folder to start afresh."
+                )
+            continue
+        arrays, meta = measure(index, batch)
+        store.write(index, arrays, {**meta, "inputs": inputs})
+        measured += 1
+    return measured, total
