@@ -218,3 +218,13 @@ def test_mean_ci_draws_resamples_in_blocks():
     rng = np.random.default_rng(0)
     means = values[rng.integers(0, 3000, (2000, 3000))].mean(axis=1)
     assert mean_ci(values) == (values.mean(), np.percentile(means, 2.5), np.percentile(means, 97.5))
+
+
+def test_xla_passes_equal_the_plain_ones(models):
+    x = np.random.default_rng(4).normal(size=(3, SIZE, SIZE, 3)).astype("float32")
+    args = dict(output="shape", steps=3, linearity_k=2, methods={"cnn": ["gradcam"]}, batch_size=4, progress=False)
+    plain = compare(models, x, [0, 1, 2], **args)
+    xla = compare(models, x, [0, 1, 2], jit_compile=True, **args)
+    for a, b in zip(plain.rows, xla.rows, strict=True):
+        for metric in ("deletion_area", "deletion_on_bagnet", "insertion_area", "linearity_sum", "linearity_joint"):
+            assert a[metric] == pytest.approx(b[metric], abs=1e-4), metric

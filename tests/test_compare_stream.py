@@ -81,7 +81,7 @@ def test_three_shards_merge_into_the_single_run(case, tmp_path, capsys):
     run = json.loads((other / "comparison" / "run.json").read_text())
     (other / "comparison" / "run.json").write_text(json.dumps({**run, "steps": 10}))
     assert main(["merge", str(tmp_path / "bad"), shards[0], str(other), shards[2]]) == 2
-    assert "not shards of the same run (differing: steps)" in capsys.readouterr().err
+    assert "not shards of the same run (differing: steps; steps: 10 vs 20)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("shard, message", [("3/2", "shard 3/2: the index must be in 0..1"),

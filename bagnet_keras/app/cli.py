@@ -138,7 +138,7 @@ def explain(args: argparse.Namespace) -> int:
     weights = None if args.weights == "none" else args.weights
     path = explain_images(args.model, args.images or args.data, args.out, weights=weights, methods=args.methods,
                           image_size=args.image_size, split=args.split, target=args.target,
-                          batch_size=args.batch_size, shard=args.shard)  # fmt: skip
+                          batch_size=args.batch_size, shard=args.shard, jit_compile=args.jit_compile)  # fmt: skip
     _done(path, args)
     return 0
 
@@ -164,7 +164,7 @@ def compare(args: argparse.Namespace) -> int:
     path = compare_models(models, args.data, args.out, split=args.split, image_size=args.image_size,
                           preprocess=args.preprocess, masks=args.masks, methods=args.methods, output=args.output,
                           max_images=args.max_images, target=args.target, batch_size=args.batch_size,
-                          shard=args.shard)  # fmt: skip
+                          shard=args.shard, jit_compile=args.jit_compile)  # fmt: skip
     _done(path, args)
     return 0
 
@@ -249,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, help="images per batch and model call (default: 16 on a CPU, 64 on a GPU)")
     p.add_argument("--shard", type=_shard, metavar="I/N", help=SHARD_HELP)
+    p.add_argument("--jit-compile", action="store_true", help="compile the models' forward passes with XLA")
     p.add_argument("--out", default="runs/explain")
     p.set_defaults(func=explain)
     p = sub.add_parser("compare", help="compare the explanations of several models, as an HTML report",
@@ -266,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-images", type=int, help="only the first N images of the split (default: all)")
     p.add_argument("--batch-size", type=int, help="images per batch and model call (default: 16 on a CPU, 64 on a GPU)")
     p.add_argument("--shard", type=_shard, metavar="I/N", help=SHARD_HELP)
+    p.add_argument("--jit-compile", action="store_true", help="compile the models' forward passes with XLA")
     p.add_argument("--out", default="runs/compare")
     p.set_defaults(func=compare)
     p = sub.add_parser("merge", help="join the output folders of finished shards of compare or explain, and report",

@@ -67,6 +67,7 @@ def explain_images(
     target: str = "logit",
     batch_size: int | None = None,
     shard: tuple[int, int] | None = None,
+    jit_compile: bool = False,
 ) -> str | None:
     """Explain one model's top prediction for image files (or a dataset folder) and write the report.
 
@@ -87,7 +88,7 @@ def explain_images(
         names = files.class_names
     else:
         files = np.stack([read_image(path, (image_size, image_size)) for path in images])
-    scorer = logit_fn(net, batch_size=batch_size)
+    scorer = logit_fn(net, batch_size=batch_size, jit_compile=jit_compile)
 
     def batches():
         # Each batch is explained for the model's own top class, computed as the batch is read.
@@ -98,7 +99,7 @@ def explain_images(
     names = _class_names(net, names)
     _write_classes(output_dir, names)
     result = compare({"model": net}, batches(), methods=methods, progress=progress, target=target,
-                     deprocess=_deprocess(preprocess), batch_size=batch_size, shard=shard,
+                     deprocess=_deprocess(preprocess), batch_size=batch_size, shard=shard, jit_compile=jit_compile,
                      output_dir=os.path.join(output_dir, "comparison"))  # fmt: skip
     if shard is not None:
         return None
@@ -120,6 +121,7 @@ def compare_models(
     target: str = "logit",
     batch_size: int | None = None,
     shard: tuple[int, int] | None = None,
+    jit_compile: bool = False,
 ) -> str | None:
     """Compare the explanations of trained models (``.keras`` files) on a dataset split and write the report.
 
@@ -139,7 +141,7 @@ def compare_models(
     _write_classes(output_dir, files.class_names)
     result = compare(loaded, files, files.labels, masks=mask_files, methods=methods, output=output,
                      progress=progress, n_classes=len(files.class_names), target=target, deprocess=_deprocess(prep),
-                     preprocess=prep, batch_size=batch_size, shard=shard,
+                     preprocess=prep, batch_size=batch_size, shard=shard, jit_compile=jit_compile,
                      output_dir=os.path.join(output_dir, "comparison"))  # fmt: skip
     if shard is not None:
         return None

@@ -306,6 +306,12 @@ class MergedStore:
         return store.read(index)
 
 
+def _short(value) -> str:
+    """A value for an error message; long ones (weight digests) cut to their start."""
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def merged_store(folders: list[str]) -> tuple[MergedStore, dict]:
     """Join the folders of finished shards into one run's parts; returns the store and the run's ``complete.json``.
 
@@ -332,8 +338,9 @@ def merged_store(folders: list[str]) -> tuple[MergedStore, dict]:
         other = {k: v for k, v in arguments.items() if k != "shard"}
         if other != same:
             differing = sorted(k for k in set(same) | set(other) if same.get(k) != other.get(k))
+            values = "; ".join(f"{k}: {_short(other.get(k))} vs {_short(same.get(k))}" for k in differing)
             raise ValueError(f"{folder!r} and {first_folder!r} are not shards of the same run (differing: "
-                             f"{', '.join(differing)}); merge the shards of one run only.")  # fmt: skip
+                             f"{', '.join(differing)}; {values}); merge the shards of one run only.")  # fmt: skip
     shards = [tuple(a.get("shard") or (0, 1)) for _, a, _ in runs]
     counts = {n for _, n in shards}
     if len(counts) != 1:

@@ -362,6 +362,7 @@ def compare(
     report_images: int = 12,
     preprocess: Callable | None = None,
     shard: tuple[int, int] | None = None,
+    jit_compile: bool = False,
 ) -> Comparison:
     """Explain the same images with every model and method, and measure the maps, batch by batch.
 
@@ -423,6 +424,9 @@ def compare(
         Measure only the batches whose number is ``index`` modulo ``count``: one of ``count`` processes,
         machines or cluster jobs sharing the data, each with its own ``output_dir``.
         `bagnet_keras.merge_shards` joins the finished shards into the comparison of the whole run.
+    jit_compile : bool
+        Compile the models' forward passes (the masked copies, the shuffle test) with XLA: faster on
+        GPUs; the numbers equal those without it up to float rounding (tests/test_compare.py checks 1e-4).
 
     Returns
     -------
@@ -465,7 +469,8 @@ def compare(
     sizes = {name: int(model.outputs[output_index(model, output)].shape[-1]) for name, model in models.items()}
     n_classes = n_classes or max(sizes.values())
     setup = _Setup(
-        models=models, scorers={name: logit_fn(model, output, batch_size) for name, model in models.items()},
+        models=models,
+        scorers={name: logit_fn(model, output, batch_size, jit_compile) for name, model in models.items()},
         keys=keys, output=output, target=target, steps=steps, cell=cell, linearity_k=linearity_k,
         shuffle_grid=shuffle_grid, batch_size=batch_size,
         bagnet=next((name for name, model in models.items() if is_bagnet(model, output)), None),
@@ -481,7 +486,7 @@ def compare(
                      "linearity_k": linearity_k, "shuffle_grid": shuffle_grid, "target": target,
                      "batch_size": batch_size, "n_classes": n_classes, "masks": masks is not None,
                      "report_images": report_images, "patches_per_class": patches_per_class,
-                     "preprocess": _name_of(preprocess), "shard": shard}  # fmt: skip
+                     "preprocess": _name_of(preprocess), "shard": shard, "jit_compile": bool(jit_compile)}  # fmt: skip
         store = PartStore(output_dir, arguments, "compare")
     total = len(images) if _is_array(images) else None
     bar = tqdm(total=total, desc="compare", unit="image", disable=None if progress else True)

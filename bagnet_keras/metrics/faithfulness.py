@@ -31,17 +31,19 @@ if TYPE_CHECKING:
 ScoreFn = Callable[[np.ndarray], np.ndarray]
 
 
-def logit_fn(model: keras.Model, output: int | str | None = None, batch_size: int = 64) -> ScoreFn:
+def logit_fn(
+    model: keras.Model, output: int | str | None = None, batch_size: int = 64, jit_compile: bool = False
+) -> ScoreFn:
     """``score_fn`` giving the pre-softmax scores (logits) of an output of any ``model``.
 
     The softmax (or sigmoid) that ends the output is left out, as the
     explanations leave it out (`bagnet_keras.core.graph.target_scores`); an
-    output without one is used as it is.
+    output without one is used as it is. ``jit_compile`` compiles the model with XLA.
     """
     from bagnet_keras.core.graph import score_function
     from bagnet_keras.core.inputs import in_batches, output_index
 
-    forward = score_function(model, output_index(model, output), "logit")
+    forward = score_function(model, output_index(model, output), "logit", jit_compile)
 
     def fn(x: np.ndarray) -> np.ndarray:
         return in_batches(forward, batch_size, x)

@@ -11,7 +11,6 @@ the others are never held. Nothing here runs a model or loads TensorFlow.
 from __future__ import annotations
 
 import csv
-import io
 import itertools
 import json
 import os
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bagnet_keras.core.commit import write_atomic
+from bagnet_keras.core.commit import atomic_target
 from bagnet_keras.core.stream import merged_store
 from bagnet_keras.metrics.faithfulness import mean_ci, per_class_accuracy
 
@@ -94,16 +93,27 @@ class Comparison:
         raise KeyError((model, method, metric))
 
     def save(self, output_dir: str | os.PathLike) -> list[str]:
-        """Write ``rows.csv``, ``correlations.csv``, ``models.csv``, ``aggregates.csv`` and ``comparison.json``."""
+        """Write ``rows.csv``, ``correlations.csv``, ``models.csv``, ``aggregates.csv`` and ``comparison.json``.
+
+        Each file is written row by row through a temporary file (no second copy of the tables in memory)
+        and renamed when complete.
+        """
         os.makedirs(output_dir, exist_ok=True)
         written = []
-        for name, table in (("rows", self.rows), ("correlations", self.correlations),
-                            ("models", self.model_rows), ("aggregates", self.aggregates)):  # fmt: skip
+        tables = {"rows": self.rows, "correlations": self.correlations, "models": self.model_rows,
+                  "aggregates": self.aggregates}  # fmt: skip
+        for name, table in tables.items():
             written.append(_write_csv(os.path.join(output_dir, f"{name}.csv"), table))
-        payload = {"summary": self.summary, "aggregates": self.aggregates, "rows": self.rows,
-                   "correlations": self.correlations, "models": self.model_rows}  # fmt: skip
-        text = json.dumps(_plain(payload), indent=2, sort_keys=True)
-        path = write_atomic(os.path.join(output_dir, "comparison.json"), text)
+        path = os.path.join(output_dir, "comparison.json")
+        with atomic_target(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            f.write('{"summary": ' + json.dumps(_plain(self.summary), sort_keys=True))
+            for name, key in (("aggregates", "aggregates"), ("rows", "rows"), ("correlations", "correlations"),
+                              ("models", "models")):  # fmt: skip
+                f.write(f',\n"{name}": [')
+                for k, row in enumerate(tables[key]):
+                    f.write((",\n " if k else "\n ") + json.dumps(_plain(row), sort_keys=True))
+                f.write("\n]")
+            f.write("}\n")
         return [*written, path]
 
 
@@ -120,11 +130,12 @@ def _plain(value):
 
 
 def _write_csv(path: str, table: list[dict]) -> str:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(key for row in table for key in row)))
-    writer.writeheader()
-    writer.writerows(_plain(table))
-    return write_atomic(path, text.getvalue())
+    with atomic_target(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(key for row in table for key in row)))
+        writer.writeheader()
+        for row in table:
+            writer.writerow(_plain(row))
+    return path
 
 
 def assemble(
