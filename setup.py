@@ -32,6 +32,6 @@ setup(
         "scipy",
     ],
     # selenium drives Debian's chromium (apt: chromium chromium-driver) for the report's browser test.
-    extras_require={"dev": ["pytest", "ruff", "selenium"]},
+    extras_require={"dev": ["pytest", "pytest-xdist", "ruff", "selenium"]},
     entry_points={"console_scripts": ["bagnet-keras=bagnet_keras.app.cli:main"]},
 )
