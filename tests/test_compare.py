@@ -228,3 +228,15 @@ def test_xla_passes_equal_the_plain_ones(models):
     for a, b in zip(plain.rows, xla.rows, strict=True):
         for metric in ("deletion_area", "deletion_on_bagnet", "insertion_area", "linearity_sum", "linearity_joint"):
             assert a[metric] == pytest.approx(b[metric], abs=1e-4), metric
+
+
+def test_passes_split_across_the_replicas_of_a_strategy():
+    """MirroredStrategy over two logical CPUs (set before TensorFlow starts: a process of its own)."""
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(__file__), "replicas.py")
+    done = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    replicas, rows, gap = done.stdout.split()[1::2]
+    assert (replicas, rows) == ("2", "5") and float(gap) <= 1e-5

@@ -363,6 +363,7 @@ def compare(
     preprocess: Callable | None = None,
     shard: tuple[int, int] | None = None,
     jit_compile: bool = False,
+    strategy=None,
 ) -> Comparison:
     """Explain the same images with every model and method, and measure the maps, batch by batch.
 
@@ -427,6 +428,9 @@ def compare(
     jit_compile : bool
         Compile the models' forward passes (the masked copies, the shuffle test) with XLA: faster on
         GPUs; the numbers equal those without it up to float rounding (tests/test_compare.py checks 1e-4).
+    strategy : tf.distribute.Strategy, optional
+        Run the passes on all replicas of this strategy (``MirroredStrategy()`` on a machine with several
+        GPUs; build the models under its scope): each batch of masked copies is split across them.
 
     Returns
     -------
@@ -470,7 +474,7 @@ def compare(
     n_classes = n_classes or max(sizes.values())
     setup = _Setup(
         models=models,
-        scorers={name: logit_fn(model, output, batch_size, jit_compile) for name, model in models.items()},
+        scorers={name: logit_fn(model, output, batch_size, jit_compile, strategy) for name, model in models.items()},
         keys=keys, output=output, target=target, steps=steps, cell=cell, linearity_k=linearity_k,
         shuffle_grid=shuffle_grid, batch_size=batch_size,
         bagnet=next((name for name, model in models.items() if is_bagnet(model, output)), None),
@@ -486,7 +490,8 @@ def compare(
                      "linearity_k": linearity_k, "shuffle_grid": shuffle_grid, "target": target,
                      "batch_size": batch_size, "n_classes": n_classes, "masks": masks is not None,
                      "report_images": report_images, "patches_per_class": patches_per_class,
-                     "preprocess": _name_of(preprocess), "shard": shard, "jit_compile": bool(jit_compile)}  # fmt: skip
+                     "preprocess": _name_of(preprocess), "shard": shard, "jit_compile": bool(jit_compile),
+                     "replicas": 1 if strategy is None else strategy.num_replicas_in_sync}  # fmt: skip
         store = PartStore(output_dir, arguments, "compare")
     total = len(images) if _is_array(images) else None
     bar = tqdm(total=total, desc="compare", unit="image", disable=None if progress else True)

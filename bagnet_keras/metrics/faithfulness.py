@@ -32,23 +32,52 @@ ScoreFn = Callable[[np.ndarray], np.ndarray]
 
 
 def logit_fn(
-    model: keras.Model, output: int | str | None = None, batch_size: int = 64, jit_compile: bool = False
+    model: keras.Model,
+    output: int | str | None = None,
+    batch_size: int = 64,
+    jit_compile: bool = False,
+    strategy=None,
 ) -> ScoreFn:
     """``score_fn`` giving the pre-softmax scores (logits) of an output of any ``model``.
 
     The softmax (or sigmoid) that ends the output is left out, as the
     explanations leave it out (`bagnet_keras.core.graph.target_scores`); an
     output without one is used as it is. ``jit_compile`` compiles the model with XLA.
+    ``strategy`` (a ``tf.distribute`` strategy, e.g. ``MirroredStrategy()`` on a machine with several
+    GPUs, under whose scope the model was built) splits each batch across its replicas.
     """
     from bagnet_keras.core.graph import score_function
     from bagnet_keras.core.inputs import in_batches, output_index
 
     forward = score_function(model, output_index(model, output), "logit", jit_compile)
+    if strategy is not None:
+        forward = _replicated(forward, strategy)
 
     def fn(x: np.ndarray) -> np.ndarray:
         return in_batches(forward, batch_size, x)
 
     return fn
+
+
+def _replicated(forward: Callable, strategy) -> Callable:
+    """``forward`` with each batch cut into one contiguous slice per replica of ``strategy``, run on all at once."""
+    import tensorflow as tf
+
+    replicas = strategy.num_replicas_in_sync
+
+    def run(x):
+        x = np.asarray(x, dtype="float32")
+        if len(x) < replicas:  # a replica with no image fails: too few to share
+            return np.asarray(forward(x))
+        def value(context):
+            i = context.replica_id_in_sync_group
+            return tf.constant(x[i * len(x) // replicas : (i + 1) * len(x) // replicas])
+
+        values = strategy.experimental_distribute_values_from_function(value)
+        results = strategy.experimental_local_results(strategy.run(forward, args=(values,)))
+        return np.concatenate([np.asarray(r) for r in results])
+
+    return run
 
 
 def probability_fn(score_fn: ScoreFn) -> ScoreFn:
