@@ -42,14 +42,15 @@ def logit_fn(
 
     The softmax (or sigmoid) that ends the output is left out, as the
     explanations leave it out (`bagnet_keras.core.graph.target_scores`); an
-    output without one is used as it is. ``jit_compile`` compiles the model with XLA.
+    output without one is used as it is. BatchNorm that follows a convolution is folded into it
+    (`bagnet_keras.models.inference.folded_score_function`). ``jit_compile`` compiles the model with XLA.
     ``strategy`` (a ``tf.distribute`` strategy, e.g. ``MirroredStrategy()`` on a machine with several
     GPUs, under whose scope the model was built) splits each batch across its replicas.
     """
-    from bagnet_keras.core.graph import score_function
     from bagnet_keras.core.inputs import in_batches, output_index
+    from bagnet_keras.models.inference import folded_score_function
 
-    forward = score_function(model, output_index(model, output), "logit", jit_compile)
+    forward = folded_score_function(model, output_index(model, output), "logit", jit_compile)
     if strategy is not None:
         forward = _replicated(forward, strategy)
 

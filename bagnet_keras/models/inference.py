@@ -25,6 +25,8 @@ from bagnet_keras.core.graph import (
     outbound_count,
     producing_layer,
     run_graph,
+    score_function,
+    target_scores,
 )
 from bagnet_keras.core.layers import StemConv
 
@@ -63,6 +65,19 @@ def _folded(conv, bn):
     return call
 
 
+def folding(model: keras.Model):
+    """``operation_fn`` for `run_graph` that computes every foldable conv + BatchNorm pair as one convolution."""
+    replacements = {}
+    for conv, bn in foldable_pairs(model).items():
+        replacements[id(conv)] = _folded(conv, bn)
+        replacements[id(bn)] = lambda x, **kwargs: x
+
+    def operation(layer):
+        return replacements.get(id(layer), layer)
+
+    return operation
+
+
 def folded_forward(model: keras.Model):
     """A compiled function ``f(x)`` equal to ``model(x, training=False)`` with BatchNorm folded into the convolutions.
 
@@ -76,19 +91,42 @@ def folded_forward(model: keras.Model):
     """
     import tensorflow as tf
 
-    replacements = {}
-    for conv, bn in foldable_pairs(model).items():
-        replacements[id(conv)] = _folded(conv, bn)
-        replacements[id(bn)] = lambda x, **kwargs: x
-
-    def operation(layer):
-        return replacements.get(id(layer), layer)
+    operation = folding(model)
 
     @tf.function(reduce_retracing=True)
     def forward(x):
         return run_graph(model, x, operation)
 
     return forward
+
+
+def folded_score_function(model: keras.Model, index: int, target: str, jit_compile: bool = False):
+    """`bagnet_keras.core.graph.score_function` with BatchNorm folded into the convolutions before it.
+
+    The same scores up to float rounding, faster where convolutions feed
+    BatchNorm (BagNets: 53 pairs in BagNet-33, about 10 % of its inference
+    time on a CPU); models without such pairs get `score_function` itself.
+
+    Examples
+    --------
+    >>> from bagnet_keras import BagNet
+    >>> from bagnet_keras.core.graph import score_function
+    >>> model = BagNet(blocks=(1, 1, 1, 1), base_width=4, classes=3, classifier_activation="softmax")
+    >>> x = np.random.default_rng(0).normal(size=(2, 40, 40, 3)).astype("float32")
+    >>> plain, folded = score_function(model, 0, "logit"), folded_score_function(model, 0, "logit")
+    >>> bool(np.allclose(folded(x), plain(x), atol=1e-5))
+    True
+    """
+    if not foldable_pairs(model) or not graph_walk_available(model):
+        return score_function(model, index, target, jit_compile)
+    import tensorflow as tf
+
+    def build(model_ref):
+        operation = folding(model_ref())
+        return tf.function(lambda x: target_scores(model_ref(), x, index, target, operation), reduce_retracing=True,
+                           jit_compile=True if jit_compile else None)  # fmt: skip
+
+    return compiled(model, ("folded scores", index, target, bool(jit_compile)), build)
 
 
 @keras.saving.register_keras_serializable(package="bagnet_keras")
