@@ -75,6 +75,7 @@ def test_compare_measures_every_map_on_every_model(models, tmp_path):
         (dict(labels=[0]), "one class per image"),
         (dict(masks=np.zeros((2, 8, 8), bool)), "masks"),
         (dict(models={}), "must map names"),
+        (dict(images=np.zeros((0, SIZE, SIZE, 3)), labels=[]), "`images` is empty"),
     ],
 )
 def test_compare_bad_arguments(models, kwargs, match):

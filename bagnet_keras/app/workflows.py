@@ -158,7 +158,8 @@ def merge(output_dir: str, shard_dirs: Sequence[str]) -> str:
     if os.path.abspath(output_dir) in {os.path.abspath(d) for d in shard_dirs}:
         raise ValueError(f"The merged output folder {output_dir!r} is one of the shards' folders; choose another.")
     result = merge_shards([os.path.join(d, "comparison") for d in shard_dirs], os.path.join(output_dir, "comparison"))
-    names = json.loads(open(os.path.join(shard_dirs[0], CLASSES_FILE), encoding="utf-8").read())
+    with open(os.path.join(shard_dirs[0], CLASSES_FILE), encoding="utf-8") as f:
+        names = json.load(f)
     return write_report(result, names, output_dir, title="Explanations compared")
 
 

@@ -450,6 +450,17 @@ def recover(root: str | os.PathLike) -> dict | None:
 # -- one run per folder, one writer at a time, and a full disk
 
 
+def differing_keys(a: dict, b: dict) -> list[str]:
+    """The keys whose values differ between two records of run arguments (missing counts as None), sorted.
+
+    Examples
+    --------
+    >>> differing_keys({"steps": 20, "seed": 0}, {"steps": 10, "seed": 0, "cell": 8})
+    ['cell', 'steps']
+    """
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
 def check_arguments(folder: str | os.PathLike, arguments: dict) -> None:
     """Record ``arguments`` (plain JSON data) in ``<folder>/run.json``, or raise if it holds other ones.
 
@@ -476,7 +487,7 @@ def check_arguments(folder: str | os.PathLike, arguments: dict) -> None:
     with open(path, encoding="utf-8") as f:
         saved = json.load(f)
     if saved != arguments:
-        differing = sorted(k for k in set(saved) | set(arguments) if saved.get(k) != arguments.get(k))
+        differing = differing_keys(saved, arguments)
         raise ValueError(
             f"{folder!r} holds a run with other arguments (differing: {', '.join(differing)}). Rerun with the "
             "arguments of that run to resume it, or choose another output folder (or delete that one) to start "

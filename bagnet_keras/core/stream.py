@@ -59,7 +59,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 
 from bagnet_keras.core.commit import RUN_FILE as RUN_FILE_NAME
-from bagnet_keras.core.commit import check_arguments, folder_lock, recover, write_atomic
+from bagnet_keras.core.commit import check_arguments, differing_keys, folder_lock, recover, write_atomic
 
 #: The folder of the part files, inside the run's folder.
 PARTS = "parts"
@@ -259,17 +259,19 @@ def parse_shard(text: str, environ=None) -> tuple[int, int]:
     environ = os.environ if environ is None else environ
     head, _, tail = str(text).partition("/")
 
+    def invalid() -> ValueError:
+        return ValueError(f"--shard {text!r} is not I/N (shard I of N, counted from 0, e.g. 0/4) or env[/N].")
+
     def number(value: str) -> int:
         try:
             return int(value)
         except ValueError:
-            raise ValueError(f"--shard {text!r} is not I/N (shard I of N, counted from 0, e.g. 0/4) "
-                             "or env[/N].") from None  # fmt: skip
+            raise invalid() from None
 
     count = number(tail) if tail else None
     if head != "env":
         if count is None:
-            number("")
+            raise invalid()
         return check_shard((number(head), count))
     if "JOB_COMPLETION_INDEX" in environ:
         index = number(environ["JOB_COMPLETION_INDEX"])
@@ -337,7 +339,7 @@ def merged_store(folders: list[str]) -> tuple[MergedStore, dict]:
     for folder, arguments, _ in runs[1:]:
         other = {k: v for k, v in arguments.items() if k != "shard"}
         if other != same:
-            differing = sorted(k for k in set(same) | set(other) if same.get(k) != other.get(k))
+            differing = differing_keys(other, same)
             values = "; ".join(f"{k}: {_short(other.get(k))} vs {_short(same.get(k))}" for k in differing)
             raise ValueError(f"{folder!r} and {first_folder!r} are not shards of the same run (differing: "
                              f"{', '.join(differing)}; {values}); merge the shards of one run only.")  # fmt: skip

@@ -50,6 +50,7 @@ from bagnet_keras.metrics.faithfulness import (
 )
 from bagnet_keras.metrics.masking import (
     Passes,
+    class_scores,
     deletion_passes,
     insertion_passes,
     rank_positions,
@@ -157,13 +158,6 @@ class _Setup:
     has_masks: bool
 
 
-def _probability(logits: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    logits = np.asarray(logits, dtype="float64")
-    top = logits.max(axis=1, keepdims=True)
-    lse = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
-    return np.exp(logits[np.arange(len(logits)), classes] - lse)
-
-
 def _measure(setup: _Setup, index: int, batch: tuple) -> tuple[dict, dict]:
     """Every number of one batch of images, and what the report may show of them: a part's arrays and meta."""
     x, labels, masks = batch
@@ -268,7 +262,10 @@ def _masking(setup: _Setup, x, labels, maps, logits, passes: Counter) -> tuple[d
     scored = score_passes(setup.scorers, x, deletion, labels, setup.cell, setup.batch_size, fills)
     for name in setup.models:
         passes[name] += len(deletion)
-    base = {name: _probability(logits[name], labels) for name in setup.models}
+    base = {}  # k = 0: the unmasked image's probability, from the batch's own forward pass
+    for name in setup.models:
+        logit, lse = class_scores(logits[name], labels)
+        base[name] = np.exp(logit - lse)
     curves: dict = {}
     for j, key in enumerate(setup.keys):
         rows = slice(j * n * s, (j + 1) * n * s)
@@ -508,11 +505,14 @@ def compare(
         if committed and progress:
             bar.write(f"compare: {len(committed)} batches of {batch_size} images were committed in {output_dir} "
                       "by an earlier run; measuring the rest")  # fmt: skip
+
         def wanted(index: int) -> bool:
             return shard is None or index % shard[1] == shard[0]
 
         chunks = _chunks(images, labels, masks, output, batch_size, wanted)
         _, batches = run_parts(store, chunks, measure, skip=lambda index: not wanted(index))
+        if batches == 0:
+            raise ValueError("`images` is empty: there is no image to compare.")
         details = {"keys": keys, "models": list(models), "n_classes": n_classes, "report_images": report_images,
                    "patches_per_class": patches_per_class, "bagnet": setup.bagnet}  # fmt: skip
         store.finish(batches, details)

@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import logsumexp
 
 from bagnet_keras.metrics.faithfulness import cell_scores
 
@@ -102,6 +103,21 @@ def build(images: np.ndarray, fills: np.ndarray, passes: Passes, cell: int) -> n
     return np.where(pixels, fills[passes.image][:, None, None, :], images[passes.image]).astype(images.dtype)
 
 
+def class_scores(logits: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(logit of classes[i], log-sum-exp of all logits)`` per row of ``logits`` (N, classes), in float64.
+
+    ``exp(logit - logsumexp)`` is the class probability (the softmax), without forming the softmax.
+
+    Examples
+    --------
+    >>> logit, lse = class_scores(np.zeros((1, 4)), np.array([2]))
+    >>> float(np.exp(logit - lse)[0])
+    0.25
+    """
+    logits = np.asarray(logits, dtype="float64")
+    return logits[np.arange(len(logits)), classes], logsumexp(logits, axis=1)
+
+
 def score_passes(
     score_fns: Mapping[str, Callable[[np.ndarray], np.ndarray]],
     images: np.ndarray,
@@ -141,9 +157,7 @@ def score_passes(
         batch = build(images, fills, chunk, cell)
         wanted = np.asarray(classes)[chunk.image]
         for name, fn in score_fns.items():
-            logits = np.asarray(fn(batch), dtype="float64")
-            top = logits.max(axis=1)
-            lse = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
-            out[name][0][start : start + len(chunk)] = logits[np.arange(len(chunk)), wanted]
+            logit, lse = class_scores(fn(batch), wanted)
+            out[name][0][start : start + len(chunk)] = logit
             out[name][1][start : start + len(chunk)] = lse
     return out
