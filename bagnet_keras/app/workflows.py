@@ -97,10 +97,10 @@ def explain_images(
             yield x, scorer(x).argmax(axis=1)
 
     names = _class_names(net, names)
-    _write_classes(output_dir, names)
     result = compare({"model": net}, batches(), methods=methods, progress=progress, target=target,
                      deprocess=_deprocess(preprocess), batch_size=batch_size, shard=shard, jit_compile=jit_compile,
                      output_dir=os.path.join(output_dir, "comparison"))  # fmt: skip
+    _write_classes(output_dir, names)
     if shard is not None:
         return None
     return write_report(result, names, output_dir, title=f"Explanations of {model}")
@@ -138,11 +138,11 @@ def compare_models(
     files = ImageFiles(data, size, split=split, max_images=max_images)
     mask_files = ImageFiles(data, size, split=split, masks_root=masks, max_images=max_images) if masks else None
     prep = get_backbone(preprocess).preprocess
-    _write_classes(output_dir, files.class_names)
     result = compare(loaded, files, files.labels, masks=mask_files, methods=methods, output=output,
                      progress=progress, n_classes=len(files.class_names), target=target, deprocess=_deprocess(prep),
                      preprocess=prep, batch_size=batch_size, shard=shard, jit_compile=jit_compile,
                      output_dir=os.path.join(output_dir, "comparison"))  # fmt: skip
+    _write_classes(output_dir, files.class_names)
     if shard is not None:
         return None
     return write_report(result, files.class_names, output_dir, title="Explanations compared")
@@ -163,7 +163,7 @@ def merge(output_dir: str, shard_dirs: Sequence[str]) -> str:
     return write_report(result, names, output_dir, title="Explanations compared")
 
 
-#: The class names of a run's output folder, for `merge` (written before the comparison starts).
+#: The class names of a run's output folder, for `merge` (written once the comparison is done).
 CLASSES_FILE = "classes.json"
 
 
