@@ -1,6 +1,6 @@
 """Forward speed of BagNet-33 against keras.applications.ResNet50 (and the authors' PyTorch model).
 
-    python bench/forward.py [--rounds 5] [--images 64] [--batch 16]
+    python bench/forward.py [--rounds 5] [--images 64] [--batch 16] [--dtype-policy mixed_float16] [--jit-compile]
 
 Both Keras models are freshly built with weights=None and called the way a
 user calls them, ``model.predict(x, batch_size=16)``, in alternating rounds in
@@ -10,6 +10,9 @@ reported. BagNet-33's ``predict`` is `bagnet_keras.models.inference.BagNetModel`
 is timed beside it. If torch is importable, the authors' PyTorch BagNet-33
 (the definition in tools/torch_bagnet.py) is timed in the same process too.
 Targets (issue 2): BagNet-33 / ResNet-50 >= 0.27, BagNet-33 / PyTorch >= 2.
+``--dtype-policy`` times a copy of BagNet-33 in that policy beside the float32 one
+(`bagnet_keras.models.inference.with_dtype_policy`; issue 13's GPU target: >= 1,000
+images/s with mixed_float16 on one H100), ``--jit-compile`` compiles both BagNets with XLA.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--dtype-policy", choices=["mixed_float16", "mixed_bfloat16"])
+    parser.add_argument("--jit-compile", action="store_true")
     args = parser.parse_args()
 
     x = np.random.default_rng(0).uniform(-2, 2, size=(args.images, 224, 224, 3)).astype("float32")
@@ -52,6 +57,14 @@ def main() -> None:
     runners["BagNet-33, Keras' own predict loop"] = lambda: keras.Model.predict(
         bagnet, x, batch_size=args.batch, verbose=0
     )
+    if args.dtype_policy:
+        from bagnet_keras.models.inference import with_dtype_policy
+
+        mixed = with_dtype_policy(bagnet, args.dtype_policy)
+        mixed.jit_compile = bagnet.jit_compile = args.jit_compile
+        runners[f"BagNet-33, {args.dtype_policy}"] = lambda: mixed.predict(x, batch_size=args.batch, verbose=0)
+    elif args.jit_compile:
+        bagnet.jit_compile = True
     try:
         import torch
 

@@ -231,6 +231,22 @@ def test_xla_passes_equal_the_plain_ones(models):
             assert a[metric] == pytest.approx(b[metric], abs=1e-4), metric
 
 
+def test_mixed_precision_rows_stay_close(models):
+    x = np.random.default_rng(4).normal(size=(3, SIZE, SIZE, 3)).astype("float32")
+    args = dict(output="shape", steps=3, linearity_k=2, batch_size=4, progress=False)
+    plain = compare(models, x, [0, 1, 2], **args)
+    mixed = compare(models, x, [0, 1, 2], dtype_policy="mixed_float16", **args)
+    assert [r["method"] for r in mixed.rows] == [r["method"] for r in plain.rows]
+    # Areas under the curves; the linearity test's k cells can change where float16 reorders near-tied cells.
+    for a, b in zip(plain.rows, mixed.rows, strict=True):
+        for metric in ("deletion_area", "insertion_area"):
+            assert a[metric] == pytest.approx(b[metric], abs=1e-2), metric
+    exact, approx = plain.evidence["predicted"], mixed.evidence["predicted"]
+    assert np.abs(approx - exact).max() <= 1e-2 * np.abs(exact).max()
+    with pytest.raises(ValueError, match="'half'"):
+        compare(models, x, [0, 1, 2], dtype_policy="half", **args)
+
+
 def test_passes_split_across_the_replicas_of_a_strategy():
     """MirroredStrategy over two logical CPUs (set before TensorFlow starts: a process of its own)."""
     import subprocess

@@ -185,3 +185,35 @@ def test_predict_folds_batchnorm_and_matches_keras_predict():
 
     data = tf.data.Dataset.from_tensor_slices(x).batch(4)  # anything but an array takes Keras' own path
     assert np.allclose(model.predict(data, verbose=0), model.predict(x, verbose=0), rtol=1e-4, atol=1e-4)
+    plain = model.predict(x, verbose=0)
+    model.jit_compile = True  # Keras' switch; the folded path compiles with XLA then
+    assert np.allclose(model.predict(x, verbose=0), plain, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("policy, tolerance", [("mixed_float16", 1e-2), ("mixed_bfloat16", 2e-2)])
+def test_mixed_precision_keeps_logits_and_evidence(policy, tolerance):
+    """Predictions and evidence maps of a mixed precision copy stay within `tolerance` of float32's range."""
+    from bagnet_keras import evidence_map
+    from bagnet_keras.models.inference import BagNetModel, with_dtype_policy
+    from bagnet_keras.transfer.heads import build_classifier
+
+    keras.utils.set_random_seed(0)
+    model = BagNet(blocks=(1, 1, 1, 1), base_width=8, classes=5, input_shape=(48, 48, 3))
+    fast = with_dtype_policy(model, policy)
+    assert isinstance(fast, BagNetModel) and fast.get_layer("conv1_conv").compute_dtype == policy.split("_")[1]
+    x = np.random.default_rng(0).normal(size=(3, 48, 48, 3)).astype("float32")
+    reference, mixed = model.predict(x, verbose=0), fast.predict(x, verbose=0)
+    assert mixed.dtype == np.float32
+    assert np.abs(mixed - reference).max() <= tolerance * np.abs(reference).max()
+    exact, approx = evidence_map(model, x).maps, evidence_map(fast, x).maps
+    assert np.abs(approx - exact).max() <= tolerance * np.abs(exact).max()
+    # a transfer model with a nested backbone: the backbone's layers change too
+    nested = build_classifier(BagNet(blocks=(1, 1, 1, 1), base_width=8, include_top=False, input_shape=(48, 48, 3)),
+                              {"a": 2, "b": 3}, mode="scratch")  # fmt: skip
+    copy = with_dtype_policy(nested, policy)
+    assert {out.dtype for out in copy.outputs} == {"float32"}
+    got, want = copy.predict(x, verbose=0), nested.predict(x, verbose=0)
+    for head in ("a", "b"):
+        assert np.abs(np.asarray(got[head]) - want[head]).max() <= tolerance
+    with pytest.raises(ValueError, match="'float8'"):
+        with_dtype_policy(model, "float8")

@@ -400,3 +400,40 @@ def test_finished_training_is_not_repeated_and_other_arguments_are_refused(tmp_p
     refused = r"other arguments \(differing: epochs, learning_rate\).*another output folder"
     with pytest.raises(ValueError, match=refused):
         fit_classifier(model, train, epochs=3, learning_rate=0.1, patience=None, output_dir=tmp_path, verbose=0)
+
+
+def _free_ports(n):
+    import socket
+
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_multi_worker_training(tmp_path):
+    """Two worker processes on 127.0.0.1 under MultiWorkerMirroredStrategy: the same weights, a falling loss."""
+    script = os.path.join(os.path.dirname(__file__), "multiworker.py")
+    ports = ",".join(map(str, _free_ports(2)))
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="-1", TF_CPP_MIN_LOG_LEVEL="2")
+    workers = [
+        subprocess.Popen([sys.executable, script, str(k), ports, str(tmp_path / f"worker{k}")], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        for k in range(2)
+    ]
+    results = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=300)
+        assert worker.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    chief, other = results
+    assert chief["chief"] and not other["chief"]
+    assert chief["weights"] == other["weights"]  # BatchNorm's moving statistics included
+    assert chief["loss"] == other["loss"] and chief["val_loss"] == other["val_loss"]
+    assert chief["loss"][-1] < 0.5 * chief["loss"][0]
+    # Only the chief writes its output folder.
+    assert sorted(os.listdir(tmp_path / "worker0")) == ["backup", "best.keras", "history.csv", "run.json"]
+    assert not os.path.exists(tmp_path / "worker1")

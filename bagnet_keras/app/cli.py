@@ -138,7 +138,8 @@ def explain(args: argparse.Namespace) -> int:
     weights = None if args.weights == "none" else args.weights
     path = explain_images(args.model, args.images or args.data, args.out, weights=weights, methods=args.methods,
                           image_size=args.image_size, split=args.split, target=args.target,
-                          batch_size=args.batch_size, shard=args.shard, jit_compile=args.jit_compile)  # fmt: skip
+                          batch_size=args.batch_size, shard=args.shard, jit_compile=args.jit_compile,
+                          dtype_policy=args.dtype_policy)  # fmt: skip
     _done(path, args)
     return 0
 
@@ -164,7 +165,7 @@ def compare(args: argparse.Namespace) -> int:
     path = compare_models(models, args.data, args.out, split=args.split, image_size=args.image_size,
                           preprocess=args.preprocess, masks=args.masks, methods=args.methods, output=args.output,
                           max_images=args.max_images, target=args.target, batch_size=args.batch_size,
-                          shard=args.shard, jit_compile=args.jit_compile)  # fmt: skip
+                          shard=args.shard, jit_compile=args.jit_compile, dtype_policy=args.dtype_policy)  # fmt: skip
     _done(path, args)
     return 0
 
@@ -250,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, help="images per batch and model call (default: 16 on a CPU, 64 on a GPU)")
     p.add_argument("--shard", type=_shard, metavar="I/N", help=SHARD_HELP)
     p.add_argument("--jit-compile", action="store_true", help="compile the models' forward passes with XLA")
+    p.add_argument("--dtype-policy", choices=["mixed_float16", "mixed_bfloat16"],
+                   help="compute in mixed precision (mixed_float16 on GPUs); scores stay float32")
     p.add_argument("--out", default="runs/explain")
     p.set_defaults(func=explain)
     p = sub.add_parser("compare", help="compare the explanations of several models, as an HTML report",
@@ -268,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, help="images per batch and model call (default: 16 on a CPU, 64 on a GPU)")
     p.add_argument("--shard", type=_shard, metavar="I/N", help=SHARD_HELP)
     p.add_argument("--jit-compile", action="store_true", help="compile the models' forward passes with XLA")
+    p.add_argument("--dtype-policy", choices=["mixed_float16", "mixed_bfloat16"],
+                   help="compute in mixed precision (mixed_float16 on GPUs); scores stay float32")
     p.add_argument("--out", default="runs/compare")
     p.set_defaults(func=compare)
     p = sub.add_parser("merge", help="join the output folders of finished shards of compare or explain, and report",

@@ -68,6 +68,7 @@ def explain_images(
     batch_size: int | None = None,
     shard: tuple[int, int] | None = None,
     jit_compile: bool = False,
+    dtype_policy: str | None = None,
 ) -> str | None:
     """Explain one model's top prediction for image files (or a dataset folder) and write the report.
 
@@ -78,6 +79,7 @@ def explain_images(
     """
     from bagnet_keras.core.files import read_image
     from bagnet_keras.metrics.comparison import default_batch_size
+    from bagnet_keras.models.inference import with_dtype_policy
     from data_tools.loader import ImageFiles
 
     net, preprocess = load_model(model, weights)
@@ -88,7 +90,8 @@ def explain_images(
         names = files.class_names
     else:
         files = np.stack([read_image(path, (image_size, image_size)) for path in images])
-    scorer = logit_fn(net, batch_size=batch_size, jit_compile=jit_compile)
+    top = with_dtype_policy(net, dtype_policy) if dtype_policy is not None else net
+    scorer = logit_fn(top, batch_size=batch_size, jit_compile=jit_compile)
 
     def batches():
         # Each batch is explained for the model's own top class, computed as the batch is read.
@@ -99,7 +102,7 @@ def explain_images(
     names = _class_names(net, names)
     result = compare({"model": net}, batches(), methods=methods, progress=progress, target=target,
                      deprocess=_deprocess(preprocess), batch_size=batch_size, shard=shard, jit_compile=jit_compile,
-                     output_dir=os.path.join(output_dir, "comparison"))  # fmt: skip
+                     dtype_policy=dtype_policy, output_dir=os.path.join(output_dir, "comparison"))  # fmt: skip
     _write_classes(output_dir, names)
     if shard is not None:
         return None
@@ -122,6 +125,7 @@ def compare_models(
     batch_size: int | None = None,
     shard: tuple[int, int] | None = None,
     jit_compile: bool = False,
+    dtype_policy: str | None = None,
 ) -> str | None:
     """Compare the explanations of trained models (``.keras`` files) on a dataset split and write the report.
 
@@ -141,7 +145,7 @@ def compare_models(
     result = compare(loaded, files, files.labels, masks=mask_files, methods=methods, output=output,
                      progress=progress, n_classes=len(files.class_names), target=target, deprocess=_deprocess(prep),
                      preprocess=prep, batch_size=batch_size, shard=shard, jit_compile=jit_compile,
-                     output_dir=os.path.join(output_dir, "comparison"))  # fmt: skip
+                     dtype_policy=dtype_policy, output_dir=os.path.join(output_dir, "comparison"))  # fmt: skip
     _write_classes(output_dir, files.class_names)
     if shard is not None:
         return None

@@ -59,7 +59,9 @@ def _folded(conv, bn):
             shift = shift + bn.beta
         if getattr(conv, "use_bias", False):
             shift = shift + conv.bias * scale
-        y = ops.conv(x, kernel * scale, strides=conv.strides, padding=conv.padding, dilation_rate=conv.dilation_rate)
+        # Folded in float32, applied in the layer's compute dtype (float16 under a mixed precision policy).
+        kernel, shift = ops.cast(kernel * scale, x.dtype), ops.cast(shift, x.dtype)
+        y = ops.conv(x, kernel, strides=conv.strides, padding=conv.padding, dilation_rate=conv.dilation_rate)
         return y + shift
 
     return call
@@ -78,8 +80,10 @@ def folding(model: keras.Model):
     return operation
 
 
-def folded_forward(model: keras.Model):
+def folded_forward(model: keras.Model, jit_compile: bool = False):
     """A compiled function ``f(x)`` equal to ``model(x, training=False)`` with BatchNorm folded into the convolutions.
+
+    ``jit_compile=True`` compiles it with XLA.
 
     Examples
     --------
@@ -93,7 +97,7 @@ def folded_forward(model: keras.Model):
 
     operation = folding(model)
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, jit_compile=True if jit_compile else None)
     def forward(x):
         return run_graph(model, x, operation)
 
@@ -129,9 +133,50 @@ def folded_score_function(model: keras.Model, index: int, target: str, jit_compi
     return compiled(model, ("folded scores", index, target, bool(jit_compile)), build)
 
 
+POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+def with_dtype_policy(model: keras.Model, policy: str) -> keras.Model:
+    """A copy of ``model`` (same weights, same class) whose layers compute in ``policy``, outputs in float32.
+
+    Keras sets a model's precision when its layers are built (``keras.config.set_dtype_policy`` before
+    building); this gives a built or loaded model the same. The layers that produce the model's outputs
+    stay float32, as Keras' mixed precision guide advises, so scores and probabilities come out in float32.
+    ``"mixed_float16"`` is for GPUs (their tensor cores); ``"mixed_bfloat16"`` for TPUs and CPUs with
+    bfloat16 instructions. On a BagNet, ``"mixed_float16"`` moves logits and evidence maps by about
+    0.2 % of their largest value (tests/test_models.py bounds it by 1 %).
+
+    Examples
+    --------
+    >>> from bagnet_keras import BagNet
+    >>> model = BagNet(blocks=(1, 1, 1, 1), base_width=4, classes=3)
+    >>> fast = with_dtype_policy(model, "mixed_float16")
+    >>> fast.get_layer("conv1_conv").compute_dtype, fast.outputs[0].dtype
+    ('float16', 'float32')
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"`dtype_policy` must be one of {POLICIES}. Received: dtype_policy={policy!r}")
+    outputs = {id(tensor) for tensor in keras.tree.flatten(model.outputs)}
+    last = {layer.name for layer in model.layers if any(id(t) in outputs for t in keras.tree.flatten(layer.output))}
+
+    def clone(layer):
+        if isinstance(layer, keras.Model):
+            return keras.models.clone_model(layer, clone_function=clone)
+        config = layer.get_config()
+        config["dtype"] = "float32" if layer.name in last else policy
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 @keras.saving.register_keras_serializable(package="bagnet_keras")
 class BagNetModel(keras.Model):
     """The functional model of a BagNet: a keras.Model whose ``predict`` on arrays uses `folded_forward`.
+
+    ``predict`` compiles with XLA where Keras' own would (``model.compile(jit_compile=True)``; by
+    default on GPUs) and computes in the model's dtype policy (`with_dtype_policy` for mixed precision).
 
     Examples
     --------
@@ -145,7 +190,8 @@ class BagNetModel(keras.Model):
         if not plain or not graph_walk_available(self):
             return super().predict(x, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks)
         batch_size = batch_size or 32
-        forward = compiled(self, ("folded_forward",), lambda model_ref: folded_forward(model_ref()))
+        jit = self.jit_compile is True  # Keras' own switch: compile(jit_compile=True), "auto" = on GPUs
+        forward = compiled(self, ("folded_forward", jit), lambda model_ref: folded_forward(model_ref(), jit))
         x = x.astype(self.inputs[0].dtype or "float32", copy=False)
         progress = keras.utils.Progbar(-(-len(x) // batch_size)) if verbose in ("auto", 1, True) else None
         outputs = []

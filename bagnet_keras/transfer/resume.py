@@ -68,13 +68,15 @@ class EpochBackup(keras.callbacks.Callback):
     """Collect the history of `fit_classifier`'s phases and, with a folder, commit the state after every epoch.
 
     Put it after the callbacks whose state it saves (``checkpoint``,
-    ``early``), so that their ``on_epoch_end`` has run.
+    ``early``), so that their ``on_epoch_end`` has run. With ``write=False``
+    it only reads the folder's committed state (the workers of a multi-worker
+    run other than the chief).
     """
 
-    def __init__(self, output_dir: str | None):
+    def __init__(self, output_dir: str | None, write: bool = True):
         super().__init__()
         self.folder = os.path.join(output_dir, BACKUP) if output_dir is not None else None
-        self.output_dir = output_dir
+        self.output_dir, self.write = output_dir, write
         self.history: dict[str, list] = {"phase": []}
         self.committed: dict = {}  # the state last committed (or loaded)
         self.phase, self.start, self.checkpoint, self.early = "", 0, None, None
@@ -85,9 +87,10 @@ class EpochBackup(keras.callbacks.Callback):
             return None
         with open(os.path.join(self.folder, STATE), encoding="utf-8") as f:
             state = json.load(f)
-        self._remove_files_except(state)
         self.committed, self.history = state, state["history"]
-        self._write_csv()
+        if self.write:
+            self._remove_files_except(state)
+            self._write_csv()
         return state
 
     def start_phase(self, phase: str, start: int, checkpoint=None, early: ResumableEarlyStopping | None = None):
@@ -99,7 +102,7 @@ class EpochBackup(keras.callbacks.Callback):
             if np.ndim(value) == 0:
                 self.history.setdefault(key, []).append(float(value))
         self.history["phase"].append(self.phase)
-        if self.folder is None:
+        if self.folder is None or not self.write:
             return
         weights = os.path.join(self.folder, f"epoch-{epoch + 1:04d}.weights.h5")
         os.makedirs(self.folder, exist_ok=True)
@@ -120,7 +123,7 @@ class EpochBackup(keras.callbacks.Callback):
 
     def complete_phase(self, epoch: int) -> None:
         """Commit the weights the phase leaves (after early stopping restored its best ones)."""
-        if self.folder is None:
+        if self.folder is None or not self.write:
             return
         os.makedirs(self.folder, exist_ok=True)
         weights = os.path.join(self.folder, f"phase-{self.phase}.npz")

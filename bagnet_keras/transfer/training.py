@@ -126,6 +126,83 @@ def _with_sample_weights(dataset, weights: dict[str, np.ndarray]):
     )
 
 
+def _is_multi_worker(strategy) -> bool:
+    import tensorflow as tf
+
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def is_chief(strategy) -> bool:
+    """Whether this process writes the run's files: the ``chief`` task, or worker 0 in a cluster without one.
+
+    Examples
+    --------
+    >>> import tensorflow as tf
+    >>> is_chief(tf.distribute.get_strategy())
+    True
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if "chief" in resolver.cluster_spec().as_dict():
+        return resolver.task_type == "chief"
+    return resolver.task_type == "worker" and resolver.task_id == 0
+
+
+def _fit_multi_worker(model, strategy, train, validation, start: int, end: int, callbacks: list) -> int:
+    """Keras' epoch loop with its own train and test steps, run by every worker; returns the epochs run.
+
+    Keras 3's ``fit`` fails under ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585: it reduces the
+    input batch and the per-step logs across workers with a MEAN along an axis that scalars lack). The steps
+    are the model's own ``train_step`` / ``test_step``, so losses, sample weights and metrics are the same;
+    the optimizer sums the gradients of all workers, and the metrics are read outside the replicas, which
+    aggregates them over all workers, so every worker sees the same logs and takes the same decisions
+    (early stopping). BatchNorm's moving statistics follow each worker's own batches (Keras updates them
+    locally); they are averaged over the workers after every epoch, so all end with the same weights.
+    """
+    import tensorflow as tf
+
+    with strategy.scope():
+        # What fit does before its first step: create the optimizer's and metrics' variables from a batch's shapes.
+        model._symbolic_build(data_batch=next(iter(train)))
+    train_step = tf.function(lambda batch: strategy.run(model.train_step, args=(batch,)))
+    test_step = tf.function(lambda batch: strategy.run(model.test_step, args=(batch,)))
+    distributed = strategy.experimental_distribute_dataset(train)
+    validation = strategy.experimental_distribute_dataset(validation) if validation is not None else None
+    statistics = [v for v in model.non_trainable_variables if "float" in str(v.dtype)]
+
+    @tf.function
+    def average():
+        local = [tf.identity(v.value) for v in statistics]
+        return tf.distribute.get_replica_context().all_reduce("MEAN", local)
+
+    hooks = keras.callbacks.CallbackList(callbacks, model=model)
+    model.stop_training = False
+    hooks.on_train_begin()
+    epochs = 0
+    for epoch in range(start, end):
+        hooks.on_epoch_begin(epoch)
+        model.reset_metrics()
+        for batch in distributed:
+            train_step(batch)
+        if statistics:
+            mean = strategy.run(average)
+            for variable, value in zip(statistics, strategy.experimental_local_results(mean)[0], strict=True):
+                variable.assign(value)
+        logs = {name: float(value) for name, value in model.get_metrics_result().items()}
+        if validation is not None:
+            model.reset_metrics()
+            for batch in validation:
+                test_step(batch)
+            logs.update({f"val_{name}": float(value) for name, value in model.get_metrics_result().items()})
+        hooks.on_epoch_end(epoch, logs)
+        epochs += 1
+        if model.stop_training:
+            break
+    hooks.on_train_end()
+    return epochs
+
+
 def fit_classifier(
     model: keras.Model,
     train,
@@ -140,6 +217,7 @@ def fit_classifier(
     seed: int | None = 0,
     strategy=None,
     verbose: int | str = "auto",
+    jit_compile: bool | str = "auto",
 ) -> dict[str, list]:
     """Compile and train a `bagnet_keras.transfer.heads.build_classifier` model.
 
@@ -171,7 +249,14 @@ def fit_classifier(
     seed : int or None
         Seeds Python, NumPy and TensorFlow (`keras.utils.set_random_seed`).
     strategy : tf.distribute.Strategy, optional
-        The strategy the model was built under.
+        The strategy the model was built under. With ``MultiWorkerMirroredStrategy`` (several
+        processes or machines, each running this same call with its own ``TF_CONFIG``) every worker
+        trains on its share of ``train`` with the gradients summed over all; only the chief
+        (`is_chief`) writes in ``output_dir``, which must then be a folder that every worker sees
+        (a shared file system), so that a restarted run resumes every worker from the same epoch.
+    jit_compile : bool or "auto"
+        Keras' ``compile`` option: XLA for the training steps; ``"auto"`` uses it on GPUs. Mixed
+        precision is the model's own: `bagnet_keras.transfer.heads.build_classifier`'s ``dtype_policy``.
     verbose : int or "auto"
         Keras' ``fit`` verbosity. ``"auto"``: Keras' per-step progress bar
         on a terminal, one line per epoch otherwise (`EpochLine`), so logs
@@ -221,8 +306,11 @@ def fit_classifier(
     if not finetune:
         phases = [("train", epochs, learning_rate)]
     checkpoint = None
+    multi_worker = _is_multi_worker(strategy)
+    writer = not multi_worker or is_chief(strategy)
     if output_dir is not None:
         output_dir = os.fspath(output_dir)
+    if output_dir is not None and writer:
         os.makedirs(output_dir, exist_ok=True)
         weights_of = {h: np.asarray(class_weight[h]).tolist() for h in heads} if class_weight is not None else None
         check_arguments(output_dir, dict(
@@ -231,9 +319,9 @@ def fit_classifier(
             patience=patience, seed=seed, model=model_signature(model), data=str(train.element_spec),
         ))  # fmt: skip
         checkpoint = BestCheckpoint(os.path.join(output_dir, "best.keras"), monitor=monitor)
-    backup = EpochBackup(output_dir)
+    backup = EpochBackup(output_dir, write=writer)
     state = backup.load()
-    if state is not None and state.get("best") is not None:
+    if state is not None and state.get("best") is not None and checkpoint is not None:
         checkpoint.best = state["best"]
     resumed = [phase for phase, _, _ in phases].index(state["phase"]) if state is not None else -1
     done = 0  # epochs before the phase, as Keras counts them (both phases share one count)
@@ -267,6 +355,7 @@ def fit_classifier(
                 optimizer=keras.optimizers.Adam(rate),
                 loss={h: "sparse_categorical_crossentropy" for h in heads},
                 metrics={h: ["accuracy"] for h in heads},
+                jit_compile=jit_compile,
             )
         if index == resumed:
             # The epoch state of a killed run: weights and the optimizer's moments and step count.
@@ -277,16 +366,19 @@ def fit_classifier(
                 if carried.get("file"):
                     carried["weights"] = read_arrays(os.path.join(backup.folder, carried["file"]))
                 early.carried = carried
-        result = model.fit(
-            train,
-            validation_data=validation,
-            epochs=end,
-            initial_epoch=start,
-            callbacks=callbacks,
-            shuffle=False,  # a tf.data pipeline shuffles itself (data_tools.loader does)
-            verbose=verbose,
-        )
-        done = start + len(result.epoch)
+        if multi_worker:
+            done = start + _fit_multi_worker(model, strategy, train, validation, start, end, callbacks)
+        else:
+            result = model.fit(
+                train,
+                validation_data=validation,
+                epochs=end,
+                initial_epoch=start,
+                callbacks=callbacks,
+                shuffle=False,  # a tf.data pipeline shuffles itself (data_tools.loader does)
+                verbose=verbose,
+            )
+            done = start + len(result.epoch)
         backup.complete_phase(done)
     history = backup.history
     for layer in backbone:
