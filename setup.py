@@ -30,6 +30,8 @@ setup(
         "pillow",
         "imagehash",
         "scipy",
+        # structural_similarity, for the sanity checks of the maps (bagnet_keras.metrics.sanity)
+        "scikit-image",
     ],
     # selenium drives Debian's chromium (apt: chromium chromium-driver) for the report's browser test.
     extras_require={"dev": ["pytest", "pytest-xdist", "ruff", "selenium"]},

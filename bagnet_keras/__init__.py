@@ -2,8 +2,8 @@
 
 The package is grouped by concern (see docs/architecture.md): ``core`` (graph
 walking, geometry, checks, files, custom layers), ``models`` (BagNet builders,
-weights, fast inference), ``explain`` (evidence, CAM family, guided backprop,
-occlusion), ``metrics`` (faithfulness, comparison), ``transfer`` (backbones,
+weights, fast inference), ``explain`` (evidence, CAM family, gradient
+attributions, guided backprop, occlusion), ``metrics`` (faithfulness, comparison), ``transfer`` (backbones,
 heads, training, evaluation, baselines), ``report`` (figures, HTML) and ``app``
 (the command line, the demo, workflows). Every public entry point is
 importable from here. Names are resolved on first use (PEP 562), so
@@ -48,6 +48,14 @@ _EXPORTS = {
     "LayerCAM": "explain.cam",
     "ScoreCAM": "explain.cam",
     "cam": "explain.cam",
+    "BaseAttribution": "explain.attribution",
+    "DeepLIFT": "explain.attribution",
+    "EpsilonLRP": "explain.attribution",
+    "GradientXInput": "explain.attribution",
+    "IntegratedGradients": "explain.attribution",
+    "Saliency": "explain.attribution",
+    "SmoothGrad": "explain.attribution",
+    "attribution": "explain.attribution",
     "guided_backprop": "explain.guided",
     "guided_gradcam": "explain.guided",
     "occlusion": "explain.occlusion",
@@ -55,6 +63,8 @@ _EXPORTS = {
     "Comparison": "metrics.comparison",
     "compare": "metrics.comparison",
     "merge_shards": "metrics.results",
+    "input_invariance": "metrics.sanity",
+    "model_randomization": "metrics.sanity",
     "get_backbone": "transfer.backbones",
     "build_classifier": "transfer.heads",
     "fit_classifier": "transfer.training",

@@ -26,6 +26,7 @@ from bagnet_keras.core.inputs import (
     output_index,
     top_class_scores,
 )
+from bagnet_keras.explain.backward import replace_activations
 from bagnet_keras.explain.cam import GradCAM
 
 _MODES = ("guided", "deconvnet")
@@ -50,29 +51,6 @@ def _modified_relu(mode: str):
         return tf.nn.relu(x), grad
 
     return relu
-
-
-def _replace_relus(mode: str):
-    relu = _modified_relu(mode)
-
-    def operation_fn(layer):
-        if not _is_plain_relu(layer):
-            return layer
-        if isinstance(layer, (keras.layers.ReLU, keras.layers.Activation)):
-            return lambda inputs, **kwargs: relu(inputs)
-
-        def call(*args, **kwargs):
-            # Runs while tf.function traces, so the traced graph holds the linear layer and our ReLU.
-            activation = layer.activation
-            layer.activation = keras.activations.linear
-            try:
-                return relu(layer(*args, **kwargs))
-            finally:
-                layer.activation = activation
-
-        return call
-
-    return operation_fn
 
 
 def guided_backprop(
@@ -146,7 +124,8 @@ def guided_backprop(
         classes = classes_or_top(class_index, len(x), n_classes_of(model, index))
 
     def build(model_ref):
-        operation_fn = _replace_relus(mode)
+        relu = _modified_relu(mode)
+        operation_fn = replace_activations(_is_plain_relu, lambda f: relu)
 
         @tf.function(reduce_retracing=True)
         def step(batch, classes):

@@ -182,3 +182,23 @@ def _guided_gradcam(model, images, class_index, output, target, **options):
 
     maps = guided_gradcam(model, images, class_index=class_index, output=output, target=target, **options)
     return np.abs(maps).max(axis=-1)
+
+
+def _register_attribution(name: str, description: str) -> None:
+    @register(name, description)
+    def _attribution(model, images, class_index, output, target, **options):
+        from bagnet_keras.explain.attribution import attribution
+
+        return attribution(model, images, class_index=class_index, method=name, output=output, target=target,
+                           **options)  # fmt: skip
+
+
+for _name, _description in (
+    ("saliency", "saliency: the largest absolute gradient over the channels"),
+    ("gradient_x_input", "gradient x input, summed over the channels (signed)"),
+    ("integrated_gradients", "integrated gradients from a zero input, 32 steps (signed)"),
+    ("smoothgrad", "SmoothGrad: the gradient averaged over 25 noisy copies (signed)"),
+    ("epsilon_lrp", "epsilon-LRP: relevance propagated back to the pixels (signed)"),
+    ("deeplift", "DeepLIFT (Rescale) from a zero input (signed)"),
+):
+    _register_attribution(_name, _description)

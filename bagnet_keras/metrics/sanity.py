@@ -1,0 +1,367 @@
+"""Sanity checks for explanation maps: do they depend on the model, and only on what the model computes?
+
+- `model_randomization` (Adebayo et al. 2018, "Sanity checks for saliency
+  maps"): re-initialise the model's layers from the top down, one more at a
+  time (cascading) or one at a time, recompute every method's maps for the
+  same classes, and measure how far they stay from the original maps
+  (Spearman rank correlation of the absolute maps, SSIM of the maps scaled
+  to [0, 1]). A map that explains the model must change when the weights it
+  explains are gone; one that stays is an edge detector of the image.
+- `input_invariance` (Kindermans et al. 2017, "The (un)reliability of
+  saliency methods"): a second model takes the images shifted by a constant
+  and absorbs the shift in its first layer's bias, so both models compute
+  the same function of the image (checked). A method passes when its maps
+  of the two are the same; methods that multiply by the input (gradient x
+  input, integrated gradients from a zero baseline) fail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+
+from bagnet_keras.core.graph import iter_layers, producing_layer, score_function
+from bagnet_keras.core.inputs import check_images, classes_per_image, in_batches, n_classes_of, output_index
+from bagnet_keras.core.layers import StemConv
+from bagnet_keras.explain.registry import check_method, explain
+
+#: Below this mean rank correlation with the original maps, with every layer re-initialised, a method passes
+#: the randomisation test. 0.5 is half-way between the same ranking (1) and an unrelated one (0): maps that
+#: still agree more than that with all of the model's weights random show the image more than the model
+#: (Adebayo et al.'s guided backpropagation stays near 1 on Inception v3; the gradient falls below 0.2).
+RANDOMIZATION_THRESHOLD = 0.5
+#: Largest difference between the two models' maps, relative to the largest value of the original maps,
+#: that `input_invariance` counts as the same map (float32 rounding of two different computations).
+INVARIANCE_TOLERANCE = 1e-3
+
+
+def _methods(methods) -> dict[str, dict]:
+    if isinstance(methods, str):
+        methods = [methods]
+    methods = dict(methods) if isinstance(methods, Mapping) else {name: {} for name in methods}
+    if not methods:
+        raise ValueError("`methods` names no explanation method; give e.g. ['gradcam', 'saliency'].")
+    for name in methods:
+        check_method(name)
+    return methods
+
+
+def _classes(model, x, class_index, index) -> np.ndarray:
+    classes = classes_per_image(class_index, len(x), n_classes_of(model, index))
+    if classes is None:
+        classes = in_batches(score_function(model, index, "logit"), 32, x).argmax(axis=1)
+    return np.asarray(classes, "int32")
+
+
+def _scaled(maps: np.ndarray) -> np.ndarray:
+    low = maps.min(axis=(1, 2), keepdims=True)
+    span = maps.max(axis=(1, 2), keepdims=True) - low
+    return np.where(span > 0, (maps - low) / np.where(span > 0, span, 1), 0)
+
+
+def _similarity(original: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: Spearman correlation of the absolute maps, SSIM of the maps scaled to [0, 1]."""
+    from scipy.stats import spearmanr
+    from skimage.metrics import structural_similarity
+
+    rho, ssim = [], []
+    for a, b in zip(original, maps, strict=True):
+        a_abs, b_abs = np.abs(a).ravel(), np.abs(b).ravel()
+        constant = a_abs.min() == a_abs.max() or b_abs.min() == b_abs.max()
+        rho.append(0.0 if constant else float(spearmanr(a_abs, b_abs).statistic))
+        pair = _scaled(np.stack([a, b]))
+        ssim.append(float(structural_similarity(pair[0], pair[1], data_range=1.0)))
+    return np.asarray(rho), np.asarray(ssim)
+
+
+def _initializer(layer, variable):
+    name = variable.name.split("/")[-1].split(":")[0]
+    for attribute in (f"{name}_initializer", name.replace("kernel", "initializer")):
+        init = getattr(layer, attribute, None)
+        if init is not None:
+            return keras.initializers.get(init)
+    return None
+
+
+def _reinitialised(layer, rng: np.random.Generator) -> list[np.ndarray]:
+    """New values of ``layer``'s weights from its own initializers, seeded from ``rng``."""
+    values = []
+    for variable in layer.weights:
+        init = _initializer(layer, variable)
+        if init is None:  # a layer without initializer attributes: Glorot-like noise of the same shape
+            fan = max(1, int(np.prod(variable.shape[:-1])))
+            values.append(rng.normal(0, 1 / np.sqrt(fan), variable.shape).astype(variable.dtype))
+            continue
+        config = init.get_config()
+        if "seed" in config:
+            config["seed"] = int(rng.integers(2**31 - 1))
+        values.append(np.asarray(init.__class__.from_config(config)(variable.shape, dtype=variable.dtype)))
+    return values
+
+
+@dataclass
+class Randomization:
+    """What `model_randomization` measured.
+
+    Attributes
+    ----------
+    layers : list of str
+        The layers re-initialised, in order (top down); step k re-initialised
+        ``layers[k]`` (and, cascading, all before it).
+    cascade : bool
+    spearman, ssim : dict method -> ndarray (steps, N)
+        Per step and image: rank correlation of the absolute maps with the
+        original ones, and SSIM of the maps scaled to [0, 1].
+    threshold : float
+        `RANDOMIZATION_THRESHOLD`.
+    """
+
+    layers: list
+    cascade: bool
+    spearman: dict = field(default_factory=dict)
+    ssim: dict = field(default_factory=dict)
+    threshold: float = RANDOMIZATION_THRESHOLD
+
+    def passed(self, method: str) -> bool | None:
+        """Whether the maps decorrelated: the mean correlation after the last cascading step below the threshold.
+
+        None for one-layer-at-a-time runs (no step removes the whole model).
+        """
+        if not self.cascade:
+            return None
+        return bool(self.spearman[method][-1].mean() < self.threshold)
+
+    def rows(self) -> list[dict]:
+        """One row per method and step: the mean Spearman correlation and SSIM over the images."""
+        return [
+            {"method": method, "step": k + 1, "layer": layer, "spearman": float(self.spearman[method][k].mean()),
+             "ssim": float(self.ssim[method][k].mean())}  # fmt: skip
+            for method in self.spearman
+            for k, layer in enumerate(self.layers)
+        ]
+
+
+def model_randomization(
+    model: keras.Model,
+    images,
+    methods: Sequence[str] | Mapping[str, dict],
+    class_index=None,
+    cascade: bool = True,
+    layers: Sequence[str] | None = None,
+    output: int | str | None = None,
+    target: str = "logit",
+    seed: int = 0,
+) -> Randomization:
+    """Adebayo et al.'s model parameter randomisation test for explanation ``methods``.
+
+    Parameters
+    ----------
+    model : keras.Model
+        Left as it was: its weights are restored at the end, also after an error.
+    images : array (N, H, W, C)
+        Preprocessed as the model expects; a few images are enough.
+    methods : sequence of names, or mapping name -> options
+        Methods of `bagnet_keras.explain.registry.METHODS` (``"gradcam"``, ``"evidence"``, ``"saliency"``, ...).
+    class_index : int, sequence of N ints, or None
+        The class explained per image (None: the original model's top prediction), the same at every step.
+    cascade : bool
+        Re-initialise one more layer at each step, from the top down (True), or one layer at a time
+        with the others original (False).
+    layers : sequence of str, optional
+        The layers to re-initialise, top first; default: every layer with weights, from the output down.
+    output : int or str, optional
+        The head, for multi-output models.
+    target : {"logit", "probability"}
+    seed : int
+        Seeds the new weights.
+
+    Returns
+    -------
+    Randomization
+
+    Examples
+    --------
+    >>> import keras, numpy as np
+    >>> keras.utils.set_random_seed(0)
+    >>> model = keras.Sequential([keras.Input((12, 12, 3)), keras.layers.Conv2D(4, 3, activation="relu", name="c1"),
+    ...                           keras.layers.Conv2D(4, 3, activation="relu", name="c2"),
+    ...                           keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2, name="out")])
+    >>> x = np.random.default_rng(0).normal(size=(2, 12, 12, 3)).astype("float32")
+    >>> result = model_randomization(model, x, ["saliency"])
+    >>> result.layers, result.spearman["saliency"].shape
+    (['out', 'c2', 'c1'], (3, 2))
+    """
+    x = check_images(images)
+    methods = _methods(methods)
+    index = output_index(model, output)
+    classes = _classes(model, x, class_index, index)
+    weighted = {path: layer for path, layer in iter_layers(model)
+                if layer.weights and not isinstance(layer, keras.Model)}  # fmt: skip
+    if layers is None:
+        layers = list(reversed(weighted))
+    else:
+        layers = list(layers)
+        unknown = [name for name in layers if name not in weighted]
+        if unknown:
+            raise ValueError(f"`layers` {unknown} are not layers with weights of {model.name!r}; "
+                             f"choose from {list(weighted)}.")  # fmt: skip
+    if not layers:
+        raise ValueError(f"Model {model.name!r} has no layer with weights to re-initialise.")
+
+    def maps_of(name):
+        return explain(model, x, name, class_index=classes, output=output, target=target, **methods[name])
+
+    original = {name: maps_of(name) for name in methods}
+    result = Randomization(layers=layers, cascade=bool(cascade))
+    saved = model.get_weights()
+    rng = np.random.default_rng(seed)
+    spearman = {name: [] for name in methods}
+    ssim = {name: [] for name in methods}
+    try:
+        for path in layers:
+            if not cascade:
+                model.set_weights(saved)
+            weighted[path].set_weights(_reinitialised(weighted[path], rng))
+            for name in methods:
+                rho, s = _similarity(original[name], maps_of(name))
+                spearman[name].append(rho)
+                ssim[name].append(s)
+    finally:
+        model.set_weights(saved)
+    result.spearman = {name: np.stack(values) for name, values in spearman.items()}
+    result.ssim = {name: np.stack(values) for name, values in ssim.items()}
+    return result
+
+
+def _first_layer(model: keras.Model):
+    """The layer that reads the input directly, when it is the only one and is not a nested model."""
+    readers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)
+               and any(producing_layer(t) is None or isinstance(producing_layer(t), keras.layers.InputLayer)
+                       for t in keras.tree.flatten(layer.input))]  # fmt: skip
+    return readers[0] if len(readers) == 1 else None
+
+
+def shifted_model(model: keras.Model, shift) -> keras.Model:
+    """A copy of ``model`` that takes ``images + shift`` and gives the outputs ``model`` gives for ``images``.
+
+    The shift is absorbed in the bias of the first layer: a Conv2D with
+    ``padding="valid"`` (or the BagNet stem) that reads the input, through
+    its own bias or, when it has none, the moving mean of the BatchNormalization
+    that follows it alone (Kindermans et al.'s construction). Any other model
+    gets a ``Rescaling(1, offset=-shift)`` layer in front instead: the same
+    function, one layer more.
+
+    Examples
+    --------
+    >>> import keras, numpy as np
+    >>> model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(2, 3), keras.layers.Flatten()])
+    >>> x = np.random.default_rng(0).normal(size=(1, 8, 8, 3)).astype("float32")
+    >>> bool(np.allclose(shifted_model(model, 1.0)(x + 1.0), model(x), atol=1e-5))
+    True
+    """
+    channels = model.inputs[0].shape[-1]
+    shift = np.broadcast_to(np.asarray(shift, "float32"), (channels,))
+    first = _first_layer(model)
+    kernel = None
+    if isinstance(first, StemConv):
+        kernel = np.asarray(first.fused_kernel())
+    elif isinstance(first, keras.layers.Conv2D) and first.padding == "valid" and first.groups == 1:
+        kernel = np.asarray(first.kernel)
+    followers = [layer for layer in model.layers if layer is not first and any(
+        producing_layer(t) is first for t in keras.tree.flatten(layer.input))]  # fmt: skip
+    absorbs = getattr(first, "use_bias", False) or (
+        len(followers) == 1 and isinstance(followers[0], keras.layers.BatchNormalization))
+    if kernel is not None and absorbs:
+        offset = np.einsum("hwio,i->o", kernel, shift)  # what the shift adds to every output position
+        copy = keras.models.clone_model(model)
+        copy.set_weights(model.get_weights())
+        if getattr(first, "use_bias", False):
+            bias = copy.get_layer(first.name).bias
+            bias.assign(np.asarray(bias) - offset)
+        else:
+            mean = copy.get_layer(followers[0].name).moving_mean
+            mean.assign(np.asarray(mean) + offset)
+        return copy
+    inputs = keras.Input(model.inputs[0].shape[1:])
+    return keras.Model(inputs, model(keras.layers.Rescaling(1.0, offset=-shift)(inputs)), name=f"{model.name}_shifted")
+
+
+@dataclass
+class Invariance:
+    """What `input_invariance` measured: per method, the largest difference of the maps and whether it passed.
+
+    ``difference[method]`` is max |maps of the shifted model - maps of the model| over the largest
+    absolute value of the model's maps; ``output_difference`` the same for the two models' outputs.
+    """
+
+    shift: np.ndarray
+    output_difference: float
+    difference: dict = field(default_factory=dict)
+    tolerance: float = INVARIANCE_TOLERANCE
+
+    def passed(self, method: str) -> bool:
+        return bool(self.difference[method] <= self.tolerance)
+
+
+def input_invariance(
+    model: keras.Model,
+    images,
+    methods: Sequence[str] | Mapping[str, dict],
+    shift=1.0,
+    class_index=None,
+    output: int | str | None = None,
+    target: str = "logit",
+) -> Invariance:
+    """Kindermans et al.'s input invariance test: the same maps for a model and its input-shifted twin?
+
+    Parameters
+    ----------
+    model : keras.Model
+    images : array (N, H, W, C)
+    methods : sequence of names, or mapping name -> options
+    shift : float or array (C,)
+        Added to the images of the twin (`shifted_model`), e.g. the mean of the data.
+    class_index, output, target
+        As for `bagnet_keras.explain.registry.explain`; the classes are the model's top prediction by default.
+
+    Returns
+    -------
+    Invariance
+
+    Raises
+    ------
+    RuntimeError
+        When the twin's outputs differ from the model's (it would not be a test of the method).
+
+    Examples
+    --------
+    >>> import keras, numpy as np
+    >>> keras.utils.set_random_seed(0)
+    >>> model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, activation="relu"),
+    ...                           keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+    >>> x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
+    >>> result = input_invariance(model, x, ["saliency", "gradient_x_input"], shift=1.0)
+    >>> result.passed("saliency"), result.passed("gradient_x_input")
+    (True, False)
+    """
+    x = check_images(images)
+    methods = _methods(methods)
+    index = output_index(model, output)
+    classes = _classes(model, x, class_index, index)
+    twin = shifted_model(model, shift)
+    moved = (x + np.broadcast_to(np.asarray(shift, "float32"), (x.shape[-1],))).astype("float32")
+    a = keras.tree.flatten(model.predict(x, verbose=0))
+    b = keras.tree.flatten(twin.predict(moved, verbose=0))
+    gap = max(float(np.abs(p - q).max() / max(np.abs(p).max(), 1e-12)) for p, q in zip(a, b, strict=True))
+    if gap > INVARIANCE_TOLERANCE:
+        raise RuntimeError(f"The input-shifted copy of {model.name!r} differs from it by {gap:.3g} (relative); "
+                           "the shift was not absorbed exactly.")  # fmt: skip
+    result = Invariance(shift=np.asarray(shift, "float32"), output_difference=gap)
+    for name, options in methods.items():
+        kwargs = dict(class_index=classes, output=output, target=target, **options)
+        original, shifted = explain(model, x, name, **kwargs), explain(twin, moved, name, **kwargs)
+        result.difference[name] = float(np.abs(shifted - original).max() / max(np.abs(original).max(), 1e-12))
+    return result
