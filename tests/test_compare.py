@@ -257,3 +257,32 @@ def test_passes_split_across_the_replicas_of_a_strategy():
     assert done.returncode == 0, done.stderr[-2000:]
     replicas, rows, gap = done.stdout.split()[1::2]
     assert (replicas, rows) == ("2", "5") and float(gap) <= 1e-5
+
+
+def test_sanity_checks_ride_with_the_comparison_and_its_shards(models, tmp_path):
+    from bagnet_keras.metrics.results import merge_shards
+
+    x = np.random.default_rng(5).normal(size=(5, SIZE, SIZE, 3)).astype("float32")
+    labels = [0, 1, 2, 0, 1]
+    args = dict(output="shape", steps=2, linearity_k=2, batch_size=2, progress=False, sanity=2,
+                methods={"cnn": ["gradcam", "saliency"], "bagnet": ["evidence"]})  # fmt: skip
+    whole = compare(models, x, labels, output_dir=str(tmp_path / "whole"), **args)
+    checks = whole.sanity
+    assert checks["images"] == 2 and len(checks["randomization"]) == len(checks["invariance"]) == 3
+    by_key = {(e["model"], e["method"]): e for e in checks["randomization"]}
+    assert by_key["cnn", "saliency"]["layers"][0] == "shape_logits"
+    assert len(by_key["cnn", "saliency"]["spearman"]) == len(by_key["cnn", "saliency"]["layers"])
+    shifted = {(e["model"], e["method"]): e["passed"] for e in checks["invariance"]}
+    assert shifted["cnn", "saliency"] and shifted["bagnet", "evidence"]
+    saved = json.load(open(tmp_path / "whole" / "sanity.json"))
+    assert saved["randomization"][0]["layers"] == checks["randomization"][0]["layers"]
+    # the cross-model deletion curves are kept: the BagNet's cells masked for the CNN
+    assert whole.curves["bagnet", "evidence"]["deletion_on_cnn"].shape == (5, 3)
+    # shard 1 (no first batch) runs no checks; the merge takes shard 0's
+    for i in (1, 0):
+        part = compare(models, x, labels, output_dir=str(tmp_path / f"shard{i}"), shard=(i, 2), **args)
+        assert bool(part.sanity) == (i == 0)
+    merged = merge_shards([str(tmp_path / "shard1"), str(tmp_path / "shard0")])
+    assert json.dumps(merged.sanity, sort_keys=True) == json.dumps(checks, sort_keys=True)
+    with pytest.raises(ValueError, match="sanity=-1"):
+        compare(models, x, labels, **{**args, "sanity": -1})

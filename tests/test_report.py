@@ -31,8 +31,9 @@ def report(tmp_path_factory):
     images = preprocess_input(np.stack([s[0] for s in scenes]).astype("float32"))
     masks = np.stack([s[1] for s in scenes])
     labels = [i % 3 for i in range(6)]
-    result = compare(models, images, labels, masks=masks, steps=4, linearity_k=3, progress=False,
-                     deprocess=deprocess_input)  # fmt: skip
+    methods = {"cnn": ["gradcam", "saliency", "deeplift"], "bagnet": ["evidence", "gradcam"]}
+    result = compare(models, images, labels, masks=masks, methods=methods, steps=4, linearity_k=3, progress=False,
+                     deprocess=deprocess_input, sanity=2)  # fmt: skip
     folder = tmp_path_factory.mktemp("report")
     path = write_report(result, CLASSES, folder, findings=["BagNet evidence points into the masks in 3 of 6 images."])
     return path, folder, result
@@ -43,8 +44,9 @@ def test_report_is_one_self_contained_file_with_pngs_beside_it(report):
     text = open(path, encoding="utf-8").read()
     assert not re.search(r'src="(?!data:image/png;base64,)', text), "an image is not embedded"
     assert text.count("<img ") == len(os.listdir(folder / "figures"))
-    for section in ("Findings", "Models", "Faithfulness", "Deletion and insertion curves", "Agreement between maps",
-                    "Images", "Most informative patches per class", "Misclassified"):  # fmt: skip
+    for section in ("Findings", "Models", "Faithfulness", "Deletion and insertion curves", "Spatial sensitivity",
+                    "Can these maps be trusted?", "Agreement between maps", "Images",
+                    "Most informative patches per class", "Misclassified"):  # fmt: skip
         assert f"<h2>{section}" in text, section
     assert sorted(os.listdir(folder)) == ["figures", "report.html"]
 
@@ -74,7 +76,7 @@ def test_report_renders_in_headless_chromium(report):
         )
         assert images and all(complete and width > 0 for _, complete, width in images), images
         tables = driver.execute_script("return document.querySelectorAll('table').length;")
-        assert tables == 3  # models, faithfulness, agreement between maps
+        assert tables == 4  # models, faithfulness, sanity checks, agreement between maps
         headings = driver.execute_script("return Array.from(document.querySelectorAll('h2')).map(h => h.textContent);")
         assert "Faithfulness" in headings
         height = driver.execute_script("return document.body.scrollHeight;")

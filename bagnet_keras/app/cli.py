@@ -165,7 +165,8 @@ def compare(args: argparse.Namespace) -> int:
     path = compare_models(models, args.data, args.out, split=args.split, image_size=args.image_size,
                           preprocess=args.preprocess, masks=args.masks, methods=args.methods, output=args.output,
                           max_images=args.max_images, target=args.target, batch_size=args.batch_size,
-                          shard=args.shard, jit_compile=args.jit_compile, dtype_policy=args.dtype_policy)  # fmt: skip
+                          shard=args.shard, jit_compile=args.jit_compile, dtype_policy=args.dtype_policy,
+                          sanity=args.sanity)  # fmt: skip
     _done(path, args)
     return 0
 
@@ -274,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype-policy", choices=["mixed_float16", "mixed_bfloat16"],
                    help="compute in mixed precision (mixed_float16 on GPUs); scores stay float32")
     p.add_argument("--out", default="runs/compare")
+    p.add_argument("--sanity", type=int, default=0, metavar="N",
+                   help="run the sanity checks of every map (model randomisation, input invariance) on N images")
     p.set_defaults(func=compare)
     p = sub.add_parser("merge", help="join the output folders of finished shards of compare or explain, and report",
                        epilog=MERGE_EPILOG, formatter_class=formatter)  # fmt: skip

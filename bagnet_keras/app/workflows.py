@@ -126,6 +126,7 @@ def compare_models(
     shard: tuple[int, int] | None = None,
     jit_compile: bool = False,
     dtype_policy: str | None = None,
+    sanity: int = 0,
 ) -> str | None:
     """Compare the explanations of trained models (``.keras`` files) on a dataset split and write the report.
 
@@ -145,7 +146,8 @@ def compare_models(
     result = compare(loaded, files, files.labels, masks=mask_files, methods=methods, output=output,
                      progress=progress, n_classes=len(files.class_names), target=target, deprocess=_deprocess(prep),
                      preprocess=prep, batch_size=batch_size, shard=shard, jit_compile=jit_compile,
-                     dtype_policy=dtype_policy, output_dir=os.path.join(output_dir, "comparison"))  # fmt: skip
+                     dtype_policy=dtype_policy, sanity=sanity,
+                     output_dir=os.path.join(output_dir, "comparison"))  # fmt: skip
     _write_classes(output_dir, files.class_names)
     if shard is not None:
         return None

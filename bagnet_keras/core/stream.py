@@ -367,7 +367,8 @@ def merged_store(folders: list[str]) -> tuple[MergedStore, dict]:
     if sorted(owners) != list(range(total)):
         raise ValueError(f"The shards hold {len(owners)} of the run's {total} batches; run each shard's command "
                          "again to complete it.")  # fmt: skip
-    return MergedStore(owners), runs[0][2]
+    # Shard 0's details: it holds the first batch, and what was measured on it alone (the sanity checks).
+    return MergedStore(owners), next(c for (_, _, c), (i, _) in zip(runs, shards, strict=True) if i == 0)
 
 
 def run_parts(

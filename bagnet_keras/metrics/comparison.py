@@ -58,6 +58,7 @@ from bagnet_keras.metrics.masking import (
     single_cell_passes,
 )
 from bagnet_keras.metrics.results import MISCLASSIFIED_SHOWN, Comparison, assemble
+from bagnet_keras.metrics.sanity import sanity_checks
 from bagnet_keras.models.bagnet import bagnet_top
 from bagnet_keras.models.inference import with_dtype_policy
 
@@ -213,6 +214,9 @@ def _measure(setup: _Setup, index: int, batch: tuple) -> tuple[dict, dict]:
     for j, (name, method) in enumerate(setup.keys):
         arrays[f"deletion_{j}"] = curves[name, method][name]
         arrays[f"insertion_{j}"] = curves[name, method]["insertion"]
+        for m, other in enumerate(setup.models):  # the same cells masked for the other models
+            if other != name:
+                arrays[f"deletion_{j}_on_{m}"] = curves[name, method][other]
     for i in range(n):
         for name, method in setup.keys:
             row = {"image": start + i, "label": int(labels[i]), "model": name, "method": method,
@@ -363,6 +367,8 @@ def compare(
     jit_compile: bool = False,
     strategy=None,
     dtype_policy: str | None = None,
+    sanity: int = 0,
+    sanity_shift: float = 1.0,
 ) -> Comparison:
     """Explain the same images with every model and method, and measure the maps, batch by batch.
 
@@ -435,6 +441,13 @@ def compare(
         (`bagnet_keras.models.inference.with_dtype_policy`): mixed precision, about twice as fast on
         GPUs. Scores and probabilities stay float32; the rows move by float16 rounding
         (tests/test_compare.py measures it).
+    sanity : int
+        Run the sanity checks (`bagnet_keras.metrics.sanity`: cascading model randomisation, input
+        invariance with ``sanity_shift``) of every model and method on the first ``sanity`` images of
+        the first batch; the result is ``Comparison.sanity`` and the report's "Can these maps be
+        trusted?". 0: no checks. A sharded run makes them in shard 0.
+    sanity_shift : float
+        The constant added to the inputs of the input invariance test.
 
     Returns
     -------
@@ -458,8 +471,9 @@ def compare(
     for name, value in (("steps", steps), ("cell", cell), ("linearity_k", linearity_k),
                         ("shuffle_grid", shuffle_grid), ("patches_per_class", patches_per_class)):  # fmt: skip
         check_positive_int(value, name)
-    if isinstance(report_images, bool) or not isinstance(report_images, int) or report_images < 0:
-        raise ValueError(f"`report_images` must be an integer >= 0. Received: report_images={report_images!r}")
+    for value, name in ((report_images, "report_images"), (sanity, "sanity")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"`{name}` must be an integer >= 0. Received: {name}={value!r}")
     if _is_array(images):
         n_images = len(images)
         if labels is not None and len(labels) != n_images:
@@ -499,7 +513,8 @@ def compare(
                      "batch_size": batch_size, "n_classes": n_classes, "masks": masks is not None,
                      "report_images": report_images, "patches_per_class": patches_per_class,
                      "preprocess": _name_of(preprocess), "shard": shard, "jit_compile": bool(jit_compile),
-                     "replicas": 1 if strategy is None else strategy.num_replicas_in_sync}  # fmt: skip
+                     "replicas": 1 if strategy is None else strategy.num_replicas_in_sync,
+                     "sanity": sanity, "sanity_shift": sanity_shift}  # fmt: skip
         store = PartStore(output_dir, arguments, "compare")
     total = len(images) if _is_array(images) else None
     bar = tqdm(total=total, desc="compare", unit="image", disable=None if progress else True)
@@ -520,16 +535,30 @@ def compare(
         def wanted(index: int) -> bool:
             return shard is None or index % shard[1] == shard[0]
 
-        chunks = _chunks(images, labels, masks, output, batch_size, wanted)
-        _, batches = run_parts(store, chunks, measure, skip=lambda index: not wanted(index))
+        first: list = []  # the first batch, for the sanity checks (read on a resumed run too)
+
+        def chunks():
+            for index, chunk in enumerate(_chunks(images, labels, masks, output, batch_size, wanted)):
+                if index == 0 and chunk is not None and sanity:
+                    first.append(chunk)
+                yield chunk
+
+        _, batches = run_parts(store, chunks(), measure, skip=lambda index: not wanted(index))
         if batches == 0:
             raise ValueError("`images` is empty: there is no image to compare.")
         details = {"keys": keys, "models": list(models), "n_classes": n_classes, "report_images": report_images,
                    "patches_per_class": patches_per_class, "bagnet": setup.bagnet}  # fmt: skip
+        if first:
+            x0 = np.asarray(first[0][0][:sanity], dtype="float32")
+            if preprocess is not None:
+                x0 = np.asarray(preprocess(x0))
+            details["sanity"] = sanity_checks(models, per_model, x0, np.asarray(first[0][1][:sanity]).astype(int),
+                                              output=output, target=target, shift=sanity_shift)  # fmt: skip
         store.finish(batches, details)
         if not store.indices():  # a shard without batches: the others hold the run's images
             return Comparison(summary={"n_images": 0})
         result = assemble(store, keys, list(models), n_classes, report_images, patches_per_class, setup.bagnet)
+        result.sanity = details.get("sanity", {})
         if output_dir is not None:
             result.save(output_dir)
     return result

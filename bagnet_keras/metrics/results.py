@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bagnet_keras.core.commit import atomic_target
+from bagnet_keras.core.commit import atomic_target, write_atomic
 from bagnet_keras.core.stream import merged_store
 from bagnet_keras.metrics.faithfulness import mean_ci, per_class_accuracy
 
@@ -52,7 +52,8 @@ class Comparison:
         ``passes`` (model inputs scored per image, by model), and ``seconds``: time spent per part
         (maps of each model and method, the masking passes, ...).
     curves : dict
-        ``(model, method)`` -> deletion and insertion curves on the explained model, each (N, steps + 1).
+        ``(model, method)`` -> ``"deletion"`` and ``"insertion"`` curves on the explained model, and
+        ``"deletion_on_<other>"``, the same cells masked for each other model, each (N, steps + 1).
     labels : ndarray or None
         (N,) the true classes.
     shown : ndarray
@@ -68,6 +69,9 @@ class Comparison:
         patches with the most evidence for the true class; empty without a BagNet.
     patches : dict
         Class index -> `TopPatches` of that BagNet over the class's images (patch pixels as uint8).
+    sanity : dict
+        The sanity checks of every model and method (`bagnet_keras.metrics.sanity.sanity_checks`), when
+        ``compare(..., sanity=n)`` asked for them; empty otherwise.
 
     `bagnet_keras.report.html.write_report` draws the report from these alone, running no model.
     """
@@ -84,6 +88,7 @@ class Comparison:
     maps: dict = field(default_factory=dict)
     evidence: dict = field(default_factory=dict)
     patches: dict = field(default_factory=dict)
+    sanity: dict = field(default_factory=dict)
 
     def aggregate(self, model: str, method: str, metric: str) -> dict:
         """The aggregate row of one metric (KeyError if it was not computed)."""
@@ -93,7 +98,8 @@ class Comparison:
         raise KeyError((model, method, metric))
 
     def save(self, output_dir: str | os.PathLike) -> list[str]:
-        """Write ``rows.csv``, ``correlations.csv``, ``models.csv``, ``aggregates.csv`` and ``comparison.json``.
+        """Write ``rows.csv``, ``correlations.csv``, ``models.csv``, ``aggregates.csv``, ``comparison.json``
+        and, with sanity checks, ``sanity.json``.
 
         Each file is written row by row through a temporary file (no second copy of the tables in memory)
         and renamed when complete.
@@ -114,7 +120,10 @@ class Comparison:
                     f.write((",\n " if k else "\n ") + json.dumps(_plain(row), sort_keys=True))
                 f.write("\n]")
             f.write("}\n")
-        return [*written, path]
+        written.append(path)
+        if self.sanity:
+            written.append(write_atomic(os.path.join(output_dir, "sanity.json"), json.dumps(_plain(self.sanity))))
+        return written
 
 
 def _plain(value):
@@ -153,6 +162,7 @@ def assemble(
     """
     result = Comparison()
     curves: dict = {key: {"deletion": [], "insertion": []} for key in keys}
+    others = {key: [(m, other) for m, other in enumerate(models) if other != key[0]] for key in keys}
     labels, seconds, passes = [], Counter(), Counter()
     shown: list = []  # (image, pixels, maps, evidence, boxes) for the report
     candidates: dict[int, list] = {}  # class -> best patches so far: (score, image, box, pixels)
@@ -168,6 +178,9 @@ def assemble(
         for j, key in enumerate(keys):
             for kind in ("deletion", "insertion"):
                 curves[key][kind].append(arrays[f"{kind}_{j}"])
+            for m, other in others[key]:
+                if f"deletion_{j}_on_{m}" in arrays:  # parts written before these curves were kept have none
+                    curves[key].setdefault(f"deletion_on_{other}", []).append(arrays[f"deletion_{j}_on_{m}"])
         for p, image in enumerate(arrays["shown_index"].tolist()):
             wrong = any(not r["correct"] for r in meta["model_rows"] if r["image"] == image)
             first = image < report_images
@@ -186,7 +199,8 @@ def assemble(
     if not labels:
         raise ValueError("The comparison holds no images (no batch was measured).")
     result.labels = np.asarray(labels, dtype=int)
-    result.curves = {key: {kind: np.concatenate(parts) for kind, parts in c.items()} for key, c in curves.items()}
+    result.curves = {key: {kind: np.concatenate(parts) for kind, parts in c.items()
+                           if sum(map(len, parts)) == len(labels)} for key, c in curves.items()}  # fmt: skip
     result.shown = np.array([item[0] for item in shown], dtype=int)
     result.images = np.stack([item[1] for item in shown]) if shown else None
     result.maps = {key: np.stack([item[2][j] for item in shown]) for j, key in enumerate(keys)} if shown else {}
@@ -232,6 +246,7 @@ def merge_shards(folders, output_dir: str | os.PathLike | None = None) -> Compar
     keys = [tuple(key) for key in complete["keys"]]
     result = assemble(store, keys, complete["models"], complete["n_classes"], complete["report_images"],
                       complete["patches_per_class"], complete["bagnet"])  # fmt: skip
+    result.sanity = complete.get("sanity", {})
     if output_dir is not None:
         result.save(output_dir)
     return result

@@ -63,7 +63,8 @@ def _scaled(maps: np.ndarray) -> np.ndarray:
 
 
 def _similarity(original: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per image: Spearman correlation of the absolute maps, SSIM of the maps scaled to [0, 1]."""
+    """Per image: Spearman correlation of the absolute maps (NaN where a map is constant: no ranking to
+    compare), SSIM of the maps scaled to [0, 1]."""
     from scipy.stats import spearmanr
     from skimage.metrics import structural_similarity
 
@@ -71,7 +72,7 @@ def _similarity(original: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.
     for a, b in zip(original, maps, strict=True):
         a_abs, b_abs = np.abs(a).ravel(), np.abs(b).ravel()
         constant = a_abs.min() == a_abs.max() or b_abs.min() == b_abs.max()
-        rho.append(0.0 if constant else float(spearmanr(a_abs, b_abs).statistic))
+        rho.append(float("nan") if constant else float(spearmanr(a_abs, b_abs).statistic))
         pair = _scaled(np.stack([a, b]))
         ssim.append(float(structural_similarity(pair[0], pair[1], data_range=1.0)))
     return np.asarray(rho), np.asarray(ssim)
@@ -125,19 +126,27 @@ class Randomization:
     ssim: dict = field(default_factory=dict)
     threshold: float = RANDOMIZATION_THRESHOLD
 
+    def mean_spearman(self, method: str) -> np.ndarray:
+        """(steps,) the mean correlation over the images whose maps have a ranking (NaN where none has)."""
+        values = self.spearman[method]
+        counted = (~np.isnan(values)).sum(axis=1)
+        return np.where(counted > 0, np.nansum(values, axis=1) / np.maximum(counted, 1), np.nan)
+
     def passed(self, method: str) -> bool | None:
         """Whether the maps decorrelated: the mean correlation after the last cascading step below the threshold.
 
-        None for one-layer-at-a-time runs (no step removes the whole model).
+        None for one-layer-at-a-time runs (no step removes the whole model) and where no map had a
+        ranking (constant maps, e.g. an all-zero Grad-CAM): the test says nothing there.
         """
-        if not self.cascade:
+        final = self.mean_spearman(method)[-1]
+        if not self.cascade or np.isnan(final):
             return None
-        return bool(self.spearman[method][-1].mean() < self.threshold)
+        return bool(final < self.threshold)
 
     def rows(self) -> list[dict]:
         """One row per method and step: the mean Spearman correlation and SSIM over the images."""
         return [
-            {"method": method, "step": k + 1, "layer": layer, "spearman": float(self.spearman[method][k].mean()),
+            {"method": method, "step": k + 1, "layer": layer, "spearman": float(self.mean_spearman(method)[k]),
              "ssim": float(self.ssim[method][k].mean())}  # fmt: skip
             for method in self.spearman
             for k, layer in enumerate(self.layers)
@@ -171,7 +180,8 @@ def model_randomization(
         Re-initialise one more layer at each step, from the top down (True), or one layer at a time
         with the others original (False).
     layers : sequence of str, optional
-        The layers to re-initialise, top first; default: every layer with weights, from the output down.
+        The layers to re-initialise, top first; default: every layer with weights that the explained
+        output depends on, from the output down.
     output : int or str, optional
         The head, for multi-output models.
     target : {"logit", "probability"}
@@ -198,7 +208,9 @@ def model_randomization(
     methods = _methods(methods)
     index = output_index(model, output)
     classes = _classes(model, x, class_index, index)
-    weighted = {path: layer for path, layer in iter_layers(model)
+    # The layers the explained output depends on (another head's are not part of the test).
+    explained = model if len(model.outputs) == 1 else keras.Model(model.inputs, model.outputs[index])
+    weighted = {path: layer for path, layer in iter_layers(explained)
                 if layer.weights and not isinstance(layer, keras.Model)}  # fmt: skip
     if layers is None:
         layers = list(reversed(weighted))
@@ -365,3 +377,38 @@ def input_invariance(
         original, shifted = explain(model, x, name, **kwargs), explain(twin, moved, name, **kwargs)
         result.difference[name] = float(np.abs(shifted - original).max() / max(np.abs(original).max(), 1e-12))
     return result
+
+
+def sanity_checks(
+    models: Mapping[str, keras.Model],
+    methods: Mapping[str, Sequence[str]],
+    images,
+    labels,
+    output: int | str | None = None,
+    target: str = "logit",
+    shift: float = 1.0,
+) -> dict:
+    """Both checks for every model and method, as plain JSON: what `compare(..., sanity=n)` records.
+
+    Returns ``{"images", "shift", "threshold", "tolerance", "randomization": [...], "invariance": [...]}``;
+    each randomization entry holds ``model``, ``method``, ``layers``, the mean ``spearman`` and ``ssim`` per
+    cascading step and ``passed``; each invariance entry ``model``, ``method``, ``difference``, ``passed``.
+    """
+    randomization, invariance = [], []
+    for name, model in models.items():
+        wanted = list(methods.get(name, []))
+        if not wanted:
+            continue
+        cascade = model_randomization(model, images, wanted, class_index=labels, output=output, target=target)
+        shifted = input_invariance(model, images, wanted, shift=shift, class_index=labels, output=output,
+                                   target=target)  # fmt: skip
+        for method in wanted:
+            randomization.append({
+                "model": name, "method": method, "layers": cascade.layers,
+                "spearman": cascade.mean_spearman(method).tolist(),
+                "ssim": cascade.ssim[method].mean(axis=1).tolist(), "passed": cascade.passed(method),
+            })  # fmt: skip
+            invariance.append({"model": name, "method": method, "difference": shifted.difference[method],
+                               "passed": shifted.passed(method)})  # fmt: skip
+    return {"images": len(images), "shift": float(shift), "threshold": RANDOMIZATION_THRESHOLD,
+            "tolerance": INVARIANCE_TOLERANCE, "randomization": randomization, "invariance": invariance}  # fmt: skip

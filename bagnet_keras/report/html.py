@@ -24,7 +24,14 @@ from matplotlib.patches import Rectangle
 from bagnet_keras.core.commit import write_atomic
 from bagnet_keras.explain.registry import METHODS
 from bagnet_keras.metrics.comparison import Comparison
-from bagnet_keras.report.plot import plot_curves, plot_heatmap, plot_overlay, plot_patches, render_figure
+from bagnet_keras.report.plot import (
+    plot_curves,
+    plot_heatmap,
+    plot_overlay,
+    plot_patches,
+    plot_randomization,
+    render_figure,
+)
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -85,6 +92,62 @@ def _overlays(
             draw = plot_heatmap if np.min(maps) < 0 else plot_overlay
             draw(maps[i], display[i], ax=ax, title=name if r == 0 else None)
     return fig
+
+
+#: The white-box attributions of the BagNet paper's masking experiment, and the other gradient maps.
+WHITE_BOX = ("saliency", "gradient_x_input", "integrated_gradients", "smoothgrad", "epsilon_lrp", "deeplift",
+             "guided_backprop", "gradcam", "gradcam++", "layercam")  # fmt: skip
+
+
+def _spatial_sensitivity(comparison: Comparison, figure) -> list[str]:
+    """The paper's masking experiment: the BagNet's most informative cells masked for each other model,
+    beside that model's own maps' cells, scored on that model."""
+    bagnet = comparison.evidence.get("model")
+    evidence = comparison.curves.get((bagnet, "evidence"), {})
+    parts = []
+    for other in dict.fromkeys(m for m, _ in comparison.curves):
+        if other == bagnet or f"deletion_on_{other}" not in evidence:
+            continue
+        curves = {f"{bagnet} evidence": evidence[f"deletion_on_{other}"]}
+        curves.update({f"{other} {method}": c["deletion"] for (m, method), c in comparison.curves.items()
+                       if m == other})  # fmt: skip
+        fig = plot_curves(curves, f"cells masked, scored on {other}")
+        parts.append(figure(fig, f"spatial_sensitivity_{other}", f"spatial sensitivity of {other}"))
+    if not parts:
+        return []
+    return ['<h2>Spatial sensitivity</h2><p class="note">The BagNet paper\'s masking experiment: the 8x8 cells '
+            "that the BagNet's evidence ranks highest are masked (image mean) one more at a time and the other "
+            "model scores the masked images, beside the cells its own maps rank highest. The lower curve found "
+            "the cells that model depends on.</p>", *parts]  # fmt: skip
+
+
+def _trust(sanity: Mapping, figure) -> list[str]:
+    """The section "Can these maps be trusted?": both sanity checks per model and method, and the curves."""
+    if not sanity:
+        return []
+    shift = {(e["model"], e["method"]): e for e in sanity["invariance"]}
+    rows = []
+    for e in sanity["randomization"]:
+        s = shift[e["model"], e["method"]]
+        final = e["spearman"][-1]
+        verdict = "n/a (constant maps)" if e["passed"] is None else "pass" if e["passed"] else "FAIL"
+        rows.append([e["model"], e["method"], float("nan") if final is None else final, verdict,
+                     s["difference"], "pass" if s["passed"] else "FAIL"])  # fmt: skip
+    header = ["model", "method", "rank correlation, all layers random", "randomisation",
+              "change under input shift", "input invariance"]  # fmt: skip
+    return [
+        "<h2>Can these maps be trusted?</h2>"
+        f'<p class="note">Two sanity checks on the first {sanity["images"]} images. Model randomisation '
+        "(Adebayo et al. 2018): the layers are re-initialised from the top down and each map recomputed for the "
+        "same class; a map that explains the model must change, so it passes when its mean Spearman rank "
+        f"correlation (absolute values) with the original falls below {sanity['threshold']} once every layer "
+        "is random. Input invariance (Kindermans et al. 2017): a copy of the model takes the images shifted "
+        f"by {sanity['shift']:g} and absorbs the shift in its first layer's bias, so it computes the same "
+        "function; a map passes when it is the same for both (largest change, relative, at most "
+        f"{sanity['tolerance']:g}).</p>" + _table(header, rows),
+        figure(plot_randomization(sanity["randomization"], sanity["threshold"]), "randomization",
+               "cascading randomisation curves"),
+    ]  # fmt: skip
 
 
 def write_report(
@@ -168,6 +231,8 @@ def write_report(
     insertion_fig = plot_curves(insertion, "insertion", "cells restored")
     parts.append("<h2>Deletion and insertion curves</h2>" + figure(deletion_fig, "deletion", "deletion curves")
                  + figure(insertion_fig, "insertion", "insertion curves"))  # fmt: skip
+    parts += _spatial_sensitivity(comparison, figure)
+    parts += _trust(comparison.sanity, figure)
     rows = [[a["model"], a["method"], a["mean"], a["low"], a["high"], a["n"]]
             for a in comparison.aggregates if a["metric"] == "spearman"]  # fmt: skip
     parts.append("<h2>Agreement between maps</h2>"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -264,6 +264,38 @@ def plot_curves(
     ax.set_ylabel("probability of the true class")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
+    return fig
+
+
+def plot_randomization(entries: Sequence[Mapping], threshold: float = 0.5) -> Figure:
+    """Cascading randomisation curves: per model, each method's mean rank correlation with its original maps.
+
+    ``entries`` are the ``randomization`` entries of `bagnet_keras.metrics.sanity.sanity_checks` (``model``,
+    ``method``, ``layers``, ``spearman``); the dashed line is the pass threshold.
+
+    Examples
+    --------
+    >>> entry = {"model": "cnn", "method": "gradcam", "layers": ["out", "conv"], "spearman": [0.6, 0.1]}
+    >>> plot_randomization([entry]).axes[0].get_title()
+    'cnn'
+    """
+    models = list(dict.fromkeys(e["model"] for e in entries))
+    fig = Figure(figsize=(4.5 * len(models), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(models), squeeze=False)[0]
+    for ax, model in zip(axes, models, strict=True):
+        mine = [e for e in entries if e["model"] == model]
+        for e in mine:
+            values = np.array([np.nan if v is None else v for v in e["spearman"]], dtype="float64")
+            ax.plot(np.arange(1, len(values) + 1), values, marker=".", label=e["method"])
+        ax.axhline(threshold, color="gray", linestyle="--", linewidth=1)
+        layers = mine[0]["layers"]
+        ticks = np.unique(np.linspace(1, len(layers), min(len(layers), 6)).round().astype(int))
+        ax.set_xticks(ticks, [layers[t - 1] for t in ticks], rotation=45, ha="right", fontsize=6)
+        ax.set_ylim(-1.05, 1.05)
+        ax.set_xlabel("re-initialised down to this layer")
+        ax.set_ylabel("rank correlation with the original maps")
+        ax.set_title(model, fontsize=10)
+        ax.legend(fontsize=7)
     return fig
 
 
