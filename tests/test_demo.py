@@ -18,7 +18,8 @@ def test_demo_command_writes_the_report(tmp_path, capsys):
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert f"report: {out / 'report.html'}" in printed
-    for claim in ("Pointing game on the local-motif classes", "arrangement-only pair", "Deletion area on the BagNet"):
+    for claim in ("Pointing game on the local-motif classes", "arrangement-only pair", "Deletion area on the BagNet",
+                  "Masking the cells the BagNet finds most informative", "Sanity checks on"):
         assert claim in printed
     assert sorted(os.listdir(out)) == ["comparison", "data", "figures", "masks", "models", "report.html", "run.json",
                                        "stages.json"]  # fmt: skip

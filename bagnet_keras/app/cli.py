@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from bagnet_keras.explain.registry import METHODS, TARGETS
+from bagnet_keras.explain.registry import METHODS, TARGETS, parse_method
 from data_tools.cli import add_commands, run
 
 DEMO_EPILOG = """example:
@@ -188,6 +188,15 @@ def _shard(text: str):
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _method(text: str) -> str:
+    try:
+        parse_method(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(METHODS)}, or a CAM "
+                                         "method at a layer: gradcam@LAYER)") from None  # fmt: skip
+    return text
+
+
 def predict(args: argparse.Namespace) -> int:
     start_tensorflow(args.verbose)
     from bagnet_keras import BagNet33, bagnet_geometry, decode_predictions, evidence_model, preprocess_input
@@ -245,8 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", nargs="+", help="image files")
     p.add_argument("--data", help="or a dataset folder")
     p.add_argument("--split", choices=["train", "val", "test"], help="with --data: one split of the manifest")
-    p.add_argument("--methods", nargs="+", choices=list(METHODS), metavar="METHOD",
-                   help=f"any of: {', '.join(METHODS)} (default: evidence and gradcam for BagNets, gradcam otherwise)")
+    p.add_argument("--methods", nargs="+", type=_method, metavar="METHOD",
+                   help=f"any of: {', '.join(METHODS)}; a CAM method at a layer: gradcam@LAYER (default: evidence "
+                   "and gradcam for BagNets, gradcam otherwise)")
     p.add_argument("--target", choices=TARGETS, default="logit", help="the class score explained (default: logit)")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, help="images per batch and model call (default: 16 on a CPU, 64 on a GPU)")
@@ -262,8 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, help="a dataset folder (split by bagnet-keras split)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--masks", help="folder of ground-truth masks <class>/<name>.png, if any")
-    p.add_argument("--methods", nargs="+", choices=list(METHODS), metavar="METHOD",
-                   help=f"any of: {', '.join(METHODS)} (default: evidence and gradcam for BagNets, gradcam otherwise)")
+    p.add_argument("--methods", nargs="+", type=_method, metavar="METHOD",
+                   help=f"any of: {', '.join(METHODS)}; a CAM method at a layer: gradcam@LAYER (default: evidence "
+                   "and gradcam for BagNets, gradcam otherwise)")
     p.add_argument("--target", choices=TARGETS, default="logit", help="the class score explained (default: logit)")
     p.add_argument("--output", help="the head to explain, for multi-output models")
     p.add_argument("--preprocess", default="bagnet33", help="backbone whose preprocessing the models expect")

@@ -54,6 +54,30 @@ def register(name: str, description: str, bagnet_only: bool = False) -> Callable
     return decorate
 
 
+#: Methods that take a ``layer``: ``"gradcam@conv3_relu"`` names Grad-CAM at that layer.
+LAYERED = ("gradcam", "gradcam++", "layercam", "scorecam", "guided_gradcam")
+
+
+def parse_method(spec: str) -> tuple[Method, dict]:
+    """The method a name stands for, and its options: ``"layercam@conv3_relu"`` is Layer-CAM at that layer.
+
+    Examples
+    --------
+    >>> method, options = parse_method("gradcam@block3_conv3")
+    >>> method.name, options
+    ('gradcam', {'layer': 'block3_conv3'})
+    """
+    if not isinstance(spec, str):
+        raise ValueError(f"A method is named by a string, e.g. 'gradcam'. Received: {spec!r}")
+    name, at, layer = spec.partition("@")
+    method = check_method(name)
+    if not at:
+        return method, {}
+    if name not in LAYERED or not layer:
+        raise ValueError(f"{spec!r}: only {', '.join(LAYERED)} take a layer after '@' (e.g. 'gradcam@conv3_relu').")
+    return method, {"layer": layer}
+
+
 def check_method(method: str) -> Method:
     """The registered method called ``method``, or a ValueError listing the names.
 
@@ -84,7 +108,8 @@ def explain(
     images : array (N, H, W, C)
         Preprocessed as the model expects.
     method : str
-        A name in `METHODS` (``python -c "from bagnet_keras.explain.registry import METHODS; print(list(METHODS))"``).
+        A name in `METHODS` (``python -c "from bagnet_keras.explain.registry import METHODS; print(list(METHODS))"``),
+        or a CAM method at a layer: ``"gradcam@conv3_relu"`` (`parse_method`).
     class_index : int, sequence of N ints, or None
         The class per image; None: the top prediction.
     output : int or str, optional
@@ -104,8 +129,8 @@ def explain(
     """
     from bagnet_keras.core.graph import check_target
 
-    entry = check_method(method)
-    maps = entry.compute(model, images, class_index, output, check_target(target), **options)
+    entry, chosen = parse_method(method)
+    maps = entry.compute(model, images, class_index, output, check_target(target), **chosen, **options)
     return np.asarray(maps, dtype="float32")
 
 
@@ -125,7 +150,7 @@ def explainer(model, method: str, output: int | str | None = None, target: str =
     """
     from bagnet_keras.core.graph import check_target
 
-    check_method(method)
+    parse_method(method)
     check_target(target)
 
     def run(images, class_index=None) -> np.ndarray:

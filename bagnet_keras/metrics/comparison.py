@@ -39,7 +39,7 @@ from bagnet_keras.core.inputs import check_images, check_positive_int, output_in
 from bagnet_keras.core.layers import StemConv
 from bagnet_keras.core.stream import MemoryStore, PartStore, check_shard, digest, run_parts
 from bagnet_keras.explain.evidence import evidence_map
-from bagnet_keras.explain.registry import METHODS, explain
+from bagnet_keras.explain.registry import METHODS, explain, parse_method
 from bagnet_keras.metrics.faithfulness import (
     curve_area,
     energy_in_mask,
@@ -581,9 +581,10 @@ def _methods(models, methods, output) -> dict[str, list[str]]:
         else:
             wanted = list(methods)
         for method in wanted:
-            if method not in METHODS:
-                raise ValueError(f"Unknown method {method!r} for model {name!r}; choose from {', '.join(METHODS)}.")
-            if METHODS[method].bagnet_only and not is_bagnet(model, output):
+            if method.partition("@")[0] not in METHODS:
+                raise ValueError(f"Unknown method {method!r} for model {name!r}; choose from {', '.join(METHODS)} "
+                                 "(a CAM method may name its layer: 'gradcam@<layer>').")  # fmt: skip
+            if parse_method(method)[0].bagnet_only and not is_bagnet(model, output):
                 raise ValueError(f"Model {name!r} is not a BagNet: it has no {method!r} maps; use a CAM method.")
         chosen[name] = wanted
     return chosen

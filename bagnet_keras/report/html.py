@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from bagnet_keras.core.commit import write_atomic
-from bagnet_keras.explain.registry import METHODS
+from bagnet_keras.explain.registry import METHODS, parse_method
 from bagnet_keras.metrics.comparison import Comparison
 from bagnet_keras.report.plot import (
     plot_curves,
@@ -99,6 +99,11 @@ WHITE_BOX = ("saliency", "gradient_x_input", "integrated_gradients", "smoothgrad
              "guided_backprop", "gradcam", "gradcam++", "layercam")  # fmt: skip
 
 
+def _describe(spec: str) -> str:
+    method, options = parse_method(spec)
+    return method.description + (f" (at layer {options['layer']})" if options else "")
+
+
 def _spatial_sensitivity(comparison: Comparison, figure) -> list[str]:
     """The paper's masking experiment: the BagNet's most informative cells masked for each other model,
     beside that model's own maps' cells, scored on that model."""
@@ -143,8 +148,8 @@ def _trust(sanity: Mapping, figure) -> list[str]:
         f"correlation (absolute values) with the original falls below {sanity['threshold']} once every layer "
         "is random. Input invariance (Kindermans et al. 2017): a copy of the model takes the images shifted "
         f"by {sanity['shift']:g} and absorbs the shift in its first layer's bias, so it computes the same "
-        "function; a map passes when it is the same for both (largest change, relative, at most "
-        f"{sanity['tolerance']:g}).</p>" + _table(header, rows),
+        "function; a map passes when it is the same for both (mean absolute change over the mean absolute "
+        f"value at most {sanity['tolerance']:g}).</p>" + _table(header, rows),
         figure(plot_randomization(sanity["randomization"], sanity["threshold"]), "randomization",
                "cascading randomisation curves"),
     ]  # fmt: skip
@@ -223,8 +228,8 @@ def write_report(
         "pointing, energy: agreement with the ground-truth masks. Intervals: 95 % bootstrap.</p>"
         + _table(["model", "method", "metric", "mean", "low", "high", "n"], rows)
     )
-    used = sorted({method for _, method in comparison.maps}, key=list(METHODS).index)
-    parts.append('<p class="note">Methods: ' + "; ".join(html.escape(METHODS[m].description) for m in used) + ".</p>")
+    used = sorted({method for _, method in comparison.maps}, key=lambda m: (list(METHODS).index(m.split("@")[0]), m))
+    parts.append('<p class="note">Methods: ' + "; ".join(html.escape(_describe(m)) for m in used) + ".</p>")
     deletion = {f"{m}/{meth}": c["deletion"] for (m, meth), c in comparison.curves.items()}
     insertion = {f"{m}/{meth}": c["insertion"] for (m, meth), c in comparison.curves.items()}
     deletion_fig = plot_curves(deletion, "deletion (on the explained model)")
