@@ -63,6 +63,7 @@ def guided_backprop(
     output: int | str | None = None,
     batch_size: int = 32,
     target: str = "logit",
+    position=None,
 ) -> np.ndarray:
     """Input-space visualisation of a class, or of one unit of a layer, with modified ReLU gradients.
 
@@ -80,6 +81,9 @@ def guided_backprop(
     layer, unit : optional
         Visualise channel ``unit`` of ``layer`` (its strongest position per
         image, as Zeiler & Fergus did) instead of a class.
+    position : array (N, 2) of ints, optional
+        With ``unit``: the ``(row, column)`` on the layer's output grid of the single activation to
+        project, per image (`bagnet_keras.explain.atlas` projects each top activation so).
     output : int or str, optional
         Which output of a multi-output model.
     batch_size : int
@@ -105,7 +109,8 @@ def guided_backprop(
         raise ValueError(f"`mode` must be one of {_MODES}. Received: mode={mode!r}")
     x = check_images(images)
     batch_size = check_positive_int(batch_size, "batch_size")
-    index = output_index(model, output)
+    # A unit's activation does not depend on the head: any output runs the graph through its layer.
+    index = 0 if layer is not None and output is None else output_index(model, output)
     score_target = check_target(target)
     target = None
     if layer is not None or unit is not None:
@@ -122,13 +127,24 @@ def guided_backprop(
         classes = np.zeros(len(x), dtype="int32")
     else:
         classes = classes_or_top(class_index, len(x), n_classes_of(model, index))
+    flat = np.full(len(x), -1, dtype="int32")  # the activation to project, per image; -1: the strongest
+    if position is not None:
+        if target is None:
+            raise ValueError("`position` picks an activation of a unit: pass `layer` and `unit` with it.")
+        position = np.asarray(position)
+        height, width = target.output.shape[1:3]
+        if position.shape != (len(x), 2) or not ((position >= 0).all() and (position[:, 0] < height).all()
+                                                  and (position[:, 1] < width).all()):  # fmt: skip
+            raise ValueError(f"`position` must be (N, 2) = ({len(x)}, 2) rows and columns on the {height}x{width} "
+                             f"grid of layer {layer!r}. Received shape {position.shape}.")  # fmt: skip
+        flat = (position[:, 0] * width + position[:, 1]).astype("int32")
 
     def build(model_ref):
         relu = _modified_relu(mode)
         operation_fn = replace_activations(_is_plain_relu, lambda f: relu)
 
         @tf.function(reduce_retracing=True)
-        def step(batch, classes):
+        def step(batch, classes, flat):
             taps = {}
 
             def fn(op):
@@ -148,14 +164,15 @@ def guided_backprop(
                 if target is None:
                     _, score = top_class_scores(scores, classes)
                 else:
-                    channel = taps["unit"][..., unit]
-                    score = tf.reduce_max(tf.reshape(channel, (tf.shape(channel)[0], -1)), axis=1)
+                    channel = tf.reshape(taps["unit"][..., unit], (tf.shape(batch)[0], -1))
+                    picked = tf.gather(channel, tf.maximum(flat, 0), axis=1, batch_dims=1)
+                    score = tf.where(flat >= 0, picked, tf.reduce_max(channel, axis=1))
             return tape.gradient(score, batch)
 
         return step
 
     step = compiled(model, ("guided", mode, id(target), unit, index, score_target), build)
-    grads = in_batches(step, batch_size, x, classes)
+    grads = in_batches(step, batch_size, x, classes, flat)
     if not any(_is_plain_relu(layer) for _, layer in iter_layers(model)):
         warnings.warn(
             f"Model {model.name!r} has no plain ReLU: guided backpropagation is the ordinary gradient here.",

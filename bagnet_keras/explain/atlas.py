@@ -1,0 +1,376 @@
+"""What each unit of a layer responds to across a whole dataset: its strongest activations (Zeiler & Fergus 2014).
+
+`feature_atlas` reads the data once, batch by batch, computes the chosen
+layers' activations in one forward pass per batch, and keeps for every
+channel ("unit") of every layer its ``k`` strongest activations over all
+images and positions: a bounded top-k, so memory depends on the batch size
+and the number of units, never on the number of images. Ties are broken by
+position (image, then row, then column), so the result is exactly the top-k
+of a brute-force sort of all positions. The `FeatureAtlas` it returns places
+each activation on the input with the layer's receptive field
+(`bagnet_keras.core.geometry`) and, given the data again, cuts the crops and
+computes the deconvnet / guided-backprop projection of each single
+activation (Zeiler & Fergus Fig. 2: the projection beside the crop).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+from tqdm.auto import tqdm
+
+from bagnet_keras.core.geometry import layer_geometry
+from bagnet_keras.core.graph import compiled, find_layer, run_graph
+from bagnet_keras.core.inputs import check_images, check_positive_int
+from bagnet_keras.explain.guided import guided_backprop
+
+#: The flat position recorded where a layer had fewer than ``k`` positions in all the data.
+_NONE = np.iinfo(np.int64).max
+
+
+def _spatial_layers(model: keras.Model, layers) -> dict[str, keras.layers.Layer]:
+    if isinstance(layers, str):
+        layers = [layers]
+    if not layers:
+        raise ValueError("`layers` names no layer; give e.g. layers=['conv5_block3_out'].")
+    found = {}
+    for name in layers:
+        path, layer = find_layer(model, name)
+        if isinstance(layer, keras.Model):
+            raise ValueError(f"{name!r} is a nested model, not a layer; name one of its layers.")
+        shape = tuple(layer.output.shape)
+        if len(shape) != 4:
+            raise ValueError(f"Layer {path!r} has output shape {shape}; the atlas needs a spatial (batch, height, "
+                             "width, channels) output, e.g. a convolution's.")  # fmt: skip
+        found[path] = layer
+    return found
+
+
+def _activation_function(model: keras.Model, layers: Mapping[str, keras.layers.Layer]) -> Callable:
+    """``f(x) -> [activations of each layer]``, one pass through the model (nested models entered)."""
+    import tensorflow as tf
+
+    targets = list(layers.values())
+
+    def build(model_ref):
+        @tf.function(reduce_retracing=True)
+        def forward(x):
+            taps = {}
+
+            def tap(op):
+                if not any(op is t for t in targets):
+                    return op
+
+                def call(*args, **kwargs):
+                    taps[id(op)] = out = op(*args, **kwargs)
+                    return out
+
+                return call
+
+            run_graph(model_ref(), x, tap)
+            return [taps[id(t)] for t in targets]
+
+        return forward
+
+    return compiled(model, ("atlas", *(id(t) for t in targets)), build)
+
+
+def _batches(data, batch_size: int, preprocess: Callable | None) -> Iterable[np.ndarray]:
+    """Images (B, H, W, C) in the data's order: array-likes sliced, iterables of batches (or (images, labels))."""
+    if hasattr(data, "shape") and hasattr(data, "__getitem__"):
+        chunks = (data[start : start + batch_size] for start in range(0, len(data), batch_size))
+    else:
+        chunks = (batch[0] if isinstance(batch, (tuple, list)) else batch for batch in data)
+    for chunk in chunks:
+        x = np.asarray(chunk, dtype="float32")
+        yield np.asarray(preprocess(x), dtype="float32") if preprocess is not None else x
+
+
+def _select(values: np.ndarray, flat: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the ``k`` entries with the largest value, ties by the smallest flat position, strongest first."""
+    rows = np.broadcast_to(np.arange(len(values))[:, None], values.shape)
+    # Sorted by row first, so row r's entries are the flat indices r * width ... (r + 1) * width - 1.
+    order = np.lexsort((flat.ravel(), -values.ravel(), rows.ravel())).reshape(values.shape)[:, :k] % values.shape[1]
+    return np.take_along_axis(values, order, axis=1), np.take_along_axis(flat, order, axis=1)
+
+
+def _candidates(acts: np.ndarray, offset: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The batch's top-k of every channel, (C, k) values and flat positions (``offset`` + position in the batch).
+
+    Exact with ties: the positions above each channel's k-th value, then the first of those equal to it.
+    """
+    a = acts.reshape(-1, acts.shape[-1])  # (P, C): positions in (image, row, column) order
+    p, c = a.shape
+    if p <= k:
+        values = np.full((c, k), -np.inf, dtype="float32")
+        flat = np.full((c, k), _NONE, dtype=np.int64)
+        values[:, :p], flat[:, :p] = a.T, offset + np.arange(p)[None, :]
+        return values, flat
+    threshold = np.partition(a, p - k, axis=0)[p - k]  # (C,) each channel's k-th largest value
+    above = a > threshold
+    tied = a == threshold
+    keep = above | (tied & (np.cumsum(tied, axis=0) <= k - above.sum(axis=0)))
+    unit, position = np.nonzero(keep.T)  # k per channel, by channel then position
+    position = position.reshape(c, k)
+    return a[position, unit.reshape(c, k)], offset + position.astype(np.int64)
+
+
+@dataclass
+class FeatureAtlas:
+    """The strongest activations of every unit of some layers over a dataset (`feature_atlas`).
+
+    Attributes
+    ----------
+    layers : list of str
+        Layer paths, in the order given.
+    units : dict layer -> ndarray
+        The channels shown per layer (all, the ones asked for, or the strongest by mean activation).
+    values : dict layer -> ndarray (U, k)
+        Their strongest activations, strongest first (-inf where the data had fewer than k positions).
+    image_index, row, column : dict layer -> ndarray (U, k)
+        Where each was: the image (counted in the order the data yields them) and the position on the
+        layer's output grid.
+    mean : dict layer -> ndarray (C,)
+        Every channel's mean activation over all images and positions.
+    geometry : dict layer -> Geometry
+        The layer's receptive field on the input (None where a layer on the way is not understood).
+    n_images : int
+    k : int
+    """
+
+    layers: list
+    units: dict
+    values: dict
+    image_index: dict
+    row: dict
+    column: dict
+    mean: dict
+    geometry: dict
+    n_images: int
+    k: int
+    image_shape: tuple = ()
+    _model: keras.Model | None = field(default=None, repr=False)
+
+    def path(self, layer: str) -> str:
+        """The atlas's name of ``layer``: its path, also found from the name alone."""
+        matches = [p for p in self.layers if p == layer or p.split("/")[-1] == layer]
+        if len(matches) != 1:
+            raise ValueError(f"The atlas has no layer {layer!r}; it has {self.layers}.")
+        return matches[0]
+
+    def _unit(self, layer: str, unit: int) -> int:
+        where = np.flatnonzero(self.units[layer] == unit)
+        if not len(where):
+            held = self.units[layer].tolist()
+            raise ValueError(f"Unit {unit!r} of layer {layer!r} is not in the atlas; it holds units "
+                             f"{held[:20]}{' ...' if len(held) > 20 else ''}.")  # fmt: skip
+        return int(where[0])
+
+    def top(self, layer: str, unit: int) -> list[tuple[int, int, int, float]]:
+        """The ``(image_index, row, column, activation)`` of the unit's strongest activations, strongest first.
+
+        Examples
+        --------
+        >>> import keras, numpy as np
+        >>> model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3, name="conv")])
+        >>> x = np.random.default_rng(0).normal(size=(5, 8, 8, 1)).astype("float32")
+        >>> atlas = feature_atlas(model, x, ["conv"], k=3, progress=False)
+        >>> len(atlas.top("conv", 1)), atlas.top("conv", 1)[0][3] >= atlas.top("conv", 1)[1][3]
+        (3, True)
+        """
+        layer = self.path(layer)
+        u = self._unit(layer, unit)
+        found = self.values[layer][u] > -np.inf
+        return [(int(i), int(r), int(c), float(v)) for i, r, c, v in
+                zip(self.image_index[layer][u][found], self.row[layer][u][found], self.column[layer][u][found],
+                    self.values[layer][u][found], strict=True)]  # fmt: skip
+
+    def boxes(self, layer: str, unit: int) -> np.ndarray:
+        """(k, 4) ``top, left, bottom, right`` of each activation's receptive field on the input (may pass its edge)."""
+        layer = self.path(layer)
+        g = self.geometry[layer]
+        if g is None:
+            raise ValueError(f"The receptive field of layer {layer!r} is not known; its crops cannot be placed.")
+        u = self._unit(layer, unit)
+        top, left = g.offset + g.stride * self.row[layer][u], g.offset + g.stride * self.column[layer][u]
+        return np.stack([top, left, top + g.patch_size, left + g.patch_size], axis=1)
+
+    def examples(self, data, layer: str, unit: int, mode: str = "guided", preprocess: Callable | None = None,
+                 batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """Crops of the input and projections of the single activations, both (k, p, p, C), zero outside the image.
+
+        ``data`` is the atlas's data again (it is read up to the last image needed); the projection is
+        the gradient of that one activation with respect to the input through modified ReLUs (``mode``:
+        ``"guided"`` backpropagation or the ``"deconvnet"``, `bagnet_keras.explain.guided.guided_backprop`).
+        """
+        layer = self.path(layer)
+        hits = self.top(layer, unit)
+        wanted = sorted({h[0] for h in hits})
+        images = gather(data, wanted, batch_size, preprocess)
+        x = np.stack([images[h[0]] for h in hits])
+        position = np.array([(h[1], h[2]) for h in hits])
+        projection = guided_backprop(self._model, x, mode=mode, layer=layer, unit=int(unit), position=position,
+                                     batch_size=batch_size)  # fmt: skip
+        boxes = self.boxes(layer, unit)[: len(hits)]
+        return _crops(x, boxes), _crops(projection, boxes)
+
+
+def gather(data, indices: Sequence[int], batch_size: int = 32, preprocess: Callable | None = None) -> dict:
+    """``{index: image}`` of the images at ``indices`` (in the data's order), reading no further than the last."""
+    wanted, found, start = set(indices), {}, 0
+    if not wanted:
+        return found
+    for x in _batches(data, batch_size, preprocess):
+        for i in wanted.intersection(range(start, start + len(x))):
+            found[i] = x[i - start]
+        start += len(x)
+        if len(found) == len(wanted):
+            break
+    missing = sorted(wanted - set(found))
+    if missing:
+        raise ValueError(f"The data holds {start} images; images {missing[:5]} are not in it. Give the atlas's data.")
+    return found
+
+
+def _crops(images: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Each image's box, zero-padded where it passes the image's edge."""
+    n, h, w, c = images.shape
+    size = int(boxes[0, 2] - boxes[0, 0]) if len(boxes) else 0
+    out = np.zeros((n, size, size, c), dtype=images.dtype)
+    for i, (top, left, bottom, right) in enumerate(boxes):
+        t, lft, b, r = max(top, 0), max(left, 0), min(bottom, h), min(right, w)
+        if t < b and lft < r:
+            out[i, t - top : b - top, lft - left : r - left] = images[i, t:b, lft:r]
+    return out
+
+
+def feature_atlas(
+    model: keras.Model,
+    data,
+    layers: str | Sequence[str],
+    units: int | Sequence[int] | Mapping[str, Sequence[int]] | None = None,
+    k: int = 9,
+    batch_size: int = 32,
+    preprocess: Callable | None = None,
+    progress: bool = True,
+) -> FeatureAtlas:
+    """The ``k`` strongest activations of every unit of ``layers`` over a dataset of any size, streamed.
+
+    Parameters
+    ----------
+    model : keras.Model
+        Functional or Sequential; layers inside nested models (a transfer model's backbone) are found
+        by name or path.
+    data : array (N, H, W, C), a lazy array (memory map, `data_tools.loader.ImageFiles`) or an iterable
+        of batches (a tf.data dataset of images or of ``(images, labels)``)
+        Preprocessed as the model expects, or raw with ``preprocess``.
+    layers : str or sequence of str
+        Layers with spatial outputs.
+    units : None, int, sequence of ints, or mapping layer -> sequence
+        None: every channel; an int N: the N channels with the largest mean activation (decided after
+        the whole dataset); a sequence: those channels of every layer; a mapping: per layer.
+    k : int
+        Activations kept per unit.
+    batch_size : int
+        Images per forward pass (array data); it bounds the memory with the units' count.
+    preprocess : callable, optional
+        Applied to each batch as it is read.
+    progress : bool
+
+    Returns
+    -------
+    FeatureAtlas
+
+    Examples
+    --------
+    >>> import keras, numpy as np
+    >>> model = keras.Sequential([keras.Input((12, 12, 3)), keras.layers.Conv2D(4, 3, activation="relu", name="c1"),
+    ...                           keras.layers.Conv2D(6, 3, activation="relu", name="c2")])
+    >>> x = np.random.default_rng(0).normal(size=(10, 12, 12, 3)).astype("float32")
+    >>> atlas = feature_atlas(model, x, ["c1", "c2"], units=2, k=4, batch_size=3, progress=False)
+    >>> atlas.values["c2"].shape, atlas.geometry["c2"]
+    ((2, 4), Geometry(patch_size=5, stride=1, offset=0))
+    """
+    chosen = _spatial_layers(model, layers)
+    if isinstance(units, Mapping):
+        units = {find_layer(model, name)[0]: value for name, value in units.items()}
+    k = check_positive_int(k, "k")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    forward = _activation_function(model, chosen)
+    channels = {path: int(layer.output.shape[-1]) for path, layer in chosen.items()}
+    wanted = _check_units(units, channels)
+    best = {path: (np.full((c, k), -np.inf, "float32"), np.full((c, k), _NONE, np.int64))
+            for path, c in channels.items()}  # fmt: skip
+    sums = {path: np.zeros(c, "float64") for path, c in channels.items()}
+    counted = dict.fromkeys(channels, 0)
+    grids: dict = {}
+    n_images, image_shape = 0, ()
+    total = len(data) if hasattr(data, "__len__") and hasattr(data, "shape") else None
+    bar = tqdm(total=total, desc="atlas", unit="image", disable=None if progress else True)
+    with bar:
+        for x in _batches(data, batch_size, preprocess):
+            x = check_images(x)
+            image_shape = x.shape[1:]
+            for path, acts in zip(chosen, forward(x), strict=True):
+                acts = np.asarray(acts, dtype="float32")
+                grids[path] = acts.shape[1:3]
+                per_image = acts.shape[1] * acts.shape[2]
+                values, flat = _candidates(acts, n_images * per_image, k)
+                best[path] = _select(np.concatenate([best[path][0], values], axis=1),
+                                     np.concatenate([best[path][1], flat], axis=1), k)  # fmt: skip
+                sums[path] += acts.sum(axis=(0, 1, 2), dtype="float64")
+                counted[path] += acts.shape[0] * per_image
+            n_images += len(x)
+            bar.update(len(x))
+    if n_images == 0:
+        raise ValueError("The data holds no image: the atlas needs at least one.")
+    atlas = FeatureAtlas(layers=list(chosen), units={}, values={}, image_index={}, row={}, column={}, mean={},
+                         geometry={}, n_images=n_images, k=k, image_shape=image_shape, _model=model)  # fmt: skip
+    for path in chosen:
+        atlas.mean[path] = sums[path] / counted[path]
+        picked = wanted[path]
+        if isinstance(picked, int):  # the strongest N by mean activation
+            picked = np.argsort(-atlas.mean[path], kind="stable")[:picked]
+        picked = np.asarray(picked, dtype=int)
+        values, flat = best[path][0][picked], best[path][1][picked]
+        h, w = grids[path]
+        real = flat != _NONE
+        atlas.units[path], atlas.values[path] = picked, values
+        atlas.image_index[path] = np.where(real, flat // (h * w), -1)
+        atlas.row[path] = np.where(real, flat % (h * w) // w, -1)
+        atlas.column[path] = np.where(real, flat % w, -1)
+        try:
+            atlas.geometry[path] = layer_geometry(model, path)
+        except ValueError:
+            atlas.geometry[path] = None
+    return atlas
+
+
+def _check_units(units, channels: dict[str, int]) -> dict:
+    """Per layer: None -> every channel, an int -> that many strongest (chosen at the end), or the list asked."""
+
+    def one(value, path):
+        c = channels[path]
+        if value is None:
+            return np.arange(c)
+        if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            if not 1 <= value <= c:
+                raise ValueError(f"`units` asks for the {value} strongest channels of {path!r}, which has {c}; "
+                                 f"give 1..{c}.")  # fmt: skip
+            return int(value)
+        listed = list(value)
+        bad = [u for u in listed if isinstance(u, bool) or not isinstance(u, (int, np.integer)) or not 0 <= u < c]
+        if bad or not listed:
+            raise ValueError(f"`units` of {path!r} must be channel indices in [0, {c}). Received: {bad or listed}")
+        return listed
+
+    if isinstance(units, Mapping):
+        unknown = [name for name in units if name not in channels]
+        if unknown:
+            raise ValueError(f"`units` names layers {unknown} that are not in `layers` {list(channels)}.")
+        return {path: one(units.get(path), path) for path in channels}
+    return {path: one(units, path) for path in channels}
+

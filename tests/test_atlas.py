@@ -1,0 +1,126 @@
+"""The feature atlas (issue 11): streamed top activations per unit, placed and projected like Zeiler & Fergus."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bagnet_keras.explain.atlas import feature_atlas
+from bagnet_keras.explain.guided import _modified_relu
+
+SIZE = 16
+
+
+def _nested():
+    """A backbone inside a two-head model, ReLUs both as layers and as activations."""
+    keras.utils.set_random_seed(0)
+    backbone = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Conv2D(6, 3, activation="relu", name="c1"),
+                                 keras.layers.MaxPooling2D(name="pool"), keras.layers.Conv2D(5, 3, name="c2"),
+                                 keras.layers.ReLU(name="c2_relu")], name="backbone")  # fmt: skip
+    inputs = keras.Input((SIZE, SIZE, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(backbone(inputs))
+    heads = {"a": keras.layers.Dense(3, name="a")(pooled), "b": keras.layers.Dense(2, name="b")(pooled)}
+    return keras.Model(inputs, heads)
+
+
+def _data(n=11, seed=0):
+    x = np.random.default_rng(seed).normal(size=(n, SIZE, SIZE, 3)).astype("float32")
+    if n > 3:
+        x[3] = 0  # a blank image: many tied activations
+    return x
+
+
+def _brute_force(acts, k):
+    """Every position of every image sorted by (-activation, image, row, column): the first k per channel."""
+    n, h, w, c = acts.shape
+    image, row, col = np.meshgrid(np.arange(n), np.arange(h), np.arange(w), indexing="ij")
+    tops = []
+    for unit in range(c):
+        values = acts[..., unit].ravel()
+        order = np.lexsort((col.ravel(), row.ravel(), image.ravel(), -values))[:k]
+        tops.append([(int(image.ravel()[o]), int(row.ravel()[o]), int(col.ravel()[o]), float(values[o]))
+                     for o in order])  # fmt: skip
+    return tops
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 32])
+def test_streamed_top_k_equals_brute_force(batch_size):
+    model, x = _nested(), _data()
+    atlas = feature_atlas(model, x, ["c1", "c2_relu"], k=7, batch_size=batch_size, progress=False)
+    inner = model.get_layer("backbone")
+    for name, depth in (("c1", 1), ("c2_relu", 4)):
+        head = keras.Sequential([keras.Input((SIZE, SIZE, 3)), *inner.layers[:depth]])  # the same layers
+        acts = head.predict(x, batch_size=64, verbose=0)
+        expected = _brute_force(acts, 7)
+        for unit in range(acts.shape[-1]):
+            got = atlas.top(name, unit)
+            assert [g[:3] for g in got] == [e[:3] for e in expected[unit]], (name, unit)
+            np.testing.assert_allclose([g[3] for g in got], [e[3] for e in expected[unit]], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(atlas.mean[atlas.path(name)], acts.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-6)
+    # a dataset of (images, labels) batches of another size gives the same atlas
+    data = tf.data.Dataset.from_tensor_slices((x, np.zeros(len(x)))).batch(5)
+    again = feature_atlas(model, data, ["c1", "c2_relu"], k=7, progress=False)
+    for name in atlas.layers:
+        np.testing.assert_array_equal(again.image_index[name], atlas.image_index[name])
+        np.testing.assert_array_equal(again.row[name], atlas.row[name])
+
+
+def test_units_the_strongest_and_a_list():
+    model, x = _nested(), _data()
+    full = feature_atlas(model, x, "c2_relu", k=3, progress=False)
+    strongest = feature_atlas(model, x, "c2_relu", units=2, k=3, progress=False)
+    order = np.argsort(-full.mean["backbone/c2_relu"], kind="stable")[:2]
+    np.testing.assert_array_equal(strongest.units["backbone/c2_relu"], order)
+    listed = feature_atlas(model, x, ["c1"], units={"c1": [4, 1]}, k=3, progress=False)
+    assert listed.top("c1", 4) == full_top(model, x, "c1", 4)
+
+
+def full_top(model, x, layer, unit):
+    return feature_atlas(model, x, layer, k=3, progress=False).top(layer, unit)
+
+
+def test_projection_is_guided_backprop_of_that_single_activation():
+    model, x = _nested(), _data()
+    atlas = feature_atlas(model, x, ["c2_relu"], k=4, progress=False)
+    unit = 2
+    crops, projections = atlas.examples(x, "c2_relu", unit)
+    boxes = atlas.boxes("c2_relu", unit)
+    geometry = atlas.geometry["backbone/c2_relu"]
+    assert crops.shape == projections.shape == (4, geometry.patch_size, geometry.patch_size, 3)
+    relu = _modified_relu("guided")
+    inner = model.get_layer("backbone")
+    # the same network written by hand with the guided ReLU, and the gradient of the one activation
+    for (image, row, col, value), crop, projection, box in zip(atlas.top("c2_relu", unit), crops, projections, boxes,
+                                                              strict=True):  # fmt: skip
+        xt = tf.constant(x[image : image + 1])
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            c1 = inner.get_layer("c1")
+            a = relu(tf.nn.conv2d(xt, c1.kernel, 1, "VALID") + c1.bias)
+            a = tf.nn.max_pool2d(a, 2, 2, "VALID")
+            c2 = inner.get_layer("c2")
+            a = relu(tf.nn.conv2d(a, c2.kernel, 1, "VALID") + c2.bias)
+            activation = a[0, row, col, unit]
+        np.testing.assert_allclose(float(activation), value, rtol=1e-5)
+        grad = tape.gradient(activation, xt).numpy()[0]
+        top, left, bottom, right = box
+        np.testing.assert_allclose(projection, grad[top:bottom, left:right], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(crop, x[image, top:bottom, left:right])
+        assert not np.any(grad[:top]) and not np.any(grad[bottom:]), "gradient outside the receptive field"
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"layers": ["nope"]}, "'nope'"),
+        ({"layers": ["a"]}, "spatial"),
+        ({"layers": ["c1"], "k": 0}, "k=0"),
+        ({"layers": ["c1"], "units": [9]}, r"\[0, 6\)"),
+        ({"layers": ["c1"], "units": 7}, "7 strongest"),
+        ({"layers": ["c1"], "data": np.zeros((0, SIZE, SIZE, 3), "float32")}, "no image"),
+    ],
+)
+def test_bad_arguments_name_the_value(kwargs, match):
+    arguments = {"data": _data(3), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        feature_atlas(_nested(), arguments.pop("data"), progress=False, **arguments)
