@@ -84,6 +84,14 @@ def demo_methods(fine_layer: str) -> dict[str, list[str]]:
             "cnn": ["gradcam", f"gradcam@{fine_layer}", f"layercam@{fine_layer}", *WHITE_BOX]}  # fmt: skip
 
 
+def _passes_sanity(result: Comparison, model: str, method: str) -> bool:
+    """Whether a map passed both sanity checks (False where they were not run)."""
+    checks = result.sanity or {}
+    randomised = [e["passed"] for e in checks.get("randomization", []) if (e["model"], e["method"]) == (model, method)]
+    shifted = [e["passed"] for e in checks.get("invariance", []) if (e["model"], e["method"]) == (model, method)]
+    return bool(randomised and shifted and randomised[0] is True and shifted[0])
+
+
 def demo_findings(result: Comparison, labels: np.ndarray, class_names: Sequence[str], bagnet: str, cnn: str) -> list:
     """The demo's claims, each stated with its numbers and whether it holds.
 
@@ -109,11 +117,18 @@ def demo_findings(result: Comparison, labels: np.ndarray, class_names: Sequence[
         scores = {method: pointing(cnn, method) for method in cnn_maps}
         best = max(scores, key=lambda m: (scores[m], m == "gradcam"))
         listing = ", ".join(f"{m} {v:.0%}" for m, v in scores.items())
+        trusted = [m for m in cnn_maps if _passes_sanity(result, cnn, m)]
+        if result.sanity and trusted:
+            second = max(trusted, key=lambda m: scores[m])
+            trusted_note = (f"; of the CNN's maps that pass both sanity checks, the best is {second} "
+                            f"({scores[second]:.0%})")  # fmt: skip
+        else:
+            trusted_note = ""
         findings.append(
             f"Pointing game on the local-motif classes: BagNet evidence {ev:.0%}; the CNN's maps: {listing} "
             f"(Grad-CAM of the BagNet itself: {cam_bag:.0%}). BagNet evidence points into the motifs at least as "
             f"often as the CNN's best map ({best}, {scores[best]:.0%}): "
-            f"{'holds' if ev >= scores[best] else 'does not hold'}."
+            f"{'holds' if ev >= scores[best] else 'does not hold'}{trusted_note}."
         )
     if pair:
         accuracy = {m: mean(r["correct"] for r in result.model_rows if r["model"] == m and r["label"] in pair)

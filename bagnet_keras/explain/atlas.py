@@ -118,6 +118,27 @@ def _candidates(acts: np.ndarray, offset: int, k: int) -> tuple[np.ndarray, np.n
     return a[position, unit.reshape(c, k)], offset + position.astype(np.int64)
 
 
+def _merge_above(values: np.ndarray, flat: np.ndarray, acts: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """The running top-k (C, k) merged with a batch's activations that beat each channel's k-th value so far.
+
+    Only values strictly above the k-th can enter: an equal one comes later in the data than every entry
+    kept, so it loses the tie. After the first batches few positions pass, and the selection costs a
+    comparison of the batch with k values per channel.
+    """
+    c, k = values.shape
+    a = acts.reshape(-1, c)
+    position, unit = np.nonzero(a > values[:, -1])
+    if not len(unit):
+        return values, flat
+    units = np.concatenate([np.repeat(np.arange(c), k), unit])
+    merged_values = np.concatenate([values.ravel(), a[position, unit]])
+    merged_flat = np.concatenate([flat.ravel(), offset + position.astype(np.int64)])
+    order = np.lexsort((merged_flat, -merged_values, units))
+    starts = np.searchsorted(units[order], np.arange(c))  # every channel has its k entries and the new ones
+    keep = order[starts[:, None] + np.arange(k)]
+    return merged_values[keep], merged_flat[keep]
+
+
 @dataclass
 class FeatureAtlas:
     """The strongest activations of every unit of some layers over a dataset (`feature_atlas`).
@@ -318,9 +339,13 @@ def feature_atlas(
                 acts = np.asarray(acts, dtype="float32")
                 grids[path] = acts.shape[1:3]
                 per_image = acts.shape[1] * acts.shape[2]
-                values, flat = _candidates(acts, n_images * per_image, k)
-                best[path] = _select(np.concatenate([best[path][0], values], axis=1),
-                                     np.concatenate([best[path][1], flat], axis=1), k)  # fmt: skip
+                offset = n_images * per_image
+                if np.isneginf(best[path][0][:, -1]).any():  # fewer than k positions seen yet
+                    values, flat = _candidates(acts, offset, k)
+                    best[path] = _select(np.concatenate([best[path][0], values], axis=1),
+                                         np.concatenate([best[path][1], flat], axis=1), k)  # fmt: skip
+                else:
+                    best[path] = _merge_above(*best[path], acts, offset)
                 sums[path] += acts.sum(axis=(0, 1, 2), dtype="float64")
                 counted[path] += acts.shape[0] * per_image
             n_images += len(x)
