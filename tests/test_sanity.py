@@ -86,7 +86,10 @@ def test_cascading_randomization_decorrelates_evidence_and_gradient(trained):
     bagnet, cnn, x, labels = trained
     before = [w.copy() for w in bagnet.get_weights()]
     result = model_randomization(bagnet, x, ["evidence"], class_index=labels)
-    assert result.layers[0] == "label_logits" and len(result.layers) == len(result.spearman["evidence"])
+    assert len(result.layers) == len(result.spearman["evidence"]) == 12  # the layers grouped in 12 steps
+    assert result.groups[0][0] == "label_logits" and result.layers == [group[-1] for group in result.groups]
+    weighted = [layer.name for layer in reversed(bagnet.layers) if layer.weights]
+    assert sum(result.groups, []) == weighted
     assert result.passed("evidence"), result.spearman["evidence"].mean(axis=1)
     assert result.ssim["evidence"].shape == (len(result.layers), 4)
     for a, b in zip(before, bagnet.get_weights(), strict=True):  # the model is as it was

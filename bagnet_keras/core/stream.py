@@ -119,6 +119,9 @@ class MemoryStore:
     def finish(self, batches: int, details: dict) -> None:
         self.complete = {"batches": batches, **details}
 
+    def finished(self) -> dict | None:
+        return getattr(self, "complete", None)
+
 
 class PartStore:
     """The part files of one run in ``folder``: lock, recovery and argument check on entering.
@@ -206,6 +209,10 @@ class PartStore:
     def finish(self, batches: int, details: dict) -> None:
         """Record that every batch is committed: ``complete.json`` with the count and ``details`` (plain JSON)."""
         write_atomic(os.path.join(self.folder, COMPLETE), json.dumps({"batches": batches, **details}, indent=1))
+
+    def finished(self) -> dict | None:
+        """What `finish` recorded, when the run in this folder finished before; else None."""
+        return _read_json(os.path.join(self.folder, COMPLETE))
 
 
 def _indices(folder: str) -> list[int]:

@@ -24,7 +24,14 @@ import keras
 import numpy as np
 
 from bagnet_keras.core.graph import iter_layers, producing_layer, score_function
-from bagnet_keras.core.inputs import check_images, classes_per_image, in_batches, n_classes_of, output_index
+from bagnet_keras.core.inputs import (
+    check_images,
+    check_positive_int,
+    classes_per_image,
+    in_batches,
+    n_classes_of,
+    output_index,
+)
 from bagnet_keras.core.layers import StemConv
 from bagnet_keras.explain.registry import explain, parse_method
 
@@ -112,8 +119,10 @@ class Randomization:
     Attributes
     ----------
     layers : list of str
-        The layers re-initialised, in order (top down); step k re-initialised
-        ``layers[k]`` (and, cascading, all before it).
+        Per step, the deepest layer it re-initialised (top down); step k
+        re-initialised the layers of ``groups[k]`` (and, cascading, all before them).
+    groups : list of list of str
+        The layers of each step.
     cascade : bool
     spearman, ssim : dict method -> ndarray (steps, N)
         Per step and image: rank correlation of the absolute maps with the
@@ -124,6 +133,7 @@ class Randomization:
 
     layers: list
     cascade: bool
+    groups: list = field(default_factory=list)
     spearman: dict = field(default_factory=dict)
     ssim: dict = field(default_factory=dict)
     threshold: float = RANDOMIZATION_THRESHOLD
@@ -165,6 +175,7 @@ def model_randomization(
     output: int | str | None = None,
     target: str = "logit",
     seed: int = 0,
+    max_steps: int | None = 12,
 ) -> Randomization:
     """Adebayo et al.'s model parameter randomisation test for explanation ``methods``.
 
@@ -189,6 +200,10 @@ def model_randomization(
     target : {"logit", "probability"}
     seed : int
         Seeds the new weights.
+    max_steps : int or None
+        With more layers than this, consecutive layers are re-initialised together in this many steps
+        of about equal size (as Adebayo et al. cascade by block); each step recomputes every map once.
+        None: one step per layer.
 
     Returns
     -------
@@ -228,17 +243,20 @@ def model_randomization(
     def maps_of(name):
         return explain(model, x, name, class_index=classes, output=output, target=target, **methods[name])
 
+    steps = len(layers) if max_steps is None else min(len(layers), check_positive_int(max_steps, "max_steps"))
+    groups = [list(group) for group in np.array_split(np.array(layers, dtype=object), steps)]
     original = {name: maps_of(name) for name in methods}
-    result = Randomization(layers=layers, cascade=bool(cascade))
+    result = Randomization(layers=[group[-1] for group in groups], cascade=bool(cascade), groups=groups)
     saved = model.get_weights()
     rng = np.random.default_rng(seed)
     spearman = {name: [] for name in methods}
     ssim = {name: [] for name in methods}
     try:
-        for path in layers:
+        for group in groups:
             if not cascade:
                 model.set_weights(saved)
-            weighted[path].set_weights(_reinitialised(weighted[path], rng))
+            for path in group:
+                weighted[path].set_weights(_reinitialised(weighted[path], rng))
             for name in methods:
                 rho, s = _similarity(original[name], maps_of(name))
                 spearman[name].append(rho)
