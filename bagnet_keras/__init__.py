@@ -56,6 +56,8 @@ _EXPORTS = {
     "Saliency": "explain.attribution",
     "SmoothGrad": "explain.attribution",
     "attribution": "explain.attribution",
+    "LayerGroups": "explain.factorize",
+    "factorize": "explain.factorize",
     "FeatureAtlas": "explain.atlas",
     "feature_atlas": "explain.atlas",
     "guided_backprop": "explain.guided",

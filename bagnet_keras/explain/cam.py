@@ -251,6 +251,38 @@ class ScoreCAM(BaseCAM):
         return weights
 
 
+def layer_gradients(
+    model: keras.Model,
+    images,
+    class_index=None,
+    layer: str | None = None,
+    output: int | str | None = None,
+    target: str = "logit",
+    batch_size: int = 32,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A layer's activations, the gradient of the class score with respect to them, and the classes, batched.
+
+    The pass every CAM method makes (one forward and backward per batch, nested models entered).
+
+    Examples
+    --------
+    >>> import keras, numpy as np
+    >>> model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="conv"),
+    ...                           keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+    >>> a, g, classes = layer_gradients(model, np.ones((2, 8, 8, 3)), class_index=1)
+    >>> a.shape, g.shape, classes.tolist()
+    ((2, 6, 6, 4), (2, 6, 6, 4), [1, 1])
+    """
+    explainer = GradCAM(model, layer=layer, output=output, batch_size=batch_size, target=target)
+    x = check_images(images)
+    wanted = classes_or_top(class_index, len(x), explainer.n_classes)
+
+    def step(xb, cb):
+        return tuple(np.asarray(t) for t in explainer._step(xb, cb))
+
+    return in_batches(step, explainer.batch_size, x, wanted)
+
+
 CAM_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "scorecam": ScoreCAM, "layercam": LayerCAM}
 
 

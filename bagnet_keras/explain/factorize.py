@@ -1,0 +1,245 @@
+"""A layer's activations factorised into a few groups of channels, as in "The Building Blocks of Interpretability".
+
+`factorize` fits scikit-learn's non-negative matrix factorisation to a
+layer's activations at every position of a sample of the data
+(positions x channels ~= W x H, H: n groups x channels), then streams the
+whole data once and keeps each group's ``k`` strongest positions (the
+atlas's exact top-k, `bagnet_keras.explain.atlas`). `LayerGroups` gives each
+group's spatial map on any image (W of its positions) and its attribution
+to each class logit: gradient x activation of the layer, split between the
+groups by each group's share of every activation's reconstruction, so that
+the groups' attributions add up exactly to the layer's gradient x activation
+(Olah et al. attribute W_g H_g x gradient, which misses the reconstruction
+error).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+from tqdm.auto import tqdm
+
+from bagnet_keras.core.geometry import layer_geometry
+from bagnet_keras.core.inputs import check_images, check_positive_int, n_classes_of, output_index
+from bagnet_keras.explain.atlas import (
+    _NONE,
+    _activation_function,
+    _batches,
+    _candidates,
+    _merge_above,
+    _select,
+    _spatial_layers,
+)
+from bagnet_keras.explain.cam import layer_gradients
+
+
+@dataclass
+class LayerGroups:
+    """``n`` groups of a layer's channels (`factorize`): what each responds to and what it does for each class.
+
+    Attributes
+    ----------
+    layer : str
+        The layer's path.
+    components : ndarray (n, C)
+        Each group's non-negative weights of the channels (NMF's H).
+    values, image_index, row, column : ndarray (n, k)
+        Each group's strongest positions over the data (its W value there), strongest first.
+    geometry : Geometry or None
+        The layer's receptive field, to place the positions on the input.
+    n_images : int
+    """
+
+    layer: str
+    components: np.ndarray
+    values: np.ndarray
+    image_index: np.ndarray
+    row: np.ndarray
+    column: np.ndarray
+    geometry: object
+    n_images: int
+    _nmf: object = field(default=None, repr=False)
+    _model: keras.Model | None = field(default=None, repr=False)
+
+    def top(self, group: int) -> list[tuple[int, int, int, float]]:
+        """``(image_index, row, column, value)`` of the group's strongest positions, strongest first."""
+        found = self.values[group] > -np.inf
+        return [(int(i), int(r), int(c), float(v)) for i, r, c, v in
+                zip(self.image_index[group][found], self.row[group][found], self.column[group][found],
+                    self.values[group][found], strict=True)]  # fmt: skip
+
+    def transform(self, activations: np.ndarray) -> np.ndarray:
+        """(N, h, w, n) each group's weight at every position of the layer's activations (N, h, w, C)."""
+        n, h, w, c = activations.shape
+        flat = np.maximum(activations.reshape(-1, c), 0).astype("float64")
+        return self._nmf.transform(flat).reshape(n, h, w, -1).astype("float32")
+
+    def maps(self, images, batch_size: int = 32) -> np.ndarray:
+        """(N, h, w, n) the groups' spatial maps on ``images`` (preprocessed as the model expects)."""
+        forward = _activation_function(self._model, _spatial_layers(self._model, [self.layer]))
+        x = check_images(images)
+        return np.concatenate([self.transform(np.asarray(forward(x[i : i + batch_size])[0]))
+                               for i in range(0, len(x), batch_size)])  # fmt: skip
+
+    def attribution(self, images, class_index=None, output: int | str | None = None,
+                    batch_size: int = 32) -> np.ndarray:  # fmt: skip
+        """(N, K, n) each group's attribution to each class logit (K: every class, or the one per image given).
+
+        Gradient x activation of the layer, summed over positions and channels, split between the
+        groups by their share of each activation's reconstruction (W_pg H_gc / sum_g W_pg H_gc; evenly
+        where the reconstruction is 0): the groups add up to the layer's total for every image and class.
+        """
+        x = check_images(images)
+        index = output_index(self._model, output)
+        if class_index is None:
+            classes = list(range(n_classes_of(self._model, index)))
+        else:
+            classes = [class_index] if np.ndim(class_index) == 0 else [np.asarray(class_index)]
+        out = []
+        for start in range(0, len(x), batch_size):  # memory: one batch's activations and gradients
+            xb = x[start : start + batch_size]
+            per_class = []
+            for cls in classes:
+                chosen = np.broadcast_to(cls, len(x))[start : start + batch_size]
+                a, g, _ = layer_gradients(self._model, xb, chosen, layer=self.layer, output=index, target="logit",
+                                          batch_size=batch_size)  # fmt: skip
+                per_class.append(self._split(a, g))
+            out.append(np.stack(per_class, axis=1))
+        return np.concatenate(out)
+
+    def _split(self, activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
+        n_img, h, w, c = activations.shape
+        weights = self.transform(activations).reshape(n_img, h * w, -1)  # (N, P, n)
+        parts = weights[..., :, None] * self.components[None, None]  # (N, P, n, C)
+        total = parts.sum(axis=2, keepdims=True)
+        share = np.where(total > 0, parts / np.where(total > 0, total, 1), 1.0 / parts.shape[2])
+        contribution = (activations * gradients).reshape(n_img, h * w, 1, c)
+        return (share * contribution).sum(axis=(1, 3))
+
+
+def factorize(
+    model: keras.Model,
+    data,
+    layer: str,
+    n_groups: int = 6,
+    sample_images: int = 256,
+    k: int = 9,
+    batch_size: int = 32,
+    preprocess: Callable | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> LayerGroups:
+    """Non-negative matrix factorisation of a layer's activations into ``n_groups`` groups, and their top positions.
+
+    Parameters
+    ----------
+    model : keras.Model
+    data : array, lazy array or iterable of batches
+        As for `bagnet_keras.explain.atlas.feature_atlas`.
+    layer : str
+        A layer with a spatial, non-negative output (after a ReLU).
+    n_groups : int
+        Groups (NMF components), at most the layer's channels.
+    sample_images : int
+        The first images whose positions the factorisation is fitted to (memory: their activations).
+    k : int
+        Strongest positions kept per group, over the whole data.
+    batch_size : int
+    preprocess : callable, optional
+    seed : int
+        NMF's initialisation.
+    progress : bool
+
+    Returns
+    -------
+    LayerGroups
+
+    Examples
+    --------
+    >>> import keras, numpy as np
+    >>> keras.utils.set_random_seed(0)
+    >>> model = keras.Sequential([keras.Input((12, 12, 3)), keras.layers.Conv2D(8, 3, activation="relu", name="c"),
+    ...                           keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+    >>> x = np.random.default_rng(0).normal(size=(10, 12, 12, 3)).astype("float32")
+    >>> groups = factorize(model, x, "c", n_groups=3, k=4, progress=False)
+    >>> groups.components.shape, groups.attribution(x[:2]).shape
+    ((3, 8), (2, 2, 3))
+    """
+    from sklearn.decomposition import NMF
+
+    ((path, target),) = _spatial_layers(model, [layer]).items()
+    channels = int(target.output.shape[-1])
+    if isinstance(n_groups, bool) or not isinstance(n_groups, (int, np.integer)) or not 1 <= n_groups <= channels:
+        raise ValueError(f"`n_groups` must be 1..{channels} (the channels of {path!r}). "
+                         f"Received: n_groups={n_groups!r}")  # fmt: skip
+    k = check_positive_int(k, "k")
+    sample_images = check_positive_int(sample_images, "sample_images")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    forward = _activation_function(model, {path: target})
+    sample, seen = [], 0
+    for x in _batches(data, batch_size, preprocess):
+        acts = np.asarray(forward(check_images(x))[0])
+        sample.append(acts[: sample_images - seen].reshape(-1, channels))
+        seen += len(sample[-1]) // (acts.shape[1] * acts.shape[2])
+        if seen >= sample_images:
+            break
+    if not sample:
+        raise ValueError("The data holds no image: the factorisation needs at least one.")
+    sample = np.concatenate(sample).astype("float64")
+    if sample.min() < 0:
+        raise ValueError(f"Layer {path!r} has negative activations (down to {sample.min():.3g}); NMF needs a "
+                         "non-negative layer: choose one after a ReLU.")  # fmt: skip
+    nmf = NMF(n_components=int(n_groups), init="nndsvda", random_state=seed, max_iter=500)
+    nmf.fit(sample)
+    groups = LayerGroups(layer=path, components=nmf.components_.astype("float32"), values=np.empty(0),
+                         image_index=np.empty(0), row=np.empty(0), column=np.empty(0), geometry=None, n_images=0,
+                         _nmf=nmf, _model=model)  # fmt: skip
+    best = (np.full((n_groups, k), -np.inf, "float32"), np.full((n_groups, k), _NONE, np.int64))
+    n_images, grid = 0, (0, 0)
+    total = len(data) if hasattr(data, "__len__") and hasattr(data, "shape") else None
+    with tqdm(total=total, desc="groups", unit="image", disable=None if progress else True) as bar:
+        for x in _batches(data, batch_size, preprocess):
+            weights = groups.transform(np.asarray(forward(check_images(x))[0]))
+            grid = weights.shape[1:3]
+            offset = n_images * grid[0] * grid[1]
+            if np.isneginf(best[0][:, -1]).any():
+                values, flat = _candidates(weights, offset, k)
+                best = _select(np.concatenate([best[0], values], axis=1), np.concatenate([best[1], flat], axis=1), k)
+            else:
+                best = _merge_above(*best, weights, offset)
+            n_images += len(x)
+            bar.update(len(x))
+    h, w = grid
+    real = best[1] != _NONE
+    groups.values, groups.n_images = best[0], n_images
+    groups.image_index = np.where(real, best[1] // (h * w), -1)
+    groups.row = np.where(real, best[1] % (h * w) // w, -1)
+    groups.column = np.where(real, best[1] % w, -1)
+    try:
+        groups.geometry = layer_geometry(model, path)
+    except ValueError:
+        groups.geometry = None
+    return groups
+
+
+def class_group_table(groups: LayerGroups, images, class_names: Sequence[str] | None = None,
+                      output: int | str | None = None, batch_size: int = 32) -> list[dict]:  # fmt: skip
+    """Rows ``{"class", "group", "attribution"}``: each group's mean attribution to each class logit over ``images``.
+
+    Examples
+    --------
+    >>> import keras, numpy as np
+    >>> keras.utils.set_random_seed(0)
+    >>> model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, activation="relu", name="c"),
+    ...                           keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+    >>> x = np.random.default_rng(0).normal(size=(6, 8, 8, 3)).astype("float32")
+    >>> len(class_group_table(factorize(model, x, "c", n_groups=2, progress=False), x, ["a", "b"]))
+    4
+    """
+    mean = groups.attribution(images, output=output, batch_size=batch_size).mean(axis=0)  # (K, n)
+    names = list(class_names) if class_names is not None else [str(c) for c in range(mean.shape[0])]
+    return [{"class": names[c], "group": g, "attribution": float(mean[c, g])}
+            for c in range(mean.shape[0]) for g in range(mean.shape[1])]  # fmt: skip
