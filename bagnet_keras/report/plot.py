@@ -299,6 +299,38 @@ def plot_randomization(entries: Sequence[Mapping], threshold: float = 0.5) -> Fi
     return fig
 
 
+def plot_invariance(curves) -> Figure:
+    """Zeiler & Fergus Fig. 5: per transformation, each layer's mean feature distance and the true class's
+    probability, over the transformation's values (`bagnet_keras.metrics.invariance.InvarianceCurves`).
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> curves = SimpleNamespace(values={"rotate": [0, 90]}, layers=["gap"],
+    ...                          distance={("rotate", "gap"): np.array([[0.0], [0.5]])},
+    ...                          probability={"rotate": np.array([[0.9], [0.4]])})
+    >>> [ax.get_title() for ax in plot_invariance(curves).axes]
+    ['rotate: feature distance', 'rotate: probability of the true class']
+    """
+    kinds = list(curves.values)
+    fig = Figure(figsize=(8, 2.8 * len(kinds)), layout="constrained")
+    axes = fig.subplots(len(kinds), 2, squeeze=False)
+    for (left, right), kind in zip(axes, kinds, strict=True):
+        values = curves.values[kind]
+        ticks = np.arange(len(values))
+        for layer in curves.layers:
+            left.plot(ticks, curves.distance[kind, layer].mean(axis=1), marker=".", label=layer)
+        right.plot(ticks, curves.probability[kind].mean(axis=1), marker=".", color="black")
+        for ax, title in ((left, "feature distance"), (right, "probability of the true class")):
+            ax.set_xticks(ticks, [str(v) for v in values], fontsize=7)
+            ax.set_xlabel(kind)
+            ax.set_title(f"{kind}: {title}", fontsize=10)
+        left.set_ylabel("||f(T x) - f(x)|| / ||f(x)||")
+        right.set_ylim(0, 1)
+        left.legend(fontsize=7)
+    return fig
+
+
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> str:
     """Write ``fig`` to ``path`` (format from the extension) through a temporary file, so no half-written file remains.
 
