@@ -1,0 +1,231 @@
+"""A BagNet's class concepts: its most informative patches of each class, clustered by what the network sees in them.
+
+A BagNet's logit for a class is the mean of its patches' evidence, so the
+patches with the most evidence are what the class is made of. `class_concepts`
+streams a labelled dataset once and keeps, for each class, the ``patches``
+positions with the most evidence for that class among the images of that
+class (the atlas's exact top-k, `bagnet_keras.explain.atlas`), with the
+penultimate features there. It then clusters those features (k-means on their
+directions, scikit-learn) into ``n_concepts`` concepts per class: each
+concept's share of the evidence of the class's top patches, and its
+strongest patches as examples. That is the dataset-level answer to "what
+makes this class": a class x concept table with examples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+from tqdm.auto import tqdm
+
+from bagnet_keras.core.inputs import check_images, check_positive_int
+from bagnet_keras.explain.atlas import _NONE, _candidates, _merge_above, _select, gather
+from bagnet_keras.explain.evidence import _evidence_for
+
+
+@dataclass
+class Concept:
+    """One concept of a class: its share of the class's top-patch evidence and its strongest patches."""
+
+    share: float
+    evidence: float
+    n_patches: int
+    examples: list  # (image_index, row, column, evidence), strongest first
+
+
+@dataclass
+class ClassConcepts:
+    """What `class_concepts` found, per class: the top patches and their concepts.
+
+    Attributes
+    ----------
+    concepts : dict class -> list of Concept
+        Largest share first.
+    patches : dict class -> list of (image_index, row, column, evidence)
+        The class's top patches, strongest first.
+    features : dict class -> ndarray (P, D)
+        The penultimate features of those patches.
+    labels : dict class -> ndarray (P,)
+        Each patch's concept (index into the unsorted clustering; see ``concept_of``).
+    geometry : Geometry
+        Where a position's patch lies on the input.
+    """
+
+    concepts: dict = field(default_factory=dict)
+    patches: dict = field(default_factory=dict)
+    features: dict = field(default_factory=dict)
+    concept_of: dict = field(default_factory=dict)
+    geometry: object = None
+
+    def table(self, class_names: Sequence[str] | None = None) -> list[dict]:
+        """Rows ``{"class", "concept", "share", "patches"}``: the class x concept table."""
+        rows = []
+        for c, concepts in self.concepts.items():
+            name = class_names[c] if class_names is not None else c
+            for j, concept in enumerate(concepts):
+                rows.append({"class": name, "concept": j, "share": concept.share, "patches": concept.n_patches})
+        return rows
+
+    def boxes(self, examples: Sequence[tuple]) -> np.ndarray:
+        """(n, 4) ``top, left, bottom, right`` of the patches of ``examples`` on the input."""
+        g = self.geometry
+        rows, cols = np.array([e[1] for e in examples]), np.array([e[2] for e in examples])
+        top, left = g.offset + g.stride * rows, g.offset + g.stride * cols
+        return np.stack([top, left, top + g.patch_size, left + g.patch_size], axis=1).reshape(-1, 4)
+
+    def crops(self, data, examples: Sequence[tuple], preprocess: Callable | None = None,
+              batch_size: int = 32) -> np.ndarray:  # fmt: skip
+        """The input pixels of the patches of ``examples`` (reads ``data`` again up to the last image needed)."""
+        from bagnet_keras.explain.atlas import _crops
+
+        images = gather(data, sorted({e[0] for e in examples}), batch_size, preprocess)
+        return _crops(np.stack([images[e[0]] for e in examples]), self.boxes(examples))
+
+
+def _labelled_batches(data, labels, batch_size: int, preprocess: Callable | None):
+    if hasattr(data, "shape") and hasattr(data, "__getitem__"):
+        if labels is None or len(labels) != len(data):
+            raise ValueError(f"`labels` must give one class per image ({len(data)}) of an image array.")
+        for start in range(0, len(data), batch_size):
+            x = np.asarray(data[start : start + batch_size], dtype="float32")
+            yield (preprocess(x) if preprocess is not None else x), np.asarray(labels[start : start + batch_size])
+        return
+    for batch in data:
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise ValueError("A dataset given to class_concepts must yield (images, labels) batches.")
+        x = np.asarray(batch[0], dtype="float32")
+        yield (preprocess(x) if preprocess is not None else x), np.asarray(batch[1])
+
+
+def class_concepts(
+    model: keras.Model,
+    data,
+    labels: Sequence[int] | None = None,
+    classes: Sequence[int] | None = None,
+    n_concepts: int = 4,
+    patches: int = 200,
+    examples: int = 8,
+    output: int | str | None = None,
+    batch_size: int = 32,
+    preprocess: Callable | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> ClassConcepts:
+    """Each class's most informative BagNet patches over a labelled dataset, clustered into concepts.
+
+    Parameters
+    ----------
+    model : keras.Model
+        A BagNet (or a transfer model with a BagNet top on ``output``).
+    data : array (N, H, W, C) with ``labels``, or an iterable of ``(images, labels)`` batches
+    labels : sequence of N ints, optional
+        The true classes, with an array.
+    classes : sequence of ints, optional
+        The classes to analyse; default every class of the output.
+    n_concepts : int
+        Concepts per class (k-means clusters).
+    patches : int
+        Top patches kept per class (memory: patches x features per class).
+    examples : int
+        Example patches kept per concept.
+    output, batch_size, preprocess, seed, progress
+
+    Returns
+    -------
+    ClassConcepts
+
+    Examples
+    --------
+    >>> import keras, numpy as np
+    >>> from bagnet_keras import BagNet
+    >>> keras.utils.set_random_seed(0)
+    >>> model = BagNet(blocks=(1, 1, 1, 1), kernel3=(1, 1, 0, 0), base_width=4, classes=2, input_shape=(32, 32, 3))
+    >>> x = np.random.default_rng(0).normal(size=(6, 32, 32, 3)).astype("float32")
+    >>> found = class_concepts(model, x, [0, 1] * 3, n_concepts=2, patches=20, progress=False)
+    >>> round(sum(c.share for c in found.concepts[0]), 6)
+    1.0
+    """
+    from sklearn.cluster import KMeans
+
+    ev = _evidence_for(model, output)
+    patches = check_positive_int(patches, "patches")
+    n_concepts = check_positive_int(n_concepts, "n_concepts")
+    examples = check_positive_int(examples, "examples")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    if n_concepts > patches:
+        raise ValueError(f"`n_concepts` ({n_concepts}) cannot exceed `patches` ({patches}): each concept needs "
+                         "patches.")  # fmt: skip
+    classes = list(range(ev.n_classes)) if classes is None else [int(c) for c in classes]
+    bad = [c for c in classes if not 0 <= c < ev.n_classes]
+    if bad:
+        raise ValueError(f"`classes` {bad} are not classes of the model's output (0..{ev.n_classes - 1}).")
+    kernel, bias = np.asarray(ev.kernel)[:, classes], np.asarray(ev.bias)[classes]
+    k = len(classes)
+    values = np.full((k, patches), -np.inf, "float32")
+    flat = np.full((k, patches), _NONE, np.int64)
+    feats = None
+    n_images, grid = 0, (0, 0)
+    with tqdm(desc="concepts", unit="image", disable=None if progress else True) as bar:
+        for x, y in _labelled_batches(data, labels, batch_size, preprocess):
+            x = check_images(x, ev.geometry.patch_size, channels=3)
+            features = np.asarray(ev.native(x, batch_size))  # (B, h, w, D)
+            grid, depth = features.shape[1:3], features.shape[-1]
+            evidence = features @ kernel + bias  # (B, h, w, k)
+            own = np.asarray(y).reshape(-1)[:, None] == np.asarray(classes)[None, :]  # (B, k): the image's class
+            evidence = np.where(own[:, None, None, :], evidence, -np.inf).astype("float32")
+            offset = n_images * grid[0] * grid[1]
+            before = flat.copy()
+            if np.isneginf(values[:, -1]).any():
+                new_values, new_flat = _candidates(evidence, offset, patches)
+                values, flat = _select(np.concatenate([values, new_values], 1), np.concatenate([flat, new_flat], 1),
+                                       patches)  # fmt: skip
+            else:
+                values, flat = _merge_above(values, flat, evidence, offset)
+            feats = _carry_features(feats, before, flat, features, offset, depth)
+            n_images += len(x)
+            bar.update(len(x))
+    if n_images == 0:
+        raise ValueError("The data holds no image: concepts need labelled images.")
+    h, w = grid
+    found = ClassConcepts(geometry=ev.geometry)
+    for i, c in enumerate(classes):
+        real = np.isfinite(values[i])
+        if not real.any():
+            continue  # no image of this class
+        top = [(int(f // (h * w)), int(f % (h * w) // w), int(f % w), float(v))
+               for f, v in zip(flat[i][real], values[i][real], strict=True)]  # fmt: skip
+        vectors = feats[i][real]
+        found.patches[c], found.features[c] = top, vectors
+        clusters = min(n_concepts, len(top))
+        directions = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        assignment = KMeans(clusters, n_init=10, random_state=seed).fit_predict(directions)
+        found.concept_of[c] = assignment
+        evidence = np.array([t[3] for t in top])
+        total = float(evidence.sum())
+        concepts = []
+        for j in range(clusters):
+            members = [t for t, a in zip(top, assignment, strict=True) if a == j]  # strongest first, as `top`
+            mass = float(sum(t[3] for t in members))
+            concepts.append(Concept(share=mass / total if total else float("nan"), evidence=mass,
+                                    n_patches=len(members), examples=members[:examples]))  # fmt: skip
+        found.concepts[c] = sorted(concepts, key=lambda concept: -concept.share)
+    return found
+
+
+def _carry_features(feats, before: np.ndarray, flat: np.ndarray, features: np.ndarray, offset: int, depth: int):
+    """The features of the kept positions: from this batch where they are new, else from what was kept."""
+    k, m = flat.shape
+    out = np.zeros((k, m, depth), dtype="float32") if feats is None else np.empty_like(feats)
+    batch = features.reshape(-1, depth)
+    for i in range(k):
+        new = (flat[i] >= offset) & (flat[i] != _NONE)
+        out[i][new] = batch[flat[i][new] - offset]
+        old = ~new
+        if feats is not None and old.any():
+            order = np.argsort(before[i])
+            where = order[np.searchsorted(before[i], flat[i][old], sorter=order)]
+            out[i][old] = feats[i][where]
+    return out

@@ -1,0 +1,71 @@
+"""A BagNet's class concepts (issue 11): each class's top patches over a dataset, streamed, and their clusters."""
+
+import keras
+import numpy as np
+import pytest
+
+from bagnet_keras import BagNet
+from bagnet_keras.explain.concepts import class_concepts
+from bagnet_keras.explain.evidence import _evidence_for
+
+SIZE = 32
+
+
+def _bagnet():
+    keras.utils.set_random_seed(0)
+    return BagNet(blocks=(1, 1, 1, 1), kernel3=(1, 1, 0, 0), base_width=4, classes=3, input_shape=(SIZE, SIZE, 3))
+
+
+def _data(n=10, seed=0):
+    x = np.random.default_rng(seed).normal(size=(n, SIZE, SIZE, 3)).astype("float32")
+    return x, np.arange(n) % 3
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
+def test_top_patches_and_their_features_equal_brute_force(batch_size):
+    model, (x, y) = _bagnet(), _data()
+    found = class_concepts(model, x, y, n_concepts=3, patches=12, batch_size=batch_size, progress=False)
+    ev = _evidence_for(model, None)
+    features = np.asarray(ev.native(x, 32))  # (N, h, w, D)
+    n, h, w, _ = features.shape
+    image, row, col = np.meshgrid(np.arange(n), np.arange(h), np.arange(w), indexing="ij")
+    for c in range(3):
+        evidence = features @ np.asarray(ev.kernel)[:, c] + np.asarray(ev.bias)[c]
+        evidence = np.where((y == c)[:, None, None], evidence, -np.inf).ravel()
+        order = np.lexsort((col.ravel(), row.ravel(), image.ravel(), -evidence))[:12]
+        expected = [(int(image.ravel()[o]), int(row.ravel()[o]), int(col.ravel()[o])) for o in order]
+        assert [p[:3] for p in found.patches[c]] == expected
+        np.testing.assert_allclose([p[3] for p in found.patches[c]], evidence[order], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(found.features[c], features[image.ravel()[order], row.ravel()[order],
+                                                               col.ravel()[order]], rtol=1e-6)  # fmt: skip
+        concepts = found.concepts[c]
+        assert len(concepts) == 3 and sum(k.n_patches for k in concepts) == 12
+        assert sum(k.share for k in concepts) == pytest.approx(1.0)
+        assert [k.share for k in concepts] == sorted((k.share for k in concepts), reverse=True)
+    rows = found.table(["a", "b", "c"])
+    assert len(rows) == 9 and rows[0]["class"] == "a"
+    example = found.concepts[0][0].examples
+    assert found.crops(x, example).shape == (len(example), found.geometry.patch_size, found.geometry.patch_size, 3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"n_concepts": 5, "patches": 4}, r"`n_concepts` \(5\)"),
+        ({"classes": [3]}, r"\[3\]"),
+        ({"labels": [0, 1]}, "one class per image"),
+        ({"patches": 0}, "patches=0"),
+    ],
+)
+def test_bad_arguments_name_the_value(kwargs, match):
+    x, y = _data(4)
+    arguments = {"labels": y, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        class_concepts(_bagnet(), x, arguments.pop("labels"), progress=False, **arguments)
+
+
+def test_only_bagnets_have_concepts():
+    cnn = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Conv2D(4, 3), keras.layers.Flatten(),
+                            keras.layers.Dense(3)])  # fmt: skip
+    with pytest.raises(ValueError, match="not a BagNet top"):
+        class_concepts(cnn, *_data(3), progress=False)
