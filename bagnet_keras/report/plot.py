@@ -331,6 +331,31 @@ def plot_invariance(curves) -> Figure:
     return fig
 
 
+def plot_evolution(records: Sequence[Mapping]) -> Figure:
+    """Zeiler & Fergus Fig. 4: one row per unit, one column per recorded epoch, the projection of its strongest
+    activation (`bagnet_keras.explain.evolution.FeatureEvolution.records`).
+
+    Examples
+    --------
+    >>> records = [{"epoch": e, "unit": 3, "projection": np.ones((5, 5, 3)) * e} for e in (1, 5)]
+    >>> [ax.get_title() for ax in plot_evolution(records).axes]
+    ['unit 3, epoch 1', 'unit 3, epoch 5']
+    """
+    units = list(dict.fromkeys(r["unit"] for r in records))
+    epochs = sorted({r["epoch"] for r in records})
+    fig = Figure(figsize=(1.6 * len(epochs), 1.7 * len(units)), layout="constrained")
+    axes = fig.subplots(len(units), len(epochs), squeeze=False)
+    for r in records:
+        ax = axes[units.index(r["unit"]), epochs.index(r["epoch"])]
+        projection = np.asarray(r["projection"], dtype="float64")
+        span = np.abs(projection).max()
+        ax.imshow(0.5 + 0.5 * projection / span if span > 0 else 0.5 + 0 * projection)  # 0 is grey
+        ax.set_title(f"unit {r['unit']}, epoch {r['epoch']}", fontsize=7)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    return fig
+
+
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> str:
     """Write ``fig`` to ``path`` (format from the extension) through a temporary file, so no half-written file remains.
 
