@@ -8,6 +8,8 @@ import keras
 import numpy as np
 import pytest
 
+from browser import page, screenshot
+
 from bagnet_keras import BagNet, deprocess_input, preprocess_input
 from bagnet_keras.metrics.comparison import compare
 from bagnet_keras.report.html import write_report
@@ -16,7 +18,6 @@ from data_tools.synthetic import motif_scene
 
 SIZE = 48
 CLASSES = ["cross", "ring", "dot_above_bar"]
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
 @pytest.fixture(scope="module")
@@ -52,25 +53,8 @@ def test_report_is_one_self_contained_file_with_pngs_beside_it(report):
 
 
 def test_report_renders_in_headless_chromium(report):
-    required = os.environ.get("BAGNET_KERAS_REQUIRE_BROWSER") == "1"
-    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-        if required:
-            pytest.fail(f"{CHROMIUM} and {CHROMEDRIVER} are required (apt-get install chromium chromium-driver)")
-        pytest.skip("Chromium is not installed (apt-get install chromium chromium-driver)")
-    if required:
-        from selenium import webdriver
-    else:
-        webdriver = pytest.importorskip("selenium.webdriver")
     path, folder, _ = report
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={folder.parent / 'chromium_profile'}", "--window-size=1200,900"):  # fmt: skip
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
-    try:
-        driver.get(f"file://{path}")
+    with page(path, folder.parent / "chromium_profile") as driver:
         images = driver.execute_script(
             "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth]);"
         )
@@ -79,14 +63,9 @@ def test_report_renders_in_headless_chromium(report):
         assert tables == 4  # models, faithfulness, sanity checks, agreement between maps
         headings = driver.execute_script("return Array.from(document.querySelectorAll('h2')).map(h => h.textContent);")
         assert "Faithfulness" in headings
-        height = driver.execute_script("return document.body.scrollHeight;")
-        driver.set_window_size(1200, min(height + 100, 16000))
-        screenshot = folder.parent / "report_screenshot.png"
-        driver.save_screenshot(str(screenshot))
-        assert screenshot.stat().st_size > 10_000
-        print(f"\nscreenshot of the report: {screenshot}")
-    finally:
-        driver.quit()
+        shot = screenshot(driver, folder.parent / "report_screenshot.png")
+        assert shot.stat().st_size > 10_000
+        print(f"\nscreenshot of the report: {shot}")
 
 
 def test_the_report_is_drawn_from_the_comparison_alone(report, monkeypatch, tmp_path):

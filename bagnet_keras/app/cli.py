@@ -144,6 +144,16 @@ def explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models(items: list[str]) -> dict[str, str]:
+    models = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--model {item!r} is not NAME=PATH.keras, for example --model cnn=runs/cnn/best.keras")
+        models[name] = path
+    return models
+
+
 def _done(path: str | None, args: argparse.Namespace) -> None:
     if path is None:
         print(f"shard {args.shard[0]}/{args.shard[1]} done in {os.path.abspath(args.out)}; when every shard is "
@@ -156,18 +166,23 @@ def compare(args: argparse.Namespace) -> int:
     start_tensorflow(args.verbose)
     from bagnet_keras.app.workflows import compare_models
 
-    models = {}
-    for item in args.model:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise ValueError(f"--model {item!r} is not NAME=PATH.keras, for example --model cnn=runs/cnn/best.keras")
-        models[name] = path
-    path = compare_models(models, args.data, args.out, split=args.split, image_size=args.image_size,
+    path = compare_models(_models(args.model), args.data, args.out, split=args.split, image_size=args.image_size,
                           preprocess=args.preprocess, masks=args.masks, methods=args.methods, output=args.output,
                           max_images=args.max_images, target=args.target, batch_size=args.batch_size,
                           shard=args.shard, jit_compile=args.jit_compile, dtype_policy=args.dtype_policy,
                           sanity=args.sanity)  # fmt: skip
     _done(path, args)
+    return 0
+
+
+def atlas(args: argparse.Namespace) -> int:
+    start_tensorflow(args.verbose)
+    from bagnet_keras.app.workflows import atlas_models
+
+    path = atlas_models(_models(args.model), args.data, args.out, split=args.split, image_size=args.image_size,
+                        preprocess=args.preprocess, layers=args.layers, units=args.units, k=args.k,
+                        groups=args.groups, max_images=args.max_images, batch_size=args.batch_size or 32)  # fmt: skip
+    print(f"atlas: {os.path.abspath(path)}")
     return 0
 
 
@@ -289,6 +304,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sanity", type=int, default=0, metavar="N",
                    help="run the sanity checks of every map (model randomisation, input invariance) on N images")
     p.set_defaults(func=compare)
+    p = sub.add_parser("atlas", help="what models learned across a dataset: units, groups, concepts, as HTML",
+                       parents=[tensorflow])  # fmt: skip
+    p.add_argument("--model", action="append", required=True, metavar="NAME=PATH", help="a .keras model, repeatable")
+    p.add_argument("--data", required=True, help="a dataset folder (split by bagnet-keras split)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--layers", nargs="+", help="layers with spatial outputs (default: each model's last one)")
+    p.add_argument("--units", type=int, default=16, help="the strongest units shown per layer")
+    p.add_argument("--k", type=int, default=9, help="top activations per unit")
+    p.add_argument("--groups", type=int, default=6, help="NMF groups of the last layer")
+    p.add_argument("--preprocess", default="bagnet33", help="backbone whose preprocessing the models expect")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--max-images", type=int, help="only the first N images of the split (default: all)")
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default: 32)")
+    p.add_argument("--out", default="runs/atlas")
+    p.set_defaults(func=atlas)
     p = sub.add_parser("merge", help="join the output folders of finished shards of compare or explain, and report",
                        epilog=MERGE_EPILOG, formatter_class=formatter)  # fmt: skip
     p.add_argument("out", help="output folder of the merged comparison and report")

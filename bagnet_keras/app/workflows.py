@@ -169,6 +169,60 @@ def merge(output_dir: str, shard_dirs: Sequence[str]) -> str:
     return write_report(result, names, output_dir, title="Explanations compared")
 
 
+def atlas_models(
+    models: Mapping[str, str],
+    data: str,
+    output_dir: str,
+    split: str | None = "test",
+    image_size: int = 224,
+    preprocess: str = "bagnet33",
+    layers: Sequence[str] | None = None,
+    units: int = 16,
+    k: int = 9,
+    groups: int = 6,
+    concepts: int = 4,
+    max_images: int | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> str:
+    """The feature atlas of trained models (``.keras`` files) over a dataset split, as ``output_dir/atlas.html``.
+
+    Per model: the ``units`` strongest units (by mean activation) of each layer (default: its last layer
+    with a spatial output) with their ``k`` top activations, ``groups`` NMF groups of the last of those
+    layers, and for a BagNet its class concepts.
+    """
+    from bagnet_keras.core.graph import last_spatial_layer
+    from bagnet_keras.explain.atlas import feature_atlas
+    from bagnet_keras.explain.concepts import class_concepts
+    from bagnet_keras.explain.factorize import factorize
+    from bagnet_keras.metrics.comparison import is_bagnet
+    from bagnet_keras.report.atlas_page import ModelAtlas, write_atlas
+    from data_tools.loader import ImageFiles
+
+    files = ImageFiles(data, (image_size, image_size), split=split, max_images=max_images)
+    prep = get_backbone(preprocess).preprocess
+    entries = {}
+    for name, path in models.items():
+        model = load_model(path)[0]
+        chosen = list(layers) if layers else [last_spatial_layer(model)[0]]
+        options = dict(batch_size=batch_size, preprocess=prep, progress=progress)
+        atlas = feature_atlas(model, files, chosen, units=units, k=k, **options)
+        entry = ModelAtlas(atlas=atlas)
+        last = atlas.layers[-1]
+        channels = int(atlas.mean[last].shape[0])
+        try:
+            entry.groups = factorize(model, files, last, n_groups=min(groups, channels), k=k, **options)
+            entry.group_images = np.asarray(prep(np.asarray(files[:32], dtype="float32")))
+        except ValueError as error:  # a layer with negative activations has no NMF; the rest of the page stands
+            print(f"{name}: no factorised groups ({error})")
+        if is_bagnet(model):
+            entry.concepts = class_concepts(model, files, files.labels, n_concepts=concepts, **options)
+        entries[name] = entry
+    _write_classes(output_dir, files.class_names)
+    return write_atlas(entries, files, output_dir, files.class_names, preprocess=prep, deprocess=_deprocess(prep),
+                       title="What the models learned across the dataset")  # fmt: skip
+
+
 #: The class names of a run's output folder, for `merge` (written once the comparison is done).
 CLASSES_FILE = "classes.json"
 
