@@ -2,12 +2,10 @@
 
 import os
 import re
-import shutil
 
 import keras
 import numpy as np
 import pytest
-
 from browser import page, screenshot
 
 from bagnet_keras import BagNet, deprocess_input, preprocess_input
