@@ -177,6 +177,32 @@ def demo_findings(result: Comparison, labels: np.ndarray, class_names: Sequence[
     return findings
 
 
+def _atlas(models, files, masks, names, output_dir: str, preprocess, progress: bool) -> list[str]:
+    """The atlas page (``atlas.html``) of both models, and, with masks, its findings."""
+    from bagnet_keras.app.demo_atlas import atlas_findings
+    from bagnet_keras.core.graph import last_spatial_layer
+    from bagnet_keras.explain.atlas import feature_atlas
+    from bagnet_keras.explain.concepts import class_concepts
+    from bagnet_keras.explain.factorize import factorize
+    from bagnet_keras.report.atlas_page import ModelAtlas, write_atlas
+
+    options = dict(preprocess=preprocess, progress=progress, batch_size=64)
+    layer = last_spatial_layer(models["cnn"])[0]
+    atlas = feature_atlas(models["cnn"], files, [layer], k=9, **options)
+    groups = factorize(models["cnn"], files, layer, n_groups=6, k=9, **options)
+    concepts = class_concepts(models["bagnet"], files, files.labels, n_concepts=4, patches=100, **options)
+    bagnet_units = feature_atlas(models["bagnet"], files, [last_spatial_layer(models["bagnet"])[0]], units=8, k=9,
+                                 **options)  # fmt: skip
+    sample = np.asarray(preprocess(np.asarray(files[:64], dtype="float32")))
+    entries = {"cnn": ModelAtlas(atlas=atlas, groups=groups, group_images=sample),
+               "bagnet": ModelAtlas(atlas=bagnet_units, concepts=concepts)}  # fmt: skip
+    write_atlas(entries, files, output_dir, names, preprocess=preprocess, deprocess=deprocess_input,
+                title="What the demo's CNN and BagNet learned", max_units=12)  # fmt: skip
+    if masks is None:
+        return []
+    return atlas_findings(atlas, groups, concepts, np.asarray(masks[: len(masks)], dtype=bool), files.labels, names)
+
+
 class _Stages:
     """The demo's finished stages, in ``<output_dir>/stages.json`` (written atomically after each stage)."""
 
@@ -212,7 +238,8 @@ def run_demo(
     Parameters
     ----------
     output_dir : str
-        Output folder: ``data/`` and ``masks/`` (generated), ``models/``, ``comparison/`` and ``report.html``,
+        Output folder: ``data/`` and ``masks/`` (generated), ``models/``, ``comparison/``, ``report.html`` and
+        ``atlas.html`` (the units, groups and class concepts of both models),
         with ``run.json`` (the arguments) and ``stages.json`` (the stages done). Running the demo again into
         it goes on where it stopped: finished stages are skipped, training resumes from its last epoch;
         other arguments into the same folder are refused.
@@ -314,6 +341,14 @@ def run_demo(
                      n_classes=len(names), deprocess=deprocess_input, preprocess=preprocess["bagnet"],
                      sanity=min(8, len(files)), output_dir=os.path.join(output_dir, "comparison"))  # fmt: skip
     findings = demo_findings(result, files.labels, names, "bagnet", "cnn")
+    atlas_file = os.path.join(output_dir, "atlas_findings.json")
+    if not stages.done("atlas"):
+        say("the atlas: what the CNN's last conv layer and the BagNet's classes are made of, over the test images")
+        write_atomic(atlas_file, json.dumps(_atlas(models, files, masks, names, output_dir, preprocess["bagnet"],
+                                                   progress)))  # fmt: skip
+        stages.mark("atlas")
+    with open(atlas_file, encoding="utf-8") as f:
+        findings += json.load(f)
     for finding in findings:
         say(finding)
     path = write_report(result, names, output_dir, title="What a BagNet and a CNN look at", findings=findings)

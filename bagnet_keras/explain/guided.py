@@ -144,7 +144,7 @@ def guided_backprop(
         operation_fn = replace_activations(_is_plain_relu, lambda f: relu)
 
         @tf.function(reduce_retracing=True)
-        def step(batch, classes, flat):
+        def step(batch, classes, flat, channel_index):
             taps = {}
 
             def fn(op):
@@ -164,15 +164,18 @@ def guided_backprop(
                 if target is None:
                     _, score = top_class_scores(scores, classes)
                 else:
-                    channel = tf.reshape(taps["unit"][..., unit], (tf.shape(batch)[0], -1))
+                    channel = tf.gather(taps["unit"], channel_index, axis=-1)
+                    channel = tf.reshape(channel, (tf.shape(batch)[0], -1))
                     picked = tf.gather(channel, tf.maximum(flat, 0), axis=1, batch_dims=1)
                     score = tf.where(flat >= 0, picked, tf.reduce_max(channel, axis=1))
             return tape.gradient(score, batch)
 
         return step
 
-    step = compiled(model, ("guided", mode, id(target), unit, index, score_target), build)
-    grads = in_batches(step, batch_size, x, classes, flat)
+    # The unit is an argument of the traced step, not part of it: one trace serves every unit of the layer.
+    step = compiled(model, ("guided", mode, id(target), index, score_target), build)
+    channel_index = np.asarray(unit if unit is not None else 0, dtype="int32")  # a tensor argument, not a constant
+    grads = in_batches(lambda *arrays: step(*arrays, channel_index), batch_size, x, classes, flat)
     if not any(_is_plain_relu(layer) for _, layer in iter_layers(model)):
         warnings.warn(
             f"Model {model.name!r} has no plain ReLU: guided backpropagation is the ordinary gradient here.",

@@ -1,0 +1,110 @@
+"""The demo's atlas section: what its CNN's units and its BagNet's concepts respond to, checked against the masks.
+
+A position of a layer "falls on" an image's motif when the ground-truth mask
+has a pixel in the position's footprint: the stride x stride cell centred on
+its receptive field (the part of the input that position alone stands for).
+A unit or NMF group's purity is the largest fraction of its top regions that
+fall on the motif of one motif class (in images of that class); the baseline
+is the same for as many random positions of random images. A BagNet concept
+lies on the motif when most of its example patches do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def _hits(masks, labels, motif: dict, entries, geometry) -> list[int | None]:
+    """Per ``(image, row, column, ...)``: the image's motif class where the footprint meets its mask, else None."""
+    out = []
+    for image, row, col, *_ in entries:
+        c = int(labels[image])
+        if c not in motif:
+            out.append(None)
+            continue
+        centre_y = geometry.offset + geometry.stride * row + (geometry.patch_size - 1) / 2
+        centre_x = geometry.offset + geometry.stride * col + (geometry.patch_size - 1) / 2
+        half = geometry.stride / 2
+        mask = masks[image]
+        top = max(int(np.floor(centre_y - half + 0.5)), 0)
+        bottom = min(int(np.floor(centre_y + half + 0.5)), mask.shape[0])
+        left = max(int(np.floor(centre_x - half + 0.5)), 0)
+        right = min(int(np.floor(centre_x + half + 0.5)), mask.shape[1])
+        out.append(c if top < bottom and left < right and mask[top:bottom, left:right].any() else None)
+    return out
+
+
+def purity(masks, labels, motif: dict, entries, geometry) -> tuple[float, int | None]:
+    """The largest fraction of ``entries`` on one motif class's motif, and that class."""
+    hits = [h for h in _hits(masks, labels, motif, entries, geometry) if h is not None]
+    if not hits or not entries:
+        return 0.0, None
+    best = max(set(hits), key=hits.count)
+    return hits.count(best) / len(entries), best
+
+
+def random_purity(masks, labels, motif: dict, grid: tuple, geometry, k: int, draws: int = 500,
+                  seed: int = 0) -> tuple[float, float]:  # fmt: skip
+    """Mean and 95th percentile of the purity of ``k`` random positions of random images."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(draws):
+        entries = list(zip(rng.integers(len(labels), size=k), rng.integers(grid[0], size=k),
+                           rng.integers(grid[1], size=k), strict=True))  # fmt: skip
+        values.append(purity(masks, labels, motif, entries, geometry)[0])
+    return float(np.mean(values)), float(np.percentile(values, 95))
+
+
+def atlas_findings(atlas, groups, concepts, masks: np.ndarray, labels: np.ndarray,
+                   class_names: Sequence[str]) -> list[str]:  # fmt: skip
+    """The demo's claims about its atlas, with their numbers and whether they hold."""
+    from data_tools.synthetic import MOTIF_CLASSES
+
+    motif = {class_names.index(c): c for c in MOTIF_CLASSES if c in class_names}
+    findings = []
+    if atlas is not None and motif:
+        layer = atlas.layers[-1]
+        geometry, k = atlas.geometry[layer], atlas.k
+        scored = [(purity(masks, labels, motif, atlas.top(layer, int(u)), geometry), f"unit {u}")
+                  for u in atlas.units[layer]]  # fmt: skip
+        if groups is not None:
+            scored += [(purity(masks, labels, motif, groups.top(g), groups.geometry), f"NMF group {g}")
+                       for g in range(len(groups.components))]  # fmt: skip
+        (best, cls), name = max(scored, key=lambda item: item[0][0])
+        grid = (int(atlas.row[layer].max()) + 1, int(atlas.column[layer].max()) + 1)
+        mean, high = random_purity(masks, labels, motif, grid, geometry, k)
+        pure = sum(p >= 8 / 9 for (p, _), _ in scored)
+        findings.append(
+            f"Atlas of the CNN's last conv layer ({layer.split('/')[-1]}): the purest of its units and NMF groups "
+            f"is {name}, whose top {k} regions fall on the {motif.get(cls, '?')} motif {best * k:.0f} of {k} "
+            f"times ({pure} units or groups reach 8 of 9; {k} random positions: {mean * k:.1f} of {k} on average, "
+            f"{high * k:.0f} at the 95th percentile). At least one unit or group falls on one motif class at least "
+            f"8 of 9 times: {'holds' if best >= 8 / 9 else 'does not hold'}."
+        )
+    if concepts is not None and motif:
+        shares, baselines = {}, {}
+        for c, name in motif.items():
+            if c not in concepts.concepts:
+                continue
+            on = 0.0
+            for concept in concepts.concepts[c]:
+                hits = _hits(masks, labels, {c: name}, concept.examples, concepts.geometry)
+                if sum(h is not None for h in hits) > len(hits) / 2:
+                    on += concept.share
+            shares[name] = on
+            everywhere = [(i, r, col) for i in np.flatnonzero(labels == c)
+                          for r in range(masks.shape[1] // concepts.geometry.stride)
+                          for col in range(masks.shape[2] // concepts.geometry.stride)]  # fmt: skip
+            hits = _hits(masks, labels, {c: name}, everywhere, concepts.geometry)
+            baselines[name] = sum(h is not None for h in hits) / max(len(hits), 1)
+        if shares:
+            listing = ", ".join(f"{n} {s:.0%} (positions on the motif: {baselines[n]:.0%})" for n, s in shares.items())
+            verdict = "holds" if all(s >= 0.7 for s in shares.values()) else "does not hold"
+            findings.append(
+                f"BagNet class concepts: share of each motif class's top-patch evidence in concepts whose example "
+                f"patches lie on the motif: {listing}. Every motif class is dominated (>= 70 %) by such concepts: "
+                f"{verdict}."
+            )
+    return findings
