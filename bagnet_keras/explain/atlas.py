@@ -100,22 +100,24 @@ def _select(values: np.ndarray, flat: np.ndarray, k: int) -> tuple[np.ndarray, n
 def _candidates(acts: np.ndarray, offset: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The batch's top-k of every channel, (C, k) values and flat positions (``offset`` + position in the batch).
 
-    Exact with ties: the positions above each channel's k-th value, then the first of those equal to it.
+    Exact with ties: where a channel's k-th value repeats beyond the k, the positions above it, then the
+    first of those equal to it.
     """
-    a = acts.reshape(-1, acts.shape[-1])  # (P, C): positions in (image, row, column) order
-    p, c = a.shape
+    c = acts.shape[-1]
+    a = np.ascontiguousarray(acts.reshape(-1, c).T)  # (C, P): each channel's positions in (image, row, column) order
+    p = a.shape[1]
     if p <= k:
         values = np.full((c, k), -np.inf, dtype="float32")
         flat = np.full((c, k), _NONE, dtype=np.int64)
-        values[:, :p], flat[:, :p] = a.T, offset + np.arange(p)[None, :]
+        values[:, :p], flat[:, :p] = a, offset + np.arange(p)[None, :]
         return values, flat
-    threshold = np.partition(a, p - k, axis=0)[p - k]  # (C,) each channel's k-th largest value
-    above = a > threshold
-    tied = a == threshold
-    keep = above | (tied & (np.cumsum(tied, axis=0) <= k - above.sum(axis=0)))
-    unit, position = np.nonzero(keep.T)  # k per channel, by channel then position
-    position = position.reshape(c, k)
-    return a[position, unit.reshape(c, k)], offset + position.astype(np.int64)
+    position = np.argpartition(a, p - k, axis=1)[:, p - k :]  # k positions at or above each k-th value
+    threshold = np.take_along_axis(a, position, axis=1).min(axis=1)
+    for r in np.flatnonzero((a >= threshold[:, None]).sum(axis=1) > k):  # the k-th value repeats: ties by position
+        above = np.flatnonzero(a[r] > threshold[r])
+        position[r] = np.concatenate([above, np.flatnonzero(a[r] == threshold[r])[: k - len(above)]])
+    position = np.sort(position, axis=1)
+    return np.take_along_axis(a, position, axis=1), offset + position.astype(np.int64)
 
 
 def _merge_above(values: np.ndarray, flat: np.ndarray, acts: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray]:
