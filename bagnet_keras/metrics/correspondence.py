@@ -18,9 +18,8 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from bagnet_keras.core.inputs import check_images, check_positive_int, in_batches
-from bagnet_keras.explain.atlas import _activation_function
-from bagnet_keras.metrics.invariance import _layers
+from bagnet_keras.core.inputs import check_images, check_positive_int
+from bagnet_keras.metrics.invariance import _layers, flat_features
 
 
 @dataclass
@@ -104,12 +103,8 @@ def correspondence(
     if isinstance(layers, str):
         layers = [layers]
     found = _layers(model, layers)
-    forward = _activation_function(model, found)
+    features = flat_features(model, found, batch_size)
     filled = _fill(x, fill)
-
-    def features(images_):
-        parts = in_batches(lambda b: tuple(np.asarray(a).reshape(len(b), -1) for a in forward(b)), batch_size, images_)
-        return dict(zip(found, parts, strict=True))
 
     def changes(region):
         masked = np.where(region[..., None], filled, x).astype("float32")

@@ -129,15 +129,11 @@ def invariance(
         layers = [layers]
     index = output_index(model, output)
     found = _layers(model, layers)
-    forward = _activation_function(model, found)
+    features = flat_features(model, found, batch_size)
     probability = score_function(model, index, "probability")
     wanted = {"translate": list(translate), "scale": list(scale), "rotate": list(rotate)}
     if not any(wanted.values()):
         raise ValueError("Give at least one transformation: translate=[...], scale=[...] or rotate=[...].")
-
-    def features(images_):
-        parts = in_batches(lambda b: tuple(np.asarray(a).reshape(len(b), -1) for a in forward(b)), batch_size, images_)
-        return dict(zip(found, parts, strict=True))
 
     base = features(x)
     scores = in_batches(probability, batch_size, x)
@@ -163,6 +159,17 @@ def invariance(
             result.distance[kind, path] = np.stack(distances[path])
         result.probability[kind] = np.stack(probabilities)
     return result
+
+
+def flat_features(model: keras.Model, layers: dict, batch_size: int):
+    """``f(images) -> {layer: (N, features)}``: each layer's output per image as one vector, batched."""
+    forward = _activation_function(model, layers)
+
+    def features(images):
+        parts = in_batches(lambda b: tuple(np.asarray(a).reshape(len(b), -1) for a in forward(b)), batch_size, images)
+        return dict(zip(layers, parts, strict=True))
+
+    return features
 
 
 def _layers(model: keras.Model, layers: Sequence[str]) -> dict:
