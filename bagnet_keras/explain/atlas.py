@@ -31,7 +31,8 @@ from bagnet_keras.explain.guided import guided_backprop
 _NONE = np.iinfo(np.int64).max
 
 
-def _spatial_layers(model: keras.Model, layers) -> dict[str, keras.layers.Layer]:
+def _spatial_layers(model: keras.Model, layers, spatial: bool = True) -> dict[str, keras.layers.Layer]:
+    """``{path: layer}`` of layers named or pathed in ``model``; with ``spatial``, only 4-D outputs are allowed."""
     if isinstance(layers, str):
         layers = [layers]
     if not layers:
@@ -42,7 +43,7 @@ def _spatial_layers(model: keras.Model, layers) -> dict[str, keras.layers.Layer]
         if isinstance(layer, keras.Model):
             raise ValueError(f"{name!r} is a nested model, not a layer; name one of its layers.")
         shape = tuple(layer.output.shape)
-        if len(shape) != 4:
+        if spatial and len(shape) != 4:
             raise ValueError(f"Layer {path!r} has output shape {shape}; the atlas needs a spatial (batch, height, "
                              "width, channels) output, e.g. a convolution's.")  # fmt: skip
         found[path] = layer

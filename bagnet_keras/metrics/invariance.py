@@ -20,7 +20,7 @@ import numpy as np
 
 from bagnet_keras.core.graph import score_function
 from bagnet_keras.core.inputs import check_images, check_positive_int, in_batches, output_index
-from bagnet_keras.explain.atlas import _activation_function
+from bagnet_keras.explain.atlas import _activation_function, _spatial_layers
 
 KINDS = ("translate", "scale", "rotate")
 #: scipy.ndimage's modes for the pixels a transformation brings in; "wrap" is a circular shift.
@@ -172,17 +172,6 @@ def flat_features(model: keras.Model, layers: dict, batch_size: int):
     return features
 
 
-def _layers(model: keras.Model, layers: Sequence[str]) -> dict:
-    """Layers by name or path; unlike the atlas, outputs of any rank are welcome (flattened)."""
-    from bagnet_keras.core.graph import find_layer
-
-    if not layers:
-        raise ValueError("`layers` names no layer.")
-    found = {}
-    for name in layers:
-        path, layer = find_layer(model, name)
-        if isinstance(layer, keras.Model):
-            raise ValueError(f"{name!r} is a nested model, not a layer; name one of its layers.")
-        found[path] = layer
-    return found
-
+def _layers(model: keras.Model, layers) -> dict:
+    """Layers by name or path; unlike the atlas's, outputs of any rank are welcome (flattened)."""
+    return _spatial_layers(model, layers, spatial=False)
