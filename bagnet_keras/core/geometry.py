@@ -220,6 +220,20 @@ def layer_geometry(model: keras.Model, path: str) -> Geometry:
     return compose(geometry, receptive_field(current, layer=name))
 
 
+def position_boxes(geometry: Geometry, rows, columns) -> np.ndarray:
+    """``(..., 4)`` integer boxes ``(top, left, bottom, right)`` (bottom/right exclusive) of the receptive
+    fields of positions ``(rows, columns)`` (arrays of any shape) on the input; they may pass its edges.
+
+    Examples
+    --------
+    >>> position_boxes(Geometry(3, 2, -1), np.array([0, 2]), np.array([1, 1])).tolist()
+    [[-1, 1, 2, 4], [3, 1, 6, 4]]
+    """
+    top = geometry.offset + geometry.stride * np.asarray(rows)
+    left = geometry.offset + geometry.stride * np.asarray(columns)
+    return np.stack([top, left, top + geometry.patch_size, left + geometry.patch_size], axis=-1)
+
+
 def placement_matrix(n_in: int, n_out: int, geometry: Geometry | None) -> np.ndarray:
     """(n_out, n_in) linear interpolation weights that put map positions on input pixels.
 

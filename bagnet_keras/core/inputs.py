@@ -7,7 +7,7 @@ import numbers
 import keras
 import numpy as np
 
-from bagnet_keras.core.graph import output_names
+from bagnet_keras.core.graph import output_names, score_function
 
 
 def check_images(images, minimum: int = 1, channels: int | None = None) -> np.ndarray:
@@ -89,6 +89,22 @@ def classes_or_top(class_index, n_images: int, n_classes: int) -> np.ndarray:
     """
     classes = classes_per_image(class_index, n_images, n_classes)
     return np.full(n_images, -1, dtype="int32") if classes is None else classes.astype("int32")
+
+
+def classes_or_predicted(model: keras.Model, x: np.ndarray, class_index, index: int,
+                         batch_size: int = 32) -> np.ndarray:  # fmt: skip
+    """``class_index`` per image as int32; where it is None, the model's top class on output ``index``.
+
+    Examples
+    --------
+    >>> m = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
+    >>> classes_or_predicted(m, np.zeros((2, 2), "float32"), 1, 0).tolist()
+    [1, 1]
+    """
+    classes = classes_per_image(class_index, len(x), n_classes_of(model, index))
+    if classes is None:
+        classes = in_batches(score_function(model, index, "logit"), batch_size, x).argmax(axis=1)
+    return np.asarray(classes, dtype="int32")
 
 
 def top_class_scores(scores, classes):

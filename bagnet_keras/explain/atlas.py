@@ -22,7 +22,7 @@ import keras
 import numpy as np
 from tqdm.auto import tqdm
 
-from bagnet_keras.core.geometry import layer_geometry
+from bagnet_keras.core.geometry import layer_geometry, position_boxes
 from bagnet_keras.core.graph import compiled, find_layer, run_graph
 from bagnet_keras.core.inputs import check_images, check_positive_int
 from bagnet_keras.explain.guided import guided_backprop
@@ -142,6 +142,46 @@ def _merge_above(values: np.ndarray, flat: np.ndarray, acts: np.ndarray, offset:
     return merged_values[keep], merged_flat[keep]
 
 
+class _TopK:
+    """Each row's ``k`` strongest values over a stream of batches, ties by the earlier position (exact)."""
+
+    def __init__(self, rows: int, k: int):
+        self.k = k
+        self.values = np.full((rows, k), -np.inf, dtype="float32")
+        self.flat = np.full((rows, k), _NONE, dtype=np.int64)
+
+    def add(self, acts: np.ndarray, offset: int) -> None:
+        """Merge a batch (B, h, w, rows) whose first position is flat position ``offset``."""
+        if np.isneginf(self.values[:, -1]).any():  # fewer than k positions seen yet: the batch's own top-k
+            values, flat = _candidates(acts, offset, self.k)
+            self.values, self.flat = _select(np.concatenate([self.values, values], axis=1),
+                                             np.concatenate([self.flat, flat], axis=1), self.k)  # fmt: skip
+        else:
+            self.values, self.flat = _merge_above(self.values, self.flat, acts, offset)
+
+    def positions(self, grid: tuple[int, int], rows=slice(None)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(image, row, column)`` of the kept entries of ``rows`` on a grid (h, w); -1 where none was."""
+        flat, (h, w) = self.flat[rows], grid
+        real = flat != _NONE
+        return (np.where(real, flat // (h * w), -1), np.where(real, flat % (h * w) // w, -1),
+                np.where(real, flat % w, -1))  # fmt: skip
+
+
+def _entries(values: np.ndarray, image: np.ndarray, row: np.ndarray, column: np.ndarray) -> list[tuple]:
+    """``(image, row, column, value)`` tuples of one row's kept entries (those that exist), strongest first."""
+    found = values > -np.inf
+    return [(int(i), int(r), int(c), float(v))
+            for i, r, c, v in zip(image[found], row[found], column[found], values[found], strict=True)]  # fmt: skip
+
+
+def _geometry(model: keras.Model, path: str):
+    """The layer's receptive field, or None where a layer on the way is not understood."""
+    try:
+        return layer_geometry(model, path)
+    except ValueError:
+        return None
+
+
 @dataclass
 class FeatureAtlas:
     """The strongest activations of every unit of some layers over a dataset (`feature_atlas`).
@@ -207,10 +247,7 @@ class FeatureAtlas:
         """
         layer = self.path(layer)
         u = self._unit(layer, unit)
-        found = self.values[layer][u] > -np.inf
-        return [(int(i), int(r), int(c), float(v)) for i, r, c, v in
-                zip(self.image_index[layer][u][found], self.row[layer][u][found], self.column[layer][u][found],
-                    self.values[layer][u][found], strict=True)]  # fmt: skip
+        return _entries(self.values[layer][u], self.image_index[layer][u], self.row[layer][u], self.column[layer][u])
 
     def boxes(self, layer: str, unit: int) -> np.ndarray:
         """(k, 4) ``top, left, bottom, right`` of each activation's receptive field on the input (may pass its edge)."""
@@ -219,8 +256,7 @@ class FeatureAtlas:
         if g is None:
             raise ValueError(f"The receptive field of layer {layer!r} is not known; its crops cannot be placed.")
         u = self._unit(layer, unit)
-        top, left = g.offset + g.stride * self.row[layer][u], g.offset + g.stride * self.column[layer][u]
-        return np.stack([top, left, top + g.patch_size, left + g.patch_size], axis=1)
+        return position_boxes(g, self.row[layer][u], self.column[layer][u])
 
     def examples(self, data, layer: str, unit: int, mode: str = "guided", preprocess: Callable | None = None,
                  batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
@@ -326,8 +362,7 @@ def feature_atlas(
     forward = _activation_function(model, chosen)
     channels = {path: int(layer.output.shape[-1]) for path, layer in chosen.items()}
     wanted = _check_units(units, channels)
-    best = {path: (np.full((c, k), -np.inf, "float32"), np.full((c, k), _NONE, np.int64))
-            for path, c in channels.items()}  # fmt: skip
+    best = {path: _TopK(c, k) for path, c in channels.items()}
     sums = {path: np.zeros(c, "float64") for path, c in channels.items()}
     counted = dict.fromkeys(channels, 0)
     grids: dict = {}
@@ -342,13 +377,7 @@ def feature_atlas(
                 acts = np.asarray(acts, dtype="float32")
                 grids[path] = acts.shape[1:3]
                 per_image = acts.shape[1] * acts.shape[2]
-                offset = n_images * per_image
-                if np.isneginf(best[path][0][:, -1]).any():  # fewer than k positions seen yet
-                    values, flat = _candidates(acts, offset, k)
-                    best[path] = _select(np.concatenate([best[path][0], values], axis=1),
-                                         np.concatenate([best[path][1], flat], axis=1), k)  # fmt: skip
-                else:
-                    best[path] = _merge_above(*best[path], acts, offset)
+                best[path].add(acts, n_images * per_image)
                 sums[path] += acts.sum(axis=(0, 1, 2), dtype="float64")
                 counted[path] += acts.shape[0] * per_image
             n_images += len(x)
@@ -363,17 +392,9 @@ def feature_atlas(
         if isinstance(picked, int):  # the strongest N by mean activation
             picked = np.argsort(-atlas.mean[path], kind="stable")[:picked]
         picked = np.asarray(picked, dtype=int)
-        values, flat = best[path][0][picked], best[path][1][picked]
-        h, w = grids[path]
-        real = flat != _NONE
-        atlas.units[path], atlas.values[path] = picked, values
-        atlas.image_index[path] = np.where(real, flat // (h * w), -1)
-        atlas.row[path] = np.where(real, flat % (h * w) // w, -1)
-        atlas.column[path] = np.where(real, flat % w, -1)
-        try:
-            atlas.geometry[path] = layer_geometry(model, path)
-        except ValueError:
-            atlas.geometry[path] = None
+        atlas.units[path], atlas.values[path] = picked, best[path].values[picked]
+        atlas.image_index[path], atlas.row[path], atlas.column[path] = best[path].positions(grids[path], picked)
+        atlas.geometry[path] = _geometry(model, path)
     return atlas
 
 

@@ -28,11 +28,11 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from bagnet_keras.core.graph import check_target, compiled, iter_layers, score_function, squashing_layer, target_scores
+from bagnet_keras.core.graph import check_target, compiled, iter_layers, squashing_layer, target_scores
 from bagnet_keras.core.inputs import (
     check_images,
     check_positive_int,
-    classes_or_top,
+    classes_or_predicted,
     in_batches,
     n_classes_of,
     output_index,
@@ -196,11 +196,7 @@ class BaseAttribution:
 
     def classes(self, x: np.ndarray, class_index) -> np.ndarray:
         """``class_index`` per image, the top prediction where None."""
-        classes = classes_or_top(class_index, len(x), self.n_classes)
-        if (classes < 0).any():
-            scores = in_batches(score_function(self.model, self.output, self.target), self.batch_size, x)
-            classes = np.where(classes < 0, np.asarray(scores).argmax(axis=1), classes).astype("int32")
-        return classes
+        return classes_or_predicted(self.model, x, class_index, self.output, self.batch_size)
 
     def __call__(self, images, class_index=None) -> np.ndarray:
         """Maps (N, H, W) for ``class_index`` (int, N ints, or None: top class); classes left in ``class_index_``."""

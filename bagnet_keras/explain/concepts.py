@@ -21,8 +21,9 @@ import keras
 import numpy as np
 from tqdm.auto import tqdm
 
+from bagnet_keras.core.geometry import position_boxes
 from bagnet_keras.core.inputs import check_images, check_positive_int
-from bagnet_keras.explain.atlas import _NONE, _candidates, _merge_above, _select, gather
+from bagnet_keras.explain.atlas import _NONE, _entries, _TopK, gather
 from bagnet_keras.explain.evidence import _evidence_for
 
 
@@ -71,10 +72,8 @@ class ClassConcepts:
 
     def boxes(self, examples: Sequence[tuple]) -> np.ndarray:
         """(n, 4) ``top, left, bottom, right`` of the patches of ``examples`` on the input."""
-        g = self.geometry
-        rows, cols = np.array([e[1] for e in examples]), np.array([e[2] for e in examples])
-        top, left = g.offset + g.stride * rows, g.offset + g.stride * cols
-        return np.stack([top, left, top + g.patch_size, left + g.patch_size], axis=1).reshape(-1, 4)
+        rows, cols = np.array([e[1] for e in examples], dtype=int), np.array([e[2] for e in examples], dtype=int)
+        return position_boxes(self.geometry, rows, cols).reshape(-1, 4)
 
     def crops(self, data, examples: Sequence[tuple], preprocess: Callable | None = None,
               batch_size: int = 32) -> np.ndarray:  # fmt: skip
@@ -163,9 +162,7 @@ def class_concepts(
     if bad:
         raise ValueError(f"`classes` {bad} are not classes of the model's output (0..{ev.n_classes - 1}).")
     kernel, bias = np.asarray(ev.kernel)[:, classes], np.asarray(ev.bias)[classes]
-    k = len(classes)
-    values = np.full((k, patches), -np.inf, "float32")
-    flat = np.full((k, patches), _NONE, np.int64)
+    best = _TopK(len(classes), patches)
     feats = None
     n_images, grid = 0, (0, 0)
     with tqdm(desc="concepts", unit="image", disable=None if progress else True) as bar:
@@ -177,27 +174,20 @@ def class_concepts(
             own = np.asarray(y).reshape(-1)[:, None] == np.asarray(classes)[None, :]  # (B, k): the image's class
             evidence = np.where(own[:, None, None, :], evidence, -np.inf).astype("float32")
             offset = n_images * grid[0] * grid[1]
-            before = flat.copy()
-            if np.isneginf(values[:, -1]).any():
-                new_values, new_flat = _candidates(evidence, offset, patches)
-                values, flat = _select(np.concatenate([values, new_values], 1), np.concatenate([flat, new_flat], 1),
-                                       patches)  # fmt: skip
-            else:
-                values, flat = _merge_above(values, flat, evidence, offset)
-            feats = _carry_features(feats, before, flat, features, offset, depth)
+            before = best.flat
+            best.add(evidence, offset)
+            feats = _carry_features(feats, before, best.flat, features, offset, depth)
             n_images += len(x)
             bar.update(len(x))
     if n_images == 0:
         raise ValueError("The data holds no image: concepts need labelled images.")
-    h, w = grid
     found = ClassConcepts(geometry=ev.geometry)
+    image, row, column = best.positions(grid)
     for i, c in enumerate(classes):
-        real = np.isfinite(values[i])
-        if not real.any():
+        top = _entries(best.values[i], image[i], row[i], column[i])  # -inf: positions of other classes' images
+        if not top:
             continue  # no image of this class
-        top = [(int(f // (h * w)), int(f % (h * w) // w), int(f % w), float(v))
-               for f, v in zip(flat[i][real], values[i][real], strict=True)]  # fmt: skip
-        vectors = feats[i][real]
+        vectors = feats[i][: len(top)]
         found.patches[c], found.features[c] = top, vectors
         clusters = min(n_concepts, len(top))
         directions = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from bagnet_keras.core.geometry import MERGE_LAYERS, Geometry, receptive_field, upsample
+from bagnet_keras.core.geometry import MERGE_LAYERS, Geometry, position_boxes, receptive_field, upsample
 from bagnet_keras.core.graph import compiled, run_graph
 from bagnet_keras.core.inputs import (
     check_classes,
@@ -96,10 +96,8 @@ class EvidenceMap:
         (that part of the patch was zero padding).
         """
         h, w = self.maps.shape[1:3]
-        top = self.offset + self.stride * np.arange(h)
-        left = self.offset + self.stride * np.arange(w)
-        tt, ll = np.meshgrid(top, left, indexing="ij")
-        return np.stack([tt, ll, tt + self.patch_size, ll + self.patch_size], axis=-1)
+        rows, columns = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+        return position_boxes(Geometry(self.patch_size, self.stride, self.offset), rows, columns)
 
     def upsample(self) -> np.ndarray:
         """The maps placed on the input pixels: (N, H, W[, K]).

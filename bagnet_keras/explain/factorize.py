@@ -22,17 +22,8 @@ import keras
 import numpy as np
 from tqdm.auto import tqdm
 
-from bagnet_keras.core.geometry import layer_geometry
 from bagnet_keras.core.inputs import check_images, check_positive_int, n_classes_of, output_index
-from bagnet_keras.explain.atlas import (
-    _NONE,
-    _activation_function,
-    _batches,
-    _candidates,
-    _merge_above,
-    _select,
-    _spatial_layers,
-)
+from bagnet_keras.explain.atlas import _activation_function, _batches, _entries, _geometry, _spatial_layers, _TopK
 from bagnet_keras.explain.cam import layer_gradients
 
 
@@ -66,10 +57,7 @@ class LayerGroups:
 
     def top(self, group: int) -> list[tuple[int, int, int, float]]:
         """``(image_index, row, column, value)`` of the group's strongest positions, strongest first."""
-        found = self.values[group] > -np.inf
-        return [(int(i), int(r), int(c), float(v)) for i, r, c, v in
-                zip(self.image_index[group][found], self.row[group][found], self.column[group][found],
-                    self.values[group][found], strict=True)]  # fmt: skip
+        return _entries(self.values[group], self.image_index[group], self.row[group], self.column[group])
 
     def transform(self, activations: np.ndarray) -> np.ndarray:
         """(N, h, w, n) each group's weight at every position of the layer's activations (N, h, w, C)."""
@@ -197,31 +185,19 @@ def factorize(
     groups = LayerGroups(layer=path, components=nmf.components_.astype("float32"), values=np.empty(0),
                          image_index=np.empty(0), row=np.empty(0), column=np.empty(0), geometry=None, n_images=0,
                          _nmf=nmf, _model=model)  # fmt: skip
-    best = (np.full((n_groups, k), -np.inf, "float32"), np.full((n_groups, k), _NONE, np.int64))
+    best = _TopK(n_groups, k)
     n_images, grid = 0, (0, 0)
     total = len(data) if hasattr(data, "__len__") and hasattr(data, "shape") else None
     with tqdm(total=total, desc="groups", unit="image", disable=None if progress else True) as bar:
         for x in _batches(data, batch_size, preprocess):
             weights = groups.transform(np.asarray(forward(check_images(x))[0]))
             grid = weights.shape[1:3]
-            offset = n_images * grid[0] * grid[1]
-            if np.isneginf(best[0][:, -1]).any():
-                values, flat = _candidates(weights, offset, k)
-                best = _select(np.concatenate([best[0], values], axis=1), np.concatenate([best[1], flat], axis=1), k)
-            else:
-                best = _merge_above(*best, weights, offset)
+            best.add(weights, n_images * grid[0] * grid[1])
             n_images += len(x)
             bar.update(len(x))
-    h, w = grid
-    real = best[1] != _NONE
-    groups.values, groups.n_images = best[0], n_images
-    groups.image_index = np.where(real, best[1] // (h * w), -1)
-    groups.row = np.where(real, best[1] % (h * w) // w, -1)
-    groups.column = np.where(real, best[1] % w, -1)
-    try:
-        groups.geometry = layer_geometry(model, path)
-    except ValueError:
-        groups.geometry = None
+    groups.values, groups.n_images = best.values, n_images
+    groups.image_index, groups.row, groups.column = best.positions(grid)
+    groups.geometry = _geometry(model, path)
     return groups
 
 

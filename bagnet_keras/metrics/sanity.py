@@ -23,13 +23,11 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
-from bagnet_keras.core.graph import iter_layers, producing_layer, score_function
+from bagnet_keras.core.graph import iter_layers, producing_layer
 from bagnet_keras.core.inputs import (
     check_images,
     check_positive_int,
-    classes_per_image,
-    in_batches,
-    n_classes_of,
+    classes_or_predicted,
     output_index,
 )
 from bagnet_keras.core.layers import StemConv
@@ -56,13 +54,6 @@ def _methods(methods) -> dict[str, dict]:
     for name in methods:
         parse_method(name)
     return methods
-
-
-def _classes(model, x, class_index, index) -> np.ndarray:
-    classes = classes_per_image(class_index, len(x), n_classes_of(model, index))
-    if classes is None:
-        classes = in_batches(score_function(model, index, "logit"), 32, x).argmax(axis=1)
-    return np.asarray(classes, "int32")
 
 
 def _scaled(maps: np.ndarray) -> np.ndarray:
@@ -224,7 +215,7 @@ def model_randomization(
     x = check_images(images)
     methods = _methods(methods)
     index = output_index(model, output)
-    classes = _classes(model, x, class_index, index)
+    classes = classes_or_predicted(model, x, class_index, index)
     # The layers the explained output depends on (another head's are not part of the test).
     explained = model if len(model.outputs) == 1 else keras.Model(model.inputs, model.outputs[index])
     weighted = {path: layer for path, layer in iter_layers(explained)
@@ -383,7 +374,7 @@ def input_invariance(
     x = check_images(images)
     methods = _methods(methods)
     index = output_index(model, output)
-    classes = _classes(model, x, class_index, index)
+    classes = classes_or_predicted(model, x, class_index, index)
     twin = shifted_model(model, shift)
     moved = (x + np.broadcast_to(np.asarray(shift, "float32"), (x.shape[-1],))).astype("float32")
     a = keras.tree.flatten(model.predict(x, verbose=0))

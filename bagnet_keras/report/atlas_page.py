@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 
 from bagnet_keras.core.commit import write_atomic
 from bagnet_keras.core.files import display_images
+from bagnet_keras.core.geometry import position_boxes
 from bagnet_keras.report.html import _STYLE, _Figures, _table
 from bagnet_keras.report.plot import plot_evolution, plot_invariance
 
@@ -87,10 +88,7 @@ def _groups_section(name: str, entry: ModelAtlas, data, figure, deprocess, prepr
         if not top or not boxes_ok:
             continue
         images = gather(data, sorted({t[0] for t in top}), preprocess=preprocess)
-        geometry = groups.geometry
-        boxes = np.array([[geometry.offset + geometry.stride * t[1], geometry.offset + geometry.stride * t[2],
-                           geometry.offset + geometry.stride * t[1] + geometry.patch_size,
-                           geometry.offset + geometry.stride * t[2] + geometry.patch_size] for t in top])  # fmt: skip
+        boxes = position_boxes(groups.geometry, np.array([t[1] for t in top]), np.array([t[2] for t in top]))
         crops = _crops(np.stack([images[t[0]] for t in top]), boxes)
         rows.append((f"group {g}", display_images(crops, deprocess) / 255.0))
     parts = [f"<h3>Building blocks: {n} groups of {html.escape(groups.layer)}</h3>"
