@@ -25,7 +25,7 @@ from bagnet_keras.core.commit import write_atomic
 from bagnet_keras.core.files import display_images
 from bagnet_keras.core.geometry import position_boxes
 from bagnet_keras.report.html import _STYLE, _Figures, _table
-from bagnet_keras.report.plot import plot_evolution, plot_invariance
+from bagnet_keras.report.plot import plot_evolution, plot_invariance, projection_display
 
 
 @dataclass
@@ -54,12 +54,6 @@ def _grid(rows: Sequence[tuple[str, np.ndarray]], columns: int) -> Figure:
     return fig
 
 
-def _projection_display(projections: np.ndarray) -> np.ndarray:
-    """Projections shown as Zeiler & Fergus do: grey for zero, each scaled by its own largest magnitude."""
-    span = np.abs(projections).max(axis=(1, 2, 3), keepdims=True)
-    return np.clip(0.5 + 0.5 * projections / np.where(span > 0, span, 1), 0, 1)
-
-
 def _units_section(name: str, entry: ModelAtlas, data, figure, deprocess, preprocess, max_units: int) -> list[str]:
     atlas = entry.atlas
     parts = [f"<h3>Units: strongest activations over {atlas.n_images} images</h3>"
@@ -70,7 +64,7 @@ def _units_section(name: str, entry: ModelAtlas, data, figure, deprocess, prepro
         for unit in atlas.units[layer][:max_units]:
             crops, projections = atlas.examples(data, layer, int(unit), preprocess=preprocess)
             shown = display_images(crops, deprocess) / 255.0
-            both = np.concatenate([shown, _projection_display(projections)])
+            both = np.concatenate([shown, projection_display(projections)])
             rows.append((f"{layer.split('/')[-1]} unit {unit}", both))
         parts.append(figure(_grid(rows, 2 * atlas.k), f"{name}_units_{layer.replace('/', '_')}", f"units of {layer}"))
     return parts

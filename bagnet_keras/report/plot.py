@@ -331,6 +331,19 @@ def plot_invariance(curves) -> Figure:
     return fig
 
 
+def projection_display(projections: np.ndarray) -> np.ndarray:
+    """Projections (N, h, w, C) shown as Zeiler & Fergus do: grey for zero, each scaled by its largest magnitude.
+
+    Examples
+    --------
+    >>> projection_display(np.array([[[[-2.0, 0.0, 1.0]]]])).ravel().tolist()
+    [0.0, 0.5, 0.75]
+    """
+    projections = np.asarray(projections, dtype="float64")
+    span = np.abs(projections).max(axis=(1, 2, 3), keepdims=True)
+    return np.clip(0.5 + 0.5 * projections / np.where(span > 0, span, 1), 0, 1)
+
+
 def plot_evolution(records: Sequence[Mapping]) -> Figure:
     """Zeiler & Fergus Fig. 4: one row per unit, one column per recorded epoch, the projection of its strongest
     activation (`bagnet_keras.explain.evolution.FeatureEvolution.records`).
@@ -347,9 +360,7 @@ def plot_evolution(records: Sequence[Mapping]) -> Figure:
     axes = fig.subplots(len(units), len(epochs), squeeze=False)
     for r in records:
         ax = axes[units.index(r["unit"]), epochs.index(r["epoch"])]
-        projection = np.asarray(r["projection"], dtype="float64")
-        span = np.abs(projection).max()
-        ax.imshow(0.5 + 0.5 * projection / span if span > 0 else 0.5 + 0 * projection)  # 0 is grey
+        ax.imshow(projection_display(np.asarray(r["projection"])[None])[0])
         ax.set_title(f"unit {r['unit']}, epoch {r['epoch']}", fontsize=7)
     for ax in axes.ravel():
         ax.set_axis_off()
