@@ -12,7 +12,8 @@ is timed beside it. If torch is importable, the authors' PyTorch BagNet-33
 Targets (issue 2): BagNet-33 / ResNet-50 >= 0.27, BagNet-33 / PyTorch >= 2.
 ``--dtype-policy`` times a copy of BagNet-33 in that policy beside the float32 one
 (`bagnet_keras.models.inference.with_dtype_policy`; issue 13's GPU target: >= 1,000
-images/s with mixed_float16 on one H100), ``--jit-compile`` compiles both BagNets with XLA.
+images/s with mixed_float16 on one H100) and prints how far it moves the logits and the
+evidence maps; ``--jit-compile`` compiles both BagNets with XLA.
 """
 
 from __future__ import annotations
@@ -111,6 +112,19 @@ def main() -> None:
     for name in runners:
         if "PyTorch" in name:
             print(f"ratio BagNet-33 (ours) / authors' PyTorch: {ours / median[name]:.2f}; target >= 2")
+    if args.dtype_policy:
+        from bagnet_keras import evidence_map
+
+        name = f"BagNet-33, {args.dtype_policy}"
+        print(f"ratio {name} / float32: {median[name] / ours:.2f}")
+        # How far the policy moves the numbers (issue 13: evidence within 1e-2 of float32's range).
+        sample = x[:4]
+        for what, exact, approx in (
+            ("logits", bagnet.predict(sample, verbose=0), mixed.predict(sample, verbose=0)),
+            ("evidence maps", evidence_map(bagnet, sample).maps, evidence_map(mixed, sample).maps),
+        ):
+            error = np.abs(np.asarray(approx, "float64") - exact).max() / np.abs(exact).max()
+            print(f"{name}: {what} max |error| / max |float32 value| = {error:.2e} (4 images)")
 
 
 if __name__ == "__main__":

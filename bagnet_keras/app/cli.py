@@ -48,6 +48,16 @@ MERGE_EPILOG = """example:
 The merged tables (OUT/comparison) and report equal those of one unsharded run.
 """
 
+ATLAS_EPILOG = """examples (the demo's trained models on its test scenes):
+  bagnet-keras atlas --model cnn=runs/demo/models/cnn/best.keras --model bagnet=runs/demo/models/bagnet/best.keras \
+      --data runs/demo/data --image-size 64 --out runs/atlas
+  bagnet-keras atlas --model cnn=runs/demo/models/cnn/best.keras --data runs/demo/data --image-size 64 \
+      --layers conv4_relu conv5_relu --units 8 --out runs/atlas-cnn
+
+Writes OUT/atlas.html: each layer's strongest units (crops beside projections), NMF groups of the last
+layer with their class attributions, and a BagNet's class concepts. With --layers, every model must have them.
+"""
+
 PREDICT_EPILOG = """example:
   bagnet-keras predict                       # BagNet-33, random weights, a generated image, offline
   bagnet-keras predict --weights imagenet    # the authors' ImageNet weights (downloads once)
@@ -305,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="run the sanity checks of every map (model randomisation, input invariance) on N images")
     p.set_defaults(func=compare)
     p = sub.add_parser("atlas", help="what models learned across a dataset: units, groups, concepts, as HTML",
-                       parents=[tensorflow])  # fmt: skip
+                       epilog=ATLAS_EPILOG, formatter_class=formatter, parents=[tensorflow])  # fmt: skip
     p.add_argument("--model", action="append", required=True, metavar="NAME=PATH", help="a .keras model, repeatable")
     p.add_argument("--data", required=True, help="a dataset folder (split by bagnet-keras split)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])

@@ -143,8 +143,9 @@ def with_dtype_policy(model: keras.Model, policy: str) -> keras.Model:
     building); this gives a built or loaded model the same. The layers that produce the model's outputs
     stay float32, as Keras' mixed precision guide advises, so scores and probabilities come out in float32.
     ``"mixed_float16"`` is for GPUs (their tensor cores); ``"mixed_bfloat16"`` for TPUs and CPUs with
-    bfloat16 instructions. On a BagNet, ``"mixed_float16"`` moves logits and evidence maps by about
-    0.2 % of their largest value (tests/test_models.py bounds it by 1 %).
+    bfloat16 instructions. On BagNet-33, ``"mixed_float16"`` moves the evidence maps by 0.1 % of their
+    largest value, ``"mixed_bfloat16"`` by 0.8 % (bench/forward.py prints both; tests/test_models.py bounds
+    them by 1 % and 2 % on a small BagNet).
 
     Examples
     --------
