@@ -63,6 +63,7 @@ _EXPORTS = {
     "factorize": "explain.factorize",
     "FeatureAtlas": "explain.atlas",
     "feature_atlas": "explain.atlas",
+    "merge_atlas": "explain.atlas",
     "guided_backprop": "explain.guided",
     "guided_gradcam": "explain.guided",
     "occlusion": "explain.occlusion",

@@ -1,11 +1,14 @@
 """The feature atlas (issue 11): streamed top activations per unit, placed and projected like Zeiler & Fergus."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from bagnet_keras.explain.atlas import feature_atlas
+from bagnet_keras.core.stream import PARTS
+from bagnet_keras.explain.atlas import feature_atlas, merge_atlas
 from bagnet_keras.explain.guided import _modified_relu
 
 SIZE = 16
@@ -107,6 +110,69 @@ def test_projection_is_guided_backprop_of_that_single_activation():
         np.testing.assert_allclose(projection, grad[top:bottom, left:right], rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(crop, x[image, top:bottom, left:right])
         assert not np.any(grad[:top]) and not np.any(grad[bottom:]), "gradient outside the receptive field"
+
+
+def _same_atlas(a, b):
+    assert a.layers == b.layers and a.n_images == b.n_images
+    for name in a.layers:
+        for field in ("units", "values", "image_index", "row", "column", "mean"):  # bit for bit
+            np.testing.assert_array_equal(getattr(a, field)[name], getattr(b, field)[name], err_msg=(name, field))
+
+
+def test_shards_merge_to_the_atlas_of_one_run(tmp_path):
+    model, x = _nested(), _data()
+    layers = ["c1", "c2_relu"]
+    whole = feature_atlas(model, x, layers, k=5, batch_size=2, progress=False)
+    folders = [tmp_path / f"shard-{i}" for i in range(3)]
+    for i, folder in enumerate(folders):
+        part = feature_atlas(model, x, layers, k=5, batch_size=2, folder=folder, shard=(i, 3), progress=False)
+        assert part.n_images == sum(len(x[s : s + 2]) for s in range(0, len(x), 2)[i::3])
+    _same_atlas(merge_atlas(model, folders[::-1]), whole)
+    strongest = merge_atlas(model, folders, units=2)
+    _same_atlas(strongest, feature_atlas(model, x, layers, units=2, k=5, batch_size=2, progress=False))
+    # a dataset of (images, labels) batches, sharded by its own batches
+    data = tf.data.Dataset.from_tensor_slices((x, np.zeros(len(x)))).batch(2)
+    folders = [tmp_path / f"data-{i}" for i in range(2)]
+    for i, folder in enumerate(folders):
+        feature_atlas(model, data, layers, k=5, folder=folder, shard=(i, 2), progress=False)
+    _same_atlas(merge_atlas(model, folders), whole)
+
+
+def test_a_killed_run_resumes_to_the_same_atlas(tmp_path):
+    model, x = _nested(), _data()
+    whole = feature_atlas(model, x, ["c1", "c2_relu"], k=5, batch_size=2, folder=tmp_path / "whole", progress=False)
+    _same_atlas(whole, feature_atlas(model, x, ["c1", "c2_relu"], k=5, batch_size=2, progress=False))
+    parts = sorted(os.listdir(tmp_path / "whole" / PARTS))
+    assert len(parts) == 6
+    # the state of a kill after the third batch was committed: the first three parts, no complete.json
+    killed = tmp_path / "killed"
+    feature_atlas(model, x[:6], ["c1", "c2_relu"], k=5, batch_size=2, folder=killed, progress=False)
+    os.remove(killed / "complete.json")
+    resumed = feature_atlas(model, x, ["c1", "c2_relu"], k=5, batch_size=2, folder=killed, progress=False)
+    _same_atlas(resumed, whole)
+    for name in parts:
+        with np.load(tmp_path / "whole" / PARTS / name) as a, np.load(killed / PARTS / name) as b:
+            assert a.files == b.files and all(np.array_equal(a[f], b[f]) for f in a.files), name
+    _same_atlas(merge_atlas(model, [killed]), whole)  # a finished run reads back without the data
+
+
+def test_sharding_and_merging_refuse_what_does_not_fit(tmp_path):
+    model, x = _nested(), _data(6)
+    with pytest.raises(ValueError, match="needs a `folder`"):
+        feature_atlas(model, x, ["c1"], shard=(0, 2), progress=False)
+    with pytest.raises(ValueError, match="shard 2/2"):
+        feature_atlas(model, x, ["c1"], shard=(2, 2), folder=tmp_path / "bad", progress=False)
+    feature_atlas(model, x, ["c1"], k=3, batch_size=2, folder=tmp_path / "a", shard=(0, 2), progress=False)
+    with pytest.raises(ValueError, match="other arguments.*k"):
+        feature_atlas(model, x, ["c1"], k=4, batch_size=2, folder=tmp_path / "a", shard=(0, 2), progress=False)
+    with pytest.raises(ValueError, match=r"missing \[1\]"):
+        merge_atlas(model, [tmp_path / "a"])
+    feature_atlas(model, x, ["c1"], k=3, batch_size=2, folder=tmp_path / "b", shard=(1, 2), progress=False)
+    keras.utils.set_random_seed(1)
+    other = _nested()
+    other.get_layer("backbone").get_layer("c1").kernel.assign(np.zeros((3, 3, 3, 6), "float32"))
+    with pytest.raises(ValueError, match="other weights"):
+        merge_atlas(other, [tmp_path / "a", tmp_path / "b"])
 
 
 @pytest.mark.parametrize(

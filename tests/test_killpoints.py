@@ -299,3 +299,37 @@ def test_streamed_comparison_sweep_every_kill_point(runner, tmp_path, capsys):
             {os.path.basename(p): v for p, v in expected[0].items()}, k
     with capsys.disabled():
         print(f"\nstreamed comparison: {len(steps)} kill points, all passed")
+
+
+# -- the atlas's streamed pass (bagnet_keras.core.stream.stream_state, core.topk.LayerTops)
+
+
+def _npz(path):
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[key].tolist() for key in data.files}
+
+
+@pytest.mark.parametrize("shard", [None, "1/2"])
+def test_atlas_sweep_every_kill_point(runner, tmp_path, shard, capsys):
+    """Parts, run.json, complete.json and the final top-k of the atlas's pass: killed at every step, rerun, the same."""
+
+    def argv(case):
+        return [str(case), "9", "2"] + ([shard] if shard else [])  # 9 images in batches of 2: 5 batches
+
+    steps = _reference(runner, argv(tmp_path / "reference"), [tmp_path / "reference"], tmp_path / "ref.jsonl",
+                       command="atlas")  # fmt: skip
+    expected = _streamed_files(tmp_path / "reference")
+    tops = _npz(tmp_path / "reference" / "tops.npz")
+    assert len(expected[1]) == (5 if shard is None else 2) and not expected[2]
+    for k in range(1, len(steps) + 1):
+        case = tmp_path / f"k{k}"
+        _killed(runner, argv(case), [case], k, tmp_path / f"k{k}.jsonl", command="atlas")
+        assert runner.run(argv(case), [case], command="atlas") == {"exit": 0}, k
+        files, parts, leftovers = _streamed_files(case)
+        assert not leftovers, (k, leftovers)
+        assert parts == expected[1], k
+        assert _npz(case / "tops.npz") == tops, k
+        assert {os.path.basename(p): v for p, v in files.items() if not p.endswith("tops.npz")} == \
+            {os.path.basename(p): v for p, v in expected[0].items() if not p.endswith("tops.npz")}, k
+    with capsys.disabled():
+        print(f"\natlas pass (shard {shard}): {len(steps)} kill points, all passed")

@@ -54,9 +54,10 @@ import io
 import json
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from bagnet_keras.core.commit import RUN_FILE as RUN_FILE_NAME
 from bagnet_keras.core.commit import check_arguments, differing_keys, folder_lock, recover, write_atomic
@@ -294,6 +295,19 @@ def parse_shard(text: str, environ=None) -> tuple[int, int]:
     return check_shard((index, count))
 
 
+def function_name(function: Callable | None) -> str | None:
+    """A function as ``run.json`` records it (a preprocessing function cannot be compared across runs).
+
+    Examples
+    --------
+    >>> function_name(np.mean)
+    'numpy.mean'
+    """
+    if function is None:
+        return None
+    return f"{getattr(function, '__module__', '')}.{getattr(function, '__qualname__', type(function).__name__)}"
+
+
 def _read_json(path: str) -> dict | None:
     if not os.path.exists(path):
         return None
@@ -302,10 +316,14 @@ def _read_json(path: str) -> dict | None:
 
 
 class MergedStore:
-    """The parts of several finished shards of one run, read as one run's (see `merged_store`)."""
+    """The parts of several finished shards of one run, read as one run's (see `merged_store`).
 
-    def __init__(self, owners: dict[int, str]):
+    ``arguments`` are the run's (as ``run.json`` holds them), without the shard.
+    """
+
+    def __init__(self, owners: dict[int, str], arguments: dict):
         self._owners = owners
+        self.arguments = arguments
 
     def indices(self) -> list[int]:
         return sorted(self._owners)
@@ -375,7 +393,7 @@ def merged_store(folders: list[str]) -> tuple[MergedStore, dict]:
         raise ValueError(f"The shards hold {len(owners)} of the run's {total} batches; run each shard's command "
                          "again to complete it.")  # fmt: skip
     # Shard 0's details: it holds the first batch, and what was measured on it alone (the sanity checks).
-    return MergedStore(owners), next(c for (_, _, c), (i, _) in zip(runs, shards, strict=True) if i == 0)
+    return MergedStore(owners, same), next(c for (_, _, c), (i, _) in zip(runs, shards, strict=True) if i == 0)
 
 
 def run_parts(
@@ -384,6 +402,7 @@ def run_parts(
     measure: Measure,
     key: Callable[[object], str] | None = None,
     skip: Callable[[int], bool] | None = None,
+    committed: Callable[[int], None] | None = None,
 ) -> int:
     """Measure every batch not yet committed in ``store`` and commit it; returns how many were measured.
 
@@ -400,6 +419,10 @@ def run_parts(
     skip : callable, optional
         ``skip(index)`` is True for batches this run leaves to another (a shard's); their batches
         may be None (not read).
+    committed : callable, optional
+        ``committed(index)`` is called, in the batches' order, for each batch found committed by an
+        earlier run (after its inputs are checked): a run that carries state from batch to batch
+        rebuilds it from the parts there.
 
     Returns
     -------
@@ -420,8 +443,107 @@ def run_parts(
                     "(other images, labels or order). Rerun on the data of that run to resume it, or choose "
                     "another output folder to start afresh."
                 )
+            if committed is not None:
+                committed(index)
             continue
         arrays, meta = measure(index, batch)
         store.write(index, arrays, {**meta, "inputs": inputs})
         measured += 1
     return measured, total
+
+
+def numbered_batches(data, batch_size: int, wanted: Callable[[int], bool]) -> Iterator[tuple[int, np.ndarray | None]]:
+    """``(first image's index, images)`` of each batch in the data's order; images None where not ``wanted``.
+
+    An array-like (an array, a memory map, `data_tools.loader.ImageFiles`) is sliced in ``batch_size``
+    batches and an unwanted batch is not read; an iterable's batches (of images or ``(images, labels)``)
+    are taken as they come, read to be counted also when unwanted.
+
+    Examples
+    --------
+    >>> [(start, None if x is None else len(x)) for start, x in numbered_batches(np.zeros((5, 2)), 2, lambda i: i != 1)]
+    [(0, 2), (2, None), (4, 1)]
+    """
+    if hasattr(data, "shape") and hasattr(data, "__getitem__"):
+        for index, start in enumerate(range(0, len(data), batch_size)):
+            yield start, np.asarray(data[start : start + batch_size], dtype="float32") if wanted(index) else None
+        return
+    start = 0
+    for index, batch in enumerate(data):
+        x = np.asarray(batch[0] if isinstance(batch, (tuple, list)) else batch, dtype="float32")
+        yield start, x if wanted(index) else None
+        start += len(x)
+
+
+def stream_state(
+    state,
+    data,
+    batch_size: int,
+    preprocess: Callable | None = None,
+    folder: str | os.PathLike | None = None,
+    arguments: dict | None = None,
+    shard: tuple[int, int] | None = None,
+    command: str = "run",
+    progress: bool = True,
+    desc: str | None = None,
+) -> int:
+    """Feed every batch of ``data`` to a state that carries statistics from batch to batch; returns the batches.
+
+    ``state.add(start, images) -> (arrays, meta)`` measures a batch whose first image is image ``start``
+    (the images preprocessed) and returns its part; ``state.absorb(arrays, meta)`` merges a part
+    committed before. With a ``folder``, each part is committed there (`PartStore`, ``arguments``
+    identifying the run) and a rerun after a kill absorbs the committed parts, in order, and measures
+    the rest: the state ends as after an uninterrupted run. With ``shard=(i, n)`` (needs a folder)
+    only the batches whose index is i modulo n are measured; `merged_store` reads the shards' parts
+    back as one run's.
+
+    Examples
+    --------
+    >>> class Total:
+    ...     value = 0.0
+    ...     def add(self, start, x):
+    ...         self.value += float(x.sum())
+    ...         return {"sum": np.array(x.sum())}, {}
+    ...     def absorb(self, arrays, meta):
+    ...         self.value += float(arrays["sum"])
+    >>> state = Total()
+    >>> stream_state(state, np.ones((5, 2)), batch_size=2, progress=False), state.value
+    (3, 10.0)
+    """
+    shard = check_shard(shard)
+    if shard is not None and folder is None:
+        raise ValueError(f"shard={shard} needs a `folder` to commit the shard's batches to, for merging.")
+    total = len(data) if hasattr(data, "__len__") and hasattr(data, "shape") else None
+    bar = tqdm(total=total, desc=desc or command, unit="image", disable=None if progress else True)
+
+    def own(index: int) -> bool:
+        return shard is None or index % shard[1] == shard[0]
+
+    def measure(index: int, batch) -> tuple[dict, dict]:
+        start, x = batch
+        if preprocess is not None:
+            x = np.asarray(preprocess(x), dtype="float32")
+        arrays, meta = state.add(start, x)
+        bar.update(len(x))
+        return arrays, {**meta, "images": len(x)}
+
+    with bar:
+        batches = numbered_batches(data, batch_size, own)
+        if folder is None:
+            count = 0
+            for index, batch in enumerate(batches):
+                count += 1
+                if own(index):
+                    measure(index, batch)
+            return count
+        arguments = {**(arguments or {}), "shard": None if shard is None else list(shard)}
+        with PartStore(folder, arguments, command) as store:
+
+            def committed(index: int) -> None:
+                arrays, meta = store.read(index)
+                state.absorb(arrays, meta)
+                bar.update(meta["images"])
+
+            _, count = run_parts(store, batches, measure, skip=lambda index: not own(index), committed=committed)
+            store.finish(count, {})
+    return count

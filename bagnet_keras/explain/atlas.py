@@ -15,20 +15,19 @@ activation (Zeiler & Fergus Fig. 2: the projection beside the crop).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import keras
 import numpy as np
-from tqdm.auto import tqdm
 
 from bagnet_keras.core.geometry import layer_geometry, position_boxes
 from bagnet_keras.core.graph import compiled, find_layer, run_graph
 from bagnet_keras.core.inputs import check_images, check_positive_int
+from bagnet_keras.core.stream import digest, function_name, merged_store, stream_state
+from bagnet_keras.core.topk import LayerTops, entries
 from bagnet_keras.explain.guided import guided_backprop
-
-#: The flat position recorded where a layer had fewer than ``k`` positions in all the data.
-_NONE = np.iinfo(np.int64).max
 
 
 def _spatial_layers(model: keras.Model, layers, spatial: bool = True) -> dict[str, keras.layers.Layer]:
@@ -50,8 +49,9 @@ def _spatial_layers(model: keras.Model, layers, spatial: bool = True) -> dict[st
     return found
 
 
-def _activation_function(model: keras.Model, layers: Mapping[str, keras.layers.Layer]) -> Callable:
-    """``f(x) -> [activations of each layer]``, one pass through the model (nested models entered)."""
+def _layer_function(model: keras.Model, layers: Mapping[str, keras.layers.Layer], key: tuple,
+                    reduce: Callable | None = None) -> Callable:  # fmt: skip
+    """``f(x) -> [reduce(activations) of each layer]``, one traced pass through the model (nested models entered)."""
     import tensorflow as tf
 
     targets = list(layers.values())
@@ -72,11 +72,35 @@ def _activation_function(model: keras.Model, layers: Mapping[str, keras.layers.L
                 return call
 
             run_graph(model_ref(), x, tap)
-            return [taps[id(t)] for t in targets]
+            return [taps[id(t)] if reduce is None else reduce(taps[id(t)]) for t in targets]
 
         return forward
 
-    return compiled(model, ("atlas", *(id(t) for t in targets)), build)
+    return compiled(model, (*key, *(id(t) for t in targets)), build)
+
+
+def _activation_function(model: keras.Model, layers: Mapping[str, keras.layers.Layer]) -> Callable:
+    """``f(x) -> [activations of each layer]``, one pass through the model."""
+    return _layer_function(model, layers, ("atlas",))
+
+
+def _candidate_function(model: keras.Model, layers: Mapping[str, keras.layers.Layer], k: int) -> Callable:
+    """``f(x) -> [(values, positions, sums, grid) of each layer]``: each channel's top-k over the batch, in the graph.
+
+    The batch's activations never leave the device: per channel the ``k`` largest values and their
+    positions in the batch's flat order (``tf.math.top_k`` puts the lower index first among equal values,
+    so ties go to the earlier position, as the exact top-k needs), the channel's sum (float64) and the
+    layer's grid (h, w).
+    """
+    import tensorflow as tf
+
+    def reduce(acts):
+        acts = tf.cast(acts, "float32")
+        per_channel = tf.transpose(tf.reshape(acts, (-1, tf.shape(acts)[-1])))  # (C, positions in the batch)
+        values, position = tf.math.top_k(per_channel, tf.minimum(k, tf.shape(per_channel)[1]))
+        return values, position, tf.reduce_sum(tf.cast(acts, "float64"), axis=(0, 1, 2)), tf.shape(acts)[1:3]
+
+    return _layer_function(model, layers, ("atlas-top", k), reduce)
 
 
 def _batches(data, batch_size: int, preprocess: Callable | None) -> Iterable[np.ndarray]:
@@ -88,90 +112,6 @@ def _batches(data, batch_size: int, preprocess: Callable | None) -> Iterable[np.
     for chunk in chunks:
         x = np.asarray(chunk, dtype="float32")
         yield np.asarray(preprocess(x), dtype="float32") if preprocess is not None else x
-
-
-def _select(values: np.ndarray, flat: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the ``k`` entries with the largest value, ties by the smallest flat position, strongest first."""
-    rows = np.broadcast_to(np.arange(len(values))[:, None], values.shape)
-    # Sorted by row first, so row r's entries are the flat indices r * width ... (r + 1) * width - 1.
-    order = np.lexsort((flat.ravel(), -values.ravel(), rows.ravel())).reshape(values.shape)[:, :k] % values.shape[1]
-    return np.take_along_axis(values, order, axis=1), np.take_along_axis(flat, order, axis=1)
-
-
-def _candidates(acts: np.ndarray, offset: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The batch's top-k of every channel, (C, k) values and flat positions (``offset`` + position in the batch).
-
-    Exact with ties: where a channel's k-th value repeats beyond the k, the positions above it, then the
-    first of those equal to it.
-    """
-    c = acts.shape[-1]
-    a = np.ascontiguousarray(acts.reshape(-1, c).T)  # (C, P): each channel's positions in (image, row, column) order
-    p = a.shape[1]
-    if p <= k:
-        values = np.full((c, k), -np.inf, dtype="float32")
-        flat = np.full((c, k), _NONE, dtype=np.int64)
-        values[:, :p], flat[:, :p] = a, offset + np.arange(p)[None, :]
-        return values, flat
-    position = np.argpartition(a, p - k, axis=1)[:, p - k :]  # k positions at or above each k-th value
-    threshold = np.take_along_axis(a, position, axis=1).min(axis=1)
-    for r in np.flatnonzero((a >= threshold[:, None]).sum(axis=1) > k):  # the k-th value repeats: ties by position
-        above = np.flatnonzero(a[r] > threshold[r])
-        position[r] = np.concatenate([above, np.flatnonzero(a[r] == threshold[r])[: k - len(above)]])
-    position = np.sort(position, axis=1)
-    return np.take_along_axis(a, position, axis=1), offset + position.astype(np.int64)
-
-
-def _merge_above(values: np.ndarray, flat: np.ndarray, acts: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray]:
-    """The running top-k (C, k) merged with a batch's activations that beat each channel's k-th value so far.
-
-    Only values strictly above the k-th can enter: an equal one comes later in the data than every entry
-    kept, so it loses the tie. After the first batches few positions pass, and the selection costs a
-    comparison of the batch with k values per channel.
-    """
-    c, k = values.shape
-    a = acts.reshape(-1, c)
-    position, unit = np.nonzero(a > values[:, -1])
-    if not len(unit):
-        return values, flat
-    units = np.concatenate([np.repeat(np.arange(c), k), unit])
-    merged_values = np.concatenate([values.ravel(), a[position, unit]])
-    merged_flat = np.concatenate([flat.ravel(), offset + position.astype(np.int64)])
-    order = np.lexsort((merged_flat, -merged_values, units))
-    starts = np.searchsorted(units[order], np.arange(c))  # every channel has its k entries and the new ones
-    keep = order[starts[:, None] + np.arange(k)]
-    return merged_values[keep], merged_flat[keep]
-
-
-class _TopK:
-    """Each row's ``k`` strongest values over a stream of batches, ties by the earlier position (exact)."""
-
-    def __init__(self, rows: int, k: int):
-        self.k = k
-        self.values = np.full((rows, k), -np.inf, dtype="float32")
-        self.flat = np.full((rows, k), _NONE, dtype=np.int64)
-
-    def add(self, acts: np.ndarray, offset: int) -> None:
-        """Merge a batch (B, h, w, rows) whose first position is flat position ``offset``."""
-        if np.isneginf(self.values[:, -1]).any():  # fewer than k positions seen yet: the batch's own top-k
-            values, flat = _candidates(acts, offset, self.k)
-            self.values, self.flat = _select(np.concatenate([self.values, values], axis=1),
-                                             np.concatenate([self.flat, flat], axis=1), self.k)  # fmt: skip
-        else:
-            self.values, self.flat = _merge_above(self.values, self.flat, acts, offset)
-
-    def positions(self, grid: tuple[int, int], rows=slice(None)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(image, row, column)`` of the kept entries of ``rows`` on a grid (h, w); -1 where none was."""
-        flat, (h, w) = self.flat[rows], grid
-        real = flat != _NONE
-        return (np.where(real, flat // (h * w), -1), np.where(real, flat % (h * w) // w, -1),
-                np.where(real, flat % w, -1))  # fmt: skip
-
-
-def _entries(values: np.ndarray, image: np.ndarray, row: np.ndarray, column: np.ndarray) -> list[tuple]:
-    """``(image, row, column, value)`` tuples of one row's kept entries (those that exist), strongest first."""
-    found = values > -np.inf
-    return [(int(i), int(r), int(c), float(v))
-            for i, r, c, v in zip(image[found], row[found], column[found], values[found], strict=True)]  # fmt: skip
 
 
 def _geometry(model: keras.Model, path: str):
@@ -247,7 +187,7 @@ class FeatureAtlas:
         """
         layer = self.path(layer)
         u = self._unit(layer, unit)
-        return _entries(self.values[layer][u], self.image_index[layer][u], self.row[layer][u], self.column[layer][u])
+        return entries(self.values[layer][u], self.image_index[layer][u], self.row[layer][u], self.column[layer][u])
 
     def boxes(self, layer: str, unit: int) -> np.ndarray:
         """(k, 4) ``top, left, bottom, right`` of each activation's receptive field on the input (may pass its edge)."""
@@ -307,6 +247,26 @@ def _crops(images: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return out
 
 
+def _atlas_of(state: LayerTops, model: keras.Model, layers: Mapping, wanted: dict, k: int) -> FeatureAtlas:
+    """The `FeatureAtlas` of a finished pass: the units chosen, their top-k placed on the layers' grids."""
+    if state.n_images == 0:
+        raise ValueError("The data holds no image: the atlas needs at least one.")
+    atlas = FeatureAtlas(layers=list(layers), units={}, values={}, image_index={}, row={}, column={}, mean={},
+                         geometry={}, n_images=state.n_images, k=k, image_shape=state.image_shape,
+                         _model=model)  # fmt: skip
+    for path in layers:
+        atlas.mean[path] = state.sums[path] / state.counted[path]
+        picked = wanted[path]
+        if isinstance(picked, int):  # the strongest N by mean activation
+            picked = np.argsort(-atlas.mean[path], kind="stable")[:picked]
+        picked = np.asarray(picked, dtype=int)
+        best = state.best[path]
+        atlas.units[path], atlas.values[path] = picked, best.values[picked]
+        atlas.image_index[path], atlas.row[path], atlas.column[path] = best.positions(state.grids[path], picked)
+        atlas.geometry[path] = _geometry(model, path)
+    return atlas
+
+
 def feature_atlas(
     model: keras.Model,
     data,
@@ -316,6 +276,8 @@ def feature_atlas(
     batch_size: int = 32,
     preprocess: Callable | None = None,
     progress: bool = True,
+    folder: str | os.PathLike | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> FeatureAtlas:
     """The ``k`` strongest activations of every unit of ``layers`` over a dataset of any size, streamed.
 
@@ -339,6 +301,15 @@ def feature_atlas(
     preprocess : callable, optional
         Applied to each batch as it is read.
     progress : bool
+    folder : path, optional
+        Commit each batch's results there as it goes (`bagnet_keras.core.stream.PartStore`: a few
+        kilobytes per batch, its entries that entered the top-k). The same call after a kill resumes
+        and ends with exactly the atlas of an uninterrupted run; a call with other arguments stops
+        with an error.
+    shard : (i, n), optional
+        Measure only the batches whose index is i modulo n (needs ``folder``), so that n processes
+        share the data. The atlas returned is that of the shard's batches (image indices still count
+        over the whole data); `merge_atlas` joins the n folders into the atlas of all the data.
 
     Returns
     -------
@@ -359,43 +330,64 @@ def feature_atlas(
         units = {find_layer(model, name)[0]: value for name, value in units.items()}
     k = check_positive_int(k, "k")
     batch_size = check_positive_int(batch_size, "batch_size")
-    forward = _activation_function(model, chosen)
     channels = {path: int(layer.output.shape[-1]) for path, layer in chosen.items()}
     wanted = _check_units(units, channels)
-    best = {path: _TopK(c, k) for path, c in channels.items()}
-    sums = {path: np.zeros(c, "float64") for path, c in channels.items()}
-    counted = dict.fromkeys(channels, 0)
-    grids: dict = {}
-    n_images, image_shape = 0, ()
-    total = len(data) if hasattr(data, "__len__") and hasattr(data, "shape") else None
-    bar = tqdm(total=total, desc="atlas", unit="image", disable=None if progress else True)
-    with bar:
-        for x in _batches(data, batch_size, preprocess):
-            x = check_images(x)
-            image_shape = x.shape[1:]
-            for path, acts in zip(chosen, forward(x), strict=True):
-                acts = np.asarray(acts, dtype="float32")
-                grids[path] = acts.shape[1:3]
-                per_image = acts.shape[1] * acts.shape[2]
-                best[path].add(acts, n_images * per_image)
-                sums[path] += acts.sum(axis=(0, 1, 2), dtype="float64")
-                counted[path] += acts.shape[0] * per_image
-            n_images += len(x)
-            bar.update(len(x))
-    if n_images == 0:
-        raise ValueError("The data holds no image: the atlas needs at least one.")
-    atlas = FeatureAtlas(layers=list(chosen), units={}, values={}, image_index={}, row={}, column={}, mean={},
-                         geometry={}, n_images=n_images, k=k, image_shape=image_shape, _model=model)  # fmt: skip
-    for path in chosen:
-        atlas.mean[path] = sums[path] / counted[path]
-        picked = wanted[path]
-        if isinstance(picked, int):  # the strongest N by mean activation
-            picked = np.argsort(-atlas.mean[path], kind="stable")[:picked]
-        picked = np.asarray(picked, dtype=int)
-        atlas.units[path], atlas.values[path] = picked, best[path].values[picked]
-        atlas.image_index[path], atlas.row[path], atlas.column[path] = best[path].positions(grids[path], picked)
-        atlas.geometry[path] = _geometry(model, path)
-    return atlas
+    candidates = _candidate_function(model, chosen, k)
+    state = LayerTops(channels, k, lambda x: candidates(check_images(x)))
+    arguments = {"command": "atlas", "model": digest(*model.get_weights()), "layers": list(chosen), "k": k,
+                 "batch_size": batch_size, "preprocess": function_name(preprocess)}  # fmt: skip
+    stream_state(state, data, batch_size, preprocess=preprocess, folder=folder, arguments=arguments, shard=shard,
+                 command="atlas", progress=progress, desc="atlas")  # fmt: skip
+    return _atlas_of(state, model, chosen, wanted, k)
+
+
+def merge_atlas(
+    model: keras.Model,
+    folders: Sequence[str | os.PathLike],
+    units: int | Sequence[int] | Mapping[str, Sequence[int]] | None = None,
+) -> FeatureAtlas:
+    """The atlas of all the data from the folders of finished `feature_atlas` shards (or of one finished run).
+
+    Equal to the atlas of one unsharded run, exactly: each shard committed the entries of its batches
+    that entered its top-k, and an entry of the top-k over all the data is among them.
+
+    Parameters
+    ----------
+    model : keras.Model
+        The model the shards ran (its weights are checked against theirs).
+    folders : sequence of paths
+        The ``folder`` of every shard, each once.
+    units : as for `feature_atlas`
+
+    Examples
+    --------
+    >>> import keras, numpy as np, os, tempfile
+    >>> model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(3, 3, name="conv")])
+    >>> x = np.random.default_rng(0).normal(size=(9, 8, 8, 1)).astype("float32")
+    >>> root = tempfile.mkdtemp()
+    >>> folders = [os.path.join(root, f"shard-{i}") for i in range(2)]
+    >>> for i, folder in enumerate(folders):
+    ...     _ = feature_atlas(model, x, ["conv"], k=3, batch_size=2, folder=folder, shard=(i, 2), progress=False)
+    >>> merge_atlas(model, folders).top("conv", 0) == feature_atlas(model, x, ["conv"], k=3, progress=False).top(
+    ...     "conv", 0)
+    True
+    """
+    store, _ = merged_store([os.fspath(f) for f in folders])
+    arguments = store.arguments
+    if arguments.get("command") != "atlas":
+        raise ValueError(f"{os.fspath(folders[0])!r} holds no atlas run (its run.json is not feature_atlas's).")
+    if arguments["model"] != digest(*model.get_weights()):
+        raise ValueError(f"The shards in {[os.fspath(f) for f in folders]} ran a model with other weights than "
+                         "`model`; give the model they ran.")  # fmt: skip
+    chosen = _spatial_layers(model, arguments["layers"])
+    if isinstance(units, Mapping):
+        units = {find_layer(model, name)[0]: value for name, value in units.items()}
+    channels = {path: int(layer.output.shape[-1]) for path, layer in chosen.items()}
+    wanted = _check_units(units, channels)
+    state = LayerTops(channels, arguments["k"])
+    for index in store.indices():
+        state.absorb(*store.read(index))
+    return _atlas_of(state, model, chosen, wanted, arguments["k"])
 
 
 def _check_units(units, channels: dict[str, int]) -> dict:

@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 
 from bagnet_keras.core.geometry import position_boxes
 from bagnet_keras.core.inputs import check_images, check_positive_int
-from bagnet_keras.explain.atlas import _NONE, _entries, _TopK, gather
+from bagnet_keras.core.topk import NONE, TopK, entries
+from bagnet_keras.explain.atlas import gather
 from bagnet_keras.explain.evidence import _evidence_for
 
 
@@ -162,7 +163,7 @@ def class_concepts(
     if bad:
         raise ValueError(f"`classes` {bad} are not classes of the model's output (0..{ev.n_classes - 1}).")
     kernel, bias = np.asarray(ev.kernel)[:, classes], np.asarray(ev.bias)[classes]
-    best = _TopK(len(classes), patches)
+    best = TopK(len(classes), patches)
     feats = None
     n_images, grid = 0, (0, 0)
     with tqdm(desc="concepts", unit="image", disable=None if progress else True) as bar:
@@ -184,7 +185,7 @@ def class_concepts(
     found = ClassConcepts(geometry=ev.geometry)
     image, row, column = best.positions(grid)
     for i, c in enumerate(classes):
-        top = _entries(best.values[i], image[i], row[i], column[i])  # -inf: positions of other classes' images
+        top = entries(best.values[i], image[i], row[i], column[i])  # -inf: positions of other classes' images
         if not top:
             continue  # no image of this class
         vectors = feats[i][: len(top)]
@@ -211,7 +212,7 @@ def _carry_features(feats, before: np.ndarray, flat: np.ndarray, features: np.nd
     out = np.zeros((k, m, depth), dtype="float32") if feats is None else np.empty_like(feats)
     batch = features.reshape(-1, depth)
     for i in range(k):
-        new = (flat[i] >= offset) & (flat[i] != _NONE)
+        new = (flat[i] >= offset) & (flat[i] != NONE)
         out[i][new] = batch[flat[i][new] - offset]
         old = ~new
         if feats is not None and old.any():

@@ -23,7 +23,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bagnet_keras.core.inputs import check_images, check_positive_int, n_classes_of, output_index
-from bagnet_keras.explain.atlas import _activation_function, _batches, _entries, _geometry, _spatial_layers, _TopK
+from bagnet_keras.core.topk import TopK, entries
+from bagnet_keras.explain.atlas import _activation_function, _batches, _geometry, _spatial_layers
 from bagnet_keras.explain.cam import layer_gradients
 
 
@@ -57,7 +58,7 @@ class LayerGroups:
 
     def top(self, group: int) -> list[tuple[int, int, int, float]]:
         """``(image_index, row, column, value)`` of the group's strongest positions, strongest first."""
-        return _entries(self.values[group], self.image_index[group], self.row[group], self.column[group])
+        return entries(self.values[group], self.image_index[group], self.row[group], self.column[group])
 
     def transform(self, activations: np.ndarray) -> np.ndarray:
         """(N, h, w, n) each group's weight at every position of the layer's activations (N, h, w, C)."""
@@ -185,7 +186,7 @@ def factorize(
     groups = LayerGroups(layer=path, components=nmf.components_.astype("float32"), values=np.empty(0),
                          image_index=np.empty(0), row=np.empty(0), column=np.empty(0), geometry=None, n_images=0,
                          _nmf=nmf, _model=model)  # fmt: skip
-    best = _TopK(n_groups, k)
+    best = TopK(n_groups, k)
     n_images, grid = 0, (0, 0)
     total = len(data) if hasattr(data, "__len__") and hasattr(data, "shape") else None
     with tqdm(total=total, desc="groups", unit="image", disable=None if progress else True) as bar:

@@ -37,7 +37,7 @@ from bagnet_keras.core.files import display_images
 from bagnet_keras.core.graph import check_target, iter_layers
 from bagnet_keras.core.inputs import check_images, check_positive_int, output_index
 from bagnet_keras.core.layers import StemConv
-from bagnet_keras.core.stream import MemoryStore, PartStore, check_shard, digest, run_parts
+from bagnet_keras.core.stream import MemoryStore, PartStore, check_shard, digest, function_name, run_parts
 from bagnet_keras.explain.evidence import evidence_map
 from bagnet_keras.explain.registry import METHODS, explain, parse_method
 from bagnet_keras.metrics.faithfulness import (
@@ -512,7 +512,7 @@ def compare(
                      "linearity_k": linearity_k, "shuffle_grid": shuffle_grid, "target": target,
                      "batch_size": batch_size, "n_classes": n_classes, "masks": masks is not None,
                      "report_images": report_images, "patches_per_class": patches_per_class,
-                     "preprocess": _name_of(preprocess), "shard": shard, "jit_compile": bool(jit_compile),
+                     "preprocess": function_name(preprocess), "shard": shard, "jit_compile": bool(jit_compile),
                      "replicas": 1 if strategy is None else strategy.num_replicas_in_sync,
                      "sanity": sanity, "sanity_shift": sanity_shift}  # fmt: skip
         store = PartStore(output_dir, arguments, "compare")
@@ -565,13 +565,6 @@ def compare(
         if output_dir is not None:
             result.save(output_dir)
     return result
-
-
-def _name_of(function: Callable | None) -> str | None:
-    """A preprocessing function as run.json records it (a function cannot be compared across runs)."""
-    if function is None:
-        return None
-    return f"{getattr(function, '__module__', '')}.{getattr(function, '__qualname__', type(function).__name__)}"
 
 
 def _methods(models, methods, output) -> dict[str, list[str]]:

@@ -3,8 +3,8 @@
 Importing the commands once and forking for each run makes a kill-point
 sweep affordable (a fresh interpreter costs half a second per run). Reads
 one JSON request per line on stdin, ``{"argv": [...], "roots": [...],
-"at": k, "trace": path-or-null}`` (with ``"command": "streamed"``, the
-argv goes to ``streamed.py``'s main instead of data_tools'), and answers one JSON line per request on
+"at": k, "trace": path-or-null}`` (with ``"command": "streamed"`` or
+``"atlas"``, the argv goes to that script's main instead of data_tools'), and answers one JSON line per request on
 stdout: ``{"exit": code}`` or ``{"signal": number}``.
 """
 
@@ -26,9 +26,9 @@ import data_tools.split  # noqa: E402, F401
 from data_tools.cli import main  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(HERE))
-from killpoint import steps, streamed  # noqa: E402
+from killpoint import atlas, steps, streamed  # noqa: E402
 
-COMMANDS = {"data_tools": main, "streamed": streamed.main}
+COMMANDS = {"data_tools": main, "streamed": streamed.main, "atlas": atlas.main}
 
 
 def serve() -> None:
