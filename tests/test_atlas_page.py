@@ -19,7 +19,7 @@ SIZE = 48
 CLASSES = ["cross", "ring", "triangle"]
 
 
-def test_atlas_command_writes_a_page_that_renders(tmp_path):
+def test_atlas_command_writes_a_page_that_renders(tmp_path, capsys):
     data = tmp_path / "scenes"
     for k, label in enumerate(CLASSES):
         (data / label).mkdir(parents=True)
@@ -35,14 +35,14 @@ def test_atlas_command_writes_a_page_that_renders(tmp_path):
     out = tmp_path / "atlas"
     argv = ["atlas", "--model", f"bagnet={tmp_path / 'bagnet.keras'}", "--model", f"cnn={tmp_path / 'cnn.keras'}",
             "--data", str(data), "--split", "train", "--image-size", str(SIZE), "--units", "3", "--k", "4",
-            "--groups", "2", "--out", str(out)]  # fmt: skip
-    assert main(argv) == 0
+            "--groups", "2", "--batch-size", "4"]  # fmt: skip
+    assert main([*argv, "--out", str(out)]) == 0
     text = (out / "atlas.html").read_text()
     assert not re.search(r'src="(?!data:image/png;base64,)', text), "an image is not embedded"
     for section in ("Units: strongest activations", "Building blocks", "Class concepts (BagNet)"):
         assert section in text, section
     assert text.count("<img ") == len(os.listdir(out / "figures"))
-    assert sorted(os.listdir(out)) == ["atlas.html", "classes.json", "figures"]
+    assert sorted(os.listdir(out)) == ["atlas.html", "atlas.json", "classes.json", "figures", "passes"]
     with page(out / "atlas.html", tmp_path / "profile") as driver:
         images = driver.execute_script("return Array.from(document.images).map(i => [i.complete, i.naturalWidth]);")
         # units, groups and concepts of the BagNet; units and groups of the CNN
@@ -51,3 +51,18 @@ def test_atlas_command_writes_a_page_that_renders(tmp_path):
         shot = screenshot(driver, tmp_path / "atlas_screenshot.png")
         assert shot.stat().st_size > 10_000
         print(f"\nscreenshot of the atlas: {shot}")
+
+    # The same command again reads every pass back from its committed parts: the same page
+    assert main([*argv, "--out", str(out)]) == 0
+    assert (out / "atlas.html").read_text() == text
+    # Two shards and merge give the page of the one run, figure for figure
+    shards = [str(tmp_path / f"shard-{i}") for i in range(2)]
+    for i, folder in enumerate(shards):
+        assert main([*argv, "--shard", f"{i}/2", "--out", folder]) == 0
+        assert not os.path.exists(os.path.join(folder, "atlas.html"))
+    assert main(["merge", str(tmp_path / "merged"), *shards]) == 0
+    assert (tmp_path / "merged" / "atlas.html").read_text() == text
+    other = str(tmp_path / "other")
+    assert main([*argv[:-6], "--k", "3", "--groups", "2", "--batch-size", "4", "--shard", "1/2", "--out", other]) == 0
+    assert main(["merge", str(tmp_path / "bad"), shards[0], other]) == 2
+    assert "not shards of the same atlas run (differing: k)" in capsys.readouterr().err

@@ -69,3 +69,38 @@ def test_only_bagnets_have_concepts():
                             keras.layers.Dense(3)])  # fmt: skip
     with pytest.raises(ValueError, match="not a BagNet top"):
         class_concepts(cnn, *_data(3), progress=False)
+
+
+def test_shards_and_a_resumed_run_give_the_concepts_of_one_run(tmp_path):
+    import os
+
+    import tensorflow as tf
+
+    from bagnet_keras.core.stream import PARTS
+    from bagnet_keras.explain.concepts import merge_concepts
+
+    model, (x, y) = _bagnet(), _data()
+    options = dict(n_concepts=2, patches=10, batch_size=3, progress=False)
+    whole = class_concepts(model, x, y, **options)
+    folders = [tmp_path / f"shard-{i}" for i in range(3)]
+    for i, folder in enumerate(folders):
+        class_concepts(model, x, y, folder=folder, shard=(i, 3), **options)
+    merged = merge_concepts(model, folders, n_concepts=2)
+    assert merged.patches == whole.patches and merged.table() == whole.table()
+    for c in whole.features:
+        np.testing.assert_array_equal(merged.features[c], whole.features[c])
+    # a dataset of (images, labels) batches, killed after its first batch and run again
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(3)
+    class_concepts(model, data, folder=tmp_path / "run", **options)
+    os.remove(tmp_path / "run" / "complete.json")
+    for name in sorted(os.listdir(tmp_path / "run" / PARTS))[1:]:
+        os.remove(tmp_path / "run" / PARTS / name)
+    resumed = class_concepts(model, data, folder=tmp_path / "run", **options)
+    assert resumed.patches == whole.patches
+    with pytest.raises(ValueError, match="other weights"):
+        merge_concepts(_bagnet_other(), folders)
+
+
+def _bagnet_other():
+    keras.utils.set_random_seed(1)
+    return BagNet(blocks=(1, 1, 1, 1), kernel3=(1, 1, 0, 0), base_width=4, classes=3, input_shape=(SIZE, SIZE, 3))

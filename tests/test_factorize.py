@@ -66,3 +66,39 @@ def test_bad_arguments_name_the_value(kwargs, match):
     arguments = {"data": _x(3), **kwargs}
     with pytest.raises(ValueError, match=match):
         factorize(_model(), arguments.pop("data"), progress=False, **arguments)
+
+
+def test_shards_and_a_resumed_run_give_the_groups_of_one_run(tmp_path):
+    import os
+
+    from bagnet_keras.core.stream import PARTS
+    from bagnet_keras.explain.factorize import merge_groups
+
+    model, x = _model(), _x()
+    options = dict(n_groups=3, sample_images=4, k=4, batch_size=2, progress=False)
+    whole = factorize(model, x, "c2_relu", **options)
+    folders = [tmp_path / f"shard-{i}" for i in range(2)]
+    for i, folder in enumerate(folders):
+        factorize(model, x, "c2_relu", folder=folder, shard=(i, 2), **options)
+    merged = merge_groups(model, folders)
+    np.testing.assert_array_equal(merged.components, whole.components)
+    for field in ("values", "image_index", "row", "column"):
+        np.testing.assert_array_equal(getattr(merged, field), getattr(whole, field), err_msg=field)
+    np.testing.assert_array_equal(merged.maps(x[:2]), whole.maps(x[:2]))
+    # a kill after the second batch: its parts stand, the rest is measured again
+    factorize(model, x, "c2_relu", folder=tmp_path / "run", **options)
+    os.remove(tmp_path / "run" / "complete.json")
+    for name in sorted(os.listdir(tmp_path / "run" / PARTS))[2:]:
+        os.remove(tmp_path / "run" / PARTS / name)
+    resumed = factorize(model, x, "c2_relu", folder=tmp_path / "run", **options)
+    np.testing.assert_array_equal(resumed.values, whole.values)
+    np.testing.assert_array_equal(resumed.image_index, whole.image_index)
+    with pytest.raises(ValueError, match="no factorize run"):
+        merge_groups(model, [_atlas_folder(tmp_path)])
+
+
+def _atlas_folder(tmp_path):
+    from bagnet_keras.explain.atlas import feature_atlas
+
+    feature_atlas(_model(), _x(3), ["c1"], folder=tmp_path / "atlas", progress=False)
+    return tmp_path / "atlas"

@@ -45,7 +45,8 @@ MERGE_EPILOG = """example:
   for i in 0 1 2; do bagnet-keras compare ... --shard $i/3 --out runs/compare/shard-$i; done
   bagnet-keras merge runs/compare/all runs/compare/shard-0 runs/compare/shard-1 runs/compare/shard-2
 
-The merged tables (OUT/comparison) and report equal those of one unsharded run.
+The merged tables (OUT/comparison) and report equal those of one unsharded run. Shards of
+`bagnet-keras atlas --shard I/N` merge the same way into OUT/atlas.html.
 """
 
 ATLAS_EPILOG = """examples (the demo's trained models on its test scenes):
@@ -56,6 +57,8 @@ ATLAS_EPILOG = """examples (the demo's trained models on its test scenes):
 
 Writes OUT/atlas.html: each layer's strongest units (crops beside projections), NMF groups of the last
 layer with their class attributions, and a BagNet's class concepts. With --layers, every model must have them.
+Each pass over the data commits its batches under OUT/passes, so the same command again resumes a killed
+run. Shared by N jobs: --shard I/N in each (OUT a folder per shard), then bagnet-keras merge OUT SHARD_OUTS...
 """
 
 PREDICT_EPILOG = """example:
@@ -169,7 +172,7 @@ def _done(path: str | None, args: argparse.Namespace) -> None:
         print(f"shard {args.shard[0]}/{args.shard[1]} done in {os.path.abspath(args.out)}; when every shard is "
               f"done: bagnet-keras merge OUT SHARD_OUT_FOLDERS...")  # fmt: skip
     else:
-        print(f"report: {os.path.abspath(path)}")
+        print(f"{'atlas' if path.endswith('atlas.html') else 'report'}: {os.path.abspath(path)}")
 
 
 def compare(args: argparse.Namespace) -> int:
@@ -191,8 +194,9 @@ def atlas(args: argparse.Namespace) -> int:
 
     path = atlas_models(_models(args.model), args.data, args.out, split=args.split, image_size=args.image_size,
                         preprocess=args.preprocess, layers=args.layers, units=args.units, k=args.k,
-                        groups=args.groups, max_images=args.max_images, batch_size=args.batch_size or 32)  # fmt: skip
-    print(f"atlas: {os.path.abspath(path)}")
+                        groups=args.groups, max_images=args.max_images, batch_size=args.batch_size or 32,
+                        shard=args.shard)  # fmt: skip
+    _done(path, args)
     return 0
 
 
@@ -200,7 +204,7 @@ def merge(args: argparse.Namespace) -> int:
     from bagnet_keras.app.workflows import merge as merge_folders
 
     path = merge_folders(args.out, args.shards)
-    print(f"report: {os.path.abspath(path)}")
+    _done(path, args)
     return 0
 
 
@@ -327,9 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--max-images", type=int, help="only the first N images of the split (default: all)")
     p.add_argument("--batch-size", type=int, help="images per forward pass (default: 32)")
+    p.add_argument("--shard", type=_shard, metavar="I/N", help=SHARD_HELP)
     p.add_argument("--out", default="runs/atlas")
     p.set_defaults(func=atlas)
-    p = sub.add_parser("merge", help="join the output folders of finished shards of compare or explain, and report",
+    p = sub.add_parser("merge", help="join the output folders of finished shards of compare, explain or atlas",
                        epilog=MERGE_EPILOG, formatter_class=formatter)  # fmt: skip
     p.add_argument("out", help="output folder of the merged comparison and report")
     p.add_argument("shards", nargs="+", metavar="SHARD_OUT", help="the --out folder of every shard")

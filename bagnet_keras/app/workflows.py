@@ -157,16 +157,25 @@ def compare_models(
 def merge(output_dir: str, shard_dirs: Sequence[str]) -> str:
     """Join the output folders of finished shards of `compare_models` (or `explain_images`) and write the report.
 
-    The merged tables go to ``output_dir/comparison``, the report to ``output_dir/report.html``.
+    The merged tables go to ``output_dir/comparison``, the report to ``output_dir/report.html``. Shards of
+    `atlas_models` are joined by `merge_atlas_shards` (the page goes to ``output_dir/atlas.html``).
     """
     from bagnet_keras.metrics.results import merge_shards
 
     if os.path.abspath(output_dir) in {os.path.abspath(d) for d in shard_dirs}:
         raise ValueError(f"The merged output folder {output_dir!r} is one of the shards' folders; choose another.")
+    if shard_dirs and os.path.exists(os.path.join(shard_dirs[0], ATLAS_FILE)):
+        return merge_atlas_shards(output_dir, shard_dirs)
     result = merge_shards([os.path.join(d, "comparison") for d in shard_dirs], os.path.join(output_dir, "comparison"))
     with open(os.path.join(shard_dirs[0], CLASSES_FILE), encoding="utf-8") as f:
         names = json.load(f)
     return write_report(result, names, output_dir, title="Explanations compared")
+
+
+#: The atlas command's settings in its output folder: a shard's, for `merge`.
+ATLAS_FILE = "atlas.json"
+#: The committed passes over the data (per model: units, groups, concepts) in an atlas's output folder.
+PASSES = "passes"
 
 
 def atlas_models(
@@ -184,43 +193,121 @@ def atlas_models(
     max_images: int | None = None,
     batch_size: int = 32,
     progress: bool = True,
-) -> str:
+    shard: tuple[int, int] | None = None,
+) -> str | None:
     """The feature atlas of trained models (``.keras`` files) over a dataset split, as ``output_dir/atlas.html``.
 
     Per model: the ``units`` strongest units (by mean activation) of each layer (default: its last layer
     with a spatial output) with their ``k`` top activations, ``groups`` NMF groups of the last of those
-    layers, and for a BagNet its class concepts.
+    layers, and for a BagNet its class concepts. Every pass over the data commits its batches under
+    ``output_dir/passes``, so the same call after a kill resumes. With ``shard=(i, n)`` only that shard's
+    batches are measured and no page is written (returns None); `merge` joins the shards' folders.
     """
     from bagnet_keras.core.graph import last_spatial_layer
-    from bagnet_keras.explain.atlas import feature_atlas
-    from bagnet_keras.explain.concepts import class_concepts
-    from bagnet_keras.explain.factorize import factorize
-    from bagnet_keras.metrics.comparison import is_bagnet
-    from bagnet_keras.report.atlas_page import ModelAtlas, write_atlas
-    from data_tools.loader import ImageFiles
 
-    files = ImageFiles(data, (image_size, image_size), split=split, max_images=max_images)
-    prep = get_backbone(preprocess).preprocess
+    for name in models:
+        if not name or not all(ch.isalnum() or ch in "-_." for ch in name) or name.startswith("."):
+            raise ValueError(f"Model name {name!r} must be letters, digits, '-', '_' or '.' (it names a folder).")
+    settings = {"models": {name: os.path.abspath(path) for name, path in models.items()},
+                "data": os.path.abspath(data), "split": split, "image_size": image_size, "preprocess": preprocess,
+                "layers": list(layers) if layers else None, "units": units, "k": k, "groups": groups,
+                "concepts": concepts, "max_images": max_images, "batch_size": batch_size}  # fmt: skip
+    files, prep = _atlas_data(settings)
     entries = {}
     for name, path in models.items():
         model = load_model(path)[0]
         chosen = list(layers) if layers else [last_spatial_layer(model)[0]]
-        options = dict(batch_size=batch_size, preprocess=prep, progress=progress)
-        atlas = feature_atlas(model, files, chosen, units=units, k=k, **options)
-        entry = ModelAtlas(atlas=atlas)
-        last = atlas.layers[-1]
-        channels = int(atlas.mean[last].shape[0])
-        try:
-            entry.groups = factorize(model, files, last, n_groups=min(groups, channels), k=k, **options)
-            entry.group_images = np.asarray(prep(np.asarray(files[:32], dtype="float32")))
-        except ValueError as error:  # a layer with negative activations has no NMF; the rest of the page stands
-            print(f"{name}: no factorised groups ({error})")
-        if is_bagnet(model):
-            entry.concepts = class_concepts(model, files, files.labels, n_concepts=concepts, **options)
-        entries[name] = entry
+        entries[name] = _atlas_passes(name, model, files, prep, chosen, settings, output_dir, shard, progress)
     _write_classes(output_dir, files.class_names)
+    write_atomic(os.path.join(output_dir, ATLAS_FILE), json.dumps({**settings, "shard": shard}, indent=1))
+    if shard is not None:
+        return None
+    return _write_atlas_page(entries, files, prep, output_dir)
+
+
+def _atlas_data(settings: dict):
+    from data_tools.loader import ImageFiles
+
+    files = ImageFiles(settings["data"], (settings["image_size"],) * 2, split=settings["split"],
+                       max_images=settings["max_images"])  # fmt: skip
+    return files, get_backbone(settings["preprocess"]).preprocess
+
+
+def _atlas_passes(name, model, files, prep, layers, settings, output_dir, shard, progress):
+    """One model's passes over the data (units, groups, concepts), committed under ``output_dir/passes/name``."""
+    from bagnet_keras.explain.atlas import feature_atlas
+    from bagnet_keras.explain.concepts import class_concepts
+    from bagnet_keras.explain.factorize import factorize
+    from bagnet_keras.metrics.comparison import is_bagnet
+    from bagnet_keras.report.atlas_page import ModelAtlas
+
+    folder = os.path.join(output_dir, PASSES, name)
+    options = dict(batch_size=settings["batch_size"], preprocess=prep, progress=progress, shard=shard)
+    atlas = feature_atlas(model, files, layers, units=settings["units"], k=settings["k"],
+                          folder=os.path.join(folder, "units"), **options)  # fmt: skip
+    entry = ModelAtlas(atlas=atlas)
+    channels = int(atlas.mean[atlas.layers[-1]].shape[0])
+    try:
+        entry.groups = factorize(model, files, atlas.layers[-1], n_groups=min(settings["groups"], channels),
+                                 k=settings["k"], folder=os.path.join(folder, "groups"), **options)  # fmt: skip
+    except ValueError as error:  # a layer with negative activations has no NMF; the rest of the page stands
+        print(f"{name}: no factorised groups ({error})")
+    if is_bagnet(model):
+        entry.concepts = class_concepts(model, files, files.labels, n_concepts=settings["concepts"],
+                                        folder=os.path.join(folder, "concepts"), **options)  # fmt: skip
+    return entry
+
+
+def _write_atlas_page(entries: dict, files, prep, output_dir: str) -> str:
+    from bagnet_keras.report.atlas_page import write_atlas
+
+    for entry in entries.values():
+        if entry.groups is not None:
+            entry.group_images = np.asarray(prep(np.asarray(files[:32], dtype="float32")))
     return write_atlas(entries, files, output_dir, files.class_names, preprocess=prep, deprocess=_deprocess(prep),
                        title="What the models learned across the dataset")  # fmt: skip
+
+
+def merge_atlas_shards(output_dir: str, shard_dirs: Sequence[str]) -> str:
+    """Join the output folders of finished shards of `atlas_models` and write the atlas page into ``output_dir``.
+
+    The page equals that of one unsharded run. It reads the data again, only for the images it shows.
+    """
+    from bagnet_keras.explain.atlas import merge_atlas
+    from bagnet_keras.explain.concepts import merge_concepts
+    from bagnet_keras.explain.factorize import merge_groups
+    from bagnet_keras.report.atlas_page import ModelAtlas
+
+    runs = []
+    for folder in shard_dirs:
+        path = os.path.join(folder, ATLAS_FILE)
+        if not os.path.exists(path):
+            raise ValueError(f"{folder!r} holds no atlas run ({ATLAS_FILE} is missing): name the --out folder of "
+                             "every shard of one `bagnet-keras atlas` run.")  # fmt: skip
+        with open(path, encoding="utf-8") as f:
+            runs.append(json.load(f))
+    settings = {key: value for key, value in runs[0].items() if key != "shard"}
+    for folder, run in zip(shard_dirs, runs, strict=True):
+        other = {key: value for key, value in run.items() if key != "shard"}
+        if other != settings:
+            differing = sorted(key for key in set(other) | set(settings) if other.get(key) != settings.get(key))
+            raise ValueError(f"{folder!r} and {shard_dirs[0]!r} are not shards of the same atlas run (differing: "
+                             f"{', '.join(differing)}); merge the shards of one run only.")  # fmt: skip
+    files, prep = _atlas_data(settings)
+    entries = {}
+    for name, path in settings["models"].items():
+        model = load_model(path)[0]
+        folders = [os.path.join(d, PASSES, name) for d in shard_dirs]
+        entry = ModelAtlas(atlas=merge_atlas(model, [os.path.join(f, "units") for f in folders],
+                                             units=settings["units"]))  # fmt: skip
+        if any(os.path.isdir(os.path.join(f, "groups")) for f in folders):
+            entry.groups = merge_groups(model, [os.path.join(f, "groups") for f in folders])
+        if any(os.path.isdir(os.path.join(f, "concepts")) for f in folders):
+            entry.concepts = merge_concepts(model, [os.path.join(f, "concepts") for f in folders],
+                                            n_concepts=settings["concepts"])  # fmt: skip
+        entries[name] = entry
+    _write_classes(output_dir, files.class_names)
+    return _write_atlas_page(entries, files, prep, output_dir)
 
 
 #: The class names of a run's output folder, for `merge` (written once the comparison is done).

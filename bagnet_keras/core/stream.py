@@ -452,26 +452,36 @@ def run_parts(
     return measured, total
 
 
-def numbered_batches(data, batch_size: int, wanted: Callable[[int], bool]) -> Iterator[tuple[int, np.ndarray | None]]:
-    """``(first image's index, images)`` of each batch in the data's order; images None where not ``wanted``.
+def numbered_batches(data, batch_size: int, wanted: Callable[[int], bool], labels=None) -> Iterator[tuple]:
+    """``(first image's index, images, labels)`` of each batch in the data's order; None where not ``wanted``.
 
     An array-like (an array, a memory map, `data_tools.loader.ImageFiles`) is sliced in ``batch_size``
-    batches and an unwanted batch is not read; an iterable's batches (of images or ``(images, labels)``)
-    are taken as they come, read to be counted also when unwanted.
+    batches, with ``labels`` beside it, and an unwanted batch is not read; an iterable's batches (of images
+    or ``(images, labels)``) are taken as they come, read to be counted also when unwanted. The labels are
+    None where the data has none.
 
     Examples
     --------
-    >>> [(start, None if x is None else len(x)) for start, x in numbered_batches(np.zeros((5, 2)), 2, lambda i: i != 1)]
-    [(0, 2), (2, None), (4, 1)]
+    >>> batches = numbered_batches(np.zeros((5, 2)), 2, lambda i: i != 1, labels=[0, 1, 2, 3, 4])
+    >>> [(start, None if x is None else len(x), y) for start, x, y in batches]
+    [(0, 2, [0, 1]), (2, None, None), (4, 1, [4])]
     """
     if hasattr(data, "shape") and hasattr(data, "__getitem__"):
+        if labels is not None and len(labels) != len(data):
+            raise ValueError(f"`labels` must give one class per image: {len(labels)} labels for {len(data)} images.")
         for index, start in enumerate(range(0, len(data), batch_size)):
-            yield start, np.asarray(data[start : start + batch_size], dtype="float32") if wanted(index) else None
+            if not wanted(index):
+                yield start, None, None
+                continue
+            y = None if labels is None else np.asarray(labels[start : start + batch_size]).tolist()
+            yield start, np.asarray(data[start : start + batch_size], dtype="float32"), y
         return
     start = 0
     for index, batch in enumerate(data):
-        x = np.asarray(batch[0] if isinstance(batch, (tuple, list)) else batch, dtype="float32")
-        yield start, x if wanted(index) else None
+        pair = isinstance(batch, (tuple, list))
+        x = np.asarray(batch[0] if pair else batch, dtype="float32")
+        y = np.asarray(batch[1]).tolist() if pair and len(batch) > 1 and wanted(index) else None
+        yield start, x if wanted(index) else None, y
         start += len(x)
 
 
@@ -486,22 +496,27 @@ def stream_state(
     command: str = "run",
     progress: bool = True,
     desc: str | None = None,
+    labels=None,
+    details: dict | None = None,
 ) -> int:
     """Feed every batch of ``data`` to a state that carries statistics from batch to batch; returns the batches.
 
-    ``state.add(start, images) -> (arrays, meta)`` measures a batch whose first image is image ``start``
-    (the images preprocessed) and returns its part; ``state.absorb(arrays, meta)`` merges a part
-    committed before. With a ``folder``, each part is committed there (`PartStore`, ``arguments``
-    identifying the run) and a rerun after a kill absorbs the committed parts, in order, and measures
-    the rest: the state ends as after an uninterrupted run. With ``shard=(i, n)`` (needs a folder)
-    only the batches whose index is i modulo n are measured; `merged_store` reads the shards' parts
-    back as one run's.
+    ``state.add(start, images, labels) -> (arrays, meta)`` measures a batch whose first image is image
+    ``start`` (the images preprocessed; the labels a list, from ``labels`` beside an array or from a
+    dataset's ``(images, labels)`` batches, else None) and returns its part;
+    ``state.absorb(arrays, meta)`` merges a part committed before.
+
+    With a ``folder``, each part is committed there (`PartStore`, ``arguments`` identifying the run)
+    and a rerun after a kill absorbs the committed parts, in order, and measures the rest: the state
+    ends as after an uninterrupted run. ``details`` (plain JSON) go to the folder's ``complete.json``,
+    for what reads the parts back. With ``shard=(i, n)`` (needs a folder) only the batches whose index
+    is i modulo n are measured; `merged_store` reads the shards' parts back as one run's.
 
     Examples
     --------
     >>> class Total:
     ...     value = 0.0
-    ...     def add(self, start, x):
+    ...     def add(self, start, x, y):
     ...         self.value += float(x.sum())
     ...         return {"sum": np.array(x.sum())}, {}
     ...     def absorb(self, arrays, meta):
@@ -520,30 +535,33 @@ def stream_state(
         return shard is None or index % shard[1] == shard[0]
 
     def measure(index: int, batch) -> tuple[dict, dict]:
-        start, x = batch
+        start, x, y = batch
         if preprocess is not None:
             x = np.asarray(preprocess(x), dtype="float32")
-        arrays, meta = state.add(start, x)
+        arrays, meta = state.add(start, x, y)
         bar.update(len(x))
         return arrays, {**meta, "images": len(x)}
 
     with bar:
-        batches = numbered_batches(data, batch_size, own)
+        batches = numbered_batches(data, batch_size, own, labels)
         if folder is None:
             count = 0
             for index, batch in enumerate(batches):
                 count += 1
                 if own(index):
                     measure(index, batch)
-            return count
-        arguments = {**(arguments or {}), "shard": None if shard is None else list(shard)}
-        with PartStore(folder, arguments, command) as store:
+        else:
+            arguments = {**(arguments or {}), "shard": None if shard is None else list(shard)}
+            with PartStore(folder, arguments, command) as store:
 
-            def committed(index: int) -> None:
-                arrays, meta = store.read(index)
-                state.absorb(arrays, meta)
-                bar.update(meta["images"])
+                def committed(index: int) -> None:
+                    arrays, meta = store.read(index)
+                    state.absorb(arrays, meta)
+                    bar.update(meta["images"])
 
-            _, count = run_parts(store, batches, measure, skip=lambda index: not own(index), committed=committed)
-            store.finish(count, {})
+                _, count = run_parts(store, batches, measure, skip=lambda i: not own(i), committed=committed)
+                if count:
+                    store.finish(count, details or {})
+    if count == 0:
+        raise ValueError(f"The data holds no image: {desc or command} needs at least one.")
     return count

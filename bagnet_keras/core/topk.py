@@ -187,7 +187,7 @@ class LayerTops:
         self.grids: dict = {}
         self.n_images, self.image_shape = 0, ()
 
-    def add(self, start: int, x: np.ndarray) -> tuple[dict, dict]:
+    def add(self, start: int, x: np.ndarray, labels=None) -> tuple[dict, dict]:
         """Measure a batch whose first image is image ``start``; returns its part ``(arrays, meta)``."""
         arrays = {}
         for j, (path, (values, position, sums, grid)) in enumerate(zip(self.best, self.forward(x), strict=True)):

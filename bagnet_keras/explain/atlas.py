@@ -249,20 +249,19 @@ def _crops(images: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 def _atlas_of(state: LayerTops, model: keras.Model, layers: Mapping, wanted: dict, k: int) -> FeatureAtlas:
     """The `FeatureAtlas` of a finished pass: the units chosen, their top-k placed on the layers' grids."""
-    if state.n_images == 0:
-        raise ValueError("The data holds no image: the atlas needs at least one.")
     atlas = FeatureAtlas(layers=list(layers), units={}, values={}, image_index={}, row={}, column={}, mean={},
                          geometry={}, n_images=state.n_images, k=k, image_shape=state.image_shape,
                          _model=model)  # fmt: skip
     for path in layers:
-        atlas.mean[path] = state.sums[path] / state.counted[path]
+        counted = state.counted[path] or np.nan  # NaN means in a shard without batches
+        atlas.mean[path] = state.sums[path] / counted
         picked = wanted[path]
         if isinstance(picked, int):  # the strongest N by mean activation
             picked = np.argsort(-atlas.mean[path], kind="stable")[:picked]
         picked = np.asarray(picked, dtype=int)
-        best = state.best[path]
+        best, grid = state.best[path], state.grids.get(path, (1, 1))  # no grid in a shard without batches
         atlas.units[path], atlas.values[path] = picked, best.values[picked]
-        atlas.image_index[path], atlas.row[path], atlas.column[path] = best.positions(state.grids[path], picked)
+        atlas.image_index[path], atlas.row[path], atlas.column[path] = best.positions(grid, picked)
         atlas.geometry[path] = _geometry(model, path)
     return atlas
 
@@ -337,7 +336,7 @@ def feature_atlas(
     arguments = {"command": "atlas", "model": digest(*model.get_weights()), "layers": list(chosen), "k": k,
                  "batch_size": batch_size, "preprocess": function_name(preprocess)}  # fmt: skip
     stream_state(state, data, batch_size, preprocess=preprocess, folder=folder, arguments=arguments, shard=shard,
-                 command="atlas", progress=progress, desc="atlas")  # fmt: skip
+                 command="atlas", progress=progress, desc="the atlas")  # fmt: skip
     return _atlas_of(state, model, chosen, wanted, k)
 
 

@@ -14,16 +14,17 @@ makes this class": a class x concept table with examples.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import keras
 import numpy as np
-from tqdm.auto import tqdm
 
 from bagnet_keras.core.geometry import position_boxes
 from bagnet_keras.core.inputs import check_images, check_positive_int
-from bagnet_keras.core.topk import NONE, TopK, entries
+from bagnet_keras.core.stream import digest, function_name, merged_store, stream_state
+from bagnet_keras.core.topk import TopK, entries
 from bagnet_keras.explain.atlas import gather
 from bagnet_keras.explain.evidence import _evidence_for
 
@@ -85,21 +86,6 @@ class ClassConcepts:
         return _crops(np.stack([images[e[0]] for e in examples]), self.boxes(examples))
 
 
-def _labelled_batches(data, labels, batch_size: int, preprocess: Callable | None):
-    if hasattr(data, "shape") and hasattr(data, "__getitem__"):
-        if labels is None or len(labels) != len(data):
-            raise ValueError(f"`labels` must give one class per image ({len(data)}) of an image array.")
-        for start in range(0, len(data), batch_size):
-            x = np.asarray(data[start : start + batch_size], dtype="float32")
-            yield (preprocess(x) if preprocess is not None else x), np.asarray(labels[start : start + batch_size])
-        return
-    for batch in data:
-        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-            raise ValueError("A dataset given to class_concepts must yield (images, labels) batches.")
-        x = np.asarray(batch[0], dtype="float32")
-        yield (preprocess(x) if preprocess is not None else x), np.asarray(batch[1])
-
-
 def class_concepts(
     model: keras.Model,
     data,
@@ -113,6 +99,8 @@ def class_concepts(
     preprocess: Callable | None = None,
     seed: int = 0,
     progress: bool = True,
+    folder: str | os.PathLike | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> ClassConcepts:
     """Each class's most informative BagNet patches over a labelled dataset, clustered into concepts.
 
@@ -132,6 +120,9 @@ def class_concepts(
     examples : int
         Example patches kept per concept.
     output, batch_size, preprocess, seed, progress
+    folder, shard : optional
+        Commit the pass over the data per batch, resume it, shard it: as for
+        `bagnet_keras.explain.atlas.feature_atlas`; `merge_concepts` joins the shards' folders.
 
     Returns
     -------
@@ -148,8 +139,6 @@ def class_concepts(
     >>> round(sum(c.share for c in found.concepts[0]), 6)
     1.0
     """
-    from sklearn.cluster import KMeans
-
     ev = _evidence_for(model, output)
     patches = check_positive_int(patches, "patches")
     n_concepts = check_positive_int(n_concepts, "n_concepts")
@@ -162,61 +151,101 @@ def class_concepts(
     bad = [c for c in classes if not 0 <= c < ev.n_classes]
     if bad:
         raise ValueError(f"`classes` {bad} are not classes of the model's output (0..{ev.n_classes - 1}).")
-    kernel, bias = np.asarray(ev.kernel)[:, classes], np.asarray(ev.bias)[classes]
-    best = TopK(len(classes), patches)
-    feats = None
-    n_images, grid = 0, (0, 0)
-    with tqdm(desc="concepts", unit="image", disable=None if progress else True) as bar:
-        for x, y in _labelled_batches(data, labels, batch_size, preprocess):
-            x = check_images(x, ev.geometry.patch_size, channels=3)
-            features = np.asarray(ev.native(x, batch_size))  # (B, h, w, D)
-            grid, depth = features.shape[1:3], features.shape[-1]
-            evidence = features @ kernel + bias  # (B, h, w, k)
-            own = np.asarray(y).reshape(-1)[:, None] == np.asarray(classes)[None, :]  # (B, k): the image's class
-            evidence = np.where(own[:, None, None, :], evidence, -np.inf).astype("float32")
-            offset = n_images * grid[0] * grid[1]
-            before = best.flat
-            best.add(evidence, offset)
-            feats = _carry_features(feats, before, best.flat, features, offset, depth)
-            n_images += len(x)
-            bar.update(len(x))
-    if n_images == 0:
-        raise ValueError("The data holds no image: concepts need labelled images.")
-    found = ClassConcepts(geometry=ev.geometry)
-    image, row, column = best.positions(grid)
-    for i, c in enumerate(classes):
-        top = entries(best.values[i], image[i], row[i], column[i])  # -inf: positions of other classes' images
-        if not top:
-            continue  # no image of this class
-        vectors = feats[i][: len(top)]
-        found.patches[c], found.features[c] = top, vectors
-        clusters = min(n_concepts, len(top))
-        directions = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        assignment = KMeans(clusters, n_init=10, random_state=seed).fit_predict(directions)
-        found.concept_of[c] = assignment
-        evidence = np.array([t[3] for t in top])
-        total = float(evidence.sum())
-        concepts = []
-        for j in range(clusters):
-            members = [t for t, a in zip(top, assignment, strict=True) if a == j]  # strongest first, as `top`
-            mass = float(sum(t[3] for t in members))
-            concepts.append(Concept(share=mass / total if total else float("nan"), evidence=mass,
-                                    n_patches=len(members), examples=members[:examples]))  # fmt: skip
-        found.concepts[c] = sorted(concepts, key=lambda concept: -concept.share)
-    return found
+    if hasattr(data, "shape") and (labels is None or len(labels) != len(data)):
+        raise ValueError(f"`labels` must give one class per image ({len(data)}) of an image array.")
+    state = _ConceptTops(ev, classes, patches, batch_size)
+    arguments = {"command": "concepts", "model": digest(*model.get_weights()), "output": output,
+                 "classes": classes, "patches": patches, "batch_size": batch_size,
+                 "preprocess": function_name(preprocess)}  # fmt: skip
+    stream_state(state, data, batch_size, preprocess=preprocess, folder=folder, arguments=arguments, shard=shard,
+                 command="concepts", progress=progress, desc="class concepts", labels=labels)  # fmt: skip
+    return state.result(n_concepts, examples, seed)
 
 
-def _carry_features(feats, before: np.ndarray, flat: np.ndarray, features: np.ndarray, offset: int, depth: int):
-    """The features of the kept positions: from this batch where they are new, else from what was kept."""
-    k, m = flat.shape
-    out = np.zeros((k, m, depth), dtype="float32") if feats is None else np.empty_like(feats)
-    batch = features.reshape(-1, depth)
-    for i in range(k):
-        new = (flat[i] >= offset) & (flat[i] != NONE)
-        out[i][new] = batch[flat[i][new] - offset]
-        old = ~new
-        if feats is not None and old.any():
-            order = np.argsort(before[i])
-            where = order[np.searchsorted(before[i], flat[i][old], sorter=order)]
-            out[i][old] = feats[i][where]
-    return out
+class _ConceptTops:
+    """Each class's top patches among its images, with their features (the state of `stream_state`)."""
+
+    def __init__(self, ev, classes: list[int], patches: int, batch_size: int = 32):
+        self.ev, self.classes, self.batch_size = ev, classes, batch_size
+        self.kernel, self.bias = np.asarray(ev.kernel)[:, classes], np.asarray(ev.bias)[classes]
+        self.best = TopK(len(classes), patches, depth=self.kernel.shape[0])
+        self.grid, self.n_images = (1, 1), 0  # the grid of the first batch (none in an empty shard)
+
+    def add(self, start: int, x: np.ndarray, labels) -> tuple[dict, dict]:
+        if labels is None:
+            raise ValueError("A dataset given to class_concepts must yield (images, labels) batches.")
+        x = check_images(x, self.ev.geometry.patch_size, channels=3)
+        features = np.asarray(self.ev.native(x, self.batch_size))  # (B, h, w, D)
+        self.grid = features.shape[1:3]
+        evidence = features @ self.kernel + self.bias  # (B, h, w, classes)
+        own = np.asarray(labels).reshape(-1)[:, None] == np.asarray(self.classes)[None, :]  # the image's class
+        evidence = np.where(own[:, None, None, :], evidence, -np.inf).astype("float32")
+        increment = self.best.add(evidence, start * self.grid[0] * self.grid[1], payload=features)
+        self.n_images += len(x)
+        return increment, {"grid": list(self.grid)}
+
+    def absorb(self, arrays: dict, meta: dict) -> None:
+        self.best.absorb(arrays)
+        self.grid, self.n_images = tuple(meta["grid"]), self.n_images + meta["images"]
+
+    def result(self, n_concepts: int, examples: int, seed: int) -> ClassConcepts:
+        """The concepts: each class's top patches clustered (k-means on their features' directions)."""
+        from sklearn.cluster import KMeans
+
+        found = ClassConcepts(geometry=self.ev.geometry)
+        image, row, column = self.best.positions(self.grid)
+        for i, c in enumerate(self.classes):
+            top = entries(self.best.values[i], image[i], row[i], column[i])  # -inf: positions of other classes
+            if not top:
+                continue  # no image of this class
+            vectors = self.best.payload[i][: len(top)]
+            found.patches[c], found.features[c] = top, vectors
+            clusters = min(n_concepts, len(top))
+            directions = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+            assignment = KMeans(clusters, n_init=10, random_state=seed).fit_predict(directions)
+            found.concept_of[c] = assignment
+            evidence = np.array([t[3] for t in top])
+            total = float(evidence.sum())
+            concepts = []
+            for j in range(clusters):
+                members = [t for t, a in zip(top, assignment, strict=True) if a == j]  # strongest first, as `top`
+                mass = float(sum(t[3] for t in members))
+                concepts.append(Concept(share=mass / total if total else float("nan"), evidence=mass,
+                                        n_patches=len(members), examples=members[:examples]))  # fmt: skip
+            found.concepts[c] = sorted(concepts, key=lambda concept: -concept.share)
+        return found
+
+
+def merge_concepts(model: keras.Model, folders: Sequence[str | os.PathLike], n_concepts: int = 4, examples: int = 8,
+                   seed: int = 0) -> ClassConcepts:  # fmt: skip
+    """The `ClassConcepts` of all the data from the folders of finished `class_concepts` shards (or of one run).
+
+    The top patches (and so the concepts) equal those of one unsharded run, exactly.
+
+    Examples
+    --------
+    >>> import keras, numpy as np, os, tempfile
+    >>> from bagnet_keras import BagNet
+    >>> keras.utils.set_random_seed(0)
+    >>> model = BagNet(blocks=(1, 1, 1, 1), kernel3=(1, 1, 0, 0), base_width=4, classes=2, input_shape=(32, 32, 3))
+    >>> x, y = np.random.default_rng(0).normal(size=(6, 32, 32, 3)).astype("float32"), [0, 1] * 3
+    >>> folders = [os.path.join(tempfile.mkdtemp(), str(i)) for i in range(2)]
+    >>> for i, folder in enumerate(folders):
+    ...     _ = class_concepts(model, x, y, patches=20, batch_size=2, folder=folder, shard=(i, 2), progress=False)
+    >>> merge_concepts(model, folders).patches[1] == class_concepts(model, x, y, patches=20, progress=False).patches[1]
+    True
+    """
+    n_concepts = check_positive_int(n_concepts, "n_concepts")
+    examples = check_positive_int(examples, "examples")
+    store, _ = merged_store([os.fspath(f) for f in folders])
+    arguments = store.arguments
+    if arguments.get("command") != "concepts":
+        raise ValueError(f"{os.fspath(folders[0])!r} holds no class_concepts run (its run.json is not "
+                         "class_concepts's).")  # fmt: skip
+    if arguments["model"] != digest(*model.get_weights()):
+        raise ValueError(f"The shards in {[os.fspath(f) for f in folders]} ran a model with other weights than "
+                         "`model`; give the model they ran.")  # fmt: skip
+    state = _ConceptTops(_evidence_for(model, arguments["output"]), arguments["classes"], arguments["patches"])
+    for index in store.indices():
+        state.absorb(*store.read(index))
+    return state.result(n_concepts, examples, seed)

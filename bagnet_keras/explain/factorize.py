@@ -15,14 +15,15 @@ error).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import keras
 import numpy as np
-from tqdm.auto import tqdm
 
 from bagnet_keras.core.inputs import check_images, check_positive_int, n_classes_of, output_index
+from bagnet_keras.core.stream import digest, function_name, merged_store, stream_state
 from bagnet_keras.core.topk import TopK, entries
 from bagnet_keras.explain.atlas import _activation_function, _batches, _geometry, _spatial_layers
 from bagnet_keras.explain.cam import layer_gradients
@@ -36,7 +37,7 @@ class LayerGroups:
     ----------
     layer : str
         The layer's path.
-    components : ndarray (n, C)
+    components : ndarray (n, C) float64
         Each group's non-negative weights of the channels (NMF's H).
     values, image_index, row, column : ndarray (n, k)
         Each group's strongest positions over the data (its W value there), strongest first.
@@ -53,7 +54,7 @@ class LayerGroups:
     column: np.ndarray
     geometry: object
     n_images: int
-    _nmf: object = field(default=None, repr=False)
+    max_iter: int = 500
     _model: keras.Model | None = field(default=None, repr=False)
 
     def top(self, group: int) -> list[tuple[int, int, int, float]]:
@@ -62,9 +63,14 @@ class LayerGroups:
 
     def transform(self, activations: np.ndarray) -> np.ndarray:
         """(N, h, w, n) each group's weight at every position of the layer's activations (N, h, w, C)."""
+        from sklearn.decomposition import non_negative_factorization
+
         n, h, w, c = activations.shape
         flat = np.maximum(activations.reshape(-1, c), 0).astype("float64")
-        return self._nmf.transform(flat).reshape(n, h, w, -1).astype("float32")
+        # NMF.transform's own computation: W for the fixed H, from the components alone (a merge has no fit)
+        weights, _, _ = non_negative_factorization(flat, H=self.components, n_components=len(self.components),
+                                                   update_H=False, max_iter=self.max_iter)  # fmt: skip
+        return weights.reshape(n, h, w, -1).astype("float32")
 
     def maps(self, images, batch_size: int = 32) -> np.ndarray:
         """(N, h, w, n) the groups' spatial maps on ``images`` (preprocessed as the model expects)."""
@@ -120,6 +126,8 @@ def factorize(
     preprocess: Callable | None = None,
     seed: int = 0,
     progress: bool = True,
+    folder: str | os.PathLike | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> LayerGroups:
     """Non-negative matrix factorisation of a layer's activations into ``n_groups`` groups, and their top positions.
 
@@ -141,6 +149,9 @@ def factorize(
     seed : int
         NMF's initialisation.
     progress : bool
+    folder, shard : optional
+        Commit the pass over the data per batch, resume it, shard it: as for
+        `bagnet_keras.explain.atlas.feature_atlas`; `merge_groups` joins the shards' folders.
 
     Returns
     -------
@@ -183,23 +194,80 @@ def factorize(
                          "non-negative layer: choose one after a ReLU.")  # fmt: skip
     nmf = NMF(n_components=int(n_groups), init="nndsvda", random_state=seed, max_iter=500)
     nmf.fit(sample)
-    groups = LayerGroups(layer=path, components=nmf.components_.astype("float32"), values=np.empty(0),
-                         image_index=np.empty(0), row=np.empty(0), column=np.empty(0), geometry=None, n_images=0,
-                         _nmf=nmf, _model=model)  # fmt: skip
-    best = TopK(n_groups, k)
-    n_images, grid = 0, (0, 0)
-    total = len(data) if hasattr(data, "__len__") and hasattr(data, "shape") else None
-    with tqdm(total=total, desc="groups", unit="image", disable=None if progress else True) as bar:
-        for x in _batches(data, batch_size, preprocess):
-            weights = groups.transform(np.asarray(forward(check_images(x))[0]))
-            grid = weights.shape[1:3]
-            best.add(weights, n_images * grid[0] * grid[1])
-            n_images += len(x)
-            bar.update(len(x))
-    groups.values, groups.n_images = best.values, n_images
-    groups.image_index, groups.row, groups.column = best.positions(grid)
-    groups.geometry = _geometry(model, path)
-    return groups
+    groups = LayerGroups(layer=path, components=nmf.components_, values=np.empty(0), image_index=np.empty(0),
+                         row=np.empty(0), column=np.empty(0), geometry=_geometry(model, path), n_images=0,
+                         max_iter=nmf.max_iter, _model=model)  # fmt: skip
+    state = _GroupTops(groups, k, forward)
+    # The components are part of what a rerun or another shard must match: each fits them on the same sample.
+    arguments = {"command": "factorize", "model": digest(*model.get_weights()), "layer": path, "k": k,
+                 "batch_size": batch_size, "preprocess": function_name(preprocess),
+                 "components": digest(groups.components)}  # fmt: skip
+    stream_state(state, data, batch_size, preprocess=preprocess, folder=folder, arguments=arguments, shard=shard,
+                 command="factorize", progress=progress, desc="the factorisation",
+                 details={"components": groups.components.tolist(), "max_iter": groups.max_iter})  # fmt: skip
+    return state.result()
+
+
+class _GroupTops:
+    """The groups' streamed top-k (`bagnet_keras.core.stream.stream_state`'s state)."""
+
+    def __init__(self, groups: LayerGroups, k: int, forward: Callable | None = None):
+        self.groups, self.forward = groups, forward
+        self.best = TopK(len(groups.components), k)
+        self.grid, self.n_images = (1, 1), 0  # the grid of the first batch (none in an empty shard)
+
+    def add(self, start: int, x: np.ndarray, labels=None) -> tuple[dict, dict]:
+        weights = self.groups.transform(np.asarray(self.forward(check_images(x))[0]))
+        self.grid = weights.shape[1:3]
+        increment = self.best.add(weights, start * self.grid[0] * self.grid[1])
+        self.n_images += len(x)
+        return increment, {"grid": list(self.grid)}
+
+    def absorb(self, arrays: dict, meta: dict) -> None:
+        self.best.absorb(arrays)
+        self.grid, self.n_images = tuple(meta["grid"]), self.n_images + meta["images"]
+
+    def result(self) -> LayerGroups:
+        groups = self.groups
+        groups.values, groups.n_images = self.best.values, self.n_images
+        groups.image_index, groups.row, groups.column = self.best.positions(self.grid)
+        return groups
+
+
+def merge_groups(model: keras.Model, folders: Sequence[str | os.PathLike]) -> LayerGroups:
+    """The `LayerGroups` of all the data from the folders of finished `factorize` shards (or of one finished run).
+
+    Equal to the groups of one unsharded run, exactly; the shards must have fitted the same components
+    (they do on the same kind of machine: each fits them on the same first images).
+
+    Examples
+    --------
+    >>> import keras, numpy as np, os, tempfile
+    >>> keras.utils.set_random_seed(0)
+    >>> model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, activation="relu", name="c")])
+    >>> x = np.random.default_rng(0).normal(size=(6, 8, 8, 3)).astype("float32")
+    >>> folders = [os.path.join(tempfile.mkdtemp(), str(i)) for i in range(2)]
+    >>> for i, folder in enumerate(folders):
+    ...     _ = factorize(model, x, "c", n_groups=2, batch_size=2, folder=folder, shard=(i, 2), progress=False)
+    >>> merge_groups(model, folders).top(0) == factorize(model, x, "c", n_groups=2, progress=False).top(0)
+    True
+    """
+    store, complete = merged_store([os.fspath(f) for f in folders])
+    arguments = store.arguments
+    if arguments.get("command") != "factorize":
+        raise ValueError(f"{os.fspath(folders[0])!r} holds no factorize run (its run.json is not factorize's).")
+    if arguments["model"] != digest(*model.get_weights()):
+        raise ValueError(f"The shards in {[os.fspath(f) for f in folders]} ran a model with other weights than "
+                         "`model`; give the model they ran.")  # fmt: skip
+    path = arguments["layer"]
+    groups = LayerGroups(layer=path, components=np.asarray(complete["components"], "float64"), values=np.empty(0),
+                         image_index=np.empty(0), row=np.empty(0), column=np.empty(0),
+                         geometry=_geometry(model, path), n_images=0, max_iter=complete["max_iter"],
+                         _model=model)  # fmt: skip
+    state = _GroupTops(groups, arguments["k"])
+    for index in store.indices():
+        state.absorb(*store.read(index))
+    return state.result()
 
 
 def class_group_table(groups: LayerGroups, images, class_names: Sequence[str] | None = None,
