@@ -1,22 +1,22 @@
 """Memory and time of the feature atlas over growing datasets, against one plain forward pass.
 
-    python bench/atlas.py [--images 1000 10000] [--size 64] [--batch-size 64] [--k 9]
+    python bench/atlas.py [--images 1000 10000] [--size 64] [--batch-size 64] [--k 9] [--rounds 3]
 
 For each image count, a process of its own builds the demo's small CNN
 (random weights, ``--size`` px), generates 512 motif scenes and presents them
 as a lazy array of N images (image i is scene i mod 512, assembled when a batch
 is sliced: the dataset is never in memory, and scene generation does not
-dilute the timings), and runs `bagnet_keras.feature_atlas` over them
-for two layers (``conv3_relu``: 16 x 16 x 64 at 64 px, ``conv5_relu``: 4 x 4 x
-128), every unit, ``k`` examples each. The same process then times one plain
-pass over the same generated batches (the same compiled forward of the two
-layers, nothing kept), so the ratio is the atlas's cost over the forward pass
-itself. The atlas runs a second time committing every batch to a folder
-(``folder=``: what makes it resumable and shardable), timed apart.
-Projections of the final top-k are timed apart too (``examples`` of 8 units
-of the last layer). Targets (issue 11): peak resident memory grows by less
-than 10 % from 1,000 to 10,000 images; the atlas takes at most 1.5x the
-plain pass.
+dilute the timings), and runs `bagnet_keras.feature_atlas` over them for two
+layers (``conv3_relu``: 16 x 16 x 64 at 64 px, ``conv5_relu``: 4 x 4 x 128),
+every unit, ``k`` examples each. The same process times one plain pass over
+the same generated batches (the same compiled forward of the two layers,
+nothing kept), so the ratio is the atlas's cost over the forward pass itself,
+and the atlas committing every batch to a folder (``folder=``: what makes it
+resumable and shardable). Each is timed ``--rounds`` times, interleaved, and
+the medians are compared. Projections of the final top-k are timed apart
+(``examples`` of 8 units of the last layer). Targets (issue 11): peak resident
+memory grows by less than 10 % from 1,000 to 10,000 images; the atlas takes
+at most 1.5x the plain pass.
 """
 
 from __future__ import annotations
@@ -67,20 +67,30 @@ def child(args) -> None:
             return pool[np.arange(self.shape[0])[items] % len(pool)]
 
     options = dict(k=args.k, batch_size=args.batch_size, preprocess=preprocess_input, progress=False)
-    feature_atlas(model, Scenes(args.batch_size), LAYERS, **options)  # warm-up: tracing
+    # warm-up: tracing, for a full batch and the last one's size
+    warm = Scenes(args.batch_size + args.images % args.batch_size)
+    feature_atlas(model, warm, LAYERS, **options)
     data = Scenes(args.images)
-    start = time.perf_counter()
-    atlas = feature_atlas(model, data, LAYERS, **options)
-    atlas_seconds = time.perf_counter() - start
     forward = _activation_function(model, _spatial_layers(model, LAYERS))
-    start = time.perf_counter()
-    for begin in range(0, len(data), args.batch_size):
-        [np.asarray(a) for a in forward(np.asarray(preprocess_input(data[begin : begin + args.batch_size])))]
-    plain_seconds = time.perf_counter() - start
-    with tempfile.TemporaryDirectory() as folder:
-        start = time.perf_counter()
-        feature_atlas(model, data, LAYERS, folder=folder, **options)
-        committed_seconds = time.perf_counter() - start
+
+    def plain(images=data):
+        for begin in range(0, len(images), args.batch_size):
+            [np.asarray(a) for a in forward(np.asarray(preprocess_input(images[begin : begin + args.batch_size])))]
+
+    def committed():
+        with tempfile.TemporaryDirectory() as folder:
+            feature_atlas(model, data, LAYERS, folder=folder, **options)
+
+    plain(warm)
+    seconds = {"atlas": [], "plain": [], "committed": []}
+    for _ in range(args.rounds):  # interleaved, so that a slow moment of the machine hits all three
+        for name, run in (("atlas", lambda: feature_atlas(model, data, LAYERS, **options)), ("plain", plain),
+                          ("committed", committed)):  # fmt: skip
+            start = time.perf_counter()
+            run()
+            seconds[name].append(time.perf_counter() - start)
+    atlas_seconds, plain_seconds, committed_seconds = (float(np.median(seconds[n])) for n in seconds)
+    atlas = feature_atlas(model, data, LAYERS, **options)
     start = time.perf_counter()
     for unit in atlas.units["conv5_relu"][:8]:
         atlas.examples(data, "conv5_relu", int(unit), preprocess=preprocess_input)
@@ -96,6 +106,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--k", type=int, default=9)
+    parser.add_argument("--rounds", type=int, default=3, help="timed runs of each, interleaved; medians reported")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -105,7 +116,7 @@ def main() -> None:
     runs = []
     for n in args.images:
         command = [sys.executable, os.path.abspath(__file__), "--child", "--images", str(n), "--size", str(args.size),
-                   "--batch-size", str(args.batch_size), "--k", str(args.k)]  # fmt: skip
+                   "--batch-size", str(args.batch_size), "--k", str(args.k), "--rounds", str(args.rounds)]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         run = json.loads(done.stdout.strip().splitlines()[-1])
         runs.append(run)

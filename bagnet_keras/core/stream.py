@@ -452,6 +452,29 @@ def run_parts(
     return measured, total
 
 
+def model_arguments(command: str, model, preprocess: Callable | None, **values) -> dict:
+    """What identifies a pass of ``command`` over the data with ``model``: its weights, preprocessing and ``values``.
+
+    ``model`` is anything with ``get_weights()`` (a Keras model); its weights enter as their `digest`.
+    """
+    return {"command": command, "model": digest(*model.get_weights()), "preprocess": function_name(preprocess),
+            **values}  # fmt: skip
+
+
+def merged_pass(folders, command: str, model) -> tuple[MergedStore, dict]:
+    """`merged_store` of the folders of a pass of ``command`` (`stream_state`), checked to be ``model``'s."""
+    folders = [os.fspath(f) for f in folders]
+    store, complete = merged_store(folders)
+    if store.arguments.get("command") != command:
+        found = store.arguments.get("command")
+        raise ValueError(f"{folders[0]!r} holds no {command} run (its run.json is {found!r}'s); name the folders "
+                         f"of the {command} shards.")  # fmt: skip
+    if store.arguments["model"] != digest(*model.get_weights()):
+        raise ValueError(f"The shards in {folders} ran a model with other weights than `model`; give the model "
+                         "they ran.")  # fmt: skip
+    return store, complete
+
+
 def numbered_batches(data, batch_size: int, wanted: Callable[[int], bool], labels=None) -> Iterator[tuple]:
     """``(first image's index, images, labels)`` of each batch in the data's order; None where not ``wanted``.
 

@@ -11,6 +11,13 @@ each activation on the input with the layer's receptive field
 (`bagnet_keras.core.geometry`) and, given the data again, cuts the crops and
 computes the deconvnet / guided-backprop projection of each single
 activation (Zeiler & Fergus Fig. 2: the projection beside the crop).
+
+Each channel's top-k over a batch is taken inside the traced forward pass, so
+only ``k`` values per channel leave the model, and merged into the running
+top-k (`bagnet_keras.core.topk`). With a ``folder`` the pass commits each
+batch's increment (`bagnet_keras.core.stream.stream_state`): a killed run
+resumes to exactly the uninterrupted result, and shards of the data
+(``shard=(i, n)``) are joined by `merge_atlas`.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import numpy as np
 from bagnet_keras.core.geometry import layer_geometry, position_boxes
 from bagnet_keras.core.graph import compiled, find_layer, run_graph
 from bagnet_keras.core.inputs import check_images, check_positive_int
-from bagnet_keras.core.stream import digest, function_name, merged_store, stream_state
+from bagnet_keras.core.stream import merged_pass, model_arguments, stream_state
 from bagnet_keras.core.topk import LayerTops, entries
 from bagnet_keras.explain.guided import guided_backprop
 
@@ -333,8 +340,8 @@ def feature_atlas(
     wanted = _check_units(units, channels)
     candidates = _candidate_function(model, chosen, k)
     state = LayerTops(channels, k, lambda x: candidates(check_images(x)))
-    arguments = {"command": "atlas", "model": digest(*model.get_weights()), "layers": list(chosen), "k": k,
-                 "batch_size": batch_size, "preprocess": function_name(preprocess)}  # fmt: skip
+    arguments = None if folder is None else model_arguments("atlas", model, preprocess, layers=list(chosen), k=k,
+                                                            batch_size=batch_size)  # fmt: skip
     stream_state(state, data, batch_size, preprocess=preprocess, folder=folder, arguments=arguments, shard=shard,
                  command="atlas", progress=progress, desc="the atlas")  # fmt: skip
     return _atlas_of(state, model, chosen, wanted, k)
@@ -371,13 +378,8 @@ def merge_atlas(
     ...     "conv", 0)
     True
     """
-    store, _ = merged_store([os.fspath(f) for f in folders])
+    store, _ = merged_pass(folders, "atlas", model)
     arguments = store.arguments
-    if arguments.get("command") != "atlas":
-        raise ValueError(f"{os.fspath(folders[0])!r} holds no atlas run (its run.json is not feature_atlas's).")
-    if arguments["model"] != digest(*model.get_weights()):
-        raise ValueError(f"The shards in {[os.fspath(f) for f in folders]} ran a model with other weights than "
-                         "`model`; give the model they ran.")  # fmt: skip
     chosen = _spatial_layers(model, arguments["layers"])
     if isinstance(units, Mapping):
         units = {find_layer(model, name)[0]: value for name, value in units.items()}

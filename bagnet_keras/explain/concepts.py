@@ -23,7 +23,7 @@ import numpy as np
 
 from bagnet_keras.core.geometry import position_boxes
 from bagnet_keras.core.inputs import check_images, check_positive_int
-from bagnet_keras.core.stream import digest, function_name, merged_store, stream_state
+from bagnet_keras.core.stream import merged_pass, model_arguments, stream_state
 from bagnet_keras.core.topk import TopK, entries
 from bagnet_keras.explain.atlas import gather
 from bagnet_keras.explain.evidence import _evidence_for
@@ -154,9 +154,9 @@ def class_concepts(
     if hasattr(data, "shape") and (labels is None or len(labels) != len(data)):
         raise ValueError(f"`labels` must give one class per image ({len(data)}) of an image array.")
     state = _ConceptTops(ev, classes, patches, batch_size)
-    arguments = {"command": "concepts", "model": digest(*model.get_weights()), "output": output,
-                 "classes": classes, "patches": patches, "batch_size": batch_size,
-                 "preprocess": function_name(preprocess)}  # fmt: skip
+    arguments = None if folder is None else model_arguments("concepts", model, preprocess, output=output,
+                                                            classes=classes, patches=patches,
+                                                            batch_size=batch_size)  # fmt: skip
     stream_state(state, data, batch_size, preprocess=preprocess, folder=folder, arguments=arguments, shard=shard,
                  command="concepts", progress=progress, desc="class concepts", labels=labels)  # fmt: skip
     return state.result(n_concepts, examples, seed)
@@ -237,14 +237,8 @@ def merge_concepts(model: keras.Model, folders: Sequence[str | os.PathLike], n_c
     """
     n_concepts = check_positive_int(n_concepts, "n_concepts")
     examples = check_positive_int(examples, "examples")
-    store, _ = merged_store([os.fspath(f) for f in folders])
+    store, _ = merged_pass(folders, "concepts", model)
     arguments = store.arguments
-    if arguments.get("command") != "concepts":
-        raise ValueError(f"{os.fspath(folders[0])!r} holds no class_concepts run (its run.json is not "
-                         "class_concepts's).")  # fmt: skip
-    if arguments["model"] != digest(*model.get_weights()):
-        raise ValueError(f"The shards in {[os.fspath(f) for f in folders]} ran a model with other weights than "
-                         "`model`; give the model they ran.")  # fmt: skip
     state = _ConceptTops(_evidence_for(model, arguments["output"]), arguments["classes"], arguments["patches"])
     for index in store.indices():
         state.absorb(*store.read(index))

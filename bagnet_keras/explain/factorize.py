@@ -23,7 +23,7 @@ import keras
 import numpy as np
 
 from bagnet_keras.core.inputs import check_images, check_positive_int, n_classes_of, output_index
-from bagnet_keras.core.stream import digest, function_name, merged_store, stream_state
+from bagnet_keras.core.stream import digest, merged_pass, model_arguments, stream_state
 from bagnet_keras.core.topk import TopK, entries
 from bagnet_keras.explain.atlas import _activation_function, _batches, _geometry, _spatial_layers
 from bagnet_keras.explain.cam import layer_gradients
@@ -199,9 +199,9 @@ def factorize(
                          max_iter=nmf.max_iter, _model=model)  # fmt: skip
     state = _GroupTops(groups, k, forward)
     # The components are part of what a rerun or another shard must match: each fits them on the same sample.
-    arguments = {"command": "factorize", "model": digest(*model.get_weights()), "layer": path, "k": k,
-                 "batch_size": batch_size, "preprocess": function_name(preprocess),
-                 "components": digest(groups.components)}  # fmt: skip
+    arguments = None if folder is None else model_arguments("factorize", model, preprocess, layer=path, k=k,
+                                                            batch_size=batch_size,
+                                                            components=digest(groups.components))  # fmt: skip
     stream_state(state, data, batch_size, preprocess=preprocess, folder=folder, arguments=arguments, shard=shard,
                  command="factorize", progress=progress, desc="the factorisation",
                  details={"components": groups.components.tolist(), "max_iter": groups.max_iter})  # fmt: skip
@@ -252,13 +252,8 @@ def merge_groups(model: keras.Model, folders: Sequence[str | os.PathLike]) -> La
     >>> merge_groups(model, folders).top(0) == factorize(model, x, "c", n_groups=2, progress=False).top(0)
     True
     """
-    store, complete = merged_store([os.fspath(f) for f in folders])
+    store, complete = merged_pass(folders, "factorize", model)
     arguments = store.arguments
-    if arguments.get("command") != "factorize":
-        raise ValueError(f"{os.fspath(folders[0])!r} holds no factorize run (its run.json is not factorize's).")
-    if arguments["model"] != digest(*model.get_weights()):
-        raise ValueError(f"The shards in {[os.fspath(f) for f in folders]} ran a model with other weights than "
-                         "`model`; give the model they ran.")  # fmt: skip
     path = arguments["layer"]
     groups = LayerGroups(layer=path, components=np.asarray(complete["components"], "float64"), values=np.empty(0),
                          image_index=np.empty(0), row=np.empty(0), column=np.empty(0),
