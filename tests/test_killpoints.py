@@ -268,45 +268,42 @@ def test_split_sweep_every_kill_point(runner, tmp_path, capsys):
 
 
 def _streamed_files(folder):
-    """Its tables byte for byte and each part's arrays and meta (a part's zip records its write time)."""
+    """Its other files byte for byte and each .npz's arrays (a zip records its write time), and any leftovers."""
     files, leftovers = _tree(folder)
-    tables = {k: v for k, v in files.items() if f"/{PARTS}/" not in k}
-    parts = {}
-    for name in sorted(os.listdir(folder / PARTS)):
-        with np.load(folder / PARTS / name, allow_pickle=False) as data:
-            parts[name] = {key: data[key].tolist() for key in data.files}
-    return tables, parts, leftovers
+    tables = {os.path.basename(k): v for k, v in files.items() if not k.endswith(".npz")}
+    arrays = {}
+    for path in sorted([*(folder / PARTS).glob("*.npz"), *folder.glob("*.npz")]):
+        with np.load(path, allow_pickle=False) as data:
+            arrays[path.name] = {key: data[key].tolist() for key in data.files}
+    return tables, arrays, leftovers
+
+
+def _sweep_streamed(runner, tmp_path, argv, command):
+    """Run ``command`` killed at each of its file-system steps, then again: the files of an uninterrupted run."""
+    steps = _reference(runner, argv(tmp_path / "reference"), [tmp_path / "reference"], tmp_path / "ref.jsonl",
+                       command=command)  # fmt: skip
+    expected = _streamed_files(tmp_path / "reference")
+    assert not expected[2]
+    for k in range(1, len(steps) + 1):
+        case = tmp_path / f"k{k}"
+        _killed(runner, argv(case), [case], k, tmp_path / f"k{k}.jsonl", command=command)
+        assert runner.run(argv(case), [case], command=command) == {"exit": 0}, k
+        tables, arrays, leftovers = _streamed_files(case)
+        assert not leftovers, (k, leftovers)
+        assert arrays == expected[1], k
+        assert tables == expected[0], k
+    return steps, expected
 
 
 def test_streamed_comparison_sweep_every_kill_point(runner, tmp_path, capsys):
     """Parts, run.json and the tables of `compare(..., output_dir=)`: killed at every step, rerun, the same."""
-
-    def argv(case):
-        return [str(case), "7", "3"]  # 7 images in parts of 3
-
-    steps = _reference(runner, argv(tmp_path / "reference"), [tmp_path / "reference"], tmp_path / "ref.jsonl",
-                       command="streamed")  # fmt: skip
-    expected = _streamed_files(tmp_path / "reference")
-    assert len(expected[1]) == 3 and not expected[2] and "reference/rows.csv" in expected[0]
-    for k in range(1, len(steps) + 1):
-        case = tmp_path / f"k{k}"
-        _killed(runner, argv(case), [case], k, tmp_path / f"k{k}.jsonl", command="streamed")
-        assert runner.run(argv(case), [case], command="streamed") == {"exit": 0}, k
-        tables, parts, leftovers = _streamed_files(case)
-        assert not leftovers, (k, leftovers)
-        assert parts == expected[1], k
-        assert {os.path.basename(p): v for p, v in tables.items()} == \
-            {os.path.basename(p): v for p, v in expected[0].items()}, k
+    steps, (tables, arrays, _) = _sweep_streamed(runner, tmp_path, lambda case: [str(case), "7", "3"], "streamed")
+    assert len(arrays) == 3 and "rows.csv" in tables  # 7 images in parts of 3
     with capsys.disabled():
         print(f"\nstreamed comparison: {len(steps)} kill points, all passed")
 
 
 # -- the atlas's streamed pass (bagnet_keras.core.stream.stream_state, core.topk.LayerTops)
-
-
-def _npz(path):
-    with np.load(path, allow_pickle=False) as data:
-        return {key: data[key].tolist() for key in data.files}
 
 
 @pytest.mark.parametrize("shard", [None, "1/2"])
@@ -316,20 +313,7 @@ def test_atlas_sweep_every_kill_point(runner, tmp_path, shard, capsys):
     def argv(case):
         return [str(case), "9", "2"] + ([shard] if shard else [])  # 9 images in batches of 2: 5 batches
 
-    steps = _reference(runner, argv(tmp_path / "reference"), [tmp_path / "reference"], tmp_path / "ref.jsonl",
-                       command="atlas")  # fmt: skip
-    expected = _streamed_files(tmp_path / "reference")
-    tops = _npz(tmp_path / "reference" / "tops.npz")
-    assert len(expected[1]) == (5 if shard is None else 2) and not expected[2]
-    for k in range(1, len(steps) + 1):
-        case = tmp_path / f"k{k}"
-        _killed(runner, argv(case), [case], k, tmp_path / f"k{k}.jsonl", command="atlas")
-        assert runner.run(argv(case), [case], command="atlas") == {"exit": 0}, k
-        files, parts, leftovers = _streamed_files(case)
-        assert not leftovers, (k, leftovers)
-        assert parts == expected[1], k
-        assert _npz(case / "tops.npz") == tops, k
-        assert {os.path.basename(p): v for p, v in files.items() if not p.endswith("tops.npz")} == \
-            {os.path.basename(p): v for p, v in expected[0].items() if not p.endswith("tops.npz")}, k
+    steps, (tables, arrays, _) = _sweep_streamed(runner, tmp_path, argv, "atlas")
+    assert len(arrays) == (5 if shard is None else 2) + 1 and "tops.npz" in arrays and "complete.json" in tables
     with capsys.disabled():
         print(f"\natlas pass (shard {shard}): {len(steps)} kill points, all passed")
