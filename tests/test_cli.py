@@ -1,3 +1,5 @@
+import csv
+
 import pytest
 from compare_case import motif_dataset, saved_models
 
@@ -36,9 +38,13 @@ def test_explain_and_compare_commands_write_reports(tmp_path, capsys):
 
     argv = ["compare", "--model", f"bagnet={tmp_path / 'bagnet.keras'}", "--model", f"cnn={tmp_path / 'cnn.keras'}",
             "--data", str(tmp_path / "data"), "--image-size", "48", "--out", str(tmp_path / "compare")]  # fmt: skip
-    assert main(argv) == 0
+    assert main([*argv, "--methods", "gradcam", "bagnet:evidence", "cnn:saliency"]) == 0
     assert f"report: {tmp_path / 'compare' / 'report.html'}" in capsys.readouterr().out
-    assert (tmp_path / "compare" / "comparison" / "rows.csv").exists()
+    with open(tmp_path / "compare" / "comparison" / "rows.csv") as f:
+        maps = {(row["model"], row["method"]) for row in csv.DictReader(f)}
+    assert maps == {("bagnet", "gradcam"), ("bagnet", "evidence"), ("cnn", "gradcam"), ("cnn", "saliency")}
+    assert main([*argv[:-2], "--methods", "vgg:gradcam", "--out", str(tmp_path / "none")]) == 2
+    assert "names model 'vgg', which is not one of the models (bagnet, cnn)" in capsys.readouterr().err
 
     images = [str(tmp_path / "data" / "ring" / f"{i}.png") for i in range(2)]
     argv = ["explain", "--model", str(tmp_path / "bagnet.keras"), "--images", *images, "--image-size", "48",

@@ -31,6 +31,7 @@ Results are committed batch by batch under OUT/comparison: the same command agai
 COMPARE_EPILOG = """example:
   bagnet-keras compare --model cnn=runs/vgg16/best.keras --model bagnet=runs/bagnet33/best.keras \\
       --data datasets/streets --split test --image-size 224 --preprocess bagnet33 --output city
+  bagnet-keras compare ... --methods gradcam bagnet:evidence cnn:saliency cnn:integrated_gradients
 
 Every model's maps measured on every model, in OUT/report.html and OUT/comparison/*.csv. The split is
 read --batch-size images at a time and each batch's rows are committed under OUT/comparison/parts as
@@ -219,7 +220,7 @@ def _shard(text: str):
 
 def _method(text: str) -> str:
     try:
-        parse_method(text)
+        parse_method(text.partition(":")[2] if ":" in text else text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(METHODS)}, or a CAM "
                                          "method at a layer: gradcam@LAYER)") from None  # fmt: skip
@@ -302,8 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--masks", help="folder of ground-truth masks <class>/<name>.png, if any")
     p.add_argument("--methods", nargs="+", type=_method, metavar="METHOD",
-                   help=f"any of: {', '.join(METHODS)}; a CAM method at a layer: gradcam@LAYER (default: evidence "
-                   "and gradcam for BagNets, gradcam otherwise)")
+                   help=f"any of: {', '.join(METHODS)}; a CAM method at a layer: gradcam@LAYER; NAME:METHOD for the "
+                   "model NAME alone, e.g. bagnet:evidence cnn:saliency (default: evidence and gradcam for BagNets, "
+                   "gradcam otherwise)")
     p.add_argument("--target", choices=TARGETS, default="logit", help="the class score explained (default: logit)")
     p.add_argument("--output", help="the head to explain, for multi-output models")
     p.add_argument("--preprocess", default="bagnet33", help="backbone whose preprocessing the models expect")

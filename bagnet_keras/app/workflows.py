@@ -109,6 +109,30 @@ def explain_images(
     return write_report(result, names, output_dir, title=f"Explanations of {model}")
 
 
+def methods_by_model(models: Mapping[str, str], methods: Sequence[str] | None) -> Sequence[str] | dict | None:
+    """The methods each model is explained by: ``METHOD`` for every model, ``NAME:METHOD`` for model NAME alone.
+
+    Examples
+    --------
+    >>> methods_by_model({"bagnet": "b.keras", "cnn": "c.keras"}, ["gradcam", "bagnet:evidence", "cnn:saliency"])
+    {'bagnet': ['gradcam', 'evidence'], 'cnn': ['gradcam', 'saliency']}
+    >>> methods_by_model({"cnn": "c.keras"}, ["gradcam"])
+    ['gradcam']
+    """
+    if methods is None or not any(":" in m for m in methods):
+        return methods
+    chosen = {name: [m for m in methods if ":" not in m] for name in models}
+    for item in methods:
+        name, sep, method = item.partition(":")
+        if not sep:
+            continue
+        if name not in chosen:
+            raise ValueError(f"--methods {item!r} names model {name!r}, which is not one of the models "
+                             f"({', '.join(models)}); write NAME:METHOD with a --model NAME.")  # fmt: skip
+        chosen[name].append(method)
+    return chosen
+
+
 def compare_models(
     models: Mapping[str, str],
     data: str,
@@ -134,10 +158,12 @@ def compare_models(
     ``batch_size`` at a time and the results committed under ``output_dir/comparison`` as they go:
     memory does not grow with the split, and the same call again resumes a killed run. A ``shard``
     (index, count) measures its part of the split and writes no report: `merge` joins the shards'
-    folders and writes it; it returns None.
+    folders and writes it; it returns None. ``methods`` name a method for every model or, as
+    ``NAME:METHOD``, for one (`methods_by_model`).
     """
     from data_tools.loader import ImageFiles
 
+    methods = methods_by_model(models, methods)
     loaded = {name: load_model(path)[0] for name, path in models.items()}
     size = (image_size, image_size)
     files = ImageFiles(data, size, split=split, max_images=max_images)
