@@ -190,3 +190,16 @@ def test_bad_arguments_name_the_value(kwargs, match):
     arguments = {"data": _data(3), **kwargs}
     with pytest.raises(ValueError, match=match):
         feature_atlas(_nested(), arguments.pop("data"), progress=False, **arguments)
+
+
+def test_a_dataset_with_labels_by_head_resumes(tmp_path):
+    # The batches' labels (a dict by head) are part of what a rerun checks: they must digest the same each time.
+    model, x = _nested(), _data(6)
+    labels = {"a": np.arange(6) % 3, "b": np.arange(6) % 2}
+    data = tf.data.Dataset.from_tensor_slices((x, labels)).batch(2)
+    first = feature_atlas(model, data, ["c1"], k=3, folder=tmp_path / "run", progress=False)
+    os.remove(tmp_path / "run" / PARTS / "part-000002.npz")
+    _same_atlas(feature_atlas(model, data, ["c1"], k=3, folder=tmp_path / "run", progress=False), first)
+    other = tf.data.Dataset.from_tensor_slices((x, {**labels, "b": 1 - labels["b"]})).batch(2)
+    with pytest.raises(ValueError, match="Batch 0 of the data differs"):
+        feature_atlas(model, other, ["c1"], k=3, folder=tmp_path / "run", progress=False)

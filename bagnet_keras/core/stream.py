@@ -54,7 +54,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -503,9 +503,19 @@ def numbered_batches(data, batch_size: int, wanted: Callable[[int], bool], label
     for index, batch in enumerate(data):
         pair = isinstance(batch, (tuple, list))
         x = np.asarray(batch[0] if pair else batch, dtype="float32")
-        y = np.asarray(batch[1]).tolist() if pair and len(batch) > 1 and wanted(index) else None
+        y = None
+        if pair and len(batch) > 1 and wanted(index):  # labels by head (a dict) stay by head
+            y = ({head: np.asarray(v).tolist() for head, v in batch[1].items()} if isinstance(batch[1], Mapping)
+                 else np.asarray(batch[1]).tolist())  # fmt: skip
         yield start, x if wanted(index) else None, y
         start += len(x)
+
+
+def _batch_key(batch) -> str:
+    """A `numbered_batches` batch's inputs as `digest` recognises them: its start, images and labels (as JSON)."""
+    start, x, y = batch
+    labels = None if y is None else np.frombuffer(json.dumps(y, sort_keys=True).encode(), np.uint8)
+    return digest(np.int64(start), x, labels)
 
 
 def stream_state(
@@ -551,11 +561,15 @@ def stream_state(
     shard = check_shard(shard)
     if shard is not None and folder is None:
         raise ValueError(f"shard={shard} needs a `folder` to commit the shard's batches to, for merging.")
-    total = len(data) if hasattr(data, "__len__") and hasattr(data, "shape") else None
-    bar = tqdm(total=total, desc=desc or command, unit="image", disable=None if progress else True)
 
     def own(index: int) -> bool:
         return shard is None or index % shard[1] == shard[0]
+
+    total = None
+    if hasattr(data, "__len__") and hasattr(data, "shape"):  # the images of this run's (or shard's) batches
+        total = sum(min(batch_size, len(data) - start) for index, start in enumerate(range(0, len(data), batch_size))
+                    if own(index))  # fmt: skip
+    bar = tqdm(total=total, desc=desc or command, unit="image", disable=None if progress else True)
 
     def measure(index: int, batch) -> tuple[dict, dict]:
         start, x, y = batch
@@ -582,7 +596,8 @@ def stream_state(
                     state.absorb(arrays, meta)
                     bar.update(meta["images"])
 
-                _, count = run_parts(store, batches, measure, skip=lambda i: not own(i), committed=committed)
+                _, count = run_parts(store, batches, measure, key=_batch_key, skip=lambda i: not own(i),
+                                     committed=committed)  # fmt: skip
                 if count:
                     store.finish(count, details or {})
     if count == 0:
