@@ -104,3 +104,20 @@ def test_shards_and_a_resumed_run_give_the_concepts_of_one_run(tmp_path):
 def _bagnet_other():
     keras.utils.set_random_seed(1)
     return BagNet(blocks=(1, 1, 1, 1), kernel3=(1, 1, 0, 0), base_width=4, classes=3, input_shape=(SIZE, SIZE, 3))
+
+
+def test_a_multi_head_dataset_gives_the_head_explained():
+    import tensorflow as tf
+
+    from bagnet_keras.transfer.heads import build_classifier
+
+    keras.utils.set_random_seed(0)
+    backbone = BagNet(blocks=(1, 1, 1, 1), kernel3=(1, 1, 0, 0), base_width=4, include_top=False,
+                      input_shape=(SIZE, SIZE, 3))  # fmt: skip
+    model = build_classifier(backbone, {"a": 3, "b": 2}, mode="scratch")
+    x, y = _data(6)
+    data = tf.data.Dataset.from_tensor_slices((x, {"a": y, "b": y % 2})).batch(4)
+    by_head = class_concepts(model, data, output="a", n_concepts=2, patches=6, progress=False)
+    assert by_head.patches == class_concepts(model, x, y, output="a", n_concepts=2, patches=6, progress=False).patches
+    with pytest.raises(ValueError, match=r"by head \['a', 'b'\]; pass output=<head name>"):
+        class_concepts(model, data, output=0, n_concepts=2, patches=6, progress=False)

@@ -153,7 +153,7 @@ def class_concepts(
         raise ValueError(f"`classes` {bad} are not classes of the model's output (0..{ev.n_classes - 1}).")
     if hasattr(data, "shape") and (labels is None or len(labels) != len(data)):
         raise ValueError(f"`labels` must give one class per image ({len(data)}) of an image array.")
-    state = _ConceptTops(ev, classes, patches, batch_size)
+    state = _ConceptTops(ev, classes, patches, batch_size, output)
     arguments = None if folder is None else model_arguments("concepts", model, preprocess, output=output,
                                                             classes=classes, patches=patches,
                                                             batch_size=batch_size)  # fmt: skip
@@ -165,8 +165,8 @@ def class_concepts(
 class _ConceptTops:
     """Each class's top patches among its images, with their features (the state of `stream_state`)."""
 
-    def __init__(self, ev, classes: list[int], patches: int, batch_size: int = 32):
-        self.ev, self.classes, self.batch_size = ev, classes, batch_size
+    def __init__(self, ev, classes: list[int], patches: int, batch_size: int = 32, output=None):
+        self.ev, self.classes, self.batch_size, self.output = ev, classes, batch_size, output
         self.kernel, self.bias = np.asarray(ev.kernel)[:, classes], np.asarray(ev.bias)[classes]
         self.best = TopK(len(classes), patches, depth=self.kernel.shape[0])
         self.grid, self.n_images = (1, 1), 0  # the grid of the first batch (none in an empty shard)
@@ -174,6 +174,10 @@ class _ConceptTops:
     def add(self, start: int, x: np.ndarray, labels) -> tuple[dict, dict]:
         if labels is None:
             raise ValueError("A dataset given to class_concepts must yield (images, labels) batches.")
+        if isinstance(labels, dict):  # a multi-head dataset: the explained head's labels
+            if self.output not in labels:
+                raise ValueError(f"The dataset's labels are by head {sorted(labels)}; pass output=<head name>.")
+            labels = labels[self.output]
         x = check_images(x, self.ev.geometry.patch_size, channels=3)
         features = np.asarray(self.ev.native(x, self.batch_size))  # (B, h, w, D)
         self.grid = features.shape[1:3]
