@@ -226,17 +226,42 @@ class FeatureAtlas:
 
 
 def gather(data, indices: Sequence[int], batch_size: int = 32, preprocess: Callable | None = None) -> dict:
-    """``{index: image}`` of the images at ``indices`` (in the data's order), reading no further than the last."""
-    wanted, found, start = set(indices), {}, 0
+    """``{index: image}`` of the images at ``indices`` (in the data's order).
+
+    An array-like (an array, a memory map, `data_tools.loader.ImageFiles`) is read at those indices alone,
+    so showing a unit's top images costs ``k`` reads whatever the dataset's size; an iterable of batches
+    is read up to the last image needed.
+
+    Examples
+    --------
+    >>> x = np.arange(5.0).reshape(5, 1, 1, 1)
+    >>> {i: float(image[0, 0, 0]) for i, image in gather(x, [3, 1]).items()}
+    {1: 1.0, 3: 3.0}
+    """
+    wanted = sorted({int(i) for i in indices})
     if not wanted:
+        return {}
+    if hasattr(data, "shape") and hasattr(data, "__getitem__"):
+        outside = [i for i in wanted if not 0 <= i < len(data)]
+        if outside:
+            raise ValueError(f"The data holds {len(data)} images; images {outside[:5]} are not in it. Give the "
+                             "atlas's data.")  # fmt: skip
+        found = {}
+        for start in range(0, len(wanted), batch_size):
+            chosen = wanted[start : start + batch_size]
+            x = np.stack([np.asarray(data[i : i + 1], dtype="float32")[0] for i in chosen])
+            if preprocess is not None:
+                x = np.asarray(preprocess(x), dtype="float32")
+            found.update(zip(chosen, x, strict=True))
         return found
+    found, start = {}, 0
     for x in _batches(data, batch_size, preprocess):
-        for i in wanted.intersection(range(start, start + len(x))):
+        for i in set(wanted).intersection(range(start, start + len(x))):
             found[i] = x[i - start]
         start += len(x)
         if len(found) == len(wanted):
             break
-    missing = sorted(wanted - set(found))
+    missing = sorted(set(wanted) - set(found))
     if missing:
         raise ValueError(f"The data holds {start} images; images {missing[:5]} are not in it. Give the atlas's data.")
     return found
