@@ -601,5 +601,5 @@ def stream_state(
                 if count:
                     store.finish(count, details or {})
     if count == 0:
-        raise ValueError(f"The data holds no image: {desc or command} needs at least one.")
+        raise ValueError(f"The data holds no image: give {desc or command} at least one.")
     return count

@@ -158,7 +158,7 @@ def class_concepts(
                                                             classes=classes, patches=patches,
                                                             batch_size=batch_size)  # fmt: skip
     stream_state(state, data, batch_size, preprocess=preprocess, folder=folder, arguments=arguments, shard=shard,
-                 command="concepts", progress=progress, desc="class concepts", labels=labels)  # fmt: skip
+                 command="concepts", progress=progress, desc="the class concepts", labels=labels)  # fmt: skip
     return state.result(n_concepts, examples, seed)
 
 
