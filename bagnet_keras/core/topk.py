@@ -63,6 +63,13 @@ def candidates(acts: np.ndarray, offset: int, k: int) -> tuple[np.ndarray, np.nd
     return np.take_along_axis(a, position, axis=1), offset + position.astype(np.int64)
 
 
+def _entries_of(values: np.ndarray, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(row, flat, value)`` of the real entries of per-row ``(rows, m)`` values and flat positions."""
+    rows = np.broadcast_to(np.arange(values.shape[0])[:, None], values.shape)
+    real = flat != NONE
+    return rows[real], flat[real], values[real]
+
+
 class TopK:
     """Each row's ``k`` strongest values over a stream of batches, ties by the earlier position (exact).
 
@@ -99,10 +106,7 @@ class TopK:
         c = self.values.shape[0]
         a = acts.reshape(-1, c)
         if np.isneginf(self.values[:, -1]).any():  # fewer than k positions seen yet: the batch's own top-k
-            values, flat = candidates(acts, offset, self.k)
-            rows = np.broadcast_to(np.arange(c)[:, None], values.shape)
-            real = flat != NONE
-            rows, flat, values = rows[real], flat[real], values[real]
+            rows, flat, values = _entries_of(*candidates(acts, offset, self.k))
             position = flat - offset
         else:
             position, rows = np.nonzero(a > self.values[:, -1])
@@ -112,9 +116,7 @@ class TopK:
 
     def add_candidates(self, values: np.ndarray, flat: np.ndarray) -> dict:
         """Merge a batch's own top entries per row, ``(rows, m)`` values and flat positions; returns the increment."""
-        rows = np.broadcast_to(np.arange(values.shape[0])[:, None], values.shape)
-        real = flat != NONE
-        return self.merge(rows[real], flat[real], values[real])
+        return self.merge(*_entries_of(values, flat))
 
     def absorb(self, increment: dict) -> None:
         """Merge an increment that `add` returned (here or in another run over other batches of the same data)."""
@@ -197,8 +199,8 @@ class LayerTops:
             arrays.update({f"{j}_{name}": value for name, value in increment.items()})
             arrays[f"{j}_sum"] = np.asarray(sums, "float64")
             self.grids[path] = (h, w)
-        meta = {"images": len(x), "image_shape": list(x.shape[1:]), "grids": [list(self.grids[p]) for p in self.best]}
-        self._count(arrays, meta)
+        meta = {"image_shape": list(x.shape[1:]), "grids": [list(self.grids[p]) for p in self.best]}
+        self._count(arrays, meta, len(x))
         return arrays, meta
 
     def absorb(self, arrays: dict, meta: dict) -> None:
@@ -206,11 +208,11 @@ class LayerTops:
         for j, path in enumerate(self.best):
             self.best[path].absorb({name: arrays[f"{j}_{name}"] for name in INCREMENT})
         self.grids.update({path: tuple(grid) for path, grid in zip(self.best, meta["grids"], strict=True)})
-        self._count(arrays, meta)
+        self._count(arrays, meta, meta["images"])  # the batch's images, recorded by `stream_state`
 
-    def _count(self, arrays: dict, meta: dict) -> None:
+    def _count(self, arrays: dict, meta: dict, images: int) -> None:
         for j, path in enumerate(self.best):
             self.sums[path] += arrays[f"{j}_sum"]
-            self.counted[path] += meta["images"] * self.grids[path][0] * self.grids[path][1]
-        self.n_images += meta["images"]
+            self.counted[path] += images * self.grids[path][0] * self.grids[path][1]
+        self.n_images += images
         self.image_shape = tuple(meta["image_shape"])

@@ -32,7 +32,7 @@ import numpy as np
 from bagnet_keras.core.geometry import layer_geometry, position_boxes
 from bagnet_keras.core.graph import compiled, find_layer, run_graph
 from bagnet_keras.core.inputs import check_images, check_positive_int
-from bagnet_keras.core.stream import merged_pass, model_arguments, stream_state
+from bagnet_keras.core.stream import merged_pass, model_arguments, numbered_batches, stream_state
 from bagnet_keras.core.topk import LayerTops, entries
 from bagnet_keras.explain.guided import guided_backprop
 
@@ -111,13 +111,8 @@ def _candidate_function(model: keras.Model, layers: Mapping[str, keras.layers.La
 
 
 def _batches(data, batch_size: int, preprocess: Callable | None) -> Iterable[np.ndarray]:
-    """Images (B, H, W, C) in the data's order: array-likes sliced, iterables of batches (or (images, labels))."""
-    if hasattr(data, "shape") and hasattr(data, "__getitem__"):
-        chunks = (data[start : start + batch_size] for start in range(0, len(data), batch_size))
-    else:
-        chunks = (batch[0] if isinstance(batch, (tuple, list)) else batch for batch in data)
-    for chunk in chunks:
-        x = np.asarray(chunk, dtype="float32")
+    """Images (B, H, W, C) in the data's order (`numbered_batches`), preprocessed."""
+    for _, x, _ in numbered_batches(data, batch_size, lambda index: True):
         yield np.asarray(preprocess(x), dtype="float32") if preprocess is not None else x
 
 
