@@ -51,9 +51,9 @@ The merged tables (OUT/comparison) and report equal those of one unsharded run. 
 """
 
 ATLAS_EPILOG = """examples (the demo's trained models on its test scenes):
-  bagnet-keras atlas --model cnn=runs/demo/models/cnn/best.keras --model bagnet=runs/demo/models/bagnet/best.keras \
+  bagnet-keras atlas --model cnn=runs/demo/models/cnn/best.keras --model bagnet=runs/demo/models/bagnet/best.keras \\
       --data runs/demo/data --image-size 64 --out runs/atlas
-  bagnet-keras atlas --model cnn=runs/demo/models/cnn/best.keras --data runs/demo/data --image-size 64 \
+  bagnet-keras atlas --model cnn=runs/demo/models/cnn/best.keras --data runs/demo/data --image-size 64 \\
       --layers conv4_relu conv5_relu --units 8 --out runs/atlas-cnn
 
 Writes OUT/atlas.html: each layer's strongest units (crops beside projections), NMF groups of the last
@@ -202,6 +202,7 @@ def atlas(args: argparse.Namespace) -> int:
 
 
 def merge(args: argparse.Namespace) -> int:
+    start_tensorflow(args.verbose)  # the workflows import Keras; an atlas merge loads the models
     from bagnet_keras.app.workflows import merge as merge_folders
 
     path = merge_folders(args.out, args.shards)
@@ -337,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/atlas")
     p.set_defaults(func=atlas)
     p = sub.add_parser("merge", help="join the output folders of finished shards of compare, explain or atlas",
-                       epilog=MERGE_EPILOG, formatter_class=formatter)  # fmt: skip
+                       epilog=MERGE_EPILOG, formatter_class=formatter, parents=[tensorflow])  # fmt: skip
     p.add_argument("out", help="output folder of the merged comparison and report")
     p.add_argument("shards", nargs="+", metavar="SHARD_OUT", help="the --out folder of every shard")
     p.set_defaults(func=merge)
