@@ -287,9 +287,11 @@ def _atlas_passes(name, model, files, prep, layers, settings, output_dir, shard,
 def _write_atlas_page(entries: dict, files, prep, output_dir: str) -> str:
     from bagnet_keras.report.atlas_page import write_atlas
 
-    for entry in entries.values():
-        if entry.groups is not None:
-            entry.group_images = np.asarray(prep(np.asarray(files[:32], dtype="float32")))
+    with_groups = [entry for entry in entries.values() if entry.groups is not None]
+    if with_groups:  # the images the groups' maps are shown on: read once for every model
+        images = np.asarray(prep(np.asarray(files[:32], dtype="float32")))
+        for entry in with_groups:
+            entry.group_images = images
     return write_atlas(entries, files, output_dir, files.class_names, preprocess=prep, deprocess=_deprocess(prep),
                        title="What the models learned across the dataset")  # fmt: skip
 
