@@ -34,6 +34,6 @@ setup(
         "scikit-image",
     ],
     # selenium drives Debian's chromium (apt: chromium chromium-driver) for the report's browser test.
-    extras_require={"dev": ["pytest", "pytest-xdist", "ruff", "selenium"]},
+    extras_require={"dev": ["pytest", "pytest-xdist", "ruff==0.17.6", "selenium"]},
     entry_points={"console_scripts": ["bagnet-keras=bagnet_keras.app.cli:main"]},
 )

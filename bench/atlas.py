@@ -53,8 +53,9 @@ def child(args) -> None:
     keras.utils.set_random_seed(0)
     model = small_cnn((args.size, args.size, 3), 16)
 
-    pool = np.stack([motif_scene(classes[i % len(classes)], seed=i, size=args.size)[0]
-                     for i in range(512)]).astype("float32")  # fmt: skip
+    pool = np.stack([motif_scene(classes[i % len(classes)], seed=i, size=args.size)[0] for i in range(512)]).astype(
+        "float32"
+    )
 
     class Scenes:  # N images, assembled from the pool when sliced
         def __init__(self, n):
@@ -84,8 +85,11 @@ def child(args) -> None:
     plain(warm)
     seconds = {"atlas": [], "plain": [], "committed": []}
     for _ in range(args.rounds):  # interleaved, so that a slow moment of the machine hits all three
-        for name, run in (("atlas", lambda: feature_atlas(model, data, LAYERS, **options)), ("plain", plain),
-                          ("committed", committed)):  # fmt: skip
+        for name, run in (
+            ("atlas", lambda: feature_atlas(model, data, LAYERS, **options)),
+            ("plain", plain),
+            ("committed", committed),
+        ):
             start = time.perf_counter()
             run()
             seconds[name].append(time.perf_counter() - start)
@@ -95,9 +99,18 @@ def child(args) -> None:
     for unit in atlas.units["conv5_relu"][:8]:
         atlas.examples(data, "conv5_relu", int(unit), preprocess=preprocess_input)
     projection_seconds = time.perf_counter() - start
-    print(json.dumps({"images": args.images, "atlas": atlas_seconds, "plain": plain_seconds,
-                      "committed": committed_seconds, "projections": projection_seconds,
-                      "peak_gb": peak_rss_gb()}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "images": args.images,
+                "atlas": atlas_seconds,
+                "plain": plain_seconds,
+                "committed": committed_seconds,
+                "projections": projection_seconds,
+                "peak_gb": peak_rss_gb(),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -115,21 +128,38 @@ def main() -> None:
         return
     runs = []
     for n in args.images:
-        command = [sys.executable, os.path.abspath(__file__), "--child", "--images", str(n), "--size", str(args.size),
-                   "--batch-size", str(args.batch_size), "--k", str(args.k), "--rounds", str(args.rounds)]  # fmt: skip
+        command = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--child",
+            "--images",
+            str(n),
+            "--size",
+            str(args.size),
+            "--batch-size",
+            str(args.batch_size),
+            "--k",
+            str(args.k),
+            "--rounds",
+            str(args.rounds),
+        ]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         run = json.loads(done.stdout.strip().splitlines()[-1])
         runs.append(run)
-        print(f"{n:6d} images of {args.size}x{args.size}, layers {', '.join(LAYERS)}, k {args.k}: atlas "
-              f"{run['atlas']:7.1f} s, plain forward {run['plain']:7.1f} s (x{run['atlas'] / run['plain']:.2f}), "
-              f"committing each batch {run['committed']:7.1f} s (x{run['committed'] / run['plain']:.2f}), "
-              f"projections of 8 units {run['projections']:.1f} s, peak resident memory {run['peak_gb']:.3f} GB",
-              flush=True)  # fmt: skip
+        print(
+            f"{n:6d} images of {args.size}x{args.size}, layers {', '.join(LAYERS)}, k {args.k}: atlas "
+            f"{run['atlas']:7.1f} s, plain forward {run['plain']:7.1f} s (x{run['atlas'] / run['plain']:.2f}), "
+            f"committing each batch {run['committed']:7.1f} s (x{run['committed'] / run['plain']:.2f}), "
+            f"projections of 8 units {run['projections']:.1f} s, peak resident memory {run['peak_gb']:.3f} GB",
+            flush=True,
+        )
     first = runs[0]
     for run in runs[1:]:
         per_image = (run["atlas"] / run["images"]) / (first["atlas"] / first["images"])
-        print(f"{first['images']} -> {run['images']} images: peak memory x{run['peak_gb'] / first['peak_gb']:.3f}, "
-              f"atlas time per image x{per_image:.3f}")  # fmt: skip
+        print(
+            f"{first['images']} -> {run['images']} images: peak memory x{run['peak_gb'] / first['peak_gb']:.3f}, "
+            f"atlas time per image x{per_image:.3f}"
+        )
 
 
 if __name__ == "__main__":

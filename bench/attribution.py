@@ -42,8 +42,9 @@ def main() -> None:
     model = keras.applications.ResNet50(weights=None)
     x = np.random.default_rng(0).normal(size=(args.images, 224, 224, 3)).astype("float32")
     options = {"integrated_gradients": {"steps": args.steps}, "smoothgrad": {"samples": args.samples}}
-    explainers = {name: cls(model, batch_size=args.batch, **options.get(name, {}))
-                  for name, cls in ATTRIBUTIONS.items()}  # fmt: skip
+    explainers = {
+        name: cls(model, batch_size=args.batch, **options.get(name, {})) for name, cls in ATTRIBUTIONS.items()
+    }
     unit = BaseAttribution(model, batch_size=args.batch)
     classes = unit.classes(x, None)
     runs = {"one forward + backward pass": lambda: unit.gradients(x, classes)}
@@ -59,12 +60,16 @@ def main() -> None:
             seconds[name].append((time.perf_counter() - start) / args.images)
             print(f"  {name}: {seconds[name][-1]:.3f} s/image", flush=True)
     base = statistics.median(seconds["one forward + backward pass"])
-    print(f"ResNet-50, {args.images} images of 224x224, batch {args.batch}, {os.cpu_count()} CPUs, "
-          f"{args.rounds} round(s); seconds per image (median), multiple of one forward + backward pass:")  # fmt: skip
+    print(
+        f"ResNet-50, {args.images} images of 224x224, batch {args.batch}, {os.cpu_count()} CPUs, "
+        f"{args.rounds} round(s); seconds per image (median), multiple of one forward + backward pass:"
+    )
     for name, values in seconds.items():
         expected = {"integrated_gradients": args.steps, "smoothgrad": args.samples, "deeplift": 2}.get(name, 1)
-        print(f"  {name:28s} {statistics.median(values):8.3f} s   x{statistics.median(values) / base:6.2f}"
-              f"   (expected about x{expected})")  # fmt: skip
+        print(
+            f"  {name:28s} {statistics.median(values):8.3f} s   x{statistics.median(values) / base:6.2f}"
+            f"   (expected about x{expected})"
+        )
 
 
 if __name__ == "__main__":

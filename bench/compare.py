@@ -52,8 +52,10 @@ def bound(args) -> None:
     keras.utils.set_random_seed(0)
     x = np.random.default_rng(0).normal(size=(args.images, args.size, args.size, 3)).astype("float32")
     labels = np.arange(args.images) % 10
-    models = {"bagnet": build_classifier("bagnet33", 10, mode="scratch"),
-              "cnn": build_classifier("densenet121", 10, mode="scratch")}  # fmt: skip
+    models = {
+        "bagnet": build_classifier("bagnet33", 10, mode="scratch"),
+        "cnn": build_classifier("densenet121", 10, mode="scratch"),
+    }
     built = peak_rss_gb()
     start = time.perf_counter()
     result = compare(models, x, labels, batch_size=batch_size, progress=False)
@@ -74,11 +76,15 @@ def bound(args) -> None:
     maps = sum(v for k, v in seconds.items() if k.startswith("maps ")) / args.images
     lower = sum(passes[name] * forward[name] for name in models) + maps
 
-    print(f"{args.images} images of {args.size}x{args.size}, BagNet-33 and DenseNet-121 (random weights, 10 classes), "
-          f"batch size {batch_size}, default arguments (steps 20, linearity 10 cells)")  # fmt: skip
+    print(
+        f"{args.images} images of {args.size}x{args.size}, BagNet-33 and DenseNet-121 (random weights, 10 classes), "
+        f"batch size {batch_size}, default arguments (steps 20, linearity 10 cells)"
+    )
     for name in models:
-        print(f"  {name:7s} {passes[name]:6.0f} inputs per image x {forward[name] * 1e3:7.1f} ms forward per image "
-              f"= {passes[name] * forward[name]:6.2f} s")  # fmt: skip
+        print(
+            f"  {name:7s} {passes[name]:6.0f} inputs per image x {forward[name] * 1e3:7.1f} ms forward per image "
+            f"= {passes[name] * forward[name]:6.2f} s"
+        )
     print(f"  maps (Grad-CAM forward+backward, evidence), as timed by compare: {maps:.2f} s per image")
     print(f"measured: {total:.2f} s per image; bound: {lower:.2f} s; measured / bound: {total / lower:.2f}")
     print(f"peak resident memory: {peak:.2f} GB (after building the models: {built:.2f} GB)")
@@ -100,18 +106,27 @@ def scale_child(args) -> None:
     classes = MOTIF_CLASSES + ARRANGEMENT_CLASSES
     shape = (args.size, args.size, 3)
     keras.utils.set_random_seed(0)
-    models = {"bagnet": build_classifier(small_bagnet(shape, 8), len(classes), mode="scratch"),
-              "cnn": build_classifier(small_cnn(shape, 16), len(classes), mode="scratch")}  # fmt: skip
+    models = {
+        "bagnet": build_classifier(small_bagnet(shape, 8), len(classes), mode="scratch"),
+        "cnn": build_classifier(small_cnn(shape, 16), len(classes), mode="scratch"),
+    }
 
     def scenes(n):  # generated as they are read: the data set is never in memory
         for start in range(0, n, 64):
-            batch = [motif_scene(classes[i % len(classes)], seed=i, size=args.size)[0]
-                     for i in range(start, min(n, start + 64))]  # fmt: skip
+            batch = [
+                motif_scene(classes[i % len(classes)], seed=i, size=args.size)[0]
+                for i in range(start, min(n, start + 64))
+            ]
             yield np.stack(batch).astype("float32"), np.arange(start, start + len(batch)) % len(classes)
 
     with tempfile.TemporaryDirectory() as folder:
-        options = dict(preprocess=preprocess_input, progress=False, batch_size=args.batch_size, steps=args.steps,
-                       linearity_k=args.linearity_k)  # fmt: skip
+        options = dict(
+            preprocess=preprocess_input,
+            progress=False,
+            batch_size=args.batch_size,
+            steps=args.steps,
+            linearity_k=args.linearity_k,
+        )
         compare(models, scenes(64), output_dir=os.path.join(folder, "warm-up"), **options)
         start = time.perf_counter()
         compare(models, scenes(args.images), output_dir=os.path.join(folder, "run"), **options)
@@ -122,21 +137,37 @@ def scale_child(args) -> None:
 def scale(args) -> None:
     runs = []
     for n in args.scale:
-        command = [sys.executable, os.path.abspath(__file__), "--scale-child", "--images", str(n), "--size",
-                   str(args.size), "--steps", str(args.steps), "--linearity-k", str(args.linearity_k)]
+        command = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--scale-child",
+            "--images",
+            str(n),
+            "--size",
+            str(args.size),
+            "--steps",
+            str(args.steps),
+            "--linearity-k",
+            str(args.linearity_k),
+        ]
         command += ["--batch-size", str(args.batch_size)] if args.batch_size else []
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
         run = runs[-1]
-        print(f"{run['images']:6d} images of {args.size}x{args.size} (steps {args.steps}, linearity "
-              f"{args.linearity_k} cells): {run['seconds']:8.1f} s, "
-              f"{run['seconds'] / run['images'] * 1e3:6.1f} ms per image, peak resident memory "
-              f"{run['peak_gb']:.3f} GB", flush=True)  # fmt: skip
+        print(
+            f"{run['images']:6d} images of {args.size}x{args.size} (steps {args.steps}, linearity "
+            f"{args.linearity_k} cells): {run['seconds']:8.1f} s, "
+            f"{run['seconds'] / run['images'] * 1e3:6.1f} ms per image, peak resident memory "
+            f"{run['peak_gb']:.3f} GB",
+            flush=True,
+        )
     first = runs[0]
     for run in runs[1:]:
         per_image = (run["seconds"] / run["images"]) / (first["seconds"] / first["images"])
-        print(f"{first['images']} -> {run['images']} images: peak memory x{run['peak_gb'] / first['peak_gb']:.3f}, "
-              f"time per image x{per_image:.3f}")  # fmt: skip
+        print(
+            f"{first['images']} -> {run['images']} images: peak memory x{run['peak_gb'] / first['peak_gb']:.3f}, "
+            f"time per image x{per_image:.3f}"
+        )
 
 
 def main() -> None:

@@ -105,8 +105,9 @@ def _split(args: argparse.Namespace) -> int:
 def add_commands(sub) -> None:
     """Register the dataset subcommands on an argparse subparsers object."""
     formatter = argparse.RawDescriptionHelpFormatter
-    p = sub.add_parser("crawl", help="download images per class from image search", epilog=CRAWL_EPILOG,
-                       formatter_class=formatter)  # fmt: skip
+    p = sub.add_parser(
+        "crawl", help="download images per class from image search", epilog=CRAWL_EPILOG, formatter_class=formatter
+    )
     p.add_argument("root", help="dataset folder; one sub-folder per class is created")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--classes", help="YAML or JSON file: label -> queries (or URLs for --engine urls)")

@@ -282,9 +282,19 @@ def _reconcile(root: str, labels: Sequence[str], options: dict) -> tuple[_State,
             with open(path, "rb") as f:
                 sha256 = hashlib.sha256(f.read()).hexdigest()
             width, height = image.original_size
-            records[rel] = {"path": rel, "class": label, "status": "ok", "engine": None, "url": None,
-                            "sha256": sha256, "width": width, "height": height, "format": image.format,
-                            "crawled": _now(), "source": "found in the class folder"}  # fmt: skip
+            records[rel] = {
+                "path": rel,
+                "class": label,
+                "status": "ok",
+                "engine": None,
+                "url": None,
+                "sha256": sha256,
+                "width": width,
+                "height": height,
+                "format": image.format,
+                "crawled": _now(),
+                "source": "found in the class folder",
+            }
             changed = True
     if changed:
         write_manifest(root, records)

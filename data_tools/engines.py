@@ -168,8 +168,13 @@ def make_crawler(engine: str, store, threads: int, endpoint: str | None):
             session.headers.update(self.session.headers)
             self.session = store.session = session
 
-    crawler = Crawler(downloader_cls=_Downloader, downloader_threads=threads, storage=store, parser_cls=parser_cls,
-                      extra_parser_args={"store": store})  # fmt: skip
+    crawler = Crawler(
+        downloader_cls=_Downloader,
+        downloader_threads=threads,
+        storage=store,
+        parser_cls=parser_cls,
+        extra_parser_args={"store": store},
+    )
     crawler.feeder.logger = logger
     store.signal = crawler.signal
     return crawler

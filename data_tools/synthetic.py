@@ -98,8 +98,16 @@ def _clutter(rng: np.random.Generator, size: int) -> np.ndarray:
         if rng.random() < 0.5:
             cv2.line(image, (x0, y0), (x1, y1), colour, 1)
         else:
-            cv2.ellipse(image, (x0, y0), (int(rng.integers(3, 9)), int(rng.integers(2, 5))),
-                        float(rng.uniform(0, 180)), 0, 360, colour, -1)  # fmt: skip
+            cv2.ellipse(
+                image,
+                (x0, y0),
+                (int(rng.integers(3, 9)), int(rng.integers(2, 5))),
+                float(rng.uniform(0, 180)),
+                0,
+                360,
+                colour,
+                -1,
+            )
     return np.clip(image + rng.normal(0, 5, image.shape), 0, 255).astype("uint8")
 
 

@@ -101,8 +101,9 @@ def main() -> None:
 
     # stem_width 16: the first shortcut (1x1, stride 2) reads the stem, and training such a convolution on fewer
     # than 16 channels crashes TensorFlow's oneDNN on AVX-512 CPUs (issue 17, tools/onednn_check.py).
-    bagnet = BagNet(blocks=(1, 1, 1, 1), kernel3=(1, 1, 1, 0), base_width=8, stem_width=16, classes=3,
-                    classifier_activation=None)  # fmt: skip
+    bagnet = BagNet(
+        blocks=(1, 1, 1, 1), kernel3=(1, 1, 1, 0), base_width=8, stem_width=16, classes=3, classifier_activation=None
+    )
     # The authors' stem BatchNorm keeps 99.9% of its running statistics per step (torch momentum
     # 0.001): right for long ImageNet training, far too slow for 500 steps, so inference would use
     # statistics from before training. Use the other layers' 0.9 here.

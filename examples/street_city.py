@@ -65,9 +65,14 @@ def datasets(root: str, backbone, size: int, batch_size: int):
     out = {}
     for name in ("train", "val", "test"):
         data = image_dataset(
-            root, (size, size), batch_size, split=name, preprocess=backbone.preprocess, augment=name == "train",
+            root,
+            (size, size),
+            batch_size,
+            split=name,
+            preprocess=backbone.preprocess,
+            augment=name == "train",
             cache=True,
-        )  # fmt: skip
+        )
         unknown = sorted(set(data.class_names) - set(CITIES))
         if unknown:
             raise SystemExit(f"street_city.py: classes {unknown} are not cities of CITIES; add them with a region.")
@@ -93,16 +98,22 @@ def run_network(backbone_name, mode, data, names, args, folder):
 
     weights = None if mode == "scratch" else args.weights
     model = build_classifier(
-        backbone_name, {"city": len(names["city"]), "region": 2}, mode=mode, weights=weights,
-        input_shape=(args.image_size, args.image_size, 3), dropout=0.2,
-    )  # fmt: skip
+        backbone_name,
+        {"city": len(names["city"]), "region": 2},
+        mode=mode,
+        weights=weights,
+        input_shape=(args.image_size, args.image_size, 3),
+        dropout=0.2,
+    )
     epochs = args.epochs * (3 if mode == "scratch" else 1)
     fit_classifier(model, data["train"], data["val"], epochs=epochs, head_epochs=args.epochs, output_dir=folder)
     results = evaluate_classifier(model, data["test"], names)
     for head, result in results.items():
         title = f"{backbone_name} {mode}: {head} ({result['accuracy']:.2f})"
-        save_figure(plot_confusion(result["confusion_matrix"], result["class_names"], title=title),
-                    os.path.join(folder, f"confusion_{head}.png"))  # fmt: skip
+        save_figure(
+            plot_confusion(result["confusion_matrix"], result["class_names"], title=title),
+            os.path.join(folder, f"confusion_{head}.png"),
+        )
     return results
 
 

@@ -26,8 +26,9 @@ def saved_models(folder, size: int = 48) -> dict:
     from bagnet_keras.transfer.heads import build_classifier
 
     keras.utils.set_random_seed(0)
-    bagnet = BagNet(blocks=(1, 1, 1, 1), kernel3=(1, 1, 1, 0), base_width=4, include_top=False,
-                    input_shape=(size, size, 3))  # fmt: skip
+    bagnet = BagNet(
+        blocks=(1, 1, 1, 1), kernel3=(1, 1, 1, 0), base_width=4, include_top=False, input_shape=(size, size, 3)
+    )
     cnn = keras.Sequential([keras.Input((size, size, 3)), keras.layers.Conv2D(4, 3, activation="relu")])
     paths = {}
     for name, backbone in (("bagnet", bagnet), ("cnn", cnn)):

@@ -28,16 +28,34 @@ def main() -> None:
 
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     with strategy.scope():
-        backbone = BagNet(blocks=(1, 1, 1, 1), kernel3=(1, 1, 0, 0), base_width=8, stem_width=16,
-                          include_top=False, input_shape=(32, 32, 3))  # fmt: skip
+        backbone = BagNet(
+            blocks=(1, 1, 1, 1),
+            kernel3=(1, 1, 0, 0),
+            base_width=8,
+            stem_width=16,
+            include_top=False,
+            input_shape=(32, 32, 3),
+        )
     model = build_classifier(backbone, {"texture": 3}, mode="scratch", strategy=strategy)
     images, labels = textures(16, 32, seed=3)
     data = tf.data.Dataset.from_tensor_slices((preprocess_input(images.astype("float32")), labels)).batch(16)
-    history = fit_classifier(model, data, data, epochs=4, learning_rate=3e-2, patience=None,
-                             output_dir=output_dir, strategy=strategy, verbose=0)  # fmt: skip
+    history = fit_classifier(
+        model,
+        data,
+        data,
+        epochs=4,
+        learning_rate=3e-2,
+        patience=None,
+        output_dir=output_dir,
+        strategy=strategy,
+        verbose=0,
+    )
     digest = hashlib.sha256(b"".join(w.tobytes() for w in model.get_weights())).hexdigest()
-    print(json.dumps({"chief": is_chief(strategy), "loss": history["loss"], "val_loss": history["val_loss"],
-                      "weights": digest}))  # fmt: skip
+    print(
+        json.dumps(
+            {"chief": is_chief(strategy), "loss": history["loss"], "val_loss": history["val_loss"], "weights": digest}
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -24,8 +24,14 @@ def main() -> None:
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     keras.utils.set_random_seed(0)
     with strategy.scope():
-        cnn = keras.Sequential([keras.Input((24, 24, 3)), keras.layers.Conv2D(4, 3, activation="relu", name="conv"),
-                                keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3, activation="softmax")])
+        cnn = keras.Sequential(
+            [
+                keras.Input((24, 24, 3)),
+                keras.layers.Conv2D(4, 3, activation="relu", name="conv"),
+                keras.layers.GlobalAveragePooling2D(),
+                keras.layers.Dense(3, activation="softmax"),
+            ]
+        )
     x = np.random.default_rng(0).normal(size=(5, 24, 24, 3)).astype("float32")
     args = dict(steps=4, linearity_k=3, batch_size=5, progress=False)  # batches of 5 and 4 passes, and 1 image
     plain = compare({"cnn": cnn}, x, [0, 1, 2, 0, 1], **args)

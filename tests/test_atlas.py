@@ -17,9 +17,16 @@ SIZE = 16
 def _nested():
     """A backbone inside a two-head model, ReLUs both as layers and as activations."""
     keras.utils.set_random_seed(0)
-    backbone = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Conv2D(6, 3, activation="relu", name="c1"),
-                                 keras.layers.MaxPooling2D(name="pool"), keras.layers.Conv2D(5, 3, name="c2"),
-                                 keras.layers.ReLU(name="c2_relu")], name="backbone")  # fmt: skip
+    backbone = keras.Sequential(
+        [
+            keras.Input((SIZE, SIZE, 3)),
+            keras.layers.Conv2D(6, 3, activation="relu", name="c1"),
+            keras.layers.MaxPooling2D(name="pool"),
+            keras.layers.Conv2D(5, 3, name="c2"),
+            keras.layers.ReLU(name="c2_relu"),
+        ],
+        name="backbone",
+    )
     inputs = keras.Input((SIZE, SIZE, 3))
     pooled = keras.layers.GlobalAveragePooling2D()(backbone(inputs))
     heads = {"a": keras.layers.Dense(3, name="a")(pooled), "b": keras.layers.Dense(2, name="b")(pooled)}
@@ -41,8 +48,9 @@ def _brute_force(acts, k):
     for unit in range(c):
         values = acts[..., unit].ravel()
         order = np.lexsort((col.ravel(), row.ravel(), image.ravel(), -values))[:k]
-        tops.append([(int(image.ravel()[o]), int(row.ravel()[o]), int(col.ravel()[o]), float(values[o]))
-                     for o in order])  # fmt: skip
+        tops.append(
+            [(int(image.ravel()[o]), int(row.ravel()[o]), int(col.ravel()[o]), float(values[o])) for o in order]
+        )
     return tops
 
 
@@ -93,8 +101,9 @@ def test_projection_is_guided_backprop_of_that_single_activation():
     relu = _modified_relu("guided")
     inner = model.get_layer("backbone")
     # the same network written by hand with the guided ReLU, and the gradient of the one activation
-    for (image, row, col, value), crop, projection, box in zip(atlas.top("c2_relu", unit), crops, projections, boxes,
-                                                              strict=True):  # fmt: skip
+    for (image, row, col, value), crop, projection, box in zip(
+        atlas.top("c2_relu", unit), crops, projections, boxes, strict=True
+    ):
         xt = tf.constant(x[image : image + 1])
         with tf.GradientTape() as tape:
             tape.watch(xt)

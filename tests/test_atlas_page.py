@@ -30,14 +30,38 @@ def test_atlas_command_writes_a_page_that_renders(tmp_path, capsys):
     clean(str(data), min_size=32, progress=False)
     split(str(data), seed=0)
     keras.utils.set_random_seed(0)
-    bagnet = BagNet(blocks=(1, 1, 1, 1), kernel3=(1, 1, 1, 0), base_width=8, stem_width=16, include_top=False,
-                    input_shape=(SIZE, SIZE, 3))  # fmt: skip
+    bagnet = BagNet(
+        blocks=(1, 1, 1, 1),
+        kernel3=(1, 1, 1, 0),
+        base_width=8,
+        stem_width=16,
+        include_top=False,
+        input_shape=(SIZE, SIZE, 3),
+    )
     for name, backbone in (("bagnet", bagnet), ("cnn", small_cnn((SIZE, SIZE, 3), 8))):
         build_classifier(backbone, {"label": 3}, mode="scratch").save(tmp_path / f"{name}.keras")
     out = tmp_path / "atlas"
-    argv = ["atlas", "--model", f"bagnet={tmp_path / 'bagnet.keras'}", "--model", f"cnn={tmp_path / 'cnn.keras'}",
-            "--data", str(data), "--split", "train", "--image-size", str(SIZE), "--units", "3", "--k", "4",
-            "--groups", "2", "--batch-size", "4"]  # fmt: skip
+    argv = [
+        "atlas",
+        "--model",
+        f"bagnet={tmp_path / 'bagnet.keras'}",
+        "--model",
+        f"cnn={tmp_path / 'cnn.keras'}",
+        "--data",
+        str(data),
+        "--split",
+        "train",
+        "--image-size",
+        str(SIZE),
+        "--units",
+        "3",
+        "--k",
+        "4",
+        "--groups",
+        "2",
+        "--batch-size",
+        "4",
+    ]
     assert main([*argv, "--out", str(out)]) == 0
     text = (out / "atlas.html").read_text()
     assert not re.search(r'src="(?!data:image/png;base64,)', text), "an image is not embedded"

@@ -14,13 +14,21 @@ SIZE = 16
 def _nested_two_heads():
     """A backbone inside a model with two heads: what transfer learning builds."""
     keras.utils.set_random_seed(0)
-    backbone = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Conv2D(6, 3, activation="relu"),
-                                 keras.layers.BatchNormalization(), keras.layers.Conv2D(8, 3, activation="relu")],
-                                name="backbone")  # fmt: skip
+    backbone = keras.Sequential(
+        [
+            keras.Input((SIZE, SIZE, 3)),
+            keras.layers.Conv2D(6, 3, activation="relu"),
+            keras.layers.BatchNormalization(),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+        ],
+        name="backbone",
+    )
     inputs = keras.Input((SIZE, SIZE, 3))
     pooled = keras.layers.GlobalAveragePooling2D()(backbone(inputs))
-    heads = {"a": keras.layers.Dense(3, activation="softmax", name="a")(pooled),
-             "b": keras.layers.Dense(2, activation="softmax", name="b")(pooled)}  # fmt: skip
+    heads = {
+        "a": keras.layers.Dense(3, activation="softmax", name="a")(pooled),
+        "b": keras.layers.Dense(2, activation="softmax", name="b")(pooled),
+    }
     model = keras.Model(inputs, heads)
     for layer in backbone.layers:  # BatchNorm statistics that are not the identity
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -65,11 +73,21 @@ def trained():
     x = rng.normal(size=(128, SIZE, SIZE, 3)).astype("float32")
     y = rng.integers(0, 2, 128)
     x[:, 4:12, 4:12] += np.where(y == 1, 1.5, -1.5)[:, None, None, None]
-    model = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Conv2D(8, 3, activation="relu"),
-                              keras.layers.MaxPooling2D(), keras.layers.Conv2D(8, 3, activation="relu"),
-                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])  # fmt: skip
-    model.compile(optimizer=keras.optimizers.Adam(1e-2),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])  # fmt: skip
+    model = keras.Sequential(
+        [
+            keras.Input((SIZE, SIZE, 3)),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(2),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     history = model.fit(x, y, epochs=8, batch_size=32, verbose=0)
     assert history.history["accuracy"][-1] > 0.9
     return model, x[:4], y[:4]
@@ -118,16 +136,18 @@ def test_deeplift_sums_to_delta():
 
 def _bias_free_relu_net():
     keras.utils.set_random_seed(4)
-    return keras.Sequential([
-        keras.Input((SIZE, SIZE, 3)),
-        keras.layers.Conv2D(8, 3, activation="relu", use_bias=False),
-        keras.layers.MaxPooling2D(),
-        keras.layers.Conv2D(8, 3, use_bias=False),
-        keras.layers.ReLU(),
-        keras.layers.Flatten(),
-        keras.layers.Dense(16, activation="relu", use_bias=False),
-        keras.layers.Dense(3, use_bias=False),
-    ])  # fmt: skip
+    return keras.Sequential(
+        [
+            keras.Input((SIZE, SIZE, 3)),
+            keras.layers.Conv2D(8, 3, activation="relu", use_bias=False),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(8, 3, use_bias=False),
+            keras.layers.ReLU(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(16, activation="relu", use_bias=False),
+            keras.layers.Dense(3, use_bias=False),
+        ]
+    )
 
 
 def test_epsilon_lrp_conserves_relevance_and_equals_gradient_x_input_without_biases():
@@ -153,8 +173,16 @@ def test_smoothgrad_averages_noisy_gradients():
     b = attribution(model, x, classes, method="smoothgrad", noise=0.2, samples=4, seed=3)
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, no_noise)
-    over_ig = attribution(model, x, classes, method="smoothgrad", base="integrated_gradients", noise=0.1, samples=2,
-                          base_options={"steps": 4})  # fmt: skip
+    over_ig = attribution(
+        model,
+        x,
+        classes,
+        method="smoothgrad",
+        base="integrated_gradients",
+        noise=0.1,
+        samples=2,
+        base_options={"steps": 4},
+    )
     assert over_ig.shape == (2, SIZE, SIZE)
 
 
@@ -166,8 +194,14 @@ def test_lrp_and_deeplift_refuse_layers_they_cannot_pass():
     for method in ("epsilon_lrp", "deeplift"):
         with pytest.raises(ValueError, match="layer 'gate' \\(Multiply\\)"):
             attribution(model, _x(1), 0, method=method)
-    soft = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Conv2D(4, 3, activation="softmax", name="sm"),
-                             keras.layers.Flatten(), keras.layers.Dense(2)])  # fmt: skip
+    soft = keras.Sequential(
+        [
+            keras.Input((SIZE, SIZE, 3)),
+            keras.layers.Conv2D(4, 3, activation="softmax", name="sm"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2),
+        ]
+    )
     with pytest.raises(ValueError, match="'sm' applies 'softmax'"):
         EpsilonLRP(soft)
     # any model goes through the plain gradient methods

@@ -36,8 +36,19 @@ def test_explain_and_compare_commands_write_reports(tmp_path, capsys):
     motif_dataset(tmp_path / "data")
     saved_models(tmp_path)
 
-    argv = ["compare", "--model", f"bagnet={tmp_path / 'bagnet.keras'}", "--model", f"cnn={tmp_path / 'cnn.keras'}",
-            "--data", str(tmp_path / "data"), "--image-size", "48", "--out", str(tmp_path / "compare")]  # fmt: skip
+    argv = [
+        "compare",
+        "--model",
+        f"bagnet={tmp_path / 'bagnet.keras'}",
+        "--model",
+        f"cnn={tmp_path / 'cnn.keras'}",
+        "--data",
+        str(tmp_path / "data"),
+        "--image-size",
+        "48",
+        "--out",
+        str(tmp_path / "compare"),
+    ]
     assert main([*argv, "--methods", "gradcam", "bagnet:evidence", "cnn:saliency"]) == 0
     assert f"report: {tmp_path / 'compare' / 'report.html'}" in capsys.readouterr().out
     with open(tmp_path / "compare" / "comparison" / "rows.csv") as f:
@@ -47,8 +58,20 @@ def test_explain_and_compare_commands_write_reports(tmp_path, capsys):
     assert "names model 'vgg', which is not one of the models (bagnet, cnn)" in capsys.readouterr().err
 
     images = [str(tmp_path / "data" / "ring" / f"{i}.png") for i in range(2)]
-    argv = ["explain", "--model", str(tmp_path / "bagnet.keras"), "--images", *images, "--image-size", "48",
-            "--methods", "evidence", "occlusion", "--out", str(tmp_path / "explain")]  # fmt: skip
+    argv = [
+        "explain",
+        "--model",
+        str(tmp_path / "bagnet.keras"),
+        "--images",
+        *images,
+        "--image-size",
+        "48",
+        "--methods",
+        "evidence",
+        "occlusion",
+        "--out",
+        str(tmp_path / "explain"),
+    ]
     assert main(argv) == 0
     assert "Explanations of" in (tmp_path / "explain" / "report.html").read_text()
     assert main(["compare", "--model", "cnn", "--data", str(tmp_path / "data")]) == 2
@@ -62,8 +85,9 @@ def test_tensorflow_start_up_lines_only_with_verbose():
     def stderr(*args):
         # `explain` starts TensorFlow first, then names what is missing (no image to explain): no model is built.
         code = "import sys; from bagnet_keras.app.cli import main; sys.exit(main(['explain', *sys.argv[1:]]))"
-        done = subprocess.run([sys.executable, "-c", code, "--model", "bagnet33", *args], capture_output=True,
-                              text=True, timeout=300)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-c", code, "--model", "bagnet33", *args], capture_output=True, text=True, timeout=300
+        )
         assert done.returncode == 2 and "Give either --images" in done.stderr, done.stderr
         return done.stderr
 

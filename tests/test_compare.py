@@ -30,10 +30,17 @@ SIZE = 32
 @pytest.fixture(scope="module")
 def models():
     keras.utils.set_random_seed(0)
-    bagnet = BagNet(blocks=(1, 1, 1, 1), kernel3=(1, 1, 0, 0), base_width=8, include_top=False,
-                    input_shape=(SIZE, SIZE, 3))  # fmt: skip
-    cnn = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Conv2D(8, 3, activation="relu"),
-                            keras.layers.MaxPooling2D(), keras.layers.Conv2D(8, 3, activation="relu")])  # fmt: skip
+    bagnet = BagNet(
+        blocks=(1, 1, 1, 1), kernel3=(1, 1, 0, 0), base_width=8, include_top=False, input_shape=(SIZE, SIZE, 3)
+    )
+    cnn = keras.Sequential(
+        [
+            keras.Input((SIZE, SIZE, 3)),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+        ]
+    )
     return {
         "cnn": build_classifier(cnn, {"shape": 3, "size": 2}, mode="scratch"),
         "bagnet": build_classifier(bagnet, {"shape": 3, "size": 2}, mode="scratch"),
@@ -60,7 +67,12 @@ def test_compare_measures_every_map_on_every_model(models, tmp_path):
     assert aggregate["low"] <= aggregate["mean"] <= aggregate["high"] and aggregate["n"] == 3
     written = result.save(tmp_path)
     assert sorted(p.split("/")[-1] for p in written) == [
-        "aggregates.csv", "comparison.json", "correlations.csv", "models.csv", "rows.csv"]  # fmt: skip
+        "aggregates.csv",
+        "comparison.json",
+        "correlations.csv",
+        "models.csv",
+        "rows.csv",
+    ]
     with open(tmp_path / "rows.csv") as f:
         assert len(list(csv.DictReader(f))) == 9
     summary = json.loads((tmp_path / "comparison.json").read_text())["summary"]
@@ -138,8 +150,9 @@ def test_compare_takes_a_dataset_of_batches(models):
     x = np.random.default_rng(1).normal(size=(4, SIZE, SIZE, 3)).astype("float32")
     data = tf.data.Dataset.from_tensor_slices((x, {"shape": [0, 1, 2, 0], "size": [1, 0, 1, 0]})).batch(3)
     from_data = compare(models, data, output="size", methods=["gradcam"], steps=2, linearity_k=2, progress=False)
-    from_arrays = compare(models, x, [1, 0, 1, 0], output="size", methods=["gradcam"], steps=2, linearity_k=2,
-                          progress=False)  # fmt: skip
+    from_arrays = compare(
+        models, x, [1, 0, 1, 0], output="size", methods=["gradcam"], steps=2, linearity_k=2, progress=False
+    )
     assert [r["label"] for r in from_data.rows] == [r["label"] for r in from_arrays.rows]
     assert np.allclose([r["deletion_area"] for r in from_data.rows], [r["deletion_area"] for r in from_arrays.rows])
     with pytest.raises(ValueError, match="pass output="):
@@ -173,8 +186,9 @@ def test_batched_passes_equal_the_per_image_measures(models):
             linearity = masking_linearity(scorers[name], x[i], maps[i], labels[i], k=3, cell=8)
             assert (row["linearity_sum"], row["linearity_joint"]) == pytest.approx(linearity, abs=1e-4)
     # more linearity cells than deletion steps: the joint masking gets its own pass
-    wide = compare(models, x[:2], labels[:2], output="shape", steps=2, linearity_k=4, methods={"cnn": ["gradcam"]},
-                   progress=False)  # fmt: skip
+    wide = compare(
+        models, x[:2], labels[:2], output="shape", steps=2, linearity_k=4, methods={"cnn": ["gradcam"]}, progress=False
+    )
     maps = explain(models["cnn"], x[:2], "gradcam", class_index=labels[:2], output="shape")
     expected = masking_linearity(scorers["cnn"], x[1], maps[1], labels[1], k=4, cell=8)
     assert (wide.rows[1]["linearity_sum"], wide.rows[1]["linearity_joint"]) == pytest.approx(expected, abs=1e-4)
@@ -188,8 +202,9 @@ def _streamed(models, x, labels, folder, **kwargs):
 def test_streamed_run_writes_parts_resumes_and_refuses_other_runs(models, tmp_path):
     x = np.random.default_rng(3).normal(size=(5, SIZE, SIZE, 3)).astype("float32")
     labels = [0, 1, 2, 0, 1]
-    in_memory = compare(models, x, labels, output="shape", steps=3, linearity_k=2, batch_size=2, progress=False,
-                        report_images=1)  # fmt: skip
+    in_memory = compare(
+        models, x, labels, output="shape", steps=3, linearity_k=2, batch_size=2, progress=False, report_images=1
+    )
     folder = tmp_path / "run"
     streamed = _streamed(models, x, labels, folder)
     assert streamed.rows == in_memory.rows and streamed.correlations == in_memory.correlations
@@ -264,8 +279,15 @@ def test_sanity_checks_ride_with_the_comparison_and_its_shards(models, tmp_path)
 
     x = np.random.default_rng(5).normal(size=(5, SIZE, SIZE, 3)).astype("float32")
     labels = [0, 1, 2, 0, 1]
-    args = dict(output="shape", steps=2, linearity_k=2, batch_size=2, progress=False, sanity=2,
-                methods={"cnn": ["gradcam", "saliency"], "bagnet": ["evidence"]})  # fmt: skip
+    args = dict(
+        output="shape",
+        steps=2,
+        linearity_k=2,
+        batch_size=2,
+        progress=False,
+        sanity=2,
+        methods={"cnn": ["gradcam", "saliency"], "bagnet": ["evidence"]},
+    )
     whole = compare(models, x, labels, output_dir=str(tmp_path / "whole"), **args)
     checks = whole.sanity
     assert checks["images"] == 2 and len(checks["randomization"]) == len(checks["invariance"]) == 3

@@ -30,16 +30,31 @@ def case(tmp_path_factory):
 
 def _argv(case, out, *more):
     root, models = case
-    return ["compare", *(a for name, path in models.items() for a in ("--model", f"{name}={path}")),
-            "--data", str(root / "data"), "--image-size", "48", "--batch-size", "2", "--out", str(out), *more]
+    return [
+        "compare",
+        *(a for name, path in models.items() for a in ("--model", f"{name}={path}")),
+        "--data",
+        str(root / "data"),
+        "--image-size",
+        "48",
+        "--batch-size",
+        "2",
+        "--out",
+        str(out),
+        *more,
+    ]
 
 
 def test_compare_killed_mid_run_resumes_without_recomputing(case, tmp_path, capsys):
     parts = tmp_path / "killed" / "comparison" / PARTS
     env = {**os.environ, "PYTHONPATH": os.path.dirname(HERE)}
-    done = subprocess.run([sys.executable, os.path.join(HERE, "killpoint", "compare.py"), "2",
-                           *_argv(case, tmp_path / "killed")], capture_output=True, text=True, timeout=300,
-                          env=env)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, os.path.join(HERE, "killpoint", "compare.py"), "2", *_argv(case, tmp_path / "killed")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert done.returncode == -9, done.stderr
     committed = sorted(os.listdir(parts))
     assert committed == ["part-000000.npz", "part-000001.npz"]
@@ -84,10 +99,15 @@ def test_three_shards_merge_into_the_single_run(case, tmp_path, capsys):
     assert "not shards of the same run (differing: steps; steps: 10 vs 20)" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("shard, message", [("3/2", "shard 3/2: the index must be in 0..1"),
-                                            ("0/0", "shard 0/0: the count of shards must be at least 1"),
-                                            ("two", "--shard 'two' is not I/N"),
-                                            ("env", "neither JOB_COMPLETION_INDEX")])  # fmt: skip
+@pytest.mark.parametrize(
+    "shard, message",
+    [
+        ("3/2", "shard 3/2: the index must be in 0..1"),
+        ("0/0", "shard 0/0: the count of shards must be at least 1"),
+        ("two", "--shard 'two' is not I/N"),
+        ("env", "neither JOB_COMPLETION_INDEX"),
+    ],
+)
 def test_bad_shards_are_named(tmp_path, capsys, monkeypatch, shard, message):
     monkeypatch.delenv("JOB_COMPLETION_INDEX", raising=False)
     monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)

@@ -36,8 +36,9 @@ def test_top_patches_and_their_features_equal_brute_force(batch_size):
         expected = [(int(image.ravel()[o]), int(row.ravel()[o]), int(col.ravel()[o])) for o in order]
         assert [p[:3] for p in found.patches[c]] == expected
         np.testing.assert_allclose([p[3] for p in found.patches[c]], evidence[order], rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(found.features[c], features[image.ravel()[order], row.ravel()[order],
-                                                               col.ravel()[order]], rtol=1e-6)  # fmt: skip
+        np.testing.assert_allclose(
+            found.features[c], features[image.ravel()[order], row.ravel()[order], col.ravel()[order]], rtol=1e-6
+        )
         concepts = found.concepts[c]
         assert len(concepts) == 3 and sum(k.n_patches for k in concepts) == 12
         assert sum(k.share for k in concepts) == pytest.approx(1.0)
@@ -65,8 +66,9 @@ def test_bad_arguments_name_the_value(kwargs, match):
 
 
 def test_only_bagnets_have_concepts():
-    cnn = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Conv2D(4, 3), keras.layers.Flatten(),
-                            keras.layers.Dense(3)])  # fmt: skip
+    cnn = keras.Sequential(
+        [keras.Input((SIZE, SIZE, 3)), keras.layers.Conv2D(4, 3), keras.layers.Flatten(), keras.layers.Dense(3)]
+    )
     with pytest.raises(ValueError, match="not a BagNet top"):
         class_concepts(cnn, *_data(3), progress=False)
 
@@ -112,8 +114,9 @@ def test_a_multi_head_dataset_gives_the_head_explained():
     from bagnet_keras.transfer.heads import build_classifier
 
     keras.utils.set_random_seed(0)
-    backbone = BagNet(blocks=(1, 1, 1, 1), kernel3=(1, 1, 0, 0), base_width=4, include_top=False,
-                      input_shape=(SIZE, SIZE, 3))  # fmt: skip
+    backbone = BagNet(
+        blocks=(1, 1, 1, 1), kernel3=(1, 1, 0, 0), base_width=4, include_top=False, input_shape=(SIZE, SIZE, 3)
+    )
     model = build_classifier(backbone, {"a": 3, "b": 2}, mode="scratch")
     x, y = _data(6)
     data = tf.data.Dataset.from_tensor_slices((x, {"a": y, "b": y % 2})).batch(4)

@@ -9,8 +9,13 @@ from bagnet_keras.metrics.correspondence import correspondence
 
 def _linear_model():
     keras.utils.set_random_seed(0)
-    return keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(4, 3, name="conv"),
-                             keras.layers.Conv2D(4, 3, strides=2, name="conv2")])  # fmt: skip
+    return keras.Sequential(
+        [
+            keras.Input((16, 16, 3)),
+            keras.layers.Conv2D(4, 3, name="conv"),
+            keras.layers.Conv2D(4, 3, strides=2, name="conv2"),
+        ]
+    )
 
 
 def _scenes(n=5):

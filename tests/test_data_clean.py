@@ -26,6 +26,7 @@ def _jpeg(image: Image.Image, path, quality=90, **kwargs):
 
 def _bomb_png(path, side=16000):
     """A real PNG whose header claims side x side pixels (all black), compressed to a few hundred KB."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -96,8 +97,13 @@ def _make_dataset(root):
     framed[30:270, 20:280] = scene(956, (240, 260))
     _jpeg(Image.fromarray(framed), root / "rome/framed.jpg", quality=95)
     truth["convert"] = {
-        "berlin/cmyk.jpg", "paris/grey.png", "rome/palette.gif", "rome/alpha.png", "paris/deep.png",
-        "berlin/rotated.jpg", "rome/framed.jpg",
+        "berlin/cmyk.jpg",
+        "paris/grey.png",
+        "rome/palette.gif",
+        "rome/alpha.png",
+        "paris/deep.png",
+        "berlin/rotated.jpg",
+        "rome/framed.jpg",
     }
     truth["distinct"] |= truth["convert"]
     return truth

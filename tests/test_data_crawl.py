@@ -53,7 +53,7 @@ def _check_consistent(root, labels, n):
     """Exactly n valid, distinct images per class, each with a manifest record that matches it."""
     files = _files(root)
     records = {k: r for k, r in read_manifest(str(root)).items() if r["status"] == "ok"}
-    assert files == set(records), (files ^ set(records))
+    assert files == set(records), files ^ set(records)
     shas = set()
     for rel, record in records.items():
         data = (root / rel).read_bytes()
@@ -202,9 +202,27 @@ def test_sigkill_midway_then_rerun_gives_exactly_n_per_class(tmp_path):
         _serve_class(server, "Lima street", 0, 14)
         _serve_class(server, "Kyiv street", 20, 14)
         root = tmp_path / "data"
-        command = [sys.executable, "-m", "data_tools", "crawl", str(root), "--labels", "Lima", "Kyiv", "-n", "8",
-                   "--query", "{label} street", "--endpoint", server.url, "--timeout", "2", "--threads", "3",
-                   "--quiet"]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "data_tools",
+            "crawl",
+            str(root),
+            "--labels",
+            "Lima",
+            "Kyiv",
+            "-n",
+            "8",
+            "--query",
+            "{label} street",
+            "--endpoint",
+            server.url,
+            "--timeout",
+            "2",
+            "--threads",
+            "3",
+            "--quiet",
+        ]
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         manifest = root / "manifest.jsonl"
         stop = time.monotonic() + 60
@@ -324,14 +342,28 @@ def test_one_crawl_per_folder_at_a_time(server, tmp_path):
 
 def test_cli_crawl(server, tmp_path, capsys):
     _serve_class(server, "Rome street", 0, 3)
-    argv = ["crawl", str(tmp_path), "--labels", "Rome", "-n", "2", "--query", "{label} street",
-            "--filter", "type=photo", "--endpoint", server.url, "--timeout", "1", "--quiet"]  # fmt: skip
+    argv = [
+        "crawl",
+        str(tmp_path),
+        "--labels",
+        "Rome",
+        "-n",
+        "2",
+        "--query",
+        "{label} street",
+        "--filter",
+        "type=photo",
+        "--endpoint",
+        server.url,
+        "--timeout",
+        "1",
+        "--quiet",
+    ]
     assert data_tools_main(argv) == 0
     assert "Rome: 2 images" in capsys.readouterr().out
     assert any("qft=+filterui:photo-photo" in p for p in server.requests)
     assert data_tools_main(["crawl", str(tmp_path), "--labels", "Rome", "-n", "2", "--filter", "type"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
-
 
 
 def test_cli_crawl_help_shows_a_complete_example(capsys):

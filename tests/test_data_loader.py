@@ -96,7 +96,8 @@ def test_training_and_explanations_see_the_same_pixels(tmp_path, crop):
     else:
         from bagnet_keras.core.files import read_image
 
-        explained = np.stack([read_image(p, (24, 40), crop_to_aspect_ratio=False) for p in load_arrays(
-            str(root), (24, 40))[4]])  # fmt: skip
+        explained = np.stack(
+            [read_image(p, (24, 40), crop_to_aspect_ratio=False) for p in load_arrays(str(root), (24, 40))[4]]
+        )
     assert trained_on.dtype == np.float32 and explained.dtype == np.uint8
     np.testing.assert_array_equal(trained_on, explained.astype("float32"))

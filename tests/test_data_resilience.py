@@ -33,8 +33,16 @@ def _command(argv, file_size_limit=None, **kwargs):
         resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
 
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    return subprocess.run([sys.executable, "-m", "data_tools", *argv], capture_output=True, text=True, cwd=ROOT,
-                          env=env, preexec_fn=limit if file_size_limit else None, timeout=120, **kwargs)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "data_tools", *argv],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        preexec_fn=limit if file_size_limit else None,
+        timeout=120,
+        **kwargs,
+    )
 
 
 def _tree(root):
@@ -68,8 +76,21 @@ def pictures():
 
 def _crawl_argv(server, root, classes_file):
     classes_file.write_text(json.dumps({"Lima": [f"{server.url}/img/{k}.jpg" for k in range(16)]}))
-    return ["crawl", str(root), "--engine", "urls", "--classes", str(classes_file), "-n", "16", "--threads", "2",
-            "--timeout", "2", "--quiet"]  # fmt: skip
+    return [
+        "crawl",
+        str(root),
+        "--engine",
+        "urls",
+        "--classes",
+        str(classes_file),
+        "-n",
+        "16",
+        "--threads",
+        "2",
+        "--timeout",
+        "2",
+        "--quiet",
+    ]
 
 
 def test_crawl_on_a_full_disk_stops_with_one_clear_error_and_the_rerun_completes(pictures, tmp_path):
@@ -128,8 +149,13 @@ def test_a_second_writer_is_told_who_holds_the_lock_and_a_killed_holder_never_bl
         root = tmp_path / "data"
         argv = _crawl_argv(server, root, tmp_path / "classes.json")
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-        crawl = subprocess.Popen([sys.executable, "-m", "data_tools", *argv], cwd=ROOT, env=env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+        crawl = subprocess.Popen(
+            [sys.executable, "-m", "data_tools", *argv],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         lock = root / LOCK_FILE
         stop = time.monotonic() + 60
         while time.monotonic() < stop and not (lock.exists() and lock.read_text().startswith(f"{crawl.pid} ")):

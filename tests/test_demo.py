@@ -18,12 +18,28 @@ def test_demo_command_writes_the_report(tmp_path, capsys):
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert f"report: {out / 'report.html'}" in printed
-    for claim in ("Pointing game on the local-motif classes", "arrangement-only pair", "Deletion area on the BagNet",
-                  "Masking the cells the BagNet finds most informative", "Sanity checks on",
-                  "Atlas of the CNN's last conv layer", "BagNet class concepts"):
+    for claim in (
+        "Pointing game on the local-motif classes",
+        "arrangement-only pair",
+        "Deletion area on the BagNet",
+        "Masking the cells the BagNet finds most informative",
+        "Sanity checks on",
+        "Atlas of the CNN's last conv layer",
+        "BagNet class concepts",
+    ):
         assert claim in printed
-    assert sorted(os.listdir(out)) == ["atlas.html", "atlas_findings.json", "comparison", "data", "figures", "masks",
-                                       "models", "report.html", "run.json", "stages.json"]  # fmt: skip
+    assert sorted(os.listdir(out)) == [
+        "atlas.html",
+        "atlas_findings.json",
+        "comparison",
+        "data",
+        "figures",
+        "masks",
+        "models",
+        "report.html",
+        "run.json",
+        "stages.json",
+    ]
     summary = json.loads((out / "comparison" / "comparison.json").read_text())["summary"]
     assert set(summary["accuracy"]) == {"bagnet", "cnn"} and summary["n_images"] > 0
     text = (out / "report.html").read_text()
@@ -36,7 +52,8 @@ def test_demo_command_writes_the_report(tmp_path, capsys):
     assert "generating" not in again and "clean kept" not in again and "epoch 1/" not in again
     assert {p: os.path.getmtime(p) for p in (out / "data").rglob("*") if p.is_file()} == data
     assert [line.split("] ", 1)[1] for line in again.splitlines() if "Test accuracy" in line] == [
-        line.split("] ", 1)[1] for line in printed.splitlines() if "Test accuracy" in line]  # fmt: skip
+        line.split("] ", 1)[1] for line in printed.splitlines() if "Test accuracy" in line
+    ]
     # Other arguments into the same folder: refused, not mixed.
     assert main([*argv[:-1], "2"]) == 2
     assert "holds a run with other arguments (differing: epochs)" in capsys.readouterr().err
@@ -71,8 +88,16 @@ def test_demo_on_a_dataset_folder(tmp_path):
     path = run_demo(str(tmp_path / "out"), data=str(tmp_path / "streets"), image_size=48, epochs=1, progress=False)
     text = open(path, encoding="utf-8").read()
     assert "Deletion area on the BagNet" in text and "Pointing game" not in text  # no masks given
-    assert sorted(os.listdir(tmp_path / "out")) == ["atlas.html", "atlas_findings.json", "comparison", "figures",
-                                                    "models", "report.html", "run.json", "stages.json"]  # fmt: skip
+    assert sorted(os.listdir(tmp_path / "out")) == [
+        "atlas.html",
+        "atlas_findings.json",
+        "comparison",
+        "figures",
+        "models",
+        "report.html",
+        "run.json",
+        "stages.json",
+    ]
 
 
 def test_imagenet_demo_pair_shares_one_preprocessing():

@@ -45,7 +45,7 @@ def test_native_grid_is_the_logit_of_each_patch_alone(name):
 def test_stride_one_equals_the_patch_by_patch_algorithm(name):
     model = _model(name)
     q = bagnet_geometry(model).patch_size
-    image = tiny_outputs(name)["inputs"][1, 3:3 + q + 5, 7:7 + q + 2]
+    image = tiny_outputs(name)["inputs"][1, 3 : 3 + q + 5, 7 : 7 + q + 2]
     result = evidence_map(model, image[None], class_index=0, stride=1)
     assert result.maps.shape == (1,) + image.shape[:2]
     assert (result.stride, result.offset) == (1, -((q - 1) // 2))
@@ -68,7 +68,11 @@ def test_stride_one_matches_the_shared_reference(name):
     with open(os.path.join(REFERENCE, f"{name}.json")) as f:
         c = json.load(f)
     model = BagNet(
-        c["blocks"], c["kernel3"], c["strides"], classes=c["num_classes"], classifier_activation=None,
+        c["blocks"],
+        c["kernel3"],
+        c["strides"],
+        classes=c["num_classes"],
+        classifier_activation=None,
         weights=os.path.join(REFERENCE, f"{name}.pth.tar"),
     )
     ref = np.load(os.path.join(REFERENCE, f"{name}_outputs.npz"))

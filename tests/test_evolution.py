@@ -11,8 +11,14 @@ from bagnet_keras.report.plot import plot_evolution
 
 def test_records_the_chosen_epochs_and_the_last_matches_the_atlas():
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((12, 12, 3)), keras.layers.Conv2D(6, 3, activation="relu", name="conv"),
-                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])  # fmt: skip
+    model = keras.Sequential(
+        [
+            keras.Input((12, 12, 3)),
+            keras.layers.Conv2D(6, 3, activation="relu", name="conv"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(2),
+        ]
+    )
     model.compile(optimizer=keras.optimizers.Adam(0.05), loss=keras.losses.SparseCategoricalCrossentropy(True))
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(24, 12, 12, 3)).astype("float32"), rng.integers(0, 2, 24)

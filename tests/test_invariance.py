@@ -10,19 +10,20 @@ from bagnet_keras.metrics.invariance import invariance, transform_images
 def _model():
     """A strided 1x1 convolution (translation-equivariant on its stride's grid), global average pooling, a head."""
     keras.utils.set_random_seed(0)
-    return keras.Sequential([
-        keras.Input((12, 12, 3)),
-        keras.layers.Conv2D(6, 1, strides=2, activation="relu", name="conv"),
-        keras.layers.GlobalAveragePooling2D(name="gap"),
-        keras.layers.Dense(3, activation="softmax", name="out"),
-    ])  # fmt: skip
+    return keras.Sequential(
+        [
+            keras.Input((12, 12, 3)),
+            keras.layers.Conv2D(6, 1, strides=2, activation="relu", name="conv"),
+            keras.layers.GlobalAveragePooling2D(name="gap"),
+            keras.layers.Dense(3, activation="softmax", name="out"),
+        ]
+    )
 
 
 def test_global_pooling_of_a_strided_conv_ignores_circular_shifts_by_its_stride():
     model = _model()
     x = np.random.default_rng(0).normal(size=(4, 12, 12, 3)).astype("float32")
-    curves = invariance(model, x, ["gap", "conv"], labels=[0, 1, 2, 0], translate=[0, 2, 4, (2, -4), 1, 3],
-                        mode="wrap")  # fmt: skip
+    curves = invariance(model, x, ["gap", "conv"], labels=[0, 1, 2, 0], translate=[0, 2, 4, (2, -4), 1, 3], mode="wrap")
     gap = curves.distance["translate", "gap"]
     assert gap.shape == (6, 4)
     assert gap[:4].max() < 1e-5  # multiples of the stride: the same bag of positions
@@ -36,8 +37,9 @@ def test_global_pooling_of_a_strided_conv_ignores_circular_shifts_by_its_stride(
 
 def test_transformations():
     x = np.random.default_rng(1).normal(size=(2, 6, 6, 3)).astype("float32")
-    np.testing.assert_allclose(transform_images(x, "translate", (1, -2), mode="wrap"),
-                               np.roll(x, (1, -2), axis=(1, 2)), atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        transform_images(x, "translate", (1, -2), mode="wrap"), np.roll(x, (1, -2), axis=(1, 2)), atol=1e-6
+    )
     np.testing.assert_allclose(transform_images(x, "scale", 1.0), x, atol=1e-6)
     np.testing.assert_allclose(transform_images(x, "rotate", 0), x, atol=1e-6)
     turned = transform_images(x, "rotate", 90)

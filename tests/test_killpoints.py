@@ -44,13 +44,23 @@ class Runner:
     def __init__(self, log_path):
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OPENBLAS_NUM_THREADS": "1"}
         self.log = open(log_path, "w")
-        self.process = subprocess.Popen([sys.executable, os.path.join(HERE, "killpoint", "runner.py")],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
-                                        env=env)  # fmt: skip
+        self.process = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "killpoint", "runner.py")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            env=env,
+        )
 
     def run(self, argv, roots, at=0, trace=None, command="data_tools") -> dict:
-        request = {"argv": argv, "roots": [str(r) for r in roots], "at": at, "trace": str(trace) if trace else None,
-                   "command": command}  # fmt: skip
+        request = {
+            "argv": argv,
+            "roots": [str(r) for r in roots],
+            "at": at,
+            "trace": str(trace) if trace else None,
+            "command": command,
+        }
         self.process.stdin.write(json.dumps(request) + "\n")
         self.process.stdin.flush()
         return json.loads(self.process.stdout.readline())
@@ -116,8 +126,11 @@ def _check_manifest_matches_folders(root):
     files, leftovers = _tree(root)
     assert not leftovers, leftovers
     name = os.path.basename(root)
-    in_classes = {k[len(name) + 1 :]: v for k, v in files.items()
-                  if "/" in k[len(name) + 1 :] and not k[len(name) + 1 :].startswith("_")}  # fmt: skip
+    in_classes = {
+        k[len(name) + 1 :]: v
+        for k, v in files.items()
+        if "/" in k[len(name) + 1 :] and not k[len(name) + 1 :].startswith("_")
+    }
     ok = {k: r for k, r in read_manifest(str(root)).items() if r["status"] == "ok"}
     assert set(in_classes) == set(ok), set(in_classes) ^ set(ok)
     for rel, record in ok.items():
@@ -145,8 +158,21 @@ def crawl_case(tmp_path_factory):
     usable = {hashlib.sha256(server.images[f"{k}.jpg"]).hexdigest() for k in range(USABLE)}
 
     def argv(root):
-        return ["crawl", str(root), "--engine", "urls", "--classes", str(base / "classes.json"), "-n", "20",
-                "--threads", "1", "--timeout", "0.3", "--quiet"]  # fmt: skip
+        return [
+            "crawl",
+            str(root),
+            "--engine",
+            "urls",
+            "--classes",
+            str(base / "classes.json"),
+            "-n",
+            "20",
+            "--threads",
+            "1",
+            "--timeout",
+            "0.3",
+            "--quiet",
+        ]
 
     yield dict(base=base, argv=argv, usable=usable)
     server.close()
@@ -184,8 +210,14 @@ def test_crawl_sweep_every_kill_point(runner, crawl_case, tmp_path, capsys):
     reference = _check_crawl(base / "sweep-reference", crawl_case["usable"])
     log = [json.loads(line)["url"] for line in open(base / "sweep-reference" / CRAWL_LOG)]
     second = [s["step"] for s in steps if s["kind"] == "rename" and "/Lima/" in s["paths"][-1]][1]
-    points = sorted({*range(1, second + 2), *(s["step"] for s in steps if s["kind"] == "rename"),
-                     *range(second, len(steps) + 1, CRAWL_EVERY), len(steps)})  # fmt: skip
+    points = sorted(
+        {
+            *range(1, second + 2),
+            *(s["step"] for s in steps if s["kind"] == "rename"),
+            *range(second, len(steps) + 1, CRAWL_EVERY),
+            len(steps),
+        }
+    )
     for k in points:
         root = tmp_path / f"k{k}"
         _killed(runner, argv(root), [root], k, tmp_path / f"k{k}.jsonl")
@@ -244,8 +276,15 @@ def test_clean_sweep_every_kill_point(runner, tmp_path, capsys):
     def make(case):
         _clean_dataset(case / "data")
 
-    _sweep(runner, tmp_path, "clean", make, lambda case: ["clean", str(case / "data")],
-           lambda case: [case / "data"], capsys)  # fmt: skip
+    _sweep(
+        runner,
+        tmp_path,
+        "clean",
+        make,
+        lambda case: ["clean", str(case / "data")],
+        lambda case: [case / "data"],
+        capsys,
+    )
     records = read_manifest(str(tmp_path / "reference" / "data"))
     assert {r["status"] for r in records.values()} == {"ok", "duplicate", "rejected"}
     assert sum("converted" in r for r in records.values()) == 3 and "cats/000002_1.jpg" in records
@@ -280,8 +319,9 @@ def _streamed_files(folder):
 
 def _sweep_streamed(runner, tmp_path, argv, command):
     """Run ``command`` killed at each of its file-system steps, then again: the files of an uninterrupted run."""
-    steps = _reference(runner, argv(tmp_path / "reference"), [tmp_path / "reference"], tmp_path / "ref.jsonl",
-                       command=command)  # fmt: skip
+    steps = _reference(
+        runner, argv(tmp_path / "reference"), [tmp_path / "reference"], tmp_path / "ref.jsonl", command=command
+    )
     expected = _streamed_files(tmp_path / "reference")
     assert not expected[2]
     for k in range(1, len(steps) + 1):

@@ -16,13 +16,45 @@ FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 
 # Every name `from bagnet_keras import ...` gave before the subpackages (commit 19a0a26), plus later ones.
 PUBLIC_BEFORE = [
-    "BagNet", "BagNet17", "BagNet33", "BagNet9", "bagnet_geometry", "BaseCAM", "build_classifier", "cam",
-    "coarse_labels", "decode_predictions", "deprocess_input", "evaluate_classifier", "evidence_map", "evidence_maps",
-    "evidence_model", "EvidenceMap", "fit_classifier", "Geometry", "GradCAM", "GradCAMPlusPlus", "guided_backprop",
-    "guided_gradcam", "imagenet_classes", "LayerCAM", "load_checkpoint", "load_imagenet_weights", "occlusion",
-    "preprocess_input", "receptive_field", "save_model", "ScoreCAM", "svm_baseline", "SVMBaseline", "top_patches",
-    "TopPatches", "UnsafeCheckpointError", "with_heads", "OneDNNCrashWarning",
-]  # fmt: skip
+    "BagNet",
+    "BagNet17",
+    "BagNet33",
+    "BagNet9",
+    "bagnet_geometry",
+    "BaseCAM",
+    "build_classifier",
+    "cam",
+    "coarse_labels",
+    "decode_predictions",
+    "deprocess_input",
+    "evaluate_classifier",
+    "evidence_map",
+    "evidence_maps",
+    "evidence_model",
+    "EvidenceMap",
+    "fit_classifier",
+    "Geometry",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "guided_backprop",
+    "guided_gradcam",
+    "imagenet_classes",
+    "LayerCAM",
+    "load_checkpoint",
+    "load_imagenet_weights",
+    "occlusion",
+    "preprocess_input",
+    "receptive_field",
+    "save_model",
+    "ScoreCAM",
+    "svm_baseline",
+    "SVMBaseline",
+    "top_patches",
+    "TopPatches",
+    "UnsafeCheckpointError",
+    "with_heads",
+    "OneDNNCrashWarning",
+]
 
 # What each subpackage may import: downwards only (app -> report -> metrics -> explain -> models -> core,
 # transfer -> models), and data_tools from the application alone.
@@ -86,8 +118,9 @@ def test_imports_point_downwards_only():
 
 
 def _run(*args):
-    done = subprocess.run([sys.executable, "-X", "importtime", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     return done.returncode, done.stdout, done.stderr
 
 
@@ -117,8 +150,14 @@ def test_a_keras_file_saved_before_the_move_still_loads():
     np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=1e-6)
 
 
-PRIVATE_KERAS = ("_keras_history", "_inbound_nodes", "_outbound_nodes", "_nodes_by_depth", "_run_through_graph",
-                 "._functional")  # fmt: skip
+PRIVATE_KERAS = (
+    "_keras_history",
+    "_inbound_nodes",
+    "_outbound_nodes",
+    "_nodes_by_depth",
+    "_run_through_graph",
+    "._functional",
+)
 
 
 def test_private_keras_internals_live_in_the_graph_module_alone():

@@ -61,8 +61,9 @@ def test_include_top_false_and_pooling():
 
 
 def test_stem_width_sets_the_stem_alone():
-    model = BagNet(blocks=(1, 1, 1, 1), kernel3=(1, 1, 0, 0), base_width=4, stem_width=16, classes=3,
-                   classifier_activation=None)  # fmt: skip
+    model = BagNet(
+        blocks=(1, 1, 1, 1), kernel3=(1, 1, 0, 0), base_width=4, stem_width=16, classes=3, classifier_activation=None
+    )
     assert model.get_layer("conv1_conv").compute_output_shape((1, 32, 32, 3))[-1] == 16
     assert model.get_layer("conv2_block1_0_conv").kernel.shape == (1, 1, 16, 16)
     assert model.get_layer("conv2_block1_1_conv").kernel.shape == (1, 1, 16, 4)
@@ -173,8 +174,9 @@ def test_predict_folds_batchnorm_and_matches_keras_predict():
     for layer in model.layers:  # statistics that are not the identity, so the folding is exercised
         if isinstance(layer, keras.layers.BatchNormalization):
             c = layer.moving_mean.shape[0]
-            layer.set_weights([rng.uniform(0.5, 2, c), rng.normal(0, 0.5, c), rng.normal(0, 0.5, c),
-                               rng.uniform(0.5, 2, c)])  # fmt: skip
+            layer.set_weights(
+                [rng.uniform(0.5, 2, c), rng.normal(0, 0.5, c), rng.normal(0, 0.5, c), rng.uniform(0.5, 2, c)]
+            )
     x = rng.normal(size=(7, 40, 40, 3)).astype("float32")
     reference = keras.Model.predict(model, x, batch_size=3, verbose=0)
     fast = model.predict(x, batch_size=3, verbose=0)
@@ -208,8 +210,11 @@ def test_mixed_precision_keeps_logits_and_evidence(policy, tolerance):
     exact, approx = evidence_map(model, x).maps, evidence_map(fast, x).maps
     assert np.abs(approx - exact).max() <= tolerance * np.abs(exact).max()
     # a transfer model with a nested backbone: the backbone's layers change too
-    nested = build_classifier(BagNet(blocks=(1, 1, 1, 1), base_width=8, include_top=False, input_shape=(48, 48, 3)),
-                              {"a": 2, "b": 3}, mode="scratch")  # fmt: skip
+    nested = build_classifier(
+        BagNet(blocks=(1, 1, 1, 1), base_width=8, include_top=False, input_shape=(48, 48, 3)),
+        {"a": 2, "b": 3},
+        mode="scratch",
+    )
     copy = with_dtype_policy(nested, policy)
     assert {out.dtype for out in copy.outputs} == {"float32"}
     got, want = copy.predict(x, verbose=0), nested.predict(x, verbose=0)

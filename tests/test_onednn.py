@@ -24,8 +24,9 @@ def fresh_guard(monkeypatch):
 
 def _narrow_classifier():
     """A tiny BagNet whose first shortcut (1x1, stride 2) reads the stem's 4 channels: at risk on every kernel."""
-    backbone = BagNet(blocks=(1, 1, 1, 1), kernel3=(1, 1, 0, 0), base_width=4, include_top=False,
-                      input_shape=(32, 32, 3))  # fmt: skip
+    backbone = BagNet(
+        blocks=(1, 1, 1, 1), kernel3=(1, 1, 0, 0), base_width=4, include_top=False, input_shape=(32, 32, 3)
+    )
     return build_classifier(backbone, {"label": 2}, mode="scratch")
 
 
@@ -36,8 +37,9 @@ def _data():
 
 def test_reproducer_verdict_and_the_guard(monkeypatch):
     """tools/onednn_check.py runs the pattern in a child process; where it crashes, the guard must fire."""
-    done = subprocess.run([sys.executable, "-m", "tools.onednn_check"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "tools.onednn_check"], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr
     verdict = done.stdout.strip().splitlines()[-1]
     assert verdict in ("affected", "not affected")

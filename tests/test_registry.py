@@ -14,8 +14,14 @@ from bagnet_keras.explain.registry import METHODS, explain
 def softmax_model():
     """A softmax-headed BagNet classifier, and the same layers ending at its logits."""
     keras.utils.set_random_seed(0)
-    backbone = BagNet(blocks=(1, 1, 1, 1), kernel3=(1, 1, 0, 0), base_width=4, stem_width=16, include_top=False,
-                      input_shape=(32, 32, 3))  # fmt: skip
+    backbone = BagNet(
+        blocks=(1, 1, 1, 1),
+        kernel3=(1, 1, 0, 0),
+        base_width=4,
+        stem_width=16,
+        include_top=False,
+        input_shape=(32, 32, 3),
+    )
     model = build_classifier(backbone, {"label": 3}, mode="scratch")
     # Scale the head so that the softmax saturates differently from the logits.
     logits = model.get_layer("label_logits")
@@ -41,8 +47,12 @@ def test_every_method_explains_the_logit_by_default_and_the_probability_when_ask
         return
     by_probability = explain(model, x, method, class_index=classes, target="probability")
     # the model's own softmax == the softmax applied to a logits model's output
-    np.testing.assert_allclose(by_probability, explain(logits_model, x, method, class_index=classes,
-                                                       target="probability"), rtol=1e-4, atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        by_probability,
+        explain(logits_model, x, method, class_index=classes, target="probability"),
+        rtol=1e-4,
+        atol=1e-5,
+    )
     assert not np.allclose(by_probability, by_logit, atol=1e-3), "the target made no difference"
 
 
@@ -57,8 +67,9 @@ def test_a_dense_layer_with_a_softmax_activation_is_explained_by_its_logits():
     logits.get_layer("plain").set_weights(head.get_weights())
     x = np.random.default_rng(3).normal(size=(3, 16, 16, 3)).astype("float32")
     for method in ("gradcam", "occlusion", "guided_backprop"):
-        np.testing.assert_allclose(explain(model, x, method, class_index=1), explain(logits, x, method, class_index=1),
-                                   rtol=1e-4, atol=1e-5)  # fmt: skip
+        np.testing.assert_allclose(
+            explain(model, x, method, class_index=1), explain(logits, x, method, class_index=1), rtol=1e-4, atol=1e-5
+        )
     assert head.activation is keras.activations.softmax  # the layer was only borrowed
     # the faithfulness curves score the same logits, and their probabilities are the model's own
     from bagnet_keras.metrics.faithfulness import logit_fn, probability_fn
@@ -71,8 +82,12 @@ def test_bad_method_and_target_name_the_value():
     with pytest.raises(ValueError, match="'nope'.*gradcam"):
         explain(None, _x(), "nope")
     with pytest.raises(ValueError, match="target='softmax'"):
-        explain(keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(2)]),
-                np.ones((1, 4, 4, 3)), "gradcam", target="softmax")  # fmt: skip
+        explain(
+            keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(2)]),
+            np.ones((1, 4, 4, 3)),
+            "gradcam",
+            target="softmax",
+        )
     assert registry.TARGETS == graph.TARGETS
 
 
@@ -98,8 +113,9 @@ def test_explainer_fixes_model_method_and_target(softmax_model):
     model, _ = softmax_model
     x = _x()
     run = bagnet_keras.explainer(model, "layercam", target="probability")
-    np.testing.assert_array_equal(run(x, class_index=[1, 0]),
-                                  explain(model, x, "layercam", class_index=[1, 0], target="probability"))  # fmt: skip
+    np.testing.assert_array_equal(
+        run(x, class_index=[1, 0]), explain(model, x, "layercam", class_index=[1, 0], target="probability")
+    )
     with pytest.raises(ValueError, match="'nope'"):
         bagnet_keras.explainer(model, "nope")
     assert isinstance(bagnet_keras.explain, type(bagnet_keras))  # the subpackage, not hidden by a function

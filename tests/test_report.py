@@ -21,18 +21,35 @@ CLASSES = ["cross", "ring", "dot_above_bar"]
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     keras.utils.set_random_seed(0)
-    bagnet = BagNet(blocks=(1, 1, 1, 1), kernel3=(1, 1, 1, 0), base_width=8, include_top=False,
-                    input_shape=(SIZE, SIZE, 3))  # fmt: skip
-    cnn = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Conv2D(8, 3, activation="relu"),
-                            keras.layers.MaxPooling2D(), keras.layers.Conv2D(8, 3, activation="relu")])  # fmt: skip
+    bagnet = BagNet(
+        blocks=(1, 1, 1, 1), kernel3=(1, 1, 1, 0), base_width=8, include_top=False, input_shape=(SIZE, SIZE, 3)
+    )
+    cnn = keras.Sequential(
+        [
+            keras.Input((SIZE, SIZE, 3)),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+        ]
+    )
     models = {"cnn": build_classifier(cnn, 3, mode="scratch"), "bagnet": build_classifier(bagnet, 3, mode="scratch")}
     scenes = [motif_scene(CLASSES[i % 3], seed=i, size=SIZE) for i in range(6)]
     images = preprocess_input(np.stack([s[0] for s in scenes]).astype("float32"))
     masks = np.stack([s[1] for s in scenes])
     labels = [i % 3 for i in range(6)]
     methods = {"cnn": ["gradcam", "saliency", "deeplift"], "bagnet": ["evidence", "gradcam"]}
-    result = compare(models, images, labels, masks=masks, methods=methods, steps=4, linearity_k=3, progress=False,
-                     deprocess=deprocess_input, sanity=2)  # fmt: skip
+    result = compare(
+        models,
+        images,
+        labels,
+        masks=masks,
+        methods=methods,
+        steps=4,
+        linearity_k=3,
+        progress=False,
+        deprocess=deprocess_input,
+        sanity=2,
+    )
     folder = tmp_path_factory.mktemp("report")
     path = write_report(result, CLASSES, folder, findings=["BagNet evidence points into the masks in 3 of 6 images."])
     return path, folder, result
@@ -43,9 +60,18 @@ def test_report_is_one_self_contained_file_with_pngs_beside_it(report):
     text = open(path, encoding="utf-8").read()
     assert not re.search(r'src="(?!data:image/png;base64,)', text), "an image is not embedded"
     assert text.count("<img ") == len(os.listdir(folder / "figures"))
-    for section in ("Findings", "Models", "Faithfulness", "Deletion and insertion curves", "Spatial sensitivity",
-                    "Can these maps be trusted?", "Agreement between maps", "Images",
-                    "Most informative patches per class", "Misclassified"):  # fmt: skip
+    for section in (
+        "Findings",
+        "Models",
+        "Faithfulness",
+        "Deletion and insertion curves",
+        "Spatial sensitivity",
+        "Can these maps be trusted?",
+        "Agreement between maps",
+        "Images",
+        "Most informative patches per class",
+        "Misclassified",
+    ):
         assert f"<h2>{section}" in text, section
     assert sorted(os.listdir(folder)) == ["figures", "report.html"]
 

@@ -12,19 +12,27 @@ SIZE = 24
 
 def _cnn():
     keras.utils.set_random_seed(0)
-    return keras.Sequential([
-        keras.Input((SIZE, SIZE, 3)),
-        keras.layers.Conv2D(8, 3, activation="relu", name="conv1"),
-        keras.layers.Conv2D(8, 3, activation="relu", name="conv2"),
-        keras.layers.GlobalAveragePooling2D(),
-        keras.layers.Dense(3, activation="softmax", name="out"),
-    ])  # fmt: skip
+    return keras.Sequential(
+        [
+            keras.Input((SIZE, SIZE, 3)),
+            keras.layers.Conv2D(8, 3, activation="relu", name="conv1"),
+            keras.layers.Conv2D(8, 3, activation="relu", name="conv2"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(3, activation="softmax", name="out"),
+        ]
+    )
 
 
 def _bagnet():
     keras.utils.set_random_seed(1)
-    backbone = BagNet(blocks=(1, 1, 1, 1), kernel3=(1, 1, 0, 0), base_width=8, stem_width=16, include_top=False,
-                      input_shape=(SIZE, SIZE, 3))  # fmt: skip
+    backbone = BagNet(
+        blocks=(1, 1, 1, 1),
+        kernel3=(1, 1, 0, 0),
+        base_width=8,
+        stem_width=16,
+        include_top=False,
+        input_shape=(SIZE, SIZE, 3),
+    )
     return build_classifier(backbone, {"label": 3}, mode="scratch")
 
 
@@ -40,8 +48,9 @@ def test_input_invariance_gives_kindermans_answers():
     twin = shifted_model(model, [1.0, -0.5, 2.0])
     assert len(twin.layers) == len(model.layers)  # absorbed in conv1's bias, no layer added
     np.testing.assert_allclose(twin.predict(x + [1.0, -0.5, 2.0], verbose=0), model.predict(x, verbose=0), atol=1e-5)
-    result = input_invariance(model, x, ["saliency", "gradcam", "gradient_x_input", "integrated_gradients"],
-                              shift=[1.0, -0.5, 2.0])  # fmt: skip
+    result = input_invariance(
+        model, x, ["saliency", "gradcam", "gradient_x_input", "integrated_gradients"], shift=[1.0, -0.5, 2.0]
+    )
     assert result.output_difference < 1e-4
     assert result.passed("saliency") and result.passed("gradcam")
     assert not result.passed("gradient_x_input") and not result.passed("integrated_gradients")
@@ -67,17 +76,29 @@ def trained():
     images, labels = textures(30, 32, seed=0)
     x = preprocess_input(images.astype("float32"))
     keras.utils.set_random_seed(1)
-    backbone = BagNet(blocks=(1, 1, 1, 1), kernel3=(1, 1, 1, 0), base_width=8, stem_width=16, include_top=False,
-                      input_shape=(32, 32, 3))  # fmt: skip
+    backbone = BagNet(
+        blocks=(1, 1, 1, 1),
+        kernel3=(1, 1, 1, 0),
+        base_width=8,
+        stem_width=16,
+        include_top=False,
+        input_shape=(32, 32, 3),
+    )
     bagnet = build_classifier(backbone, {"label": 3}, mode="scratch")
-    cnn = keras.Sequential([
-        keras.Input((32, 32, 3)), keras.layers.Conv2D(8, 3, activation="relu"), keras.layers.MaxPooling2D(),
-        keras.layers.Conv2D(16, 3, activation="relu"), keras.layers.GlobalAveragePooling2D(),
-        keras.layers.Dense(3, activation="softmax"),
-    ])  # fmt: skip
+    cnn = keras.Sequential(
+        [
+            keras.Input((32, 32, 3)),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(16, 3, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
     for model in (bagnet, cnn):
-        model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy",
-                      metrics=["accuracy"])  # fmt: skip
+        model.compile(
+            optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+        )
         assert model.fit(x, labels, epochs=8, batch_size=16, verbose=0).history["accuracy"][-1] > 0.9
     return bagnet, cnn, x[:4], labels[:4]
 

@@ -36,8 +36,14 @@ def _data(n_per_class, seed, batch=16, shuffle=False):
 def _tiny_bagnet():
     # stem_width 16: training the first shortcut (1x1, stride 2) on fewer channels crashes TensorFlow's oneDNN on
     # AVX-512 CPUs (issue 17, tools/onednn_check.py).
-    return BagNet(blocks=(1, 1, 1, 1), kernel3=(1, 1, 0, 0), base_width=8, stem_width=16, include_top=False,
-                  input_shape=(SIZE, SIZE, 3))  # fmt: skip
+    return BagNet(
+        blocks=(1, 1, 1, 1),
+        kernel3=(1, 1, 0, 0),
+        base_width=8,
+        stem_width=16,
+        include_top=False,
+        input_shape=(SIZE, SIZE, 3),
+    )
 
 
 def _copy(model):
@@ -70,8 +76,15 @@ def test_each_mode_learns(pretrained, mode):
     _, _, train = _data(30, seed=1, shuffle=True)
     x_test, y_test, test = _data(20, seed=2)
     history = fit_classifier(
-        model, train, test, epochs=15 if mode == "scratch" else 8, head_epochs=4,
-        learning_rate=1e-2 if mode == "scratch" else 3e-2, finetune_learning_rate=3e-3, patience=None, verbose=0,
+        model,
+        train,
+        test,
+        epochs=15 if mode == "scratch" else 8,
+        head_epochs=4,
+        learning_rate=1e-2 if mode == "scratch" else 3e-2,
+        finetune_learning_rate=3e-3,
+        patience=None,
+        verbose=0,
     )
     accuracy = evaluate_classifier(model, test, list(TEXTURES))["texture"]["accuracy"]
     print(f"\n{mode}: test accuracy {accuracy:.3f} (chance 0.333), phases {sorted(set(history['phase']))}")
@@ -90,8 +103,9 @@ def test_each_mode_learns(pretrained, mode):
 
 def test_two_head_bagnet_evidence_is_exact(pretrained):
     keras.utils.set_random_seed(2)
-    model = build_classifier(_copy(pretrained), {"texture": 3, "region": 2}, mode="finetune",
-                             trainable_from="conv5_block1", dropout=0.3)  # fmt: skip
+    model = build_classifier(
+        _copy(pretrained), {"texture": 3, "region": 2}, mode="finetune", trainable_from="conv5_block1", dropout=0.3
+    )
     _, _, train = _data(10, seed=3)
     train, names = with_heads(train, list(TEXTURES), "texture", {"region": REGION})
     fit_classifier(model, train, epochs=1, head_epochs=1, verbose=0)
@@ -302,8 +316,23 @@ def test_street_city_example_runs_offline_on_a_dataset_folder(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("street_city", path)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    argv = ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "runs"), "--backbones", "vgg16",
-            "--modes", "svm", "transfer", "--weights", "none", "--image-size", "48", "--epochs", "1"]  # fmt: skip
+    argv = [
+        "--data",
+        str(tmp_path / "data"),
+        "--out",
+        str(tmp_path / "runs"),
+        "--backbones",
+        "vgg16",
+        "--modes",
+        "svm",
+        "transfer",
+        "--weights",
+        "none",
+        "--image-size",
+        "48",
+        "--epochs",
+        "1",
+    ]
     assert example.main(argv) == 0
     out = capsys.readouterr().out
     assert "| vgg16 | svm |" in out and "| vgg16 | transfer |" in out
@@ -312,7 +341,13 @@ def test_street_city_example_runs_offline_on_a_dataset_folder(tmp_path, capsys):
     assert set(results["vgg16/transfer"]) == {"city", "region"}
     assert results["vgg16/transfer"]["region"]["class_names"] == ["East", "West"]
     assert sorted(os.listdir(tmp_path / "runs" / "vgg16" / "transfer")) == [
-        "backup", "best.keras", "confusion_city.png", "confusion_region.png", "history.csv", "run.json"]  # fmt: skip
+        "backup",
+        "best.keras",
+        "confusion_city.png",
+        "confusion_region.png",
+        "history.csv",
+        "run.json",
+    ]
 
 
 def test_same_seed_same_model():
@@ -348,8 +383,9 @@ def test_training_killed_in_epoch_3_resumes_from_the_end_of_epoch_2(tmp_path, mo
 
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    killed = subprocess.run([sys.executable, train.__file__, str(out), "3"], capture_output=True, text=True,
-                            env=env, timeout=300)  # fmt: skip
+    killed = subprocess.run(
+        [sys.executable, train.__file__, str(out), "3"], capture_output=True, text=True, env=env, timeout=300
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     state = json.loads((out / "backup" / "state.json").read_text())
     assert state["epoch"] == 2 and not state["complete"] and len(state["history"]["loss"]) == 2
@@ -420,8 +456,13 @@ def test_multi_worker_training(tmp_path):
     ports = ",".join(map(str, _free_ports(2)))
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="-1", TF_CPP_MIN_LOG_LEVEL="2")
     workers = [
-        subprocess.Popen([sys.executable, script, str(k), ports, str(tmp_path / f"worker{k}")], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        subprocess.Popen(
+            [sys.executable, script, str(k), ports, str(tmp_path / f"worker{k}")],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for k in range(2)
     ]
     results = []

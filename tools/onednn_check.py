@@ -46,8 +46,13 @@ def check(steps: int = 200, timeout: float = 600.0, env: dict | None = None) -> 
     """
     child_env = dict(os.environ if env is None else env, TF_CPP_MIN_LOG_LEVEL="2")
     try:
-        done = subprocess.run([sys.executable, "-c", PATTERN.format(steps=steps)], env=child_env,
-                              capture_output=True, text=True, timeout=timeout)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-c", PATTERN.format(steps=steps)],
+            env=child_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired as error:
         raise RuntimeError(f"The check did not finish within {timeout:.0f} s.") from error
     if done.returncode < 0:

@@ -39,8 +39,10 @@ they go: memory does not grow with the split, and the same command again resumes
 arguments into the same OUT stop with an error).
 """
 
-SHARD_HELP = ("measure shard I of N (from 0; the batches whose number is I modulo N), for N jobs sharing the "
-              "data; 'env' or 'env/N' reads I from JOB_COMPLETION_INDEX (Kubernetes) or SLURM_ARRAY_TASK_ID")
+SHARD_HELP = (
+    "measure shard I of N (from 0; the batches whose number is I modulo N), for N jobs sharing the "
+    "data; 'env' or 'env/N' reads I from JOB_COMPLETION_INDEX (Kubernetes) or SLURM_ARRAY_TASK_ID"
+)
 
 MERGE_EPILOG = """example:
   for i in 0 1 2; do bagnet-keras compare ... --shard $i/3 --out runs/compare/shard-$i; done
@@ -138,8 +140,15 @@ def demo(args: argparse.Namespace) -> int:
     from bagnet_keras.app.demo import run_demo
 
     weights = None if args.weights == "none" else args.weights
-    run_demo(args.out, data=args.data, weights=weights, per_class=args.per_class, image_size=args.image_size,
-             epochs=args.epochs, seed=args.seed)  # fmt: skip
+    run_demo(
+        args.out,
+        data=args.data,
+        weights=weights,
+        per_class=args.per_class,
+        image_size=args.image_size,
+        epochs=args.epochs,
+        seed=args.seed,
+    )
     return 0
 
 
@@ -150,10 +159,20 @@ def explain(args: argparse.Namespace) -> int:
     if bool(args.images) == bool(args.data):
         raise ValueError("Give either --images (files) or --data (a dataset folder).")
     weights = None if args.weights == "none" else args.weights
-    path = explain_images(args.model, args.images or args.data, args.out, weights=weights, methods=args.methods,
-                          image_size=args.image_size, split=args.split, target=args.target,
-                          batch_size=args.batch_size, shard=args.shard, jit_compile=args.jit_compile,
-                          dtype_policy=args.dtype_policy)  # fmt: skip
+    path = explain_images(
+        args.model,
+        args.images or args.data,
+        args.out,
+        weights=weights,
+        methods=args.methods,
+        image_size=args.image_size,
+        split=args.split,
+        target=args.target,
+        batch_size=args.batch_size,
+        shard=args.shard,
+        jit_compile=args.jit_compile,
+        dtype_policy=args.dtype_policy,
+    )
     _done(path, args)
     return 0
 
@@ -170,8 +189,10 @@ def _models(items: list[str]) -> dict[str, str]:
 
 def _done(path: str | None, args: argparse.Namespace) -> None:
     if path is None:
-        print(f"shard {args.shard[0]}/{args.shard[1]} done in {os.path.abspath(args.out)}; when every shard is "
-              f"done: bagnet-keras merge OUT SHARD_OUT_FOLDERS...")  # fmt: skip
+        print(
+            f"shard {args.shard[0]}/{args.shard[1]} done in {os.path.abspath(args.out)}; when every shard is "
+            f"done: bagnet-keras merge OUT SHARD_OUT_FOLDERS..."
+        )
     else:
         print(f"{'atlas' if path.endswith('atlas.html') else 'report'}: {os.path.abspath(path)}")
 
@@ -180,11 +201,24 @@ def compare(args: argparse.Namespace) -> int:
     start_tensorflow(args.verbose)
     from bagnet_keras.app.workflows import compare_models
 
-    path = compare_models(_models(args.model), args.data, args.out, split=args.split, image_size=args.image_size,
-                          preprocess=args.preprocess, masks=args.masks, methods=args.methods, output=args.output,
-                          max_images=args.max_images, target=args.target, batch_size=args.batch_size,
-                          shard=args.shard, jit_compile=args.jit_compile, dtype_policy=args.dtype_policy,
-                          sanity=args.sanity)  # fmt: skip
+    path = compare_models(
+        _models(args.model),
+        args.data,
+        args.out,
+        split=args.split,
+        image_size=args.image_size,
+        preprocess=args.preprocess,
+        masks=args.masks,
+        methods=args.methods,
+        output=args.output,
+        max_images=args.max_images,
+        target=args.target,
+        batch_size=args.batch_size,
+        shard=args.shard,
+        jit_compile=args.jit_compile,
+        dtype_policy=args.dtype_policy,
+        sanity=args.sanity,
+    )
     _done(path, args)
     return 0
 
@@ -193,10 +227,21 @@ def atlas(args: argparse.Namespace) -> int:
     start_tensorflow(args.verbose)
     from bagnet_keras.app.workflows import atlas_models
 
-    path = atlas_models(_models(args.model), args.data, args.out, split=args.split, image_size=args.image_size,
-                        preprocess=args.preprocess, layers=args.layers, units=args.units, k=args.k,
-                        groups=args.groups, max_images=args.max_images, batch_size=args.batch_size or 32,
-                        shard=args.shard)  # fmt: skip
+    path = atlas_models(
+        _models(args.model),
+        args.data,
+        args.out,
+        split=args.split,
+        image_size=args.image_size,
+        preprocess=args.preprocess,
+        layers=args.layers,
+        units=args.units,
+        k=args.k,
+        groups=args.groups,
+        max_images=args.max_images,
+        batch_size=args.batch_size or 32,
+        shard=args.shard,
+    )
     _done(path, args)
     return 0
 
@@ -223,8 +268,9 @@ def _method(text: str) -> str:
     try:
         parse_method(text.partition(":")[2] if ":" in text else text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(METHODS)}, or a CAM "
-                                         "method at a layer: gradcam@LAYER)") from None  # fmt: skip
+        raise argparse.ArgumentTypeError(
+            f"invalid choice: {text!r} (choose from {', '.join(METHODS)}, or a CAM method at a layer: gradcam@LAYER)"
+        ) from None
     return text
 
 
@@ -263,8 +309,13 @@ def main(argv: list[str] | None = None) -> int:
     formatter = argparse.RawDescriptionHelpFormatter
     tensorflow = argparse.ArgumentParser(add_help=False)
     tensorflow.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up log lines")
-    p = sub.add_parser("demo", help="the main job: BagNet evidence vs Grad-CAM, measured, as an HTML report",
-                       epilog=DEMO_EPILOG, formatter_class=formatter, parents=[tensorflow])  # fmt: skip
+    p = sub.add_parser(
+        "demo",
+        help="the main job: BagNet evidence vs Grad-CAM, measured, as an HTML report",
+        epilog=DEMO_EPILOG,
+        formatter_class=formatter,
+        parents=[tensorflow],
+    )
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--data", help="a dataset folder (one sub-folder per class) instead of generated scenes")
     p.add_argument(
@@ -278,35 +329,58 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=demo)
-    p = sub.add_parser("explain", help="maps of one model for images, measured, as an HTML report",
-                       epilog=EXPLAIN_EPILOG, formatter_class=formatter, parents=[tensorflow])  # fmt: skip
+    p = sub.add_parser(
+        "explain",
+        help="maps of one model for images, measured, as an HTML report",
+        epilog=EXPLAIN_EPILOG,
+        formatter_class=formatter,
+        parents=[tensorflow],
+    )
     p.add_argument("--model", required=True, help="a .keras file or a backbone name (bagnet33, vgg16, ...)")
     p.add_argument("--weights", default="none", help="for a name: 'none', 'imagenet' or a weights file")
     p.add_argument("--images", nargs="+", help="image files")
     p.add_argument("--data", help="or a dataset folder")
     p.add_argument("--split", choices=["train", "val", "test"], help="with --data: one split of the manifest")
-    p.add_argument("--methods", nargs="+", type=_method, metavar="METHOD",
-                   help=f"any of: {', '.join(METHODS)}; a CAM method at a layer: gradcam@LAYER (default: evidence "
-                   "and gradcam for BagNets, gradcam otherwise)")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        type=_method,
+        metavar="METHOD",
+        help=f"any of: {', '.join(METHODS)}; a CAM method at a layer: gradcam@LAYER (default: evidence "
+        "and gradcam for BagNets, gradcam otherwise)",
+    )
     p.add_argument("--target", choices=TARGETS, default="logit", help="the class score explained (default: logit)")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, help="images per batch and model call (default: 16 on a CPU, 64 on a GPU)")
     p.add_argument("--shard", type=_shard, metavar="I/N", help=SHARD_HELP)
     p.add_argument("--jit-compile", action="store_true", help="compile the models' forward passes with XLA")
-    p.add_argument("--dtype-policy", choices=["mixed_float16", "mixed_bfloat16"],
-                   help="compute in mixed precision (mixed_float16 on GPUs); scores stay float32")
+    p.add_argument(
+        "--dtype-policy",
+        choices=["mixed_float16", "mixed_bfloat16"],
+        help="compute in mixed precision (mixed_float16 on GPUs); scores stay float32",
+    )
     p.add_argument("--out", default="runs/explain")
     p.set_defaults(func=explain)
-    p = sub.add_parser("compare", help="compare the explanations of several models, as an HTML report",
-                       epilog=COMPARE_EPILOG, formatter_class=formatter, parents=[tensorflow])  # fmt: skip
+    p = sub.add_parser(
+        "compare",
+        help="compare the explanations of several models, as an HTML report",
+        epilog=COMPARE_EPILOG,
+        formatter_class=formatter,
+        parents=[tensorflow],
+    )
     p.add_argument("--model", action="append", required=True, metavar="NAME=PATH", help="a .keras model, repeatable")
     p.add_argument("--data", required=True, help="a dataset folder (split by bagnet-keras split)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--masks", help="folder of ground-truth masks <class>/<name>.png, if any")
-    p.add_argument("--methods", nargs="+", type=_method, metavar="METHOD",
-                   help=f"any of: {', '.join(METHODS)}; a CAM method at a layer: gradcam@LAYER; NAME:METHOD for the "
-                   "model NAME alone, e.g. bagnet:evidence cnn:saliency (default: evidence and gradcam for BagNets, "
-                   "gradcam otherwise)")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        type=_method,
+        metavar="METHOD",
+        help=f"any of: {', '.join(METHODS)}; a CAM method at a layer: gradcam@LAYER; NAME:METHOD for the "
+        "model NAME alone, e.g. bagnet:evidence cnn:saliency (default: evidence and gradcam for BagNets, "
+        "gradcam otherwise)",
+    )
     p.add_argument("--target", choices=TARGETS, default="logit", help="the class score explained (default: logit)")
     p.add_argument("--output", help="the head to explain, for multi-output models")
     p.add_argument("--preprocess", default="bagnet33", help="backbone whose preprocessing the models expect")
@@ -315,14 +389,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, help="images per batch and model call (default: 16 on a CPU, 64 on a GPU)")
     p.add_argument("--shard", type=_shard, metavar="I/N", help=SHARD_HELP)
     p.add_argument("--jit-compile", action="store_true", help="compile the models' forward passes with XLA")
-    p.add_argument("--dtype-policy", choices=["mixed_float16", "mixed_bfloat16"],
-                   help="compute in mixed precision (mixed_float16 on GPUs); scores stay float32")
+    p.add_argument(
+        "--dtype-policy",
+        choices=["mixed_float16", "mixed_bfloat16"],
+        help="compute in mixed precision (mixed_float16 on GPUs); scores stay float32",
+    )
     p.add_argument("--out", default="runs/compare")
-    p.add_argument("--sanity", type=int, default=0, metavar="N",
-                   help="run the sanity checks of every map (model randomisation, input invariance) on N images")
+    p.add_argument(
+        "--sanity",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the sanity checks of every map (model randomisation, input invariance) on N images",
+    )
     p.set_defaults(func=compare)
-    p = sub.add_parser("atlas", help="what models learned across a dataset: units, groups, concepts, as HTML",
-                       epilog=ATLAS_EPILOG, formatter_class=formatter, parents=[tensorflow])  # fmt: skip
+    p = sub.add_parser(
+        "atlas",
+        help="what models learned across a dataset: units, groups, concepts, as HTML",
+        epilog=ATLAS_EPILOG,
+        formatter_class=formatter,
+        parents=[tensorflow],
+    )
     p.add_argument("--model", action="append", required=True, metavar="NAME=PATH", help="a .keras model, repeatable")
     p.add_argument("--data", required=True, help="a dataset folder (split by bagnet-keras split)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
@@ -337,13 +424,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shard", type=_shard, metavar="I/N", help=SHARD_HELP)
     p.add_argument("--out", default="runs/atlas")
     p.set_defaults(func=atlas)
-    p = sub.add_parser("merge", help="join the output folders of finished shards of compare, explain or atlas",
-                       epilog=MERGE_EPILOG, formatter_class=formatter, parents=[tensorflow])  # fmt: skip
+    p = sub.add_parser(
+        "merge",
+        help="join the output folders of finished shards of compare, explain or atlas",
+        epilog=MERGE_EPILOG,
+        formatter_class=formatter,
+        parents=[tensorflow],
+    )
     p.add_argument("out", help="output folder of the merged comparison and report")
     p.add_argument("shards", nargs="+", metavar="SHARD_OUT", help="the --out folder of every shard")
     p.set_defaults(func=merge)
-    p = sub.add_parser("predict", help="BagNet-33 prediction and evidence grid for one image",
-                       epilog=PREDICT_EPILOG, formatter_class=formatter, parents=[tensorflow])  # fmt: skip
+    p = sub.add_parser(
+        "predict",
+        help="BagNet-33 prediction and evidence grid for one image",
+        epilog=PREDICT_EPILOG,
+        formatter_class=formatter,
+        parents=[tensorflow],
+    )
     p.add_argument("--weights", default="none", help="'none' (default, offline), 'imagenet', or a checkpoint path")
     p.add_argument("--image", help="an image file; default: a generated image")
     p.set_defaults(func=predict)

@@ -62,8 +62,15 @@ def small_bagnet(input_shape: tuple, width: int = 16) -> keras.Model:
     >>> small_bagnet((64, 64, 3)).output_shape
     (None, 6, 6, 512)
     """
-    return BagNet(blocks=(1, 1, 1, 1), kernel3=(1, 1, 1, 0), base_width=width, stem_width=max(width, 16),
-                  include_top=False, input_shape=input_shape, name="small_bagnet")  # fmt: skip
+    return BagNet(
+        blocks=(1, 1, 1, 1),
+        kernel3=(1, 1, 1, 0),
+        base_width=width,
+        stem_width=max(width, 16),
+        include_top=False,
+        input_shape=input_shape,
+        name="small_bagnet",
+    )
 
 
 #: The white-box attributions of the BagNet paper's masking experiment (and two more gradient maps).
@@ -80,8 +87,10 @@ def demo_methods(fine_layer: str) -> dict[str, list[str]]:
     >>> demo_methods("conv3_relu")["cnn"][:3]
     ['gradcam', 'gradcam@conv3_relu', 'layercam@conv3_relu']
     """
-    return {"bagnet": ["evidence", "gradcam"],
-            "cnn": ["gradcam", f"gradcam@{fine_layer}", f"layercam@{fine_layer}", *WHITE_BOX]}  # fmt: skip
+    return {
+        "bagnet": ["evidence", "gradcam"],
+        "cnn": ["gradcam", f"gradcam@{fine_layer}", f"layercam@{fine_layer}", *WHITE_BOX],
+    }
 
 
 def _passes_sanity(result: Comparison, model: str, method: str) -> bool:
@@ -110,8 +119,11 @@ def demo_findings(result: Comparison, labels: np.ndarray, class_names: Sequence[
     if motif and any("pointing" in r for r in result.rows):
 
         def pointing(model, method):
-            return mean(r["pointing"] for r in result.rows if (r["model"], r["method"]) == (model, method)
-                        and r["label"] in motif and "pointing" in r)  # fmt: skip
+            return mean(
+                r["pointing"]
+                for r in result.rows
+                if (r["model"], r["method"]) == (model, method) and r["label"] in motif and "pointing" in r
+            )
 
         ev, cam_bag = pointing(bagnet, "evidence"), pointing(bagnet, "gradcam")
         scores = {method: pointing(cnn, method) for method in cnn_maps}
@@ -120,8 +132,9 @@ def demo_findings(result: Comparison, labels: np.ndarray, class_names: Sequence[
         trusted = [m for m in cnn_maps if _passes_sanity(result, cnn, m)]
         if result.sanity and trusted:
             second = max(trusted, key=lambda m: scores[m])
-            trusted_note = (f"; of the CNN's maps that pass both sanity checks, the best is {second} "
-                            f"({scores[second]:.0%})")  # fmt: skip
+            trusted_note = (
+                f"; of the CNN's maps that pass both sanity checks, the best is {second} ({scores[second]:.0%})"
+            )
         else:
             trusted_note = ""
         findings.append(
@@ -131,16 +144,21 @@ def demo_findings(result: Comparison, labels: np.ndarray, class_names: Sequence[
             f"{'holds' if ev >= scores[best] else 'does not hold'}{trusted_note}."
         )
     if pair:
-        accuracy = {m: mean(r["correct"] for r in result.model_rows if r["model"] == m and r["label"] in pair)
-                    for m in (bagnet, cnn)}  # fmt: skip
+        accuracy = {
+            m: mean(r["correct"] for r in result.model_rows if r["model"] == m and r["label"] in pair)
+            for m in (bagnet, cnn)
+        }
         verdict = "holds" if accuracy[bagnet] < 0.75 <= accuracy[cnn] else "does not hold"
         findings.append(
             f"On the arrangement-only pair ({', '.join(class_names[c] for c in sorted(pair))}) the BagNet is right on "
             f"{accuracy[bagnet]:.0%} (chance 50%), the CNN on {accuracy[cnn]:.0%}: a bag of local features cannot "
             f"see the arrangement, a CNN can: {verdict}."
         )
-    own = {method: result.aggregate(bagnet, method, "deletion_area")["mean"]
-           for (model, method) in result.maps if model == bagnet}  # fmt: skip
+    own = {
+        method: result.aggregate(bagnet, method, "deletion_area")["mean"]
+        for (model, method) in result.maps
+        if model == bagnet
+    }
     on_bagnet = {method: result.aggregate(cnn, method, f"deletion_on_{bagnet}")["mean"] for method in cnn_maps}
     best = min(on_bagnet, key=on_bagnet.get)
     own[f"the CNN's best map ({best})"] = on_bagnet[best]
@@ -163,10 +181,15 @@ def demo_findings(result: Comparison, labels: np.ndarray, class_names: Sequence[
             f"({strongest}), as in the BagNet paper: {'holds' if crossed <= theirs[strongest] else 'does not hold'}."
         )
     if result.sanity:
-        failed = [f"{e['model']} {e['method']} ({' and '.join(why)})"
-                  for e, s in zip(result.sanity["randomization"], result.sanity["invariance"], strict=True)
-                  if (why := [w for w, bad in (("randomisation", e["passed"] is False),
-                                               ("input shift", not s["passed"])) if bad])]  # fmt: skip
+        failed = [
+            f"{e['model']} {e['method']} ({' and '.join(why)})"
+            for e, s in zip(result.sanity["randomization"], result.sanity["invariance"], strict=True)
+            if (
+                why := [
+                    w for w, bad in (("randomisation", e["passed"] is False), ("input shift", not s["passed"])) if bad
+                ]
+            )
+        ]
         checked = len(result.sanity["randomization"])
         findings.append(
             f"Sanity checks on {result.sanity['images']} test images ({checked} maps): "
@@ -191,13 +214,24 @@ def _atlas(models, files, masks, names, output_dir: str, preprocess, progress: b
     atlas = feature_atlas(models["cnn"], files, [layer], k=9, **options)
     groups = factorize(models["cnn"], files, layer, n_groups=6, k=9, **options)
     concepts = class_concepts(models["bagnet"], files, files.labels, n_concepts=4, patches=100, **options)
-    bagnet_units = feature_atlas(models["bagnet"], files, [last_spatial_layer(models["bagnet"])[0]], units=8, k=9,
-                                 **options)  # fmt: skip
+    bagnet_units = feature_atlas(
+        models["bagnet"], files, [last_spatial_layer(models["bagnet"])[0]], units=8, k=9, **options
+    )
     sample = np.asarray(preprocess(np.asarray(files[:64], dtype="float32")))
-    entries = {"cnn": ModelAtlas(atlas=atlas, groups=groups, group_images=sample),
-               "bagnet": ModelAtlas(atlas=bagnet_units, concepts=concepts)}  # fmt: skip
-    write_atlas(entries, files, output_dir, names, preprocess=preprocess, deprocess=deprocess_input,
-                title="What the demo's CNN and BagNet learned", max_units=12)  # fmt: skip
+    entries = {
+        "cnn": ModelAtlas(atlas=atlas, groups=groups, group_images=sample),
+        "bagnet": ModelAtlas(atlas=bagnet_units, concepts=concepts),
+    }
+    write_atlas(
+        entries,
+        files,
+        output_dir,
+        names,
+        preprocess=preprocess,
+        deprocess=deprocess_input,
+        title="What the demo's CNN and BagNet learned",
+        max_units=12,
+    )
     if masks is None:
         return []
     return atlas_findings(atlas, groups, concepts, np.asarray(masks[: len(masks)], dtype=bool), files.labels, names)
@@ -275,8 +309,19 @@ def run_demo(
     os.makedirs(output_dir, exist_ok=True)
     # A rerun of the same demo goes on where it stopped (each stage below resumes or is skipped when done);
     # one with other arguments into the same folder is refused rather than mixed with it.
-    check_arguments(output_dir, dict(data=data, weights=weights, per_class=per_class, image_size=image_size,
-                                     epochs=epochs, width=width, seed=seed, patience=patience))  # fmt: skip
+    check_arguments(
+        output_dir,
+        dict(
+            data=data,
+            weights=weights,
+            per_class=per_class,
+            image_size=image_size,
+            epochs=epochs,
+            width=width,
+            seed=seed,
+            patience=patience,
+        ),
+    )
     stages = _Stages(output_dir)
 
     def say(message: str) -> None:
@@ -327,25 +372,46 @@ def run_demo(
     for name, backbone in backbones.items():
         say(f"training the {name} ({'fine-tuning ' + backbone if isinstance(backbone, str) else 'from scratch'})")
         mode = "finetune" if isinstance(backbone, str) else "scratch"
-        model = build_classifier(backbone, {"label": len(names)}, mode=mode, input_shape=(*size, 3), dropout=0.3,
-                                 name=name)  # fmt: skip
-        fit_classifier(model, train, val, epochs=epochs, head_epochs=max(1, epochs // 3), learning_rate=1e-3,
-                       patience=patience, output_dir=os.path.join(output_dir, "models", name), seed=seed,
-                       verbose=verbose)  # fmt: skip
+        model = build_classifier(
+            backbone, {"label": len(names)}, mode=mode, input_shape=(*size, 3), dropout=0.3, name=name
+        )
+        fit_classifier(
+            model,
+            train,
+            val,
+            epochs=epochs,
+            head_epochs=max(1, epochs // 3),
+            learning_rate=1e-3,
+            patience=patience,
+            output_dir=os.path.join(output_dir, "models", name),
+            seed=seed,
+            verbose=verbose,
+        )
         models[name] = model
 
     files = ImageFiles(data, size, split="test")
     masks = ImageFiles(data, size, split="test", masks_root=masks_root) if masks_root else None
     say(f"comparing explanations on {len(files)} test images")
-    result = compare(models, files, files.labels, masks=masks, methods=demo_methods(fine_layer), progress=progress,
-                     n_classes=len(names), deprocess=deprocess_input, preprocess=preprocess["bagnet"],
-                     sanity=min(8, len(files)), output_dir=os.path.join(output_dir, "comparison"))  # fmt: skip
+    result = compare(
+        models,
+        files,
+        files.labels,
+        masks=masks,
+        methods=demo_methods(fine_layer),
+        progress=progress,
+        n_classes=len(names),
+        deprocess=deprocess_input,
+        preprocess=preprocess["bagnet"],
+        sanity=min(8, len(files)),
+        output_dir=os.path.join(output_dir, "comparison"),
+    )
     findings = demo_findings(result, files.labels, names, "bagnet", "cnn")
     atlas_file = os.path.join(output_dir, "atlas_findings.json")
     if not stages.done("atlas"):
         say("the atlas: what the CNN's last conv layer and the BagNet's classes are made of, over the test images")
-        write_atomic(atlas_file, json.dumps(_atlas(models, files, masks, names, output_dir, preprocess["bagnet"],
-                                                   progress)))  # fmt: skip
+        write_atomic(
+            atlas_file, json.dumps(_atlas(models, files, masks, names, output_dir, preprocess["bagnet"], progress))
+        )
         stages.mark("atlas")
     with open(atlas_file, encoding="utf-8") as f:
         findings += json.load(f)

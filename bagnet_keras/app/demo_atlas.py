@@ -45,20 +45,28 @@ def purity(masks, labels, motif: dict, entries, geometry) -> tuple[float, int | 
     return hits.count(best) / len(entries), best
 
 
-def random_purity(masks, labels, motif: dict, grid: tuple, geometry, k: int, draws: int = 500,
-                  seed: int = 0) -> tuple[float, float]:  # fmt: skip
+def random_purity(
+    masks, labels, motif: dict, grid: tuple, geometry, k: int, draws: int = 500, seed: int = 0
+) -> tuple[float, float]:
     """Mean and 95th percentile of the purity of ``k`` random positions of random images."""
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(draws):
-        entries = list(zip(rng.integers(len(labels), size=k), rng.integers(grid[0], size=k),
-                           rng.integers(grid[1], size=k), strict=True))  # fmt: skip
+        entries = list(
+            zip(
+                rng.integers(len(labels), size=k),
+                rng.integers(grid[0], size=k),
+                rng.integers(grid[1], size=k),
+                strict=True,
+            )
+        )
         values.append(purity(masks, labels, motif, entries, geometry)[0])
     return float(np.mean(values)), float(np.percentile(values, 95))
 
 
-def atlas_findings(atlas, groups, concepts, masks: np.ndarray, labels: np.ndarray,
-                   class_names: Sequence[str]) -> list[str]:  # fmt: skip
+def atlas_findings(
+    atlas, groups, concepts, masks: np.ndarray, labels: np.ndarray, class_names: Sequence[str]
+) -> list[str]:
     """The demo's claims about its atlas, with their numbers and whether they hold."""
     from data_tools.synthetic import MOTIF_CLASSES
 
@@ -67,11 +75,14 @@ def atlas_findings(atlas, groups, concepts, masks: np.ndarray, labels: np.ndarra
     if atlas is not None and motif:
         layer = atlas.layers[-1]
         geometry, k = atlas.geometry[layer], atlas.k
-        scored = [(purity(masks, labels, motif, atlas.top(layer, int(u)), geometry), f"unit {u}")
-                  for u in atlas.units[layer]]  # fmt: skip
+        scored = [
+            (purity(masks, labels, motif, atlas.top(layer, int(u)), geometry), f"unit {u}") for u in atlas.units[layer]
+        ]
         if groups is not None:
-            scored += [(purity(masks, labels, motif, groups.top(g), groups.geometry), f"NMF group {g}")
-                       for g in range(len(groups.components))]  # fmt: skip
+            scored += [
+                (purity(masks, labels, motif, groups.top(g), groups.geometry), f"NMF group {g}")
+                for g in range(len(groups.components))
+            ]
         (best, cls), name = max(scored, key=lambda item: item[0][0])
         grid = (int(atlas.row[layer].max()) + 1, int(atlas.column[layer].max()) + 1)
         mean, high = random_purity(masks, labels, motif, grid, geometry, k)
@@ -94,9 +105,12 @@ def atlas_findings(atlas, groups, concepts, masks: np.ndarray, labels: np.ndarra
                 if sum(h is not None for h in hits) > len(hits) / 2:
                     on += concept.share
             shares[name] = on
-            everywhere = [(i, r, col) for i in np.flatnonzero(labels == c)
-                          for r in range(masks.shape[1] // concepts.geometry.stride)
-                          for col in range(masks.shape[2] // concepts.geometry.stride)]  # fmt: skip
+            everywhere = [
+                (i, r, col)
+                for i in np.flatnonzero(labels == c)
+                for r in range(masks.shape[1] // concepts.geometry.stride)
+                for col in range(masks.shape[2] // concepts.geometry.stride)
+            ]
             hits = _hits(masks, labels, {c: name}, everywhere, concepts.geometry)
             baselines[name] = sum(h is not None for h in hits) / max(len(hits), 1)
         if shares:

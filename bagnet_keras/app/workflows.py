@@ -100,9 +100,19 @@ def explain_images(
             yield x, scorer(x).argmax(axis=1)
 
     names = _class_names(net, names)
-    result = compare({"model": net}, batches(), methods=methods, progress=progress, target=target,
-                     deprocess=_deprocess(preprocess), batch_size=batch_size, shard=shard, jit_compile=jit_compile,
-                     dtype_policy=dtype_policy, output_dir=os.path.join(output_dir, "comparison"))  # fmt: skip
+    result = compare(
+        {"model": net},
+        batches(),
+        methods=methods,
+        progress=progress,
+        target=target,
+        deprocess=_deprocess(preprocess),
+        batch_size=batch_size,
+        shard=shard,
+        jit_compile=jit_compile,
+        dtype_policy=dtype_policy,
+        output_dir=os.path.join(output_dir, "comparison"),
+    )
     _write_classes(output_dir, names)
     if shard is not None:
         return None
@@ -127,8 +137,10 @@ def methods_by_model(models: Mapping[str, str], methods: Sequence[str] | None) -
         if not sep:
             continue
         if name not in chosen:
-            raise ValueError(f"--methods {item!r} names model {name!r}, which is not one of the models "
-                             f"({', '.join(models)}); write NAME:METHOD with a --model NAME.")  # fmt: skip
+            raise ValueError(
+                f"--methods {item!r} names model {name!r}, which is not one of the models "
+                f"({', '.join(models)}); write NAME:METHOD with a --model NAME."
+            )
         chosen[name].append(method)
     return chosen
 
@@ -169,11 +181,25 @@ def compare_models(
     files = ImageFiles(data, size, split=split, max_images=max_images)
     mask_files = ImageFiles(data, size, split=split, masks_root=masks, max_images=max_images) if masks else None
     prep = get_backbone(preprocess).preprocess
-    result = compare(loaded, files, files.labels, masks=mask_files, methods=methods, output=output,
-                     progress=progress, n_classes=len(files.class_names), target=target, deprocess=_deprocess(prep),
-                     preprocess=prep, batch_size=batch_size, shard=shard, jit_compile=jit_compile,
-                     dtype_policy=dtype_policy, sanity=sanity,
-                     output_dir=os.path.join(output_dir, "comparison"))  # fmt: skip
+    result = compare(
+        loaded,
+        files,
+        files.labels,
+        masks=mask_files,
+        methods=methods,
+        output=output,
+        progress=progress,
+        n_classes=len(files.class_names),
+        target=target,
+        deprocess=_deprocess(prep),
+        preprocess=prep,
+        batch_size=batch_size,
+        shard=shard,
+        jit_compile=jit_compile,
+        dtype_policy=dtype_policy,
+        sanity=sanity,
+        output_dir=os.path.join(output_dir, "comparison"),
+    )
     _write_classes(output_dir, files.class_names)
     if shard is not None:
         return None
@@ -234,10 +260,20 @@ def atlas_models(
     for name in models:
         if not name or not all(ch.isalnum() or ch in "-_." for ch in name) or name.startswith("."):
             raise ValueError(f"Model name {name!r} must be letters, digits, '-', '_' or '.' (it names a folder).")
-    settings = {"models": {name: os.path.abspath(path) for name, path in models.items()},
-                "data": os.path.abspath(data), "split": split, "image_size": image_size, "preprocess": preprocess,
-                "layers": list(layers) if layers else None, "units": units, "k": k, "groups": groups,
-                "concepts": concepts, "max_images": max_images, "batch_size": batch_size}  # fmt: skip
+    settings = {
+        "models": {name: os.path.abspath(path) for name, path in models.items()},
+        "data": os.path.abspath(data),
+        "split": split,
+        "image_size": image_size,
+        "preprocess": preprocess,
+        "layers": list(layers) if layers else None,
+        "units": units,
+        "k": k,
+        "groups": groups,
+        "concepts": concepts,
+        "max_images": max_images,
+        "batch_size": batch_size,
+    }
     files, prep = _atlas_data(settings)
     entries = {}
     for name, path in models.items():
@@ -254,8 +290,9 @@ def atlas_models(
 def _atlas_data(settings: dict):
     from data_tools.loader import ImageFiles
 
-    files = ImageFiles(settings["data"], (settings["image_size"],) * 2, split=settings["split"],
-                       max_images=settings["max_images"])  # fmt: skip
+    files = ImageFiles(
+        settings["data"], (settings["image_size"],) * 2, split=settings["split"], max_images=settings["max_images"]
+    )
     return files, get_backbone(settings["preprocess"]).preprocess
 
 
@@ -269,18 +306,32 @@ def _atlas_passes(name, model, files, prep, layers, settings, output_dir, shard,
 
     folder = os.path.join(output_dir, PASSES, name)
     options = dict(batch_size=settings["batch_size"], preprocess=prep, progress=progress, shard=shard)
-    atlas = feature_atlas(model, files, layers, units=settings["units"], k=settings["k"],
-                          folder=os.path.join(folder, "units"), **options)  # fmt: skip
+    atlas = feature_atlas(
+        model, files, layers, units=settings["units"], k=settings["k"], folder=os.path.join(folder, "units"), **options
+    )
     entry = ModelAtlas(atlas=atlas)
     channels = int(atlas.mean[atlas.layers[-1]].shape[0])
     try:
-        entry.groups = factorize(model, files, atlas.layers[-1], n_groups=min(settings["groups"], channels),
-                                 k=settings["k"], folder=os.path.join(folder, "groups"), **options)  # fmt: skip
+        entry.groups = factorize(
+            model,
+            files,
+            atlas.layers[-1],
+            n_groups=min(settings["groups"], channels),
+            k=settings["k"],
+            folder=os.path.join(folder, "groups"),
+            **options,
+        )
     except ValueError as error:  # a layer with negative activations has no NMF; the rest of the page stands
         print(f"{name}: no factorised groups ({error})")
     if is_bagnet(model):
-        entry.concepts = class_concepts(model, files, files.labels, n_concepts=settings["concepts"],
-                                        folder=os.path.join(folder, "concepts"), **options)  # fmt: skip
+        entry.concepts = class_concepts(
+            model,
+            files,
+            files.labels,
+            n_concepts=settings["concepts"],
+            folder=os.path.join(folder, "concepts"),
+            **options,
+        )
     return entry
 
 
@@ -292,8 +343,15 @@ def _write_atlas_page(entries: dict, files, prep, output_dir: str) -> str:
         images = np.asarray(prep(np.asarray(files[:32], dtype="float32")))
         for entry in with_groups:
             entry.group_images = images
-    return write_atlas(entries, files, output_dir, files.class_names, preprocess=prep, deprocess=_deprocess(prep),
-                       title="What the models learned across the dataset")  # fmt: skip
+    return write_atlas(
+        entries,
+        files,
+        output_dir,
+        files.class_names,
+        preprocess=prep,
+        deprocess=_deprocess(prep),
+        title="What the models learned across the dataset",
+    )
 
 
 def merge_atlas_shards(output_dir: str, shard_dirs: Sequence[str]) -> str:
@@ -310,8 +368,10 @@ def merge_atlas_shards(output_dir: str, shard_dirs: Sequence[str]) -> str:
     for folder in shard_dirs:
         path = os.path.join(folder, ATLAS_FILE)
         if not os.path.exists(path):
-            raise ValueError(f"{folder!r} holds no atlas run ({ATLAS_FILE} is missing): name the --out folder of "
-                             "every shard of one `bagnet-keras atlas` run.")  # fmt: skip
+            raise ValueError(
+                f"{folder!r} holds no atlas run ({ATLAS_FILE} is missing): name the --out folder of "
+                "every shard of one `bagnet-keras atlas` run."
+            )
         with open(path, encoding="utf-8") as f:
             runs.append(json.load(f))
     settings = {key: value for key, value in runs[0].items() if key != "shard"}
@@ -319,20 +379,24 @@ def merge_atlas_shards(output_dir: str, shard_dirs: Sequence[str]) -> str:
         other = {key: value for key, value in run.items() if key != "shard"}
         if other != settings:
             differing = sorted(key for key in set(other) | set(settings) if other.get(key) != settings.get(key))
-            raise ValueError(f"{folder!r} and {shard_dirs[0]!r} are not shards of the same atlas run (differing: "
-                             f"{', '.join(differing)}); merge the shards of one run only.")  # fmt: skip
+            raise ValueError(
+                f"{folder!r} and {shard_dirs[0]!r} are not shards of the same atlas run (differing: "
+                f"{', '.join(differing)}); merge the shards of one run only."
+            )
     files, prep = _atlas_data(settings)
     entries = {}
     for name, path in settings["models"].items():
         model = load_model(path)[0]
         folders = [os.path.join(d, PASSES, name) for d in shard_dirs]
-        entry = ModelAtlas(atlas=merge_atlas(model, [os.path.join(f, "units") for f in folders],
-                                             units=settings["units"]))  # fmt: skip
+        entry = ModelAtlas(
+            atlas=merge_atlas(model, [os.path.join(f, "units") for f in folders], units=settings["units"])
+        )
         if any(os.path.isdir(os.path.join(f, "groups")) for f in folders):
             entry.groups = merge_groups(model, [os.path.join(f, "groups") for f in folders])
         if any(os.path.isdir(os.path.join(f, "concepts")) for f in folders):
-            entry.concepts = merge_concepts(model, [os.path.join(f, "concepts") for f in folders],
-                                            n_concepts=settings["concepts"])  # fmt: skip
+            entry.concepts = merge_concepts(
+                model, [os.path.join(f, "concepts") for f in folders], n_concepts=settings["concepts"]
+            )
         entries[name] = entry
     _write_classes(output_dir, files.class_names)
     return _write_atlas_page(entries, files, prep, output_dir)
@@ -352,4 +416,3 @@ def _deprocess(preprocess):
     from bagnet_keras.models.imagenet import deprocess_input, preprocess_input
 
     return deprocess_input if preprocess is preprocess_input else None
-

@@ -342,8 +342,11 @@ def score_function(model: keras.Model, index: int, target: str, jit_compile: boo
     check_target(target)
 
     def build(model_ref):
-        return tf.function(lambda x: target_scores(model_ref(), x, index, target), reduce_retracing=True,
-                           jit_compile=True if jit_compile else None)  # fmt: skip
+        return tf.function(
+            lambda x: target_scores(model_ref(), x, index, target),
+            reduce_retracing=True,
+            jit_compile=True if jit_compile else None,
+        )
 
     return compiled(model, ("scores", index, target, bool(jit_compile)), build)
 

@@ -73,9 +73,7 @@ def classes_per_image(class_index, n_images: int, n_classes: int) -> np.ndarray 
     if len(values) == 1:
         return np.repeat(values, n_images)
     if len(values) != n_images:
-        raise ValueError(
-            f"`class_index` must be one int or one per image ({n_images}). Received {len(values)} values."
-        )
+        raise ValueError(f"`class_index` must be one int or one per image ({n_images}). Received {len(values)} values.")
     return values
 
 
@@ -91,8 +89,9 @@ def classes_or_top(class_index, n_images: int, n_classes: int) -> np.ndarray:
     return np.full(n_images, -1, dtype="int32") if classes is None else classes.astype("int32")
 
 
-def classes_or_predicted(model: keras.Model, x: np.ndarray, class_index, index: int,
-                         batch_size: int = 32) -> np.ndarray:  # fmt: skip
+def classes_or_predicted(
+    model: keras.Model, x: np.ndarray, class_index, index: int, batch_size: int = 32
+) -> np.ndarray:
     """``class_index`` per image as int32; where it is None, the model's top class on output ``index``.
 
     Examples

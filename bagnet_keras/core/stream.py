@@ -242,8 +242,9 @@ def check_shard(shard) -> tuple[int, int] | None:
     if count < 1:
         raise ValueError(f"shard {index}/{count}: the count of shards must be at least 1.")
     if not 0 <= index < count:
-        raise ValueError(f"shard {index}/{count}: the index must be in 0..{count - 1} (shards are numbered from 0 "
-                         "to count - 1).")  # fmt: skip
+        raise ValueError(
+            f"shard {index}/{count}: the index must be in 0..{count - 1} (shards are numbered from 0 to count - 1)."
+        )
     return index, count
 
 
@@ -288,8 +289,10 @@ def parse_shard(text: str, environ=None) -> tuple[int, int]:
         if count is None and environ.get("SLURM_ARRAY_TASK_COUNT"):
             count = number(environ["SLURM_ARRAY_TASK_COUNT"])
     else:
-        raise ValueError(f"--shard {text}: neither JOB_COMPLETION_INDEX (a Kubernetes indexed Job) nor "
-                         "SLURM_ARRAY_TASK_ID (a Slurm array) is set; give the shard as I/N.")  # fmt: skip
+        raise ValueError(
+            f"--shard {text}: neither JOB_COMPLETION_INDEX (a Kubernetes indexed Job) nor "
+            "SLURM_ARRAY_TASK_ID (a Slurm array) is set; give the shard as I/N."
+        )
     if count is None:
         raise ValueError(f"--shard {text}: the number of shards is not known; give it as env/N.")
     return check_shard((index, count))
@@ -353,11 +356,14 @@ def merged_store(folders: list[str]) -> tuple[MergedStore, dict]:
         arguments = _read_json(os.path.join(folder, RUN_FILE_NAME))
         complete = _read_json(os.path.join(folder, COMPLETE))
         if arguments is None:
-            raise ValueError(f"{folder!r} holds no run ({RUN_FILE_NAME} is missing): name the output folder of a "
-                             "sharded run.")  # fmt: skip
+            raise ValueError(
+                f"{folder!r} holds no run ({RUN_FILE_NAME} is missing): name the output folder of a sharded run."
+            )
         if complete is None:
-            raise ValueError(f"The run in {folder!r} has not finished ({COMPLETE} is missing): run its command "
-                             "again to complete it, then merge.")  # fmt: skip
+            raise ValueError(
+                f"The run in {folder!r} has not finished ({COMPLETE} is missing): run its command "
+                "again to complete it, then merge."
+            )
         runs.append((folder, arguments, complete))
     first_folder, first, _ = runs[0]
     same = {k: v for k, v in first.items() if k != "shard"}
@@ -366,8 +372,10 @@ def merged_store(folders: list[str]) -> tuple[MergedStore, dict]:
         if other != same:
             differing = differing_keys(other, same)
             values = "; ".join(f"{k}: {_short(other.get(k))} vs {_short(same.get(k))}" for k in differing)
-            raise ValueError(f"{folder!r} and {first_folder!r} are not shards of the same run (differing: "
-                             f"{', '.join(differing)}; {values}); merge the shards of one run only.")  # fmt: skip
+            raise ValueError(
+                f"{folder!r} and {first_folder!r} are not shards of the same run (differing: "
+                f"{', '.join(differing)}; {values}); merge the shards of one run only."
+            )
     shards = [tuple(a.get("shard") or (0, 1)) for _, a, _ in runs]
     counts = {n for _, n in shards}
     if len(counts) != 1:
@@ -377,21 +385,27 @@ def merged_store(folders: list[str]) -> tuple[MergedStore, dict]:
     if indices != list(range(count)):
         missing = sorted(set(range(count)) - set(indices))
         twice = sorted({i for i in indices if indices.count(i) > 1})
-        raise ValueError(f"Merging {count} shards needs each of 0..{count - 1} once: "
-                         f"{'missing ' + str(missing) if missing else ''}{' ' if missing and twice else ''}"
-                         f"{'given twice ' + str(twice) if twice else ''}.")  # fmt: skip
+        raise ValueError(
+            f"Merging {count} shards needs each of 0..{count - 1} once: "
+            f"{'missing ' + str(missing) if missing else ''}{' ' if missing and twice else ''}"
+            f"{'given twice ' + str(twice) if twice else ''}."
+        )
     totals = {c["batches"] for _, _, c in runs}
     if len(totals) != 1:
-        raise ValueError(f"The shards saw different numbers of batches ({sorted(totals)}): the data changed "
-                         "between them; run every shard on the same data.")  # fmt: skip
+        raise ValueError(
+            f"The shards saw different numbers of batches ({sorted(totals)}): the data changed "
+            "between them; run every shard on the same data."
+        )
     owners: dict[int, str] = {}
     for folder, _, _ in runs:
         for index in _indices(folder):
             owners[index] = folder
     total = totals.pop()
     if sorted(owners) != list(range(total)):
-        raise ValueError(f"The shards hold {len(owners)} of the run's {total} batches; run each shard's command "
-                         "again to complete it.")  # fmt: skip
+        raise ValueError(
+            f"The shards hold {len(owners)} of the run's {total} batches; run each shard's command "
+            "again to complete it."
+        )
     # Shard 0's details: it holds the first batch, and what was measured on it alone (the sanity checks).
     return MergedStore(owners, same), next(c for (_, _, c), (i, _) in zip(runs, shards, strict=True) if i == 0)
 
@@ -457,8 +471,12 @@ def model_arguments(command: str, model, preprocess: Callable | None, **values) 
 
     ``model`` is anything with ``get_weights()`` (a Keras model); its weights enter as their `digest`.
     """
-    return {"command": command, "model": digest(*model.get_weights()), "preprocess": function_name(preprocess),
-            **values}  # fmt: skip
+    return {
+        "command": command,
+        "model": digest(*model.get_weights()),
+        "preprocess": function_name(preprocess),
+        **values,
+    }
 
 
 def merged_pass(folders, command: str, model) -> tuple[MergedStore, dict]:
@@ -467,11 +485,14 @@ def merged_pass(folders, command: str, model) -> tuple[MergedStore, dict]:
     store, complete = merged_store(folders)
     if store.arguments.get("command") != command:
         found = store.arguments.get("command")
-        raise ValueError(f"{folders[0]!r} holds no {command} run (its run.json is {found!r}'s); name the folders "
-                         f"of the {command} shards.")  # fmt: skip
+        raise ValueError(
+            f"{folders[0]!r} holds no {command} run (its run.json is {found!r}'s); name the folders "
+            f"of the {command} shards."
+        )
     if store.arguments["model"] != digest(*model.get_weights()):
-        raise ValueError(f"The shards in {folders} ran a model with other weights than `model`; give the model "
-                         "they ran.")  # fmt: skip
+        raise ValueError(
+            f"The shards in {folders} ran a model with other weights than `model`; give the model they ran."
+        )
     return store, complete
 
 
@@ -505,8 +526,11 @@ def numbered_batches(data, batch_size: int, wanted: Callable[[int], bool], label
         x = np.asarray(batch[0] if pair else batch, dtype="float32")
         y = None
         if pair and len(batch) > 1 and wanted(index):  # labels by head (a dict) stay by head
-            y = ({head: np.asarray(v).tolist() for head, v in batch[1].items()} if isinstance(batch[1], Mapping)
-                 else np.asarray(batch[1]).tolist())  # fmt: skip
+            y = (
+                {head: np.asarray(v).tolist() for head, v in batch[1].items()}
+                if isinstance(batch[1], Mapping)
+                else np.asarray(batch[1]).tolist()
+            )
         yield start, x if wanted(index) else None, y
         start += len(x)
 
@@ -567,8 +591,11 @@ def stream_state(
 
     total = None
     if hasattr(data, "__len__") and hasattr(data, "shape"):  # the images of this run's (or shard's) batches
-        total = sum(min(batch_size, len(data) - start) for index, start in enumerate(range(0, len(data), batch_size))
-                    if own(index))  # fmt: skip
+        total = sum(
+            min(batch_size, len(data) - start)
+            for index, start in enumerate(range(0, len(data), batch_size))
+            if own(index)
+        )
     bar = tqdm(total=total, desc=desc or command, unit="image", disable=None if progress else True)
 
     def measure(index: int, batch) -> tuple[dict, dict]:
@@ -596,8 +623,9 @@ def stream_state(
                     state.absorb(arrays, meta)
                     bar.update(meta["images"])
 
-                _, count = run_parts(store, batches, measure, key=_batch_key, skip=lambda i: not own(i),
-                                     committed=committed)  # fmt: skip
+                _, count = run_parts(
+                    store, batches, measure, key=_batch_key, skip=lambda i: not own(i), committed=committed
+                )
                 if count:
                     store.finish(count, details or {})
     if count == 0:

@@ -152,15 +152,20 @@ class TopK:
         """``(image, row, column)`` of the kept entries of ``rows`` on a grid (h, w); -1 where none was."""
         flat, (h, w) = self.flat[rows], grid
         real = flat != NONE
-        return (np.where(real, flat // (h * w), -1), np.where(real, flat % (h * w) // w, -1),
-                np.where(real, flat % w, -1))  # fmt: skip
+        return (
+            np.where(real, flat // (h * w), -1),
+            np.where(real, flat % (h * w) // w, -1),
+            np.where(real, flat % w, -1),
+        )
 
 
 def entries(values: np.ndarray, image: np.ndarray, row: np.ndarray, column: np.ndarray) -> list[tuple]:
     """``(image, row, column, value)`` tuples of one row's kept entries (those that exist), strongest first."""
     found = values > -np.inf
-    return [(int(i), int(r), int(c), float(v))
-            for i, r, c, v in zip(image[found], row[found], column[found], values[found], strict=True)]  # fmt: skip
+    return [
+        (int(i), int(r), int(c), float(v))
+        for i, r, c, v in zip(image[found], row[found], column[found], values[found], strict=True)
+    ]
 
 
 class LayerTops:

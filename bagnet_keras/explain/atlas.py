@@ -50,14 +50,17 @@ def _spatial_layers(model: keras.Model, layers, spatial: bool = True) -> dict[st
             raise ValueError(f"{name!r} is a nested model, not a layer; name one of its layers.")
         shape = tuple(layer.output.shape)
         if spatial and len(shape) != 4:
-            raise ValueError(f"Layer {path!r} has output shape {shape}; the atlas needs a spatial (batch, height, "
-                             "width, channels) output, e.g. a convolution's.")  # fmt: skip
+            raise ValueError(
+                f"Layer {path!r} has output shape {shape}; the atlas needs a spatial (batch, height, "
+                "width, channels) output, e.g. a convolution's."
+            )
         found[path] = layer
     return found
 
 
-def _layer_function(model: keras.Model, layers: Mapping[str, keras.layers.Layer], key: tuple,
-                    reduce: Callable | None = None) -> Callable:  # fmt: skip
+def _layer_function(
+    model: keras.Model, layers: Mapping[str, keras.layers.Layer], key: tuple, reduce: Callable | None = None
+) -> Callable:
     """``f(x) -> [reduce(activations) of each layer]``, one traced pass through the model (nested models entered)."""
     import tensorflow as tf
 
@@ -171,8 +174,10 @@ class FeatureAtlas:
         where = np.flatnonzero(self.units[layer] == unit)
         if not len(where):
             held = self.units[layer].tolist()
-            raise ValueError(f"Unit {unit!r} of layer {layer!r} is not in the atlas; it holds units "
-                             f"{held[:20]}{' ...' if len(held) > 20 else ''}.")  # fmt: skip
+            raise ValueError(
+                f"Unit {unit!r} of layer {layer!r} is not in the atlas; it holds units "
+                f"{held[:20]}{' ...' if len(held) > 20 else ''}."
+            )
         return int(where[0])
 
     def top(self, layer: str, unit: int) -> list[tuple[int, int, int, float]]:
@@ -200,8 +205,15 @@ class FeatureAtlas:
         u = self._unit(layer, unit)
         return position_boxes(g, self.row[layer][u], self.column[layer][u])
 
-    def examples(self, data, layer: str, unit: int, mode: str = "guided", preprocess: Callable | None = None,
-                 batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    def examples(
+        self,
+        data,
+        layer: str,
+        unit: int,
+        mode: str = "guided",
+        preprocess: Callable | None = None,
+        batch_size: int = 32,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Crops of the input and projections of the single activations, both (k, p, p, C), zero outside the image.
 
         ``data`` is the atlas's data again (it is read up to the last image needed); the projection is
@@ -214,8 +226,9 @@ class FeatureAtlas:
         images = gather(data, wanted, batch_size, preprocess)
         x = np.stack([images[h[0]] for h in hits])
         position = np.array([(h[1], h[2]) for h in hits])
-        projection = guided_backprop(self._model, x, mode=mode, layer=layer, unit=int(unit), position=position,
-                                     batch_size=batch_size)  # fmt: skip
+        projection = guided_backprop(
+            self._model, x, mode=mode, layer=layer, unit=int(unit), position=position, batch_size=batch_size
+        )
         boxes = self.boxes(layer, unit)[: len(hits)]
         return _crops(x, boxes), _crops(projection, boxes)
 
@@ -239,8 +252,9 @@ def gather(data, indices: Sequence[int], batch_size: int = 32, preprocess: Calla
     if hasattr(data, "shape") and hasattr(data, "__getitem__"):
         outside = [i for i in wanted if not 0 <= i < len(data)]
         if outside:
-            raise ValueError(f"The data holds {len(data)} images; images {outside[:5]} are not in it. Give the "
-                             "atlas's data.")  # fmt: skip
+            raise ValueError(
+                f"The data holds {len(data)} images; images {outside[:5]} are not in it. Give the atlas's data."
+            )
         found = {}
         for start in range(0, len(wanted), batch_size):
             chosen = wanted[start : start + batch_size]
@@ -276,9 +290,20 @@ def _crops(images: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 def _atlas_of(state: LayerTops, model: keras.Model, layers: Mapping, wanted: dict, k: int) -> FeatureAtlas:
     """The `FeatureAtlas` of a finished pass: the units chosen, their top-k placed on the layers' grids."""
-    atlas = FeatureAtlas(layers=list(layers), units={}, values={}, image_index={}, row={}, column={}, mean={},
-                         geometry={}, n_images=state.n_images, k=k, image_shape=state.image_shape,
-                         _model=model)  # fmt: skip
+    atlas = FeatureAtlas(
+        layers=list(layers),
+        units={},
+        values={},
+        image_index={},
+        row={},
+        column={},
+        mean={},
+        geometry={},
+        n_images=state.n_images,
+        k=k,
+        image_shape=state.image_shape,
+        _model=model,
+    )
     for path in layers:
         counted = state.counted[path] or np.nan  # NaN means in a shard without batches
         atlas.mean[path] = state.sums[path] / counted
@@ -360,10 +385,23 @@ def feature_atlas(
     wanted = _check_units(units, channels)
     candidates = _candidate_function(model, chosen, k)
     state = LayerTops(channels, k, lambda x: candidates(check_images(x)))
-    arguments = None if folder is None else model_arguments("atlas", model, preprocess, layers=list(chosen), k=k,
-                                                            batch_size=batch_size)  # fmt: skip
-    stream_state(state, data, batch_size, preprocess=preprocess, folder=folder, arguments=arguments, shard=shard,
-                 command="atlas", progress=progress, desc="the atlas")  # fmt: skip
+    arguments = (
+        None
+        if folder is None
+        else model_arguments("atlas", model, preprocess, layers=list(chosen), k=k, batch_size=batch_size)
+    )
+    stream_state(
+        state,
+        data,
+        batch_size,
+        preprocess=preprocess,
+        folder=folder,
+        arguments=arguments,
+        shard=shard,
+        command="atlas",
+        progress=progress,
+        desc="the atlas",
+    )
     return _atlas_of(state, model, chosen, wanted, k)
 
 
@@ -420,8 +458,9 @@ def _check_units(units, channels: dict[str, int]) -> dict:
             return np.arange(c)
         if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
             if not 1 <= value <= c:
-                raise ValueError(f"`units` asks for the {value} strongest channels of {path!r}, which has {c}; "
-                                 f"give 1..{c}.")  # fmt: skip
+                raise ValueError(
+                    f"`units` asks for the {value} strongest channels of {path!r}, which has {c}; give 1..{c}."
+                )
             return int(value)
         listed = list(value)
         bad = [u for u in listed if isinstance(u, bool) or not isinstance(u, (int, np.integer)) or not 0 <= u < c]
@@ -435,4 +474,3 @@ def _check_units(units, channels: dict[str, int]) -> dict:
             raise ValueError(f"`units` names layers {unknown} that are not in `layers` {list(channels)}.")
         return {path: one(units.get(path), path) for path in channels}
     return {path: one(units, path) for path in channels}
-

@@ -44,19 +44,52 @@ from bagnet_keras.explain.backward import ACTIVATION_LAYERS, activation_of, repl
 #: Layers that are linear (affine) in their input at inference, for epsilon-LRP and DeepLIFT. Max pooling
 #: passes the gradient of the largest input, as both methods' authors do (their sums are then approximate).
 LINEAR_LAYERS = (
-    keras.layers.InputLayer, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D,
-    keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D, keras.layers.Conv2DTranspose, keras.layers.Dense,
-    keras.layers.BatchNormalization, keras.layers.AveragePooling2D, keras.layers.MaxPooling2D,
-    keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D, keras.layers.Add, keras.layers.Subtract,
-    keras.layers.Average, keras.layers.Concatenate, keras.layers.Flatten, keras.layers.Reshape, keras.layers.Permute,
-    keras.layers.ZeroPadding2D, keras.layers.Cropping2D, keras.layers.Dropout, keras.layers.SpatialDropout2D,
-    keras.layers.Rescaling, keras.layers.Identity, StemConv,
-)  # fmt: skip
+    keras.layers.InputLayer,
+    keras.layers.Conv1D,
+    keras.layers.Conv2D,
+    keras.layers.Conv3D,
+    keras.layers.DepthwiseConv2D,
+    keras.layers.SeparableConv2D,
+    keras.layers.Conv2DTranspose,
+    keras.layers.Dense,
+    keras.layers.BatchNormalization,
+    keras.layers.AveragePooling2D,
+    keras.layers.MaxPooling2D,
+    keras.layers.GlobalAveragePooling2D,
+    keras.layers.GlobalMaxPooling2D,
+    keras.layers.Add,
+    keras.layers.Subtract,
+    keras.layers.Average,
+    keras.layers.Concatenate,
+    keras.layers.Flatten,
+    keras.layers.Reshape,
+    keras.layers.Permute,
+    keras.layers.ZeroPadding2D,
+    keras.layers.Cropping2D,
+    keras.layers.Dropout,
+    keras.layers.SpatialDropout2D,
+    keras.layers.Rescaling,
+    keras.layers.Identity,
+    StemConv,
+)
 #: Activations applied unit by unit, whose derivative the modified rules replace.
 ELEMENTWISE = tuple(
     keras.activations.get(name)
-    for name in ("relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "silu", "sigmoid", "tanh", "softplus",
-                 "softsign", "hard_sigmoid", "mish")  # fmt: skip
+    for name in (
+        "relu",
+        "relu6",
+        "leaky_relu",
+        "elu",
+        "selu",
+        "gelu",
+        "silu",
+        "sigmoid",
+        "tanh",
+        "softplus",
+        "softsign",
+        "hard_sigmoid",
+        "mish",
+    )
 )
 BASELINES = ("zeros", "mean", "blur")
 
@@ -147,8 +180,9 @@ class BaseAttribution:
     signed = True
     name = "gradient"
 
-    def __init__(self, model: keras.Model, output: int | str | None = None, batch_size: int = 32,
-                 target: str = "logit"):  # fmt: skip
+    def __init__(
+        self, model: keras.Model, output: int | str | None = None, batch_size: int = 32, target: str = "logit"
+    ):
         self.model = model
         self.target = check_target(target)
         self.output = output_index(model, output)
@@ -342,8 +376,16 @@ class SmoothGrad(BaseAttribution):
 
     name = "smoothgrad"
 
-    def __init__(self, model, noise: float = 0.15, samples: int = 25, base: str = "gradient", seed: int | None = 0,
-                 base_options: dict | None = None, **kwargs):  # fmt: skip
+    def __init__(
+        self,
+        model,
+        noise: float = 0.15,
+        samples: int = 25,
+        base: str = "gradient",
+        seed: int | None = 0,
+        base_options: dict | None = None,
+        **kwargs,
+    ):
         if not isinstance(noise, (int, float)) or isinstance(noise, bool) or not noise >= 0:
             raise ValueError(
                 f"`noise` must be a number >= 0 (a fraction of the value range). Received: noise={noise!r}"

@@ -334,6 +334,7 @@ def cam(
     """
     if method not in CAM_METHODS:
         raise ValueError(f"`method` must be one of {sorted(CAM_METHODS)}. Received: method={method!r}")
-    explainer = CAM_METHODS[method](model, layer=layer, output=output, batch_size=batch_size, normalize=normalize,
-                                    target=target)  # fmt: skip
+    explainer = CAM_METHODS[method](
+        model, layer=layer, output=output, batch_size=batch_size, normalize=normalize, target=target
+    )
     return explainer(images, class_index)

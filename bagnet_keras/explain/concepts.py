@@ -77,8 +77,9 @@ class ClassConcepts:
         rows, cols = np.array([e[1] for e in examples], dtype=int), np.array([e[2] for e in examples], dtype=int)
         return position_boxes(self.geometry, rows, cols).reshape(-1, 4)
 
-    def crops(self, data, examples: Sequence[tuple], preprocess: Callable | None = None,
-              batch_size: int = 32) -> np.ndarray:  # fmt: skip
+    def crops(
+        self, data, examples: Sequence[tuple], preprocess: Callable | None = None, batch_size: int = 32
+    ) -> np.ndarray:
         """The input pixels of the patches of ``examples`` (reads ``data`` again up to the last image needed)."""
         from bagnet_keras.explain.atlas import _crops
 
@@ -145,8 +146,9 @@ def class_concepts(
     examples = check_positive_int(examples, "examples")
     batch_size = check_positive_int(batch_size, "batch_size")
     if n_concepts > patches:
-        raise ValueError(f"`n_concepts` ({n_concepts}) cannot exceed `patches` ({patches}): each concept needs "
-                         "patches.")  # fmt: skip
+        raise ValueError(
+            f"`n_concepts` ({n_concepts}) cannot exceed `patches` ({patches}): each concept needs patches."
+        )
     classes = list(range(ev.n_classes)) if classes is None else [int(c) for c in classes]
     bad = [c for c in classes if not 0 <= c < ev.n_classes]
     if bad:
@@ -154,11 +156,26 @@ def class_concepts(
     if hasattr(data, "shape") and (labels is None or len(labels) != len(data)):
         raise ValueError(f"`labels` must give one class per image ({len(data)}) of an image array.")
     state = _ConceptTops(ev, classes, patches, batch_size, output)
-    arguments = None if folder is None else model_arguments("concepts", model, preprocess, output=output,
-                                                            classes=classes, patches=patches,
-                                                            batch_size=batch_size)  # fmt: skip
-    stream_state(state, data, batch_size, preprocess=preprocess, folder=folder, arguments=arguments, shard=shard,
-                 command="concepts", progress=progress, desc="the class concepts", labels=labels)  # fmt: skip
+    arguments = (
+        None
+        if folder is None
+        else model_arguments(
+            "concepts", model, preprocess, output=output, classes=classes, patches=patches, batch_size=batch_size
+        )
+    )
+    stream_state(
+        state,
+        data,
+        batch_size,
+        preprocess=preprocess,
+        folder=folder,
+        arguments=arguments,
+        shard=shard,
+        command="concepts",
+        progress=progress,
+        desc="the class concepts",
+        labels=labels,
+    )
     return state.result(n_concepts, examples, seed)
 
 
@@ -214,14 +231,21 @@ class _ConceptTops:
             for j in range(clusters):
                 members = [t for t, a in zip(top, assignment, strict=True) if a == j]  # strongest first, as `top`
                 mass = float(sum(t[3] for t in members))
-                concepts.append(Concept(share=mass / total if total else float("nan"), evidence=mass,
-                                        n_patches=len(members), examples=members[:examples]))  # fmt: skip
+                concepts.append(
+                    Concept(
+                        share=mass / total if total else float("nan"),
+                        evidence=mass,
+                        n_patches=len(members),
+                        examples=members[:examples],
+                    )
+                )
             found.concepts[c] = sorted(concepts, key=lambda concept: -concept.share)
         return found
 
 
-def merge_concepts(model: keras.Model, folders: Sequence[str | os.PathLike], n_concepts: int = 4, examples: int = 8,
-                   seed: int = 0) -> ClassConcepts:  # fmt: skip
+def merge_concepts(
+    model: keras.Model, folders: Sequence[str | os.PathLike], n_concepts: int = 4, examples: int = 8, seed: int = 0
+) -> ClassConcepts:
     """The `ClassConcepts` of all the data from the folders of finished `class_concepts` shards (or of one run).
 
     The top patches (and so the concepts) equal those of one unsharded run, exactly.

@@ -42,8 +42,16 @@ class FeatureEvolution(keras.callbacks.Callback):
     >>> plot_evolution(evolution.records)  # doctest: +SKIP
     """
 
-    def __init__(self, data, layer: str, units: Sequence[int], epochs: Sequence[int] = (1, 2, 5, 10, 20, 30, 40, 64),
-                 mode: str = "guided", batch_size: int = 32, preprocess: Callable | None = None):  # fmt: skip
+    def __init__(
+        self,
+        data,
+        layer: str,
+        units: Sequence[int],
+        epochs: Sequence[int] = (1, 2, 5, 10, 20, 30, 40, 64),
+        mode: str = "guided",
+        batch_size: int = 32,
+        preprocess: Callable | None = None,
+    ):
         super().__init__()
         units = [int(u) for u in units]
         epochs = sorted({int(e) for e in epochs})
@@ -60,11 +68,30 @@ class FeatureEvolution(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if epoch + 1 not in self.epochs:
             return
-        atlas = feature_atlas(self.model, self.data, [self.layer], units={self.layer: self.units}, k=1,
-                              batch_size=self.batch_size, preprocess=self.preprocess, progress=False)  # fmt: skip
+        atlas = feature_atlas(
+            self.model,
+            self.data,
+            [self.layer],
+            units={self.layer: self.units},
+            k=1,
+            batch_size=self.batch_size,
+            preprocess=self.preprocess,
+            progress=False,
+        )
         for unit in self.units:
-            (image, row, column, value), = atlas.top(self.layer, unit)
-            crops, projections = atlas.examples(self.data, self.layer, unit, mode=self.mode,
-                                                preprocess=self.preprocess, batch_size=self.batch_size)  # fmt: skip
-            self.records.append({"epoch": epoch + 1, "unit": unit, "image": image, "row": row, "column": column,
-                                 "activation": value, "crop": crops[0], "projection": projections[0]})  # fmt: skip
+            ((image, row, column, value),) = atlas.top(self.layer, unit)
+            crops, projections = atlas.examples(
+                self.data, self.layer, unit, mode=self.mode, preprocess=self.preprocess, batch_size=self.batch_size
+            )
+            self.records.append(
+                {
+                    "epoch": epoch + 1,
+                    "unit": unit,
+                    "image": image,
+                    "row": row,
+                    "column": column,
+                    "activation": value,
+                    "crop": crops[0],
+                    "projection": projections[0],
+                }
+            )

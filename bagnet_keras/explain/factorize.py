@@ -68,19 +68,22 @@ class LayerGroups:
         n, h, w, c = activations.shape
         flat = np.maximum(activations.reshape(-1, c), 0).astype("float64")
         # NMF.transform's own computation: W for the fixed H, from the components alone (a merge has no fit)
-        weights, _, _ = non_negative_factorization(flat, H=self.components, n_components=len(self.components),
-                                                   update_H=False, max_iter=self.max_iter)  # fmt: skip
+        weights, _, _ = non_negative_factorization(
+            flat, H=self.components, n_components=len(self.components), update_H=False, max_iter=self.max_iter
+        )
         return weights.reshape(n, h, w, -1).astype("float32")
 
     def maps(self, images, batch_size: int = 32) -> np.ndarray:
         """(N, h, w, n) the groups' spatial maps on ``images`` (preprocessed as the model expects)."""
         forward = _activation_function(self._model, _spatial_layers(self._model, [self.layer]))
         x = check_images(images)
-        return np.concatenate([self.transform(np.asarray(forward(x[i : i + batch_size])[0]))
-                               for i in range(0, len(x), batch_size)])  # fmt: skip
+        return np.concatenate(
+            [self.transform(np.asarray(forward(x[i : i + batch_size])[0])) for i in range(0, len(x), batch_size)]
+        )
 
-    def attribution(self, images, class_index=None, output: int | str | None = None,
-                    batch_size: int = 32) -> np.ndarray:  # fmt: skip
+    def attribution(
+        self, images, class_index=None, output: int | str | None = None, batch_size: int = 32
+    ) -> np.ndarray:
         """(N, K, n) each group's attribution to each class logit (K: every class, or the one per image given).
 
         Gradient x activation of the layer, summed over positions and channels, split between the
@@ -99,8 +102,9 @@ class LayerGroups:
             per_class = []
             for cls in classes:
                 chosen = np.broadcast_to(cls, len(x))[start : start + batch_size]
-                a, g, _ = layer_gradients(self._model, xb, chosen, layer=self.layer, output=index, target="logit",
-                                          batch_size=batch_size)  # fmt: skip
+                a, g, _ = layer_gradients(
+                    self._model, xb, chosen, layer=self.layer, output=index, target="logit", batch_size=batch_size
+                )
                 per_class.append(self._split(a, g))
             out.append(np.stack(per_class, axis=1))
         return np.concatenate(out)
@@ -173,8 +177,9 @@ def factorize(
     ((path, target),) = _spatial_layers(model, [layer]).items()
     channels = int(target.output.shape[-1])
     if isinstance(n_groups, bool) or not isinstance(n_groups, (int, np.integer)) or not 1 <= n_groups <= channels:
-        raise ValueError(f"`n_groups` must be 1..{channels} (the channels of {path!r}). "
-                         f"Received: n_groups={n_groups!r}")  # fmt: skip
+        raise ValueError(
+            f"`n_groups` must be 1..{channels} (the channels of {path!r}). Received: n_groups={n_groups!r}"
+        )
     k = check_positive_int(k, "k")
     sample_images = check_positive_int(sample_images, "sample_images")
     batch_size = check_positive_int(batch_size, "batch_size")
@@ -190,21 +195,46 @@ def factorize(
         raise ValueError("The data holds no image: the factorisation needs at least one.")
     sample = np.concatenate(sample).astype("float64")
     if sample.min() < 0:
-        raise ValueError(f"Layer {path!r} has negative activations (down to {sample.min():.3g}); NMF needs a "
-                         "non-negative layer: choose one after a ReLU.")  # fmt: skip
+        raise ValueError(
+            f"Layer {path!r} has negative activations (down to {sample.min():.3g}); NMF needs a "
+            "non-negative layer: choose one after a ReLU."
+        )
     nmf = NMF(n_components=int(n_groups), init="nndsvda", random_state=seed, max_iter=500)
     nmf.fit(sample)
-    groups = LayerGroups(layer=path, components=nmf.components_, values=np.empty(0), image_index=np.empty(0),
-                         row=np.empty(0), column=np.empty(0), geometry=_geometry(model, path), n_images=0,
-                         max_iter=nmf.max_iter, _model=model)  # fmt: skip
+    groups = LayerGroups(
+        layer=path,
+        components=nmf.components_,
+        values=np.empty(0),
+        image_index=np.empty(0),
+        row=np.empty(0),
+        column=np.empty(0),
+        geometry=_geometry(model, path),
+        n_images=0,
+        max_iter=nmf.max_iter,
+        _model=model,
+    )
     state = _GroupTops(groups, k, forward)
     # The components are part of what a rerun or another shard must match: each fits them on the same sample.
-    arguments = None if folder is None else model_arguments("factorize", model, preprocess, layer=path, k=k,
-                                                            batch_size=batch_size,
-                                                            components=digest(groups.components))  # fmt: skip
-    stream_state(state, data, batch_size, preprocess=preprocess, folder=folder, arguments=arguments, shard=shard,
-                 command="factorize", progress=progress, desc="the factorisation",
-                 details={"components": groups.components.tolist(), "max_iter": groups.max_iter})  # fmt: skip
+    arguments = (
+        None
+        if folder is None
+        else model_arguments(
+            "factorize", model, preprocess, layer=path, k=k, batch_size=batch_size, components=digest(groups.components)
+        )
+    )
+    stream_state(
+        state,
+        data,
+        batch_size,
+        preprocess=preprocess,
+        folder=folder,
+        arguments=arguments,
+        shard=shard,
+        command="factorize",
+        progress=progress,
+        desc="the factorisation",
+        details={"components": groups.components.tolist(), "max_iter": groups.max_iter},
+    )
     return state.result()
 
 
@@ -255,18 +285,31 @@ def merge_groups(model: keras.Model, folders: Sequence[str | os.PathLike]) -> La
     store, complete = merged_pass(folders, "factorize", model)
     arguments = store.arguments
     path = arguments["layer"]
-    groups = LayerGroups(layer=path, components=np.asarray(complete["components"], "float64"), values=np.empty(0),
-                         image_index=np.empty(0), row=np.empty(0), column=np.empty(0),
-                         geometry=_geometry(model, path), n_images=0, max_iter=complete["max_iter"],
-                         _model=model)  # fmt: skip
+    groups = LayerGroups(
+        layer=path,
+        components=np.asarray(complete["components"], "float64"),
+        values=np.empty(0),
+        image_index=np.empty(0),
+        row=np.empty(0),
+        column=np.empty(0),
+        geometry=_geometry(model, path),
+        n_images=0,
+        max_iter=complete["max_iter"],
+        _model=model,
+    )
     state = _GroupTops(groups, arguments["k"])
     for index in store.indices():
         state.absorb(*store.read(index))
     return state.result()
 
 
-def class_group_table(groups: LayerGroups, images, class_names: Sequence[str] | None = None,
-                      output: int | str | None = None, batch_size: int = 32) -> list[dict]:  # fmt: skip
+def class_group_table(
+    groups: LayerGroups,
+    images,
+    class_names: Sequence[str] | None = None,
+    output: int | str | None = None,
+    batch_size: int = 32,
+) -> list[dict]:
     """Rows ``{"class", "group", "attribution"}``: each group's mean attribution to each class logit over ``images``.
 
     Examples
@@ -281,5 +324,8 @@ def class_group_table(groups: LayerGroups, images, class_names: Sequence[str] | 
     """
     mean = groups.attribution(images, output=output, batch_size=batch_size).mean(axis=0)  # (K, n)
     names = list(class_names) if class_names is not None else [str(c) for c in range(mean.shape[0])]
-    return [{"class": names[c], "group": g, "attribution": float(mean[c, g])}
-            for c in range(mean.shape[0]) for g in range(mean.shape[1])]  # fmt: skip
+    return [
+        {"class": names[c], "group": g, "attribution": float(mean[c, g])}
+        for c in range(mean.shape[0])
+        for g in range(mean.shape[1])
+    ]

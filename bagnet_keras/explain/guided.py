@@ -133,10 +133,13 @@ def guided_backprop(
             raise ValueError("`position` picks an activation of a unit: pass `layer` and `unit` with it.")
         position = np.asarray(position)
         height, width = target.output.shape[1:3]
-        if position.shape != (len(x), 2) or not ((position >= 0).all() and (position[:, 0] < height).all()
-                                                  and (position[:, 1] < width).all()):  # fmt: skip
-            raise ValueError(f"`position` must be (N, 2) = ({len(x)}, 2) rows and columns on the {height}x{width} "
-                             f"grid of layer {layer!r}. Received shape {position.shape}.")  # fmt: skip
+        if position.shape != (len(x), 2) or not (
+            (position >= 0).all() and (position[:, 0] < height).all() and (position[:, 1] < width).all()
+        ):
+            raise ValueError(
+                f"`position` must be (N, 2) = ({len(x)}, 2) rows and columns on the {height}x{width} "
+                f"grid of layer {layer!r}. Received shape {position.shape}."
+            )
         flat = (position[:, 0] * width + position[:, 1]).astype("int32")
 
     def build(model_ref):
@@ -205,6 +208,5 @@ def guided_gradcam(
     """
     explainer = GradCAM(model, layer=layer, output=output, batch_size=batch_size, target=target)
     maps = explainer(images, class_index)
-    grads = guided_backprop(model, images, explainer.class_index_, output=output, batch_size=batch_size,
-                            target=target)  # fmt: skip
+    grads = guided_backprop(model, images, explainer.class_index_, output=output, batch_size=batch_size, target=target)
     return grads * maps[..., None]

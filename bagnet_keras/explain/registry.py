@@ -164,8 +164,10 @@ def _evidence(model, images, class_index, output, target, **options):
     from bagnet_keras.explain.evidence import evidence_map
 
     if target != "logit":
-        raise ValueError("BagNet evidence is the logit each patch gives the class; it exists for target='logit' "
-                         f"only (the softmax does not split into patches). Received: target={target!r}")  # fmt: skip
+        raise ValueError(
+            "BagNet evidence is the logit each patch gives the class; it exists for target='logit' "
+            f"only (the softmax does not split into patches). Received: target={target!r}"
+        )
     return evidence_map(model, images, class_index=class_index, output=output, **options).upsample()
 
 
@@ -214,8 +216,7 @@ def _register_attribution(name: str, description: str) -> None:
     def _attribution(model, images, class_index, output, target, **options):
         from bagnet_keras.explain.attribution import attribution
 
-        return attribution(model, images, class_index=class_index, method=name, output=output, target=target,
-                           **options)  # fmt: skip
+        return attribution(model, images, class_index=class_index, method=name, output=output, target=target, **options)
 
 
 for _name, _description in (

@@ -89,6 +89,7 @@ def default_batch_size() -> int:
     devices = keras.distribution.list_devices()
     return 64 if any(not str(d).lower().startswith("cpu") for d in devices) else 16
 
+
 def _is_array(images) -> bool:
     """Arrays, memory maps, tensors and lazy arrays such as `data_tools.loader.ImageFiles` (sliced, not iterated)."""
     return isinstance(images, list) or (hasattr(images, "shape") and hasattr(images, "__getitem__"))
@@ -198,8 +199,15 @@ def _measure(setup: _Setup, index: int, batch: tuple) -> tuple[dict, dict]:
     maps = {}
     for key in setup.keys:
         with timed(f"maps {key[0]}/{key[1]}"):
-            maps[key] = explain(setup.models[key[0]], x, key[1], class_index=labels, output=setup.output,
-                                target=setup.target, batch_size=setup.batch_size)  # fmt: skip
+            maps[key] = explain(
+                setup.models[key[0]],
+                x,
+                key[1],
+                class_index=labels,
+                output=setup.output,
+                target=setup.target,
+                batch_size=setup.batch_size,
+            )
 
     with timed("masking passes"):
         curves, linearity = _masking(setup, x, labels, maps, logits, passes)
@@ -208,9 +216,16 @@ def _measure(setup: _Setup, index: int, batch: tuple) -> tuple[dict, dict]:
     for i in range(n):
         image = start + i
         for name in setup.models:
-            model_rows.append({"image": image, "model": name, "label": int(labels[i]),
-                               "predicted": int(predicted[name][i]), "correct": bool(predicted[name][i] == labels[i]),
-                               "shuffle_kept": bool(kept[name][i])})  # fmt: skip
+            model_rows.append(
+                {
+                    "image": image,
+                    "model": name,
+                    "label": int(labels[i]),
+                    "predicted": int(predicted[name][i]),
+                    "correct": bool(predicted[name][i] == labels[i]),
+                    "shuffle_kept": bool(kept[name][i]),
+                }
+            )
     for j, (name, method) in enumerate(setup.keys):
         arrays[f"deletion_{j}"] = curves[name, method][name]
         arrays[f"insertion_{j}"] = curves[name, method]["insertion"]
@@ -219,8 +234,13 @@ def _measure(setup: _Setup, index: int, batch: tuple) -> tuple[dict, dict]:
                 arrays[f"deletion_{j}_on_{m}"] = curves[name, method][other]
     for i in range(n):
         for name, method in setup.keys:
-            row = {"image": start + i, "label": int(labels[i]), "model": name, "method": method,
-                   "predicted": int(predicted[name][i])}  # fmt: skip
+            row = {
+                "image": start + i,
+                "label": int(labels[i]),
+                "model": name,
+                "method": method,
+                "predicted": int(predicted[name][i]),
+            }
             for other in setup.models:
                 area = curve_area(curves[name, method][other][i])
                 row["deletion_area" if other == name else f"deletion_on_{other}"] = area
@@ -240,15 +260,22 @@ def _measure(setup: _Setup, index: int, batch: tuple) -> tuple[dict, dict]:
     first = start + np.arange(n) < setup.report_images
     chosen = np.flatnonzero(first | (wrong & (np.cumsum(wrong) <= MISCLASSIFIED_SHOWN)))
     arrays["shown_index"] = start + chosen
-    arrays["shown_images"] = (display_images(x[chosen], setup.deprocess) if len(chosen)
-                              else np.zeros((0, *x.shape[1:3], 3), np.uint8))  # fmt: skip
+    arrays["shown_images"] = (
+        display_images(x[chosen], setup.deprocess) if len(chosen) else np.zeros((0, *x.shape[1:3], 3), np.uint8)
+    )
     for j, key in enumerate(setup.keys):
         arrays[f"shown_map_{j}"] = maps[key][chosen]
     if setup.bagnet is not None:
         with timed(f"report views {setup.bagnet}"):
             arrays.update(_bagnet_views(setup, x, labels, predicted[setup.bagnet], chosen, start))
-    meta = {"labels": labels.tolist(), "rows": rows, "model_rows": model_rows, "correlations": correlations,
-            "seconds": dict(seconds), "passes": dict(passes)}  # fmt: skip
+    meta = {
+        "labels": labels.tolist(),
+        "rows": rows,
+        "model_rows": model_rows,
+        "correlations": correlations,
+        "seconds": dict(seconds),
+        "passes": dict(passes),
+    }
     return arrays, meta
 
 
@@ -289,8 +316,9 @@ def _masking(setup: _Setup, x, labels, maps, logits, passes: Counter) -> tuple[d
             if k > s:  # masking linearity's joint masking is not on the deletion curve
                 parts.append(Passes(np.arange(n), positions[key] < k))
         mine = Passes.concat(parts)
-        logit, lse = score_passes({name: setup.scorers[name]}, x, mine, labels, setup.cell, setup.batch_size,
-                                  fills)[name]  # fmt: skip
+        logit, lse = score_passes({name: setup.scorers[name]}, x, mine, labels, setup.cell, setup.batch_size, fills)[
+            name
+        ]
         passes[name] += len(mine)
         unmasked = logits[name][np.arange(n), labels]
         offset = 0
@@ -306,8 +334,9 @@ def _masking(setup: _Setup, x, labels, maps, logits, passes: Counter) -> tuple[d
                 offset += n
             else:
                 joint = scored[name][0][j * n * s : (j + 1) * n * s].reshape(n, s)[:, k - 1]
-            linearity[key] = [(float(np.sum(unmasked[i] - singles[i])), float(unmasked[i] - joint[i]))
-                              for i in range(n)]  # fmt: skip
+            linearity[key] = [
+                (float(np.sum(unmasked[i] - singles[i])), float(unmasked[i] - joint[i])) for i in range(n)
+            ]
     return curves, linearity
 
 
@@ -320,8 +349,9 @@ def _bagnet_views(setup: _Setup, x, labels, predicted, chosen, start) -> dict:
     best = np.argsort(-flat, axis=1, kind="stable")[:, :3]
     views = {"shown_boxes": grid_boxes[best[chosen]]}
     if len(chosen):
-        views["shown_evidence"] = evidence_map(model, x[chosen], class_index=predicted[chosen], output=setup.output,
-                                               batch_size=setup.batch_size).upsample()  # fmt: skip
+        views["shown_evidence"] = evidence_map(
+            model, x[chosen], class_index=predicted[chosen], output=setup.output, batch_size=setup.batch_size
+        ).upsample()
     else:
         views["shown_evidence"] = np.zeros((0, *x.shape[1:3]), "float32")
     found = []  # (class, score, image, box, pixels): the best patch of each image, the best k per class
@@ -330,16 +360,18 @@ def _bagnet_views(setup: _Setup, x, labels, predicted, chosen, start) -> dict:
         for i in np.flatnonzero(labels == c):
             position = np.argsort(flat[i])[::-1][0]  # as `top_patches` with max_per_image=1 picks it
             top, left, bottom, right = grid_boxes[position]
-            mine.append((int(c), float(flat[i, position]), start + int(i), grid_boxes[position],
-                         x[i, top:bottom, left:right]))  # fmt: skip
+            mine.append(
+                (int(c), float(flat[i, position]), start + int(i), grid_boxes[position], x[i, top:bottom, left:right])
+            )
         found += sorted(mine, key=lambda item: (-item[1], item[2]))[: setup.patches_per_class]
     q = true.patch_size
     views["patch_class"] = np.array([f[0] for f in found], dtype=int)
     views["patch_score"] = np.array([f[1] for f in found], dtype="float32")
     views["patch_image"] = np.array([f[2] for f in found], dtype=int)
     views["patch_boxes"] = np.array([f[3] for f in found], dtype=int).reshape(-1, 4)
-    views["patch_pixels"] = (display_images(np.stack([f[4] for f in found]), setup.deprocess) if found
-                             else np.zeros((0, q, q, 3), np.uint8))  # fmt: skip
+    views["patch_pixels"] = (
+        display_images(np.stack([f[4] for f in found]), setup.deprocess) if found else np.zeros((0, q, q, 3), np.uint8)
+    )
     return views
 
 
@@ -468,8 +500,13 @@ def compare(
     if not isinstance(models, Mapping) or not models:
         raise ValueError("`models` must map names to Keras models, e.g. {'cnn': cnn, 'bagnet': bagnet}.")
     batch_size = default_batch_size() if batch_size is None else check_positive_int(batch_size, "batch_size")
-    for name, value in (("steps", steps), ("cell", cell), ("linearity_k", linearity_k),
-                        ("shuffle_grid", shuffle_grid), ("patches_per_class", patches_per_class)):  # fmt: skip
+    for name, value in (
+        ("steps", steps),
+        ("cell", cell),
+        ("linearity_k", linearity_k),
+        ("shuffle_grid", shuffle_grid),
+        ("patches_per_class", patches_per_class),
+    ):
         check_positive_int(value, name)
     for value, name in ((report_images, "report_images"), (sanity, "sanity")):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -479,8 +516,9 @@ def compare(
         if labels is not None and len(labels) != n_images:
             raise ValueError(f"`labels` must have one class per image ({n_images}). Received {len(labels)}.")
         if masks is not None and tuple(np.shape(masks)) != tuple(np.shape(images)[:3]):
-            raise ValueError(f"`masks` must be (N, H, W) = {tuple(np.shape(images)[:3])}. "
-                             f"Received {tuple(np.shape(masks))}.")  # fmt: skip
+            raise ValueError(
+                f"`masks` must be (N, H, W) = {tuple(np.shape(images)[:3])}. Received {tuple(np.shape(masks))}."
+            )
     shard = check_shard(shard)
     if shard is not None and output_dir is None:
         raise ValueError("A shard commits its batches for merge_shards to join: give it an output_dir.")
@@ -497,24 +535,46 @@ def compare(
     setup = _Setup(
         models=models,
         scorers={name: logit_fn(model, output, batch_size, jit_compile, strategy) for name, model in models.items()},
-        keys=keys, output=output, target=target, steps=steps, cell=cell, linearity_k=linearity_k,
-        shuffle_grid=shuffle_grid, batch_size=batch_size,
+        keys=keys,
+        output=output,
+        target=target,
+        steps=steps,
+        cell=cell,
+        linearity_k=linearity_k,
+        shuffle_grid=shuffle_grid,
+        batch_size=batch_size,
         bagnet=next((name for name, model in models.items() if is_bagnet(model, output)), None),
-        deprocess=deprocess, report_images=report_images, patches_per_class=patches_per_class,
+        deprocess=deprocess,
+        report_images=report_images,
+        patches_per_class=patches_per_class,
         has_masks=masks is not None,
-    )  # fmt: skip
+    )
     if output_dir is None:
         store = MemoryStore()
     else:
         # What makes two runs' rows different: a rerun must match all of it to resume.
-        arguments = {"models": weights, "dtype_policy": dtype_policy,
-                     "methods": per_model, "output": output, "steps": steps, "cell": cell,
-                     "linearity_k": linearity_k, "shuffle_grid": shuffle_grid, "target": target,
-                     "batch_size": batch_size, "n_classes": n_classes, "masks": masks is not None,
-                     "report_images": report_images, "patches_per_class": patches_per_class,
-                     "preprocess": function_name(preprocess), "shard": shard, "jit_compile": bool(jit_compile),
-                     "replicas": 1 if strategy is None else strategy.num_replicas_in_sync,
-                     "sanity": sanity, "sanity_shift": sanity_shift}  # fmt: skip
+        arguments = {
+            "models": weights,
+            "dtype_policy": dtype_policy,
+            "methods": per_model,
+            "output": output,
+            "steps": steps,
+            "cell": cell,
+            "linearity_k": linearity_k,
+            "shuffle_grid": shuffle_grid,
+            "target": target,
+            "batch_size": batch_size,
+            "n_classes": n_classes,
+            "masks": masks is not None,
+            "report_images": report_images,
+            "patches_per_class": patches_per_class,
+            "preprocess": function_name(preprocess),
+            "shard": shard,
+            "jit_compile": bool(jit_compile),
+            "replicas": 1 if strategy is None else strategy.num_replicas_in_sync,
+            "sanity": sanity,
+            "sanity_shift": sanity_shift,
+        }
         store = PartStore(output_dir, arguments, "compare")
     total = len(images) if _is_array(images) else None
     bar = tqdm(total=total, desc="compare", unit="image", disable=None if progress else True)
@@ -529,8 +589,10 @@ def compare(
     with store, bar:
         committed = store.indices()
         if committed and progress:
-            bar.write(f"compare: {len(committed)} batches of {batch_size} images were committed in {output_dir} "
-                      "by an earlier run; measuring the rest")  # fmt: skip
+            bar.write(
+                f"compare: {len(committed)} batches of {batch_size} images were committed in {output_dir} "
+                "by an earlier run; measuring the rest"
+            )
 
         def wanted(index: int) -> bool:
             return shard is None or index % shard[1] == shard[0]
@@ -546,8 +608,14 @@ def compare(
         _, batches = run_parts(store, chunks(), measure, skip=lambda index: not wanted(index))
         if batches == 0:
             raise ValueError("`images` is empty: there is no image to compare.")
-        details = {"keys": keys, "models": list(models), "n_classes": n_classes, "report_images": report_images,
-                   "patches_per_class": patches_per_class, "bagnet": setup.bagnet}  # fmt: skip
+        details = {
+            "keys": keys,
+            "models": list(models),
+            "n_classes": n_classes,
+            "report_images": report_images,
+            "patches_per_class": patches_per_class,
+            "bagnet": setup.bagnet,
+        }
         earlier = store.finished() or {}
         if "sanity" in earlier:  # a finished run again (same arguments): its checks stand
             details["sanity"] = earlier["sanity"]
@@ -555,8 +623,15 @@ def compare(
             x0 = np.asarray(first[0][0][:sanity], dtype="float32")
             if preprocess is not None:
                 x0 = np.asarray(preprocess(x0))
-            details["sanity"] = sanity_checks(models, per_model, x0, np.asarray(first[0][1][:sanity]).astype(int),
-                                              output=output, target=target, shift=sanity_shift)  # fmt: skip
+            details["sanity"] = sanity_checks(
+                models,
+                per_model,
+                x0,
+                np.asarray(first[0][1][:sanity]).astype(int),
+                output=output,
+                target=target,
+                shift=sanity_shift,
+            )
         store.finish(batches, details)
         if not store.indices():  # a shard without batches: the others hold the run's images
             return Comparison(summary={"n_images": 0})
@@ -578,11 +653,11 @@ def _methods(models, methods, output) -> dict[str, list[str]]:
             wanted = list(methods)
         for method in wanted:
             if method.partition("@")[0] not in METHODS:
-                raise ValueError(f"Unknown method {method!r} for model {name!r}; choose from {', '.join(METHODS)} "
-                                 "(a CAM method may name its layer: 'gradcam@<layer>').")  # fmt: skip
+                raise ValueError(
+                    f"Unknown method {method!r} for model {name!r}; choose from {', '.join(METHODS)} "
+                    "(a CAM method may name its layer: 'gradcam@<layer>')."
+                )
             if parse_method(method)[0].bagnet_only and not is_bagnet(model, output):
                 raise ValueError(f"Model {name!r} is not a BagNet: it has no {method!r} maps; use a CAM method.")
         chosen[name] = wanted
     return chosen
-
-

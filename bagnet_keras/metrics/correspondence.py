@@ -120,5 +120,8 @@ def correspondence(
         moved = np.stack([np.roll(m, (rng.integers(h), rng.integers(w)), axis=(0, 1)) for m in masks])
         for path, eps in changes(moved).items():
             random[path].append(_sign_distance(eps))
-    return Correspondence(part=part, random={p: float(np.mean(v)) for p, v in random.items()},
-                          random_std={p: float(np.std(v)) for p, v in random.items()})  # fmt: skip
+    return Correspondence(
+        part=part,
+        random={p: float(np.mean(v)) for p, v in random.items()},
+        random_std={p: float(np.std(v)) for p, v in random.items()},
+    )

@@ -70,6 +70,7 @@ def _replicated(forward: Callable, strategy) -> Callable:
         x = np.asarray(x, dtype="float32")
         if len(x) < replicas:  # a replica with no image fails: too few to share
             return np.asarray(forward(x))
+
         def value(context):
             i = context.replica_id_in_sync_group
             return tf.constant(x[i * len(x) // replicas : (i + 1) * len(x) // replicas])
@@ -349,7 +350,11 @@ def mean_ci(values, confidence: float = 0.95, n_boot: int = 2000, seed: int = 0)
     # Resamples drawn in blocks of about a million indices: the same draws as one (n_boot, N) array,
     # without its memory (16 GB for 2,000 resamples of a million images).
     block = max(1, (1 << 20) // len(values))
-    means = np.concatenate([values[rng.integers(0, len(values), (min(block, n_boot - start), len(values)))].mean(axis=1)
-                            for start in range(0, n_boot, block)])  # fmt: skip
+    means = np.concatenate(
+        [
+            values[rng.integers(0, len(values), (min(block, n_boot - start), len(values)))].mean(axis=1)
+            for start in range(0, n_boot, block)
+        ]
+    )
     tail = (1 - confidence) / 2 * 100
     return float(values.mean()), float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))

@@ -106,15 +106,23 @@ class Comparison:
         """
         os.makedirs(output_dir, exist_ok=True)
         written = []
-        tables = {"rows": self.rows, "correlations": self.correlations, "models": self.model_rows,
-                  "aggregates": self.aggregates}  # fmt: skip
+        tables = {
+            "rows": self.rows,
+            "correlations": self.correlations,
+            "models": self.model_rows,
+            "aggregates": self.aggregates,
+        }
         for name, table in tables.items():
             written.append(_write_csv(os.path.join(output_dir, f"{name}.csv"), table))
         path = os.path.join(output_dir, "comparison.json")
         with atomic_target(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
             f.write('{"summary": ' + json.dumps(_plain(self.summary), sort_keys=True))
-            for name, key in (("aggregates", "aggregates"), ("rows", "rows"), ("correlations", "correlations"),
-                              ("models", "models")):  # fmt: skip
+            for name, key in (
+                ("aggregates", "aggregates"),
+                ("rows", "rows"),
+                ("correlations", "correlations"),
+                ("models", "models"),
+            ):
                 f.write(f',\n"{name}": [')
                 for k, row in enumerate(tables[key]):
                     f.write((",\n " if k else "\n ") + json.dumps(_plain(row), sort_keys=True))
@@ -192,30 +200,44 @@ def assemble(
             shown.append((image, arrays["shown_images"][p], maps, ev))
         if bagnet is not None:
             for q, c in enumerate(arrays["patch_class"].tolist()):
-                candidates.setdefault(c, []).append((float(arrays["patch_score"][q]), int(arrays["patch_image"][q]),
-                                                     arrays["patch_boxes"][q], arrays["patch_pixels"][q]))  # fmt: skip
+                candidates.setdefault(c, []).append(
+                    (
+                        float(arrays["patch_score"][q]),
+                        int(arrays["patch_image"][q]),
+                        arrays["patch_boxes"][q],
+                        arrays["patch_pixels"][q],
+                    )
+                )
             for c in candidates:  # keep the best k: what later parts can still be compared with
                 candidates[c] = sorted(candidates[c], key=lambda item: (-item[0], item[1]))[:patches_per_class]
     if not labels:
         raise ValueError("The comparison holds no images (no batch was measured).")
     result.labels = np.asarray(labels, dtype=int)
-    result.curves = {key: {kind: np.concatenate(parts) for kind, parts in c.items()
-                           if sum(map(len, parts)) == len(labels)} for key, c in curves.items()}  # fmt: skip
+    result.curves = {
+        key: {kind: np.concatenate(parts) for kind, parts in c.items() if sum(map(len, parts)) == len(labels)}
+        for key, c in curves.items()
+    }
     result.shown = np.array([item[0] for item in shown], dtype=int)
     result.images = np.stack([item[1] for item in shown]) if shown else None
     result.maps = {key: np.stack([item[2][j] for item in shown]) for j, key in enumerate(keys)} if shown else {}
     if bagnet is not None and shown:
-        result.evidence = {"model": bagnet, "predicted": np.stack([item[3][0] for item in shown]),
-                           "boxes": np.stack([item[3][1] for item in shown])}  # fmt: skip
+        result.evidence = {
+            "model": bagnet,
+            "predicted": np.stack([item[3][0] for item in shown]),
+            "boxes": np.stack([item[3][1] for item in shown]),
+        }
     if candidates:
         from bagnet_keras.explain.evidence import TopPatches
 
         for c in sorted(candidates):
             best = candidates[c]
             result.patches[c] = TopPatches(
-                scores=np.array([b[0] for b in best], dtype="float32"), image_index=np.array([b[1] for b in best]),
-                boxes=np.stack([b[2] for b in best]), patches=np.stack([b[3] for b in best]), class_index=c,
-            )  # fmt: skip
+                scores=np.array([b[0] for b in best], dtype="float32"),
+                image_index=np.array([b[1] for b in best]),
+                boxes=np.stack([b[2] for b in best]),
+                patches=np.stack([b[3] for b in best]),
+                class_index=c,
+            )
     result.aggregates = _aggregate(result.rows, result.correlations, result.model_rows)
     result.summary = _summary(result, models, n_classes, dict(seconds), dict(passes))
     return result
@@ -244,8 +266,15 @@ def merge_shards(folders, output_dir: str | os.PathLike | None = None) -> Compar
     """
     store, complete = merged_store([os.fspath(f) for f in folders])
     keys = [tuple(key) for key in complete["keys"]]
-    result = assemble(store, keys, complete["models"], complete["n_classes"], complete["report_images"],
-                      complete["patches_per_class"], complete["bagnet"])  # fmt: skip
+    result = assemble(
+        store,
+        keys,
+        complete["models"],
+        complete["n_classes"],
+        complete["report_images"],
+        complete["patches_per_class"],
+        complete["bagnet"],
+    )
     result.sanity = complete.get("sanity", {})
     if output_dir is not None:
         result.save(output_dir)
@@ -263,8 +292,10 @@ def _summary(result: Comparison, models: list[str], n_classes: int, seconds: dic
         "per_class_accuracy_correlation": {
             f"{a}/{b}": _pearson(accuracy[a], accuracy[b]) for a, b in itertools.combinations(models, 2)
         },
-        "shuffle_kept": {name: float(np.mean([r["shuffle_kept"] for r in result.model_rows if r["model"] == name]))
-                         for name in models},  # fmt: skip
+        "shuffle_kept": {
+            name: float(np.mean([r["shuffle_kept"] for r in result.model_rows if r["model"] == name]))
+            for name in models
+        },
         "passes": {name: passes.get(name, 0) / len(labels) for name in models},
         "seconds": seconds,
     }
@@ -288,19 +319,46 @@ def _aggregate(rows: list[dict], correlations: list[dict], model_rows: list[dict
         for metric in metrics:
             values = [float(r[metric]) for r in group if metric in r]
             mean, low, high = mean_ci(values)
-            out.append({"model": model, "method": method, "metric": metric,
-                        "mean": mean, "low": low, "high": high, "n": len(values)})  # fmt: skip
+            out.append(
+                {
+                    "model": model,
+                    "method": method,
+                    "metric": metric,
+                    "mean": mean,
+                    "low": low,
+                    "high": high,
+                    "n": len(values),
+                }
+            )
     pairs: dict = {}
     for row in correlations:
         pairs.setdefault((row["map_a"], row["map_b"]), []).append(row["spearman"])
     for (a, b), values in pairs.items():
         values = np.asarray(values, dtype="float64")
         mean, low, high = mean_ci(values)
-        out.append({"model": a, "method": b, "metric": "spearman", "mean": mean, "low": low, "high": high,
-                    "n": int(np.sum(~np.isnan(values)))})  # fmt: skip
+        out.append(
+            {
+                "model": a,
+                "method": b,
+                "metric": "spearman",
+                "mean": mean,
+                "low": low,
+                "high": high,
+                "n": int(np.sum(~np.isnan(values))),
+            }
+        )
     for model in dict.fromkeys(r["model"] for r in model_rows):
         for metric in ("correct", "shuffle_kept"):
             mean, low, high = mean_ci([float(r[metric]) for r in model_rows if r["model"] == model])
-            out.append({"model": model, "method": "", "metric": metric, "mean": mean, "low": low, "high": high,
-                        "n": sum(r["model"] == model for r in model_rows)})  # fmt: skip
+            out.append(
+                {
+                    "model": model,
+                    "method": "",
+                    "metric": metric,
+                    "mean": mean,
+                    "low": low,
+                    "high": high,
+                    "n": sum(r["model"] == model for r in model_rows),
+                }
+            )
     return out

@@ -149,8 +149,13 @@ class Randomization:
     def rows(self) -> list[dict]:
         """One row per method and step: the mean Spearman correlation and SSIM over the images."""
         return [
-            {"method": method, "step": k + 1, "layer": layer, "spearman": float(self.mean_spearman(method)[k]),
-             "ssim": float(self.ssim[method][k].mean())}  # fmt: skip
+            {
+                "method": method,
+                "step": k + 1,
+                "layer": layer,
+                "spearman": float(self.mean_spearman(method)[k]),
+                "ssim": float(self.ssim[method][k].mean()),
+            }
             for method in self.spearman
             for k, layer in enumerate(self.layers)
         ]
@@ -218,16 +223,18 @@ def model_randomization(
     classes = classes_or_predicted(model, x, class_index, index)
     # The layers the explained output depends on (another head's are not part of the test).
     explained = model if len(model.outputs) == 1 else keras.Model(model.inputs, model.outputs[index])
-    weighted = {path: layer for path, layer in iter_layers(explained)
-                if layer.weights and not isinstance(layer, keras.Model)}  # fmt: skip
+    weighted = {
+        path: layer for path, layer in iter_layers(explained) if layer.weights and not isinstance(layer, keras.Model)
+    }
     if layers is None:
         layers = list(reversed(weighted))
     else:
         layers = list(layers)
         unknown = [name for name in layers if name not in weighted]
         if unknown:
-            raise ValueError(f"`layers` {unknown} are not layers with weights of {model.name!r}; "
-                             f"choose from {list(weighted)}.")  # fmt: skip
+            raise ValueError(
+                f"`layers` {unknown} are not layers with weights of {model.name!r}; choose from {list(weighted)}."
+            )
     if not layers:
         raise ValueError(f"Model {model.name!r} has no layer with weights to re-initialise.")
 
@@ -261,9 +268,15 @@ def model_randomization(
 
 def _first_layer(model: keras.Model):
     """The layer that reads the input directly, when it is the only one and is not a nested model."""
-    readers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)
-               and any(producing_layer(t) is None or isinstance(producing_layer(t), keras.layers.InputLayer)
-                       for t in keras.tree.flatten(layer.input))]  # fmt: skip
+    readers = [
+        layer
+        for layer in model.layers
+        if not isinstance(layer, keras.layers.InputLayer)
+        and any(
+            producing_layer(t) is None or isinstance(producing_layer(t), keras.layers.InputLayer)
+            for t in keras.tree.flatten(layer.input)
+        )
+    ]
     return readers[0] if len(readers) == 1 else None
 
 
@@ -293,10 +306,14 @@ def shifted_model(model: keras.Model, shift) -> keras.Model:
         kernel = np.asarray(first.fused_kernel())
     elif isinstance(first, keras.layers.Conv2D) and first.padding == "valid" and first.groups == 1:
         kernel = np.asarray(first.kernel)
-    followers = [layer for layer in model.layers if layer is not first and any(
-        producing_layer(t) is first for t in keras.tree.flatten(layer.input))]  # fmt: skip
+    followers = [
+        layer
+        for layer in model.layers
+        if layer is not first and any(producing_layer(t) is first for t in keras.tree.flatten(layer.input))
+    ]
     absorbs = getattr(first, "use_bias", False) or (
-        len(followers) == 1 and isinstance(followers[0], keras.layers.BatchNormalization))
+        len(followers) == 1 and isinstance(followers[0], keras.layers.BatchNormalization)
+    )
     if kernel is not None and absorbs:
         offset = np.einsum("hwio,i->o", kernel, shift)  # what the shift adds to every output position
         copy = keras.models.clone_model(model)
@@ -381,8 +398,10 @@ def input_invariance(
     b = keras.tree.flatten(twin.predict(moved, verbose=0))
     gap = max(float(np.abs(p - q).max() / max(np.abs(p).max(), 1e-12)) for p, q in zip(a, b, strict=True))
     if gap > INVARIANCE_TOLERANCE:
-        raise RuntimeError(f"The input-shifted copy of {model.name!r} differs from it by {gap:.3g} (relative); "
-                           "the shift was not absorbed exactly.")  # fmt: skip
+        raise RuntimeError(
+            f"The input-shifted copy of {model.name!r} differs from it by {gap:.3g} (relative); "
+            "the shift was not absorbed exactly."
+        )
     result = Invariance(shift=np.asarray(shift, "float32"), output_difference=gap)
     for name, options in methods.items():
         kwargs = dict(class_index=classes, output=output, target=target, **options)
@@ -412,15 +431,31 @@ def sanity_checks(
         if not wanted:
             continue
         cascade = model_randomization(model, images, wanted, class_index=labels, output=output, target=target)
-        shifted = input_invariance(model, images, wanted, shift=shift, class_index=labels, output=output,
-                                   target=target)  # fmt: skip
+        shifted = input_invariance(model, images, wanted, shift=shift, class_index=labels, output=output, target=target)
         for method in wanted:
-            randomization.append({
-                "model": name, "method": method, "layers": cascade.layers,
-                "spearman": cascade.mean_spearman(method).tolist(),
-                "ssim": cascade.ssim[method].mean(axis=1).tolist(), "passed": cascade.passed(method),
-            })  # fmt: skip
-            invariance.append({"model": name, "method": method, "difference": shifted.difference[method],
-                               "passed": shifted.passed(method)})  # fmt: skip
-    return {"images": len(images), "shift": float(shift), "threshold": RANDOMIZATION_THRESHOLD,
-            "tolerance": INVARIANCE_TOLERANCE, "randomization": randomization, "invariance": invariance}  # fmt: skip
+            randomization.append(
+                {
+                    "model": name,
+                    "method": method,
+                    "layers": cascade.layers,
+                    "spearman": cascade.mean_spearman(method).tolist(),
+                    "ssim": cascade.ssim[method].mean(axis=1).tolist(),
+                    "passed": cascade.passed(method),
+                }
+            )
+            invariance.append(
+                {
+                    "model": name,
+                    "method": method,
+                    "difference": shifted.difference[method],
+                    "passed": shifted.passed(method),
+                }
+            )
+    return {
+        "images": len(images),
+        "shift": float(shift),
+        "threshold": RANDOMIZATION_THRESHOLD,
+        "tolerance": INVARIANCE_TOLERANCE,
+        "randomization": randomization,
+        "invariance": invariance,
+    }

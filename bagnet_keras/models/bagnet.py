@@ -99,9 +99,7 @@ def _bottleneck(x, planes: int, kernel: int, stride: int, downsample: bool, bn_m
     if kernel > 1:
         shortcut = layers.Cropping2D(((0, kernel - 1), (0, kernel - 1)), name=name + "_0_crop")(shortcut)
     if downsample:
-        shortcut = layers.Conv2D(planes * EXPANSION, 1, strides=stride, use_bias=False, name=name + "_0_conv")(
-            shortcut
-        )
+        shortcut = layers.Conv2D(planes * EXPANSION, 1, strides=stride, use_bias=False, name=name + "_0_conv")(shortcut)
         shortcut = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=bn_momentum, name=name + "_0_bn")(shortcut)
 
     x = layers.Conv2D(planes, 1, use_bias=False, name=name + "_1_conv")(x)

@@ -127,8 +127,11 @@ def folded_score_function(model: keras.Model, index: int, target: str, jit_compi
 
     def build(model_ref):
         operation = folding(model_ref())
-        return tf.function(lambda x: target_scores(model_ref(), x, index, target, operation), reduce_retracing=True,
-                           jit_compile=True if jit_compile else None)  # fmt: skip
+        return tf.function(
+            lambda x: target_scores(model_ref(), x, index, target, operation),
+            reduce_retracing=True,
+            jit_compile=True if jit_compile else None,
+        )
 
     return compiled(model, ("folded scores", index, target, bool(jit_compile)), build)
 

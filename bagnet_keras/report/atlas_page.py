@@ -56,9 +56,11 @@ def _grid(rows: Sequence[tuple[str, np.ndarray]], columns: int) -> Figure:
 
 def _units_section(name: str, entry: ModelAtlas, data, figure, deprocess, preprocess, max_units: int) -> list[str]:
     atlas = entry.atlas
-    parts = [f"<h3>Units: strongest activations over {atlas.n_images} images</h3>"
-             '<p class="note">Each row: one unit (channel), its top activations\' receptive fields (left) and the '
-             "guided-backprop projection of each single activation (right, grey = 0).</p>"]  # fmt: skip
+    parts = [
+        f"<h3>Units: strongest activations over {atlas.n_images} images</h3>"
+        '<p class="note">Each row: one unit (channel), its top activations\' receptive fields (left) and the '
+        "guided-backprop projection of each single activation (right, grey = 0).</p>"
+    ]
     for layer in atlas.layers:
         rows = []
         for unit in atlas.units[layer][:max_units]:
@@ -70,8 +72,9 @@ def _units_section(name: str, entry: ModelAtlas, data, figure, deprocess, prepro
     return parts
 
 
-def _groups_section(name: str, entry: ModelAtlas, data, figure, deprocess, preprocess,
-                    class_names: Sequence[str]) -> list[str]:  # fmt: skip
+def _groups_section(
+    name: str, entry: ModelAtlas, data, figure, deprocess, preprocess, class_names: Sequence[str]
+) -> list[str]:
     from bagnet_keras.explain.atlas import _crops, gather
 
     groups = entry.groups
@@ -85,11 +88,13 @@ def _groups_section(name: str, entry: ModelAtlas, data, figure, deprocess, prepr
         boxes = position_boxes(groups.geometry, np.array([t[1] for t in top]), np.array([t[2] for t in top]))
         crops = _crops(np.stack([images[t[0]] for t in top]), boxes)
         rows.append((f"group {g}", display_images(crops, deprocess) / 255.0))
-    parts = [f"<h3>Building blocks: {n} groups of {html.escape(groups.layer)}</h3>"
-             '<p class="note">Non-negative matrix factorisation of the layer\'s activations; each row: a group\'s '
-             "strongest regions over the data. The table: each group's mean attribution to each class logit "
-             "(gradient x activation, split by the group's share; the groups add up to the layer's "
-             "total).</p>"]  # fmt: skip
+    parts = [
+        f"<h3>Building blocks: {n} groups of {html.escape(groups.layer)}</h3>"
+        "<p class=\"note\">Non-negative matrix factorisation of the layer's activations; each row: a group's "
+        "strongest regions over the data. The table: each group's mean attribution to each class logit "
+        "(gradient x activation, split by the group's share; the groups add up to the layer's "
+        "total).</p>"
+    ]
     if rows:
         parts.append(figure(_grid(rows, groups.values.shape[1]), f"{name}_groups", "factorised groups"))
     if entry.group_images is not None:
@@ -100,8 +105,9 @@ def _groups_section(name: str, entry: ModelAtlas, data, figure, deprocess, prepr
     return parts
 
 
-def _concepts_section(name: str, entry: ModelAtlas, data, figure, deprocess, preprocess,
-                      class_names: Sequence[str], max_concepts: int = 4) -> list[str]:  # fmt: skip
+def _concepts_section(
+    name: str, entry: ModelAtlas, data, figure, deprocess, preprocess, class_names: Sequence[str], max_concepts: int = 4
+) -> list[str]:
     found = entry.concepts
     header = ["class", *[f"concept {j}" for j in range(max_concepts)]]
     table_rows, rows = [], []
@@ -113,11 +119,13 @@ def _concepts_section(name: str, entry: ModelAtlas, data, figure, deprocess, pre
             crops = found.crops(data, concept.examples, preprocess=preprocess)
             rows.append((f"{label}, concept {j}: {concept.share:.0%}", display_images(crops, deprocess) / 255.0))
     width = max((len(k.examples) for concepts in found.concepts.values() for k in concepts), default=1)
-    return ["<h3>Class concepts (BagNet)</h3>"
-            '<p class="note">Each class\'s patches with the most evidence for it, clustered by their features; '
-            "a concept's share of the class's top-patch evidence, and (patches).</p>",
-            _table(header, table_rows, "class x concept"),
-            figure(_grid(rows, width), f"{name}_concepts", "concept examples")]  # fmt: skip
+    return [
+        "<h3>Class concepts (BagNet)</h3>"
+        '<p class="note">Each class\'s patches with the most evidence for it, clustered by their features; '
+        "a concept's share of the class's top-patch evidence, and (patches).</p>",
+        _table(header, table_rows, "class x concept"),
+        figure(_grid(rows, width), f"{name}_concepts", "concept examples"),
+    ]
 
 
 def write_atlas(
@@ -165,11 +173,17 @@ def write_atlas(
         if entry.concepts is not None and entry.concepts.concepts:
             parts += _concepts_section(name, entry, data, figure, deprocess, preprocess, names)
         if entry.evolution:
-            parts += ["<h3>Feature evolution</h3>", figure(plot_evolution(entry.evolution), f"{name}_evolution",
-                                                           "feature evolution")]  # fmt: skip
+            parts += [
+                "<h3>Feature evolution</h3>",
+                figure(plot_evolution(entry.evolution), f"{name}_evolution", "feature evolution"),
+            ]
         if entry.invariance is not None:
-            parts += ["<h3>Invariance</h3>", figure(plot_invariance(entry.invariance), f"{name}_invariance",
-                                                    "invariance curves")]  # fmt: skip
-    document = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}"
-                f"</title><style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>")  # fmt: skip
+            parts += [
+                "<h3>Invariance</h3>",
+                figure(plot_invariance(entry.invariance), f"{name}_invariance", "invariance curves"),
+            ]
+    document = (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}'
+        f"</title><style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>"
+    )
     return write_atomic(os.path.join(output_dir, "atlas.html"), document)

@@ -85,8 +85,11 @@ def _overlays(
         axes[r, 0].set_axis_off()
         axes[r, 0].set_title(titles[r], fontsize=7)
         for top, left, bottom, right in boxes.get(i, []):
-            axes[r, 0].add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False,
-                                           edgecolor="yellow", linewidth=1))  # fmt: skip
+            axes[r, 0].add_patch(
+                Rectangle(
+                    (left - 0.5, top - 0.5), right - left, bottom - top, fill=False, edgecolor="yellow", linewidth=1
+                )
+            )
         for ax, (name, maps) in zip(axes[r, 1:], columns.items(), strict=True):
             # Signed maps (evidence) in the authors' diverging colours, in every row alike.
             draw = plot_heatmap if np.min(maps) < 0 else plot_overlay
@@ -95,8 +98,18 @@ def _overlays(
 
 
 #: The white-box attributions of the BagNet paper's masking experiment, and the other gradient maps.
-WHITE_BOX = ("saliency", "gradient_x_input", "integrated_gradients", "smoothgrad", "epsilon_lrp", "deeplift",
-             "guided_backprop", "gradcam", "gradcam++", "layercam")  # fmt: skip
+WHITE_BOX = (
+    "saliency",
+    "gradient_x_input",
+    "integrated_gradients",
+    "smoothgrad",
+    "epsilon_lrp",
+    "deeplift",
+    "guided_backprop",
+    "gradcam",
+    "gradcam++",
+    "layercam",
+)
 
 
 def _describe(spec: str) -> str:
@@ -114,16 +127,20 @@ def _spatial_sensitivity(comparison: Comparison, figure) -> list[str]:
         if other == bagnet or f"deletion_on_{other}" not in evidence:
             continue
         curves = {f"{bagnet} evidence": evidence[f"deletion_on_{other}"]}
-        curves.update({f"{other} {method}": c["deletion"] for (m, method), c in comparison.curves.items()
-                       if m == other})  # fmt: skip
+        curves.update(
+            {f"{other} {method}": c["deletion"] for (m, method), c in comparison.curves.items() if m == other}
+        )
         fig = plot_curves(curves, f"cells masked, scored on {other}")
         parts.append(figure(fig, f"spatial_sensitivity_{other}", f"spatial sensitivity of {other}"))
     if not parts:
         return []
-    return ['<h2>Spatial sensitivity</h2><p class="note">The BagNet paper\'s masking experiment: the 8x8 cells '
-            "that the BagNet's evidence ranks highest are masked (image mean) one more at a time and the other "
-            "model scores the masked images, beside the cells its own maps rank highest. The lower curve found "
-            "the cells that model depends on.</p>", *parts]  # fmt: skip
+    return [
+        '<h2>Spatial sensitivity</h2><p class="note">The BagNet paper\'s masking experiment: the 8x8 cells '
+        "that the BagNet's evidence ranks highest are masked (image mean) one more at a time and the other "
+        "model scores the masked images, beside the cells its own maps rank highest. The lower curve found "
+        "the cells that model depends on.</p>",
+        *parts,
+    ]
 
 
 def _trust(sanity: Mapping, figure) -> list[str]:
@@ -136,10 +153,24 @@ def _trust(sanity: Mapping, figure) -> list[str]:
         s = shift[e["model"], e["method"]]
         final = e["spearman"][-1]
         verdict = "n/a (constant maps)" if e["passed"] is None else "pass" if e["passed"] else "FAIL"
-        rows.append([e["model"], e["method"], float("nan") if final is None else final, verdict,
-                     s["difference"], "pass" if s["passed"] else "FAIL"])  # fmt: skip
-    header = ["model", "method", "rank correlation, all layers random", "randomisation",
-              "change under input shift", "input invariance"]  # fmt: skip
+        rows.append(
+            [
+                e["model"],
+                e["method"],
+                float("nan") if final is None else final,
+                verdict,
+                s["difference"],
+                "pass" if s["passed"] else "FAIL",
+            ]
+        )
+    header = [
+        "model",
+        "method",
+        "rank correlation, all layers random",
+        "randomisation",
+        "change under input shift",
+        "input invariance",
+    ]
     return [
         "<h2>Can these maps be trusted?</h2>"
         f'<p class="note">Two sanity checks on the first {sanity["images"]} images. Model randomisation '
@@ -150,9 +181,12 @@ def _trust(sanity: Mapping, figure) -> list[str]:
         f"by {sanity['shift']:g} and absorbs the shift in its first layer's bias, so it computes the same "
         "function; a map passes when it is the same for both (mean absolute change over the mean absolute "
         f"value at most {sanity['tolerance']:g}).</p>" + _table(header, rows),
-        figure(plot_randomization(sanity["randomization"], sanity["threshold"]), "randomization",
-               "cascading randomisation curves"),
-    ]  # fmt: skip
+        figure(
+            plot_randomization(sanity["randomization"], sanity["threshold"]),
+            "randomization",
+            "cascading randomisation curves",
+        ),
+    ]
 
 
 def write_report(
@@ -202,23 +236,34 @@ def write_report(
     labels = np.asarray(comparison.labels).astype(int)
     name_of = list(class_names)
     models = list(comparison.summary["accuracy"])
-    predicted = {name: np.array([r["predicted"] for r in comparison.model_rows if r["model"] == name])
-                 for name in models}  # fmt: skip
+    predicted = {
+        name: np.array([r["predicted"] for r in comparison.model_rows if r["model"] == name]) for name in models
+    }
     parts = [f"<h1>{html.escape(title)}</h1>"]
-    parts.append(f'<p class="note">{len(labels)} images, {len(name_of)} classes, models: '
-                 f"{html.escape(', '.join(models))}.</p>")  # fmt: skip
+    parts.append(
+        f'<p class="note">{len(labels)} images, {len(name_of)} classes, models: {html.escape(", ".join(models))}.</p>'
+    )
     if findings:
         parts.append("<h2>Findings</h2>" + "".join(f'<p class="finding">{html.escape(f)}</p>' for f in findings))
 
     per_class = comparison.summary["per_class_accuracy"]
     header = ["model", "accuracy", "kept top class when tiles are shuffled", *name_of]
-    rows = [[name, comparison.summary["accuracy"][name], comparison.summary["shuffle_kept"][name],
-             *[float(v) if v is not None else float("nan") for v in per_class[name][: len(name_of)]]]
-            for name in models]  # fmt: skip
+    rows = [
+        [
+            name,
+            comparison.summary["accuracy"][name],
+            comparison.summary["shuffle_kept"][name],
+            *[float(v) if v is not None else float("nan") for v in per_class[name][: len(name_of)]],
+        ]
+        for name in models
+    ]
     parts.append("<h2>Models</h2>" + _table(header, rows, "accuracy on these images, overall and per class"))
 
-    rows = [[a["model"], a["method"], a["metric"], a["mean"], a["low"], a["high"], a["n"]]
-            for a in comparison.aggregates if a["metric"] != "spearman"]  # fmt: skip
+    rows = [
+        [a["model"], a["method"], a["metric"], a["mean"], a["low"], a["high"], a["n"]]
+        for a in comparison.aggregates
+        if a["metric"] != "spearman"
+    ]
     parts.append(
         "<h2>Faithfulness</h2>"
         '<p class="note">deletion_area: mean probability of the true class while the map\'s highest-ranked '
@@ -234,15 +279,26 @@ def write_report(
     insertion = {f"{m}/{meth}": c["insertion"] for (m, meth), c in comparison.curves.items()}
     deletion_fig = plot_curves(deletion, "deletion (on the explained model)")
     insertion_fig = plot_curves(insertion, "insertion", "cells restored")
-    parts.append("<h2>Deletion and insertion curves</h2>" + figure(deletion_fig, "deletion", "deletion curves")
-                 + figure(insertion_fig, "insertion", "insertion curves"))  # fmt: skip
+    parts.append(
+        "<h2>Deletion and insertion curves</h2>"
+        + figure(deletion_fig, "deletion", "deletion curves")
+        + figure(insertion_fig, "insertion", "insertion curves")
+    )
     parts += _spatial_sensitivity(comparison, figure)
     parts += _trust(comparison.sanity, figure)
-    rows = [[a["model"], a["method"], a["mean"], a["low"], a["high"], a["n"]]
-            for a in comparison.aggregates if a["metric"] == "spearman"]  # fmt: skip
-    parts.append("<h2>Agreement between maps</h2>"
-                 + _table(["map", "map", "Spearman mean", "low", "high", "n"], rows,
-                          "rank correlation of the maps over 8x8 cells, per image"))  # fmt: skip
+    rows = [
+        [a["model"], a["method"], a["mean"], a["low"], a["high"], a["n"]]
+        for a in comparison.aggregates
+        if a["metric"] == "spearman"
+    ]
+    parts.append(
+        "<h2>Agreement between maps</h2>"
+        + _table(
+            ["map", "map", "Spearman mean", "low", "high", "n"],
+            rows,
+            "rank correlation of the maps over 8x8 cells, per image",
+        )
+    )
 
     columns = {f"{m}/{meth}": maps for (m, meth), maps in comparison.maps.items()}
     boxes: dict[int, np.ndarray] = {}
@@ -252,16 +308,20 @@ def write_report(
         boxes = dict(enumerate(comparison.evidence["boxes"]))
 
     def titles(indices):
-        return [f"#{i} {name_of[labels[i]]}\n" + "\n".join(f"{m}: {name_of[predicted[m][i]]}" for m in models)
-                for i in indices]  # fmt: skip
+        return [
+            f"#{i} {name_of[labels[i]]}\n" + "\n".join(f"{m}: {name_of[predicted[m][i]]}" for m in models)
+            for i in indices
+        ]
 
     def overlays(indices):
         return _overlays(display, [position[i] for i in indices], columns, boxes, titles(indices))
 
     shown = [i for i in range(min(max_images, len(labels))) if i in position]
-    parts.append('<h2>Images</h2><p class="note">First column: the image with the boxes of the 3 patches with '
-                 "the most evidence for the true class (BagNet). Red: evidence for the class, blue: against; "
-                 "other maps are scaled to [0, 1].</p>")  # fmt: skip
+    parts.append(
+        '<h2>Images</h2><p class="note">First column: the image with the boxes of the 3 patches with '
+        "the most evidence for the true class (BagNet). Red: evidence for the class, blue: against; "
+        "other maps are scaled to [0, 1].</p>"
+    )
     for start in range(0, len(shown), 6):
         chunk = shown[start : start + 6]
         parts.append(figure(overlays(chunk), f"images_{start:03d}", "maps of images"))
@@ -280,6 +340,8 @@ def write_report(
     for start in range(0, len(kept), 6):
         parts.append(figure(overlays(kept[start : start + 6]), f"misclassified_{start:03d}", "misclassified images"))
 
-    document = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}"
-                f"</title><style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>")  # fmt: skip
+    document = (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}'
+        f"</title><style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>"
+    )
     return write_atomic(os.path.join(output_dir, "report.html"), document)

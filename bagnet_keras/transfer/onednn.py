@@ -169,14 +169,19 @@ def warn_if_onednn_crash_risk(model: keras.Model) -> list[str]:
         return layers
     _warned.add(tuple(layers))
     off = "TF_ENABLE_ONEDNN_OPTS=0"
-    workarounds = [f"give these layers at least {max_channels + 1} input channels (16 is safe with every kernel "
-                   f"measured; for a BagNet, stem_width=16)"]  # fmt: skip
+    workarounds = [
+        f"give these layers at least {max_channels + 1} input channels (16 is safe with every kernel "
+        f"measured; for a BagNet, stem_width=16)"
+    ]
     if even_batches_safe:
-        workarounds.append("train only on batches of an even size (an even batch size and "
-                           "dataset.batch(..., drop_remainder=True))")  # fmt: skip
+        workarounds.append(
+            "train only on batches of an even size (an even batch size and dataset.batch(..., drop_remainder=True))"
+        )
         avx2 = "DNNL_MAX_CPU_ISA=AVX2"
-        workarounds.append(f"set {avx2} before TensorFlow starts if every such layer has more than "
-                           f"{CRASHING['avx2'][0]} input channels ({WORKAROUND_COST[avx2]})")  # fmt: skip
+        workarounds.append(
+            f"set {avx2} before TensorFlow starts if every such layer has more than "
+            f"{CRASHING['avx2'][0]} input channels ({WORKAROUND_COST[avx2]})"
+        )
     workarounds.append(f"set {off} before TensorFlow starts ({WORKAROUND_COST[off]})")
     warnings.warn(
         f"Training may crash this process (segmentation fault or 'double free or corruption', no traceback): "

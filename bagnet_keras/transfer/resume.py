@@ -37,8 +37,9 @@ STATE = "state.json"
 
 def model_signature(model: keras.Model) -> list:
     """What the run's weights depend on: each layer's class, weight shapes and trainability."""
-    return [[type(layer).__name__, [list(w.shape) for w in layer.weights], bool(layer.trainable)]
-            for layer in model.layers]  # fmt: skip
+    return [
+        [type(layer).__name__, [list(w.shape) for w in layer.weights], bool(layer.trainable)] for layer in model.layers
+    ]
 
 
 def _save_arrays(path: str, arrays: list) -> None:
@@ -108,17 +109,26 @@ class EpochBackup(keras.callbacks.Callback):
         os.makedirs(self.folder, exist_ok=True)
         with atomic_target(weights) as tmp:
             self.model.save_weights(tmp)
-        state = {"phase": self.phase, "complete": False, "start": self.start, "epoch": epoch + 1,
-                 "stopped": bool(self.model.stop_training), "weights": os.path.basename(weights)}  # fmt: skip
+        state = {
+            "phase": self.phase,
+            "complete": False,
+            "start": self.start,
+            "epoch": epoch + 1,
+            "stopped": bool(self.model.stop_training),
+            "weights": os.path.basename(weights),
+        }
         if self.early is not None:
             improved = self.early.best_epoch == epoch and self.early.best_weights is not None
             early = os.path.join(self.folder, f"early-{epoch + 1:04d}.npz")
             if improved:
                 _save_arrays(early, self.early.best_weights)
             previous = (self.committed.get("early") or {}).get("file") if not improved else None
-            state["early"] = {"wait": self.early.wait, "best": _plain(self.early.best),
-                              "epoch": self.early.best_epoch,
-                              "file": os.path.basename(early) if improved else previous}  # fmt: skip
+            state["early"] = {
+                "wait": self.early.wait,
+                "best": _plain(self.early.best),
+                "epoch": self.early.best_epoch,
+                "file": os.path.basename(early) if improved else previous,
+            }
         self._commit(state)
 
     def complete_phase(self, epoch: int) -> None:

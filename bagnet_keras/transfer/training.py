@@ -58,8 +58,10 @@ class EpochLine(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         values = ", ".join(f"{k} {v:.4g}" for k, v in (logs or {}).items() if np.ndim(v) == 0)
-        print(f"epoch {epoch + 1}/{self.epochs} ({self.phase}) {time.monotonic() - self._start:.1f} s: {values}",
-              flush=True)  # fmt: skip
+        print(
+            f"epoch {epoch + 1}/{self.epochs} ({self.phase}) {time.monotonic() - self._start:.1f} s: {values}",
+            flush=True,
+        )
 
 
 class BestCheckpoint(keras.callbacks.Callback):
@@ -313,11 +315,20 @@ def fit_classifier(
     if output_dir is not None and writer:
         os.makedirs(output_dir, exist_ok=True)
         weights_of = {h: np.asarray(class_weight[h]).tolist() for h in heads} if class_weight is not None else None
-        check_arguments(output_dir, dict(
-            epochs=epochs, head_epochs=head_epochs if finetune else None, learning_rate=learning_rate,
-            finetune_learning_rate=finetune_learning_rate if finetune else None, class_weight=weights_of,
-            patience=patience, seed=seed, model=model_signature(model), data=str(train.element_spec),
-        ))  # fmt: skip
+        check_arguments(
+            output_dir,
+            dict(
+                epochs=epochs,
+                head_epochs=head_epochs if finetune else None,
+                learning_rate=learning_rate,
+                finetune_learning_rate=finetune_learning_rate if finetune else None,
+                class_weight=weights_of,
+                patience=patience,
+                seed=seed,
+                model=model_signature(model),
+                data=str(train.element_spec),
+            ),
+        )
         checkpoint = BestCheckpoint(os.path.join(output_dir, "best.keras"), monitor=monitor)
     backup = EpochBackup(output_dir, write=writer)
     state = backup.load()

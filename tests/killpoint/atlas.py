@@ -52,8 +52,16 @@ def main(argv) -> int:
     folder, n_images, batch_size = argv[0], int(argv[1]), int(argv[2])
     shard = parse_shard(argv[3]) if len(argv) > 3 else None
     state = LayerTops(CHANNELS, K, forward)
-    stream_state(state, data(n_images), batch_size, folder=folder, arguments={"images": n_images, "k": K},
-                 shard=shard, command="atlas", progress=False)  # fmt: skip
+    stream_state(
+        state,
+        data(n_images),
+        batch_size,
+        folder=folder,
+        arguments={"images": n_images, "k": K},
+        shard=shard,
+        command="atlas",
+        progress=False,
+    )
     arrays = {}
     for path, best in state.best.items():
         arrays.update({f"{path}_values": best.values, f"{path}_flat": best.flat, f"{path}_sums": state.sums[path]})

@@ -1,6 +1,6 @@
 """Test-only: the ``bagnet-keras`` command, SIGKILLed right after it commits its K-th part.
 
-    python tests/killpoint/compare.py K ARGS...
+python tests/killpoint/compare.py K ARGS...
 """
 
 import os

@@ -139,10 +139,18 @@ def arm(roots, at: int = 0, trace: str | None = None) -> None:
     _original["os.open"] = os.open
     builtins.open = io.open = _open
     os.open = _os_open
-    for name, kind, n_paths in (("fsync", "fsync", 1), ("replace", "rename", 2), ("rename", "rename", 2),
-                                ("remove", "unlink", 1), ("unlink", "unlink", 1), ("mkdir", "mkdir", 1),
-                                ("rmdir", "rmdir", 1), ("truncate", "truncate", 1), ("ftruncate", "truncate", 1),
-                                ("sendfile", "write", 1)):  # fmt: skip
+    for name, kind, n_paths in (
+        ("fsync", "fsync", 1),
+        ("replace", "rename", 2),
+        ("rename", "rename", 2),
+        ("remove", "unlink", 1),
+        ("unlink", "unlink", 1),
+        ("mkdir", "mkdir", 1),
+        ("rmdir", "rmdir", 1),
+        ("truncate", "truncate", 1),
+        ("ftruncate", "truncate", 1),
+        ("sendfile", "write", 1),
+    ):
         _wrap(name, kind, n_paths)
 
 

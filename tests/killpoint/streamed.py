@@ -41,22 +41,50 @@ def measure(batch_size: int):
         for i, label in enumerate(labels.tolist()):
             for name in MODELS:
                 predicted = int(rng.integers(CLASSES))
-                model_rows.append({"image": start + i, "model": name, "label": label, "predicted": predicted,
-                                   "correct": predicted == label, "shuffle_kept": bool(rng.integers(2))})  # fmt: skip
+                model_rows.append(
+                    {
+                        "image": start + i,
+                        "model": name,
+                        "label": label,
+                        "predicted": predicted,
+                        "correct": predicted == label,
+                        "shuffle_kept": bool(rng.integers(2)),
+                    }
+                )
             for name, method in KEYS:
-                rows.append({"image": start + i, "label": label, "model": name, "method": method,
-                             "predicted": 0, "deletion_area": float(x[i].mean()),
-                             "insertion_area": float(rng.uniform())})  # fmt: skip
-            correlations.append({"image": start + i, "map_a": "bagnet/evidence", "map_b": "cnn/gradcam",
-                                 "spearman": float(rng.uniform(-1, 1))})  # fmt: skip
+                rows.append(
+                    {
+                        "image": start + i,
+                        "label": label,
+                        "model": name,
+                        "method": method,
+                        "predicted": 0,
+                        "deletion_area": float(x[i].mean()),
+                        "insertion_area": float(rng.uniform()),
+                    }
+                )
+            correlations.append(
+                {
+                    "image": start + i,
+                    "map_a": "bagnet/evidence",
+                    "map_b": "cnn/gradcam",
+                    "spearman": float(rng.uniform(-1, 1)),
+                }
+            )
         for j in range(len(KEYS)):
             arrays[f"deletion_{j}"] = rng.uniform(size=(len(x), STEPS + 1))
             arrays[f"insertion_{j}"] = rng.uniform(size=(len(x), STEPS + 1))
             arrays[f"shown_map_{j}"] = x[:1, ..., 0]
         arrays["shown_index"] = np.array([start])
         arrays["shown_images"] = np.zeros((1, SIZE, SIZE, 3), np.uint8)
-        meta = {"labels": labels.tolist(), "rows": rows, "model_rows": model_rows, "correlations": correlations,
-                "seconds": {}, "passes": {name: 3 * len(x) for name in MODELS}}  # fmt: skip
+        meta = {
+            "labels": labels.tolist(),
+            "rows": rows,
+            "model_rows": model_rows,
+            "correlations": correlations,
+            "seconds": {},
+            "passes": {name: 3 * len(x) for name in MODELS},
+        }
         return arrays, meta
 
     return run
