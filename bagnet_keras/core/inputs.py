@@ -114,17 +114,6 @@ def top_class_scores(scores, classes):
     return classes, tf.gather(scores, classes, axis=1, batch_dims=1)
 
 
-def check_positive_int(value, name: str) -> int:
-    """Examples
-    --------
-    >>> check_positive_int(4, "batch_size")
-    4
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    return int(value)
-
-
 def output_index(model: keras.Model, output: int | str | None) -> int:
     """Position, in ``model.outputs``, of the output to explain.
 

@@ -31,9 +31,10 @@ import numpy as np
 
 from bagnet_keras.core.geometry import layer_geometry, position_boxes
 from bagnet_keras.core.graph import compiled, find_layer, run_graph
-from bagnet_keras.core.inputs import check_images, check_positive_int
+from bagnet_keras.core.inputs import check_images
 from bagnet_keras.core.stream import merged_pass, model_arguments, numbered_batches, stream_state
 from bagnet_keras.core.topk import LayerTops, entries
+from bagnet_keras.core.validation import check_positive_int
 from bagnet_keras.explain.guided import guided_backprop
 
 

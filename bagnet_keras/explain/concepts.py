@@ -22,9 +22,10 @@ import keras
 import numpy as np
 
 from bagnet_keras.core.geometry import position_boxes
-from bagnet_keras.core.inputs import check_images, check_positive_int
+from bagnet_keras.core.inputs import check_images
 from bagnet_keras.core.stream import merged_pass, model_arguments, stream_state
 from bagnet_keras.core.topk import TopK, entries
+from bagnet_keras.core.validation import check_positive_int
 from bagnet_keras.explain.atlas import gather
 from bagnet_keras.explain.evidence import _evidence_for
 

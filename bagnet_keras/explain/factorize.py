@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
-from bagnet_keras.core.inputs import check_images, check_positive_int, n_classes_of, output_index
+from bagnet_keras.core.inputs import check_images, n_classes_of, output_index
 from bagnet_keras.core.stream import digest, merged_pass, model_arguments, stream_state
 from bagnet_keras.core.topk import TopK, entries
+from bagnet_keras.core.validation import check_positive_int
 from bagnet_keras.explain.atlas import _activation_function, _batches, _geometry, _spatial_layers
 from bagnet_keras.explain.cam import layer_gradients
 

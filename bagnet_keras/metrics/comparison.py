@@ -35,9 +35,10 @@ from tqdm.auto import tqdm
 
 from bagnet_keras.core.files import display_images
 from bagnet_keras.core.graph import check_target, iter_layers
-from bagnet_keras.core.inputs import check_images, check_positive_int, output_index
+from bagnet_keras.core.inputs import check_images, output_index
 from bagnet_keras.core.layers import StemConv
 from bagnet_keras.core.stream import MemoryStore, PartStore, check_shard, digest, function_name, run_parts
+from bagnet_keras.core.validation import check_positive_int
 from bagnet_keras.explain.evidence import evidence_map
 from bagnet_keras.explain.registry import METHODS, explain, parse_method
 from bagnet_keras.metrics.faithfulness import (

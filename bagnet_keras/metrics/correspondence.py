@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from bagnet_keras.core.inputs import check_images, check_positive_int
+from bagnet_keras.core.inputs import check_images
+from bagnet_keras.core.validation import check_positive_int
 from bagnet_keras.metrics.invariance import _layers, flat_features
 
 

@@ -19,7 +19,8 @@ import keras
 import numpy as np
 
 from bagnet_keras.core.graph import score_function
-from bagnet_keras.core.inputs import check_images, check_positive_int, in_batches, output_index
+from bagnet_keras.core.inputs import check_images, in_batches, output_index
+from bagnet_keras.core.validation import check_positive_int
 from bagnet_keras.explain.atlas import _activation_function, _spatial_layers
 
 KINDS = ("translate", "scale", "rotate")
