@@ -31,7 +31,6 @@ import numpy as np
 from bagnet_keras.core.graph import check_target, compiled, iter_layers, squashing_layer, target_scores
 from bagnet_keras.core.inputs import (
     check_images,
-    check_positive_int,
     classes_or_predicted,
     in_batches,
     n_classes_of,
@@ -39,6 +38,7 @@ from bagnet_keras.core.inputs import (
     top_class_scores,
 )
 from bagnet_keras.core.layers import StemConv
+from bagnet_keras.core.validation import check_positive_int
 from bagnet_keras.explain.backward import ACTIVATION_LAYERS, activation_of, replace_activations
 
 #: Layers that are linear (affine) in their input at inference, for epsilon-LRP and DeepLIFT. Max pooling

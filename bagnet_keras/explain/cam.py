@@ -35,13 +35,13 @@ from bagnet_keras.core.graph import (
 )
 from bagnet_keras.core.inputs import (
     check_images,
-    check_positive_int,
     classes_or_top,
     in_batches,
     n_classes_of,
     output_index,
     top_class_scores,
 )
+from bagnet_keras.core.validation import check_positive_int
 
 
 def _resolve_layer(model: keras.Model, layer: str | None) -> tuple[str, keras.layers.Layer]:

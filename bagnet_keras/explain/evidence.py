@@ -15,24 +15,25 @@ most informative patches of a class across a dataset.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import keras
 import numpy as np
 from keras import ops
 
+from bagnet_keras.core.batches import batches
 from bagnet_keras.core.geometry import MERGE_LAYERS, Geometry, position_boxes, receptive_field, upsample
 from bagnet_keras.core.graph import compiled, run_graph
 from bagnet_keras.core.inputs import (
     check_classes,
     check_images,
-    check_positive_int,
     classes_per_image,
     in_batches,
     output_index,
 )
 from bagnet_keras.core.layers import StemConv
+from bagnet_keras.core.validation import check_positive_int
 from bagnet_keras.models.bagnet import bagnet_top
 
 #: Layers that act on each position alone, so they run unchanged on a dilated (dense) map.
@@ -364,26 +365,6 @@ class TopPatches:
     class_index: int
 
 
-def _batches(images_or_dataset, batch_size: int) -> Iterable[np.ndarray]:
-    if isinstance(images_or_dataset, np.ndarray) or keras.ops.is_tensor(images_or_dataset):
-        x = np.asarray(images_or_dataset)
-        for i in range(0, len(x), batch_size):
-            yield x[i : i + batch_size]
-        return
-    try:
-        iterator = iter(images_or_dataset)
-    except TypeError:
-        raise ValueError(
-            "`images` must be an array (N, H, W, 3), a tf.data.Dataset or an iterable of image batches. "
-            f"Received: {type(images_or_dataset).__name__}"
-        ) from None
-    for element in iterator:
-        if isinstance(element, (tuple, list)):  # (images, labels[, weights]) batches
-            element = element[0]
-        element = np.asarray(element)
-        yield element[None] if element.ndim == 3 else element  # an unbatched dataset yields single images
-
-
 def top_patches(
     model: keras.Model,
     images,
@@ -404,8 +385,9 @@ def top_patches(
     ----------
     model : keras.Model
         A BagNet with its top.
-    images : array (N, H, W, 3), tf.data.Dataset or iterable of batches
-        Preprocessed images; dataset elements may be ``(images, labels)``.
+    images : array (N, H, W, 3), memory map, ImageFiles, tf.data.Dataset or iterable of batches
+        Preprocessed images, read a batch at a time (`bagnet_keras.core.batches`); dataset elements may
+        be ``(images, labels)``.
     class_index : int
     k : int
         Number of patches.
@@ -413,7 +395,7 @@ def top_patches(
         At most this many patches from one image (``None``: no limit; the
         overlapping neighbours of one strong patch then fill the list).
     batch_size : int
-        Images per forward pass when ``images`` is an array.
+        Images per forward pass when ``images`` is an array (a dataset's batches are taken as they come).
     output : int or str, optional
         Which head, for models with several.
 
@@ -439,7 +421,7 @@ def top_patches(
     per_image = k if max_per_image is None else min(k, max_per_image)
     best: list = []  # (score, -order, image, box, patch): a min-heap of the k best so far
     seen = order = 0
-    for batch in _batches(images, batch_size):
+    for _, batch, _ in batches(images, batch_size):
         result = evidence_map(model, batch, class_index=class_index, batch_size=batch_size, output=output)
         boxes = result.boxes().reshape(-1, 4)
         for n, flat in enumerate(result.maps.reshape(len(batch), -1)):

@@ -19,13 +19,13 @@ import numpy as np
 from bagnet_keras.core.graph import check_target, compiled, find_layer, iter_layers, target_scores
 from bagnet_keras.core.inputs import (
     check_images,
-    check_positive_int,
     classes_or_top,
     in_batches,
     n_classes_of,
     output_index,
     top_class_scores,
 )
+from bagnet_keras.core.validation import check_positive_int
 from bagnet_keras.explain.backward import replace_activations
 from bagnet_keras.explain.cam import GradCAM
 

@@ -13,12 +13,12 @@ from tqdm.auto import tqdm
 from bagnet_keras.core.graph import check_target, score_function
 from bagnet_keras.core.inputs import (
     check_images,
-    check_positive_int,
     classes_per_image,
     in_batches,
     n_classes_of,
     output_index,
 )
+from bagnet_keras.core.validation import check_positive_int
 
 
 def _starts(size: int, patch: int, stride: int) -> list[int]:

@@ -26,11 +26,11 @@ import numpy as np
 from bagnet_keras.core.graph import iter_layers, producing_layer
 from bagnet_keras.core.inputs import (
     check_images,
-    check_positive_int,
     classes_or_predicted,
     output_index,
 )
 from bagnet_keras.core.layers import StemConv
+from bagnet_keras.core.validation import check_positive_int
 from bagnet_keras.explain.registry import explain, parse_method
 
 #: Below this mean rank correlation with the original maps, with every layer re-initialised, a method passes
