@@ -16,9 +16,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-#: Pillow's own refusal limit (about 179 million pixels, 15k x 12k): larger than any photo a crawl
-#: should keep and far below what exhausts memory. Pillow's warning at half of it is not a rejection.
-MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
+from bagnet_keras.core.files import MAX_PIXELS, to_rgb
 
 
 class Rejected(Exception):
@@ -33,28 +31,6 @@ class CleanImage:
     format: str
     changes: list[str]
     original_size: tuple[int, int]
-
-
-def _to_rgb(image: Image.Image, changes: list[str]) -> Image.Image:
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # 16-bit and float images: scale the range to 8 bits instead of clipping at 255.
-        array = np.asarray(image, dtype="float64")
-        high = 65535.0 if mode.startswith("I;16") or array.max() > 255 else 255.0
-        array = np.clip(array / high * 255.0 + 0.5, 0, 255).astype("uint8")
-        changes.append(f"{mode} to 8-bit")
-        return Image.fromarray(array).convert("RGB")
-    if mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        background.alpha_composite(image.convert("RGBA"))
-        changes.append(f"{mode} alpha on white")
-        return background.convert("RGB")
-    changes.append(f"{mode} to RGB")
-    return image.convert("RGB")
 
 
 def crop_uniform_borders(array: np.ndarray, tolerance: int = 12, coverage: float = 0.98) -> tuple[int, int, int, int]:
@@ -123,7 +99,7 @@ def load_clean(
                 changes: list[str] = []
                 if _has_orientation(image):
                     changes.append("EXIF orientation")
-                rgb = _to_rgb(ImageOps.exif_transpose(image), changes)
+                rgb = to_rgb(ImageOps.exif_transpose(image), changes)
         except Rejected:
             raise
         except UnidentifiedImageError:

@@ -102,7 +102,8 @@ def image_dataset(
     height, width = image_size
 
     def decode(path):
-        return read_image(path.decode(), image_size, crop_to_aspect_ratio).astype("float32")
+        # No size warnings while training: `clean` has already refused images too small or too oddly shaped.
+        return read_image(path.decode(), image_size, crop_to_aspect_ratio, warn=False).astype("float32")
 
     def load(path, label):
         # The same reader as load_arrays and the explain/compare commands: training and explanations see the
