@@ -114,6 +114,47 @@ def top_class_scores(scores, classes):
     return classes, tf.gather(scores, classes, axis=1, batch_dims=1)
 
 
+def check_image_model(model: keras.Model, channels: int | None = 3, source: str | None = None) -> None:
+    """Raise ValueError saying which requirement ``model`` fails as an image classifier to explain.
+
+    The package explains models with one image input ``(batch, height, width,
+    channels)`` whose channels match the images, and at least one output of class
+    scores ``(batch, classes)``. ``source`` (a file name) is named in the error.
+
+    Examples
+    --------
+    >>> m = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(2)], name="gray")
+    >>> check_image_model(m)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: Model 'gray' takes images with 1 channel(s); the images have 3. ...
+    """
+    where = f"Model {model.name!r}" + (f" (from {source!r})" if source else "")
+    inputs = getattr(model, "inputs", None) or []
+    if len(inputs) != 1:
+        raise ValueError(
+            f"{where} has {len(inputs)} inputs; the package explains models with one image input "
+            "(batch, height, width, channels). Wrap the model so the image is its only input."
+        )
+    shape = tuple(inputs[0].shape)
+    if len(shape) != 4:
+        raise ValueError(
+            f"{where} takes an input of shape {shape}, not an image (batch, height, width, channels). "
+            "Give a convolutional or vision model."
+        )
+    if channels is not None and shape[-1] not in (None, channels):
+        raise ValueError(
+            f"{where} takes images with {shape[-1]} channel(s); the images have {channels}. "
+            "Give a model trained on RGB images, or images with the model's channels."
+        )
+    outputs = [tuple(output.shape) for output in model.outputs]
+    if not any(len(output) == 2 and output[-1] is not None for output in outputs):
+        raise ValueError(
+            f"{where} has outputs of shapes {outputs}; explanations need class scores (batch, classes). "
+            "Give the classifier with its head, not a feature extractor."
+        )
+
+
 def output_index(model: keras.Model, output: int | str | None) -> int:
     """Position, in ``model.outputs``, of the output to explain.
 
