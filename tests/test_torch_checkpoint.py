@@ -107,3 +107,16 @@ def test_zip_with_two_pickles_is_rejected(tmp_path):
         z.writestr("b/data.pkl", buf)
     with pytest.raises(pickle.UnpicklingError, match="data.pkl"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"<!DOCTYPE html><html><body>Sign in</body></html>", b"PK\x03\x04broken"])
+def test_a_file_that_is_not_a_checkpoint_is_a_value_error_naming_it(tmp_path, content):
+    """An HTML page saved as the weights, an empty or a broken file: ValueError, so the command line can catch it."""
+    from bagnet_keras.models import BagNet
+
+    path = tmp_path / "weights.pth.tar"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="weights.pth.tar"):
+        load_checkpoint(path)
+    with pytest.raises(ValueError, match="weights.pth.tar"):
+        BagNet(blocks=(1, 1, 1, 1), base_width=8, stem_width=8, classes=3, input_shape=(40, 40, 3), weights=str(path))

@@ -37,7 +37,15 @@ _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
 
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
+class CheckpointError(pickle.UnpicklingError, ValueError):
+    """A file that is not a readable PyTorch checkpoint (empty, truncated, HTML, corrupt).
+
+    A ValueError, so callers and the command line treat it as bad input; still a
+    ``pickle.UnpicklingError`` for code written against earlier releases.
+    """
+
+
+class UnsafeCheckpointError(CheckpointError):
     """The checkpoint's pickle names a global outside the allow-list."""
 
 
@@ -258,8 +266,9 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
     UnsafeCheckpointError
         The pickle names a global outside the allow-list (e.g. ``os.system``);
         nothing from the file has run.
-    pickle.UnpicklingError
-        The file is not a checkpoint, or is corrupt or truncated.
+    CheckpointError
+        The file is not a checkpoint, or is empty, corrupt, truncated or an HTML
+        page; a ValueError naming the file.
 
     Examples
     --------
@@ -278,11 +287,9 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
     except UnsafeCheckpointError:
         raise
     except pickle.UnpicklingError as e:
-        if path in str(e):
-            raise
-        raise pickle.UnpicklingError(f"{path} is not a readable PyTorch checkpoint: {e}") from e
+        raise CheckpointError(str(e) if path in str(e) else f"{path} is not a readable PyTorch checkpoint: {e}") from e
     except (EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError, zipfile.BadZipFile) as e:
-        raise pickle.UnpicklingError(f"{path} is not a readable PyTorch checkpoint: {e}") from e
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {e}") from e
 
 
 def state_dict_from_checkpoint(checkpoint: Any) -> dict[str, np.ndarray]:
