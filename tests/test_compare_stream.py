@@ -114,3 +114,54 @@ def test_bad_shards_are_named(tmp_path, capsys, monkeypatch, shard, message):
     with pytest.raises(SystemExit) as exit:
         main(["compare", "--model", "a=a.keras", "--data", str(tmp_path), "--shard", shard])
     assert exit.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_shard_parsing_moved_to_the_command_line():
+    from bagnet_keras.app.shards import parse_shard
+
+    assert parse_shard("env", {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "4"}) == (3, 4)
+    with pytest.raises(ValueError, match="number of shards is not known"):
+        parse_shard("env", {"JOB_COMPLETION_INDEX": "1"})
+
+
+class _Slices:
+    """An array read by slices only, as `data_tools.loader.ImageFiles` is."""
+
+    def __init__(self, images):
+        self.images, self.shape, self.reads = images, images.shape, []
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        if not isinstance(index, slice):
+            raise TypeError(f"read by slices. Received: {index!r}")
+        self.reads.append((index.start, index.stop))
+        return self.images[index]
+
+
+def test_one_batching_path():
+    import numpy as np
+
+    from bagnet_keras.core.batches import batches
+
+    x = np.arange(7 * 2 * 2 * 1, dtype="float32").reshape(7, 2, 2, 1)
+    labels = np.arange(7)
+    files = _Slices(x)
+    got = list(batches(files, 3, labels=labels, wanted=lambda index: index != 1))
+    assert [b.start for b in got] == [0, 3, 6] and got[1].images is None and got[1].labels is None
+    assert files.reads == [(0, 3), (6, 9)]  # another shard's batch is not read
+    np.testing.assert_array_equal(got[2].images, x[6:])
+    # a dataset of uneven batches with labels by head, re-cut to the array's batches
+    dataset = [(x[:2], {"a": labels[:2], "b": -labels[:2]}), (x[2:7], {"a": labels[2:7], "b": -labels[2:7]})]
+    recut = list(batches(dataset, 3, exact=True))
+    assert [len(b.images) for b in recut] == [3, 3, 1]
+    assert [b.labels["b"].tolist() for b in recut] == [[0, -1, -2], [-3, -4, -5], [-6]]
+    # single images (an unbatched dataset) are batches of one; labels beside replace the dataset's own
+    single = list(batches(((image, 0) for image in x[:2]), 3, labels=[5, 6]))
+    assert [(b.start, b.images.shape, b.labels.tolist()) for b in single] == [
+        (0, (1, 2, 2, 1), [5]),
+        (1, (1, 2, 2, 1), [6]),
+    ]
+    with pytest.raises(ValueError, match="one class per image: 2 labels for 7 images"):
+        next(batches(x, 3, labels=[0, 1]))

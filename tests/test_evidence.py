@@ -179,3 +179,33 @@ def test_top_patches_ranks_the_whole_dataset():
     assert np.all(np.diff(unlimited.scores) <= 0)
     with pytest.raises(ValueError, match="k=0"):
         top_patches(model, x, class_index=2, k=0)
+
+
+def test_top_patches_reads_image_files_by_slices(tmp_path):
+    # ImageFiles are read by slices only (files[a:b]): top_patches batches them as compare and the atlas do
+    from PIL import Image
+
+    from bagnet_keras import top_patches
+    from data_tools.loader import ImageFiles
+    from data_tools.synthetic import scene
+
+    for k, label in enumerate(("cats", "dogs")):
+        (tmp_path / label).mkdir()
+        for n in range(3):
+            Image.fromarray(scene(10 * k + n, (64, 64))).save(tmp_path / label / f"{n}.png")
+    files = ImageFiles(str(tmp_path), (64, 64))
+    keras.utils.set_random_seed(0)
+    model = BagNet(
+        blocks=(1, 1, 1, 1),
+        base_width=16,
+        stem_width=16,
+        classes=2,
+        input_shape=(64, 64, 3),
+        classifier_activation=None,
+    )
+    from_files = top_patches(model, files, class_index=0, k=4, batch_size=4)
+    from_array = top_patches(model, files[0 : len(files)], class_index=0, k=4, batch_size=4)
+    np.testing.assert_array_equal(from_files.image_index, from_array.image_index)
+    np.testing.assert_array_equal(from_files.boxes, from_array.boxes)
+    np.testing.assert_array_equal(from_files.scores, from_array.scores)
+    np.testing.assert_array_equal(from_files.patches, from_array.patches)

@@ -6,18 +6,11 @@ So a long run measures one batch at a time and commits that batch's
 results (per-image rows, curves, the few images a report shows) as one
 file, and its final tables are computed from those files at the end.
 
-A run writes into one folder, under `bagnet_keras.core.commit.folder_lock`:
-
-- ``run.json``: its arguments (`bagnet_keras.core.commit.check_arguments`);
-  a rerun with other ones stops with an error instead of mixing two runs.
-- ``parts/part-<index>.npz``: the results of batch ``index``: NumPy arrays
-  and plain JSON data (``meta``), written through
-  `bagnet_keras.core.commit.write_atomic` (temporary name, fsync, rename).
-  A batch whose part exists is done; the part also holds a digest of the
-  batch's inputs, so a rerun over other data stops with an error.
-- ``complete.json``: written last, when every batch of the run is
-  committed: how many batches the data has, and what reading the parts
-  needs (`PartStore.finish`).
+A run writes into one folder, under `bagnet_keras.core.commit.folder_lock`
+(`bagnet_keras.core.parts.PartStore`: ``run.json``, ``parts/part-<index>.npz``,
+``complete.json``); each part also holds a digest of its batch's inputs, so a
+rerun over other data stops with an error. The data is read batch by batch
+through `bagnet_keras.core.batches`, the one batching path of every pass.
 
 A run can be one shard of a larger one (``shard=(i, n)``: the batches whose
 index is i modulo n), so that n processes, machines or cluster jobs share a
@@ -50,23 +43,33 @@ Examples
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from bagnet_keras.core.commit import RUN_FILE as RUN_FILE_NAME
-from bagnet_keras.core.commit import check_arguments, differing_keys, folder_lock, recover, write_atomic
+# The part stores and the batching live in their own modules; their names stay importable from here.
+from bagnet_keras.core.batches import numbered_batches
+from bagnet_keras.core.parts import COMPLETE, PARTS, MemoryStore, MergedStore, PartStore, merged_store
 
-#: The folder of the part files, inside the run's folder.
-PARTS = "parts"
-#: Written when a run (or shard) has committed all its batches.
-COMPLETE = "complete.json"
-_PART = re.compile(r"^part-(\d{6,})\.npz$")
+__all__ = [
+    "COMPLETE",
+    "PARTS",
+    "MemoryStore",
+    "MergedStore",
+    "PartStore",
+    "check_shard",
+    "digest",
+    "function_name",
+    "merged_pass",
+    "merged_store",
+    "model_arguments",
+    "numbered_batches",
+    "run_parts",
+    "stream_state",
+]
 
 Measure = Callable[[int, object], tuple[dict, dict]]
 
@@ -88,137 +91,6 @@ def digest(*values) -> str:
         h.update(f"{array.dtype.str}{array.shape};".encode())
         h.update(array.tobytes())
     return h.hexdigest()
-
-
-class MemoryStore:
-    """The parts of a run kept in memory: `PartStore`'s interface, for a run that writes no files."""
-
-    def __init__(self):
-        self._parts: dict[int, tuple[dict, dict]] = {}
-
-    def __enter__(self) -> MemoryStore:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    def done(self, index: int) -> bool:
-        return index in self._parts
-
-    def write(self, index: int, arrays: dict, meta: dict) -> None:
-        self._parts[index] = (dict(arrays), json.loads(json.dumps(meta)))
-
-    def read(self, index: int) -> tuple[dict, dict]:
-        return self._parts[index]
-
-    def read_meta(self, index: int) -> dict:
-        return self._parts[index][1]
-
-    def indices(self) -> list[int]:
-        return sorted(self._parts)
-
-    def finish(self, batches: int, details: dict) -> None:
-        self.complete = {"batches": batches, **details}
-
-    def finished(self) -> dict | None:
-        return getattr(self, "complete", None)
-
-
-class PartStore:
-    """The part files of one run in ``folder``: lock, recovery and argument check on entering.
-
-    Parameters
-    ----------
-    folder : path
-        The run's folder (created if needed). Nothing is written outside it.
-    arguments : dict
-        Plain JSON data that identifies the run (`check_arguments`).
-    command : str
-        Named in the error a second writer of the folder gets.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> folder = tempfile.mkdtemp()
-    >>> with PartStore(folder, {"steps": 20}) as store:
-    ...     store.write(0, {"x": np.ones(2)}, {"rows": [{"image": 0}]})
-    ...     store.done(0), store.read_meta(0)["rows"]
-    (True, [{'image': 0}])
-    >>> PartStore(folder, {"steps": 10}).__enter__()  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    ValueError: '...' holds a run with other arguments (differing: steps). ...
-    """
-
-    def __init__(self, folder: str | os.PathLike, arguments: dict, command: str = "compare"):
-        self.folder = os.fspath(folder)
-        self.arguments = arguments
-        self.command = command
-        self._lock = None
-
-    def __enter__(self) -> PartStore:
-        os.makedirs(os.path.join(self.folder, PARTS), exist_ok=True)
-        self._lock = folder_lock(self.folder, self.command)
-        self._lock.__enter__()
-        try:
-            recover(self.folder)  # temporary files of a killed write go; parts are whole or absent
-            check_arguments(self.folder, self.arguments)
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._lock is not None:
-            self._lock.__exit__(None, None, None)
-            self._lock = None
-
-    def path(self, index: int) -> str:
-        return os.path.join(self.folder, PARTS, f"part-{index:06d}.npz")
-
-    def done(self, index: int) -> bool:
-        return os.path.exists(self.path(index))
-
-    def write(self, index: int, arrays: dict, meta: dict) -> None:
-        """Commit batch ``index``: its arrays and ``meta`` (plain JSON data) as one file, atomically."""
-        if "meta" in arrays:
-            raise ValueError("An array of a part may not be called 'meta' (the part's JSON data has that name).")
-        payload = {name: np.asarray(value) for name, value in arrays.items()}
-        for name, value in payload.items():
-            if value.dtype == object:
-                raise ValueError(f"Array {name!r} of a part has dtype object, which only a pickle could store.")
-        buffer = io.BytesIO()  # one write of the whole file: fewer steps for a kill to fall between
-        np.savez(buffer, meta=np.array(json.dumps(meta, allow_nan=True)), **payload)
-        write_atomic(self.path(index), buffer.getvalue())
-
-    def read(self, index: int) -> tuple[dict, dict]:
-        """``(arrays, meta)`` of a committed batch."""
-        with np.load(self.path(index), allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files if name != "meta"}
-            meta = json.loads(str(data["meta"]))
-        return arrays, meta
-
-    def read_meta(self, index: int) -> dict:
-        """The ``meta`` of a committed batch alone (its arrays are not read)."""
-        with np.load(self.path(index), allow_pickle=False) as data:
-            return json.loads(str(data["meta"]))
-
-    def indices(self) -> list[int]:
-        """The committed batches, in order."""
-        return _indices(self.folder)
-
-    def finish(self, batches: int, details: dict) -> None:
-        """Record that every batch is committed: ``complete.json`` with the count and ``details`` (plain JSON)."""
-        write_atomic(os.path.join(self.folder, COMPLETE), json.dumps({"batches": batches, **details}, indent=1))
-
-    def finished(self) -> dict | None:
-        """What `finish` recorded, when the run in this folder finished before; else None."""
-        return _read_json(os.path.join(self.folder, COMPLETE))
-
-
-def _indices(folder: str) -> list[int]:
-    names = os.listdir(os.path.join(folder, PARTS))
-    return sorted(int(m.group(1)) for m in map(_PART.match, names) if m)
 
 
 def check_shard(shard) -> tuple[int, int] | None:
@@ -248,56 +120,6 @@ def check_shard(shard) -> tuple[int, int] | None:
     return index, count
 
 
-def parse_shard(text: str, environ=None) -> tuple[int, int]:
-    """The shard a command-line ``--shard`` names: ``"I/N"``, or ``"env"`` / ``"env/N"`` from a cluster's variables.
-
-    With ``env`` the index comes from ``JOB_COMPLETION_INDEX`` (a Kubernetes
-    indexed Job) or ``SLURM_ARRAY_TASK_ID`` (a Slurm array; counted from
-    ``SLURM_ARRAY_TASK_MIN``), and the count, when not given, from
-    ``SLURM_ARRAY_TASK_COUNT``.
-
-    Examples
-    --------
-    >>> parse_shard("1/4")
-    (1, 4)
-    >>> parse_shard("env", {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "8"})
-    (4, 8)
-    >>> parse_shard("env/3", {"JOB_COMPLETION_INDEX": "2"})
-    (2, 3)
-    """
-    environ = os.environ if environ is None else environ
-    head, _, tail = str(text).partition("/")
-
-    def invalid() -> ValueError:
-        return ValueError(f"--shard {text!r} is not I/N (shard I of N, counted from 0, e.g. 0/4) or env[/N].")
-
-    def number(value: str) -> int:
-        try:
-            return int(value)
-        except ValueError:
-            raise invalid() from None
-
-    count = number(tail) if tail else None
-    if head != "env":
-        if count is None:
-            raise invalid()
-        return check_shard((number(head), count))
-    if "JOB_COMPLETION_INDEX" in environ:
-        index = number(environ["JOB_COMPLETION_INDEX"])
-    elif "SLURM_ARRAY_TASK_ID" in environ:
-        index = number(environ["SLURM_ARRAY_TASK_ID"]) - number(environ.get("SLURM_ARRAY_TASK_MIN", "0"))
-        if count is None and environ.get("SLURM_ARRAY_TASK_COUNT"):
-            count = number(environ["SLURM_ARRAY_TASK_COUNT"])
-    else:
-        raise ValueError(
-            f"--shard {text}: neither JOB_COMPLETION_INDEX (a Kubernetes indexed Job) nor "
-            "SLURM_ARRAY_TASK_ID (a Slurm array) is set; give the shard as I/N."
-        )
-    if count is None:
-        raise ValueError(f"--shard {text}: the number of shards is not known; give it as env/N.")
-    return check_shard((index, count))
-
-
 def function_name(function: Callable | None) -> str | None:
     """A function as ``run.json`` records it (a preprocessing function cannot be compared across runs).
 
@@ -311,105 +133,6 @@ def function_name(function: Callable | None) -> str | None:
     return f"{getattr(function, '__module__', '')}.{getattr(function, '__qualname__', type(function).__name__)}"
 
 
-def _read_json(path: str) -> dict | None:
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-class MergedStore:
-    """The parts of several finished shards of one run, read as one run's (see `merged_store`).
-
-    ``arguments`` are the run's (as ``run.json`` holds them), without the shard.
-    """
-
-    def __init__(self, owners: dict[int, str], arguments: dict):
-        self._owners = owners
-        self.arguments = arguments
-
-    def indices(self) -> list[int]:
-        return sorted(self._owners)
-
-    def read(self, index: int) -> tuple[dict, dict]:
-        store = PartStore(self._owners[index], {})
-        return store.read(index)
-
-
-def _short(value) -> str:
-    """A value for an error message; long ones (weight digests) cut to their start."""
-    text = json.dumps(value, sort_keys=True)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def merged_store(folders: list[str]) -> tuple[MergedStore, dict]:
-    """Join the folders of finished shards into one run's parts; returns the store and the run's ``complete.json``.
-
-    Raises ValueError, naming the folder and the value, unless the folders are
-    the finished shards 0..n-1 of one run: the same arguments but the shard,
-    each shard once, each complete, each batch in exactly one of them.
-    """
-    if not folders:
-        raise ValueError("Name the folders of the shards to merge.")
-    runs = []
-    for folder in folders:
-        arguments = _read_json(os.path.join(folder, RUN_FILE_NAME))
-        complete = _read_json(os.path.join(folder, COMPLETE))
-        if arguments is None:
-            raise ValueError(
-                f"{folder!r} holds no run ({RUN_FILE_NAME} is missing): name the output folder of a sharded run."
-            )
-        if complete is None:
-            raise ValueError(
-                f"The run in {folder!r} has not finished ({COMPLETE} is missing): run its command "
-                "again to complete it, then merge."
-            )
-        runs.append((folder, arguments, complete))
-    first_folder, first, _ = runs[0]
-    same = {k: v for k, v in first.items() if k != "shard"}
-    for folder, arguments, _ in runs[1:]:
-        other = {k: v for k, v in arguments.items() if k != "shard"}
-        if other != same:
-            differing = differing_keys(other, same)
-            values = "; ".join(f"{k}: {_short(other.get(k))} vs {_short(same.get(k))}" for k in differing)
-            raise ValueError(
-                f"{folder!r} and {first_folder!r} are not shards of the same run (differing: "
-                f"{', '.join(differing)}; {values}); merge the shards of one run only."
-            )
-    shards = [tuple(a.get("shard") or (0, 1)) for _, a, _ in runs]
-    counts = {n for _, n in shards}
-    if len(counts) != 1:
-        raise ValueError(f"The shards name different shard counts ({sorted(counts)}); merge the shards of one run.")
-    count = counts.pop()
-    indices = sorted(i for i, _ in shards)
-    if indices != list(range(count)):
-        missing = sorted(set(range(count)) - set(indices))
-        twice = sorted({i for i in indices if indices.count(i) > 1})
-        raise ValueError(
-            f"Merging {count} shards needs each of 0..{count - 1} once: "
-            f"{'missing ' + str(missing) if missing else ''}{' ' if missing and twice else ''}"
-            f"{'given twice ' + str(twice) if twice else ''}."
-        )
-    totals = {c["batches"] for _, _, c in runs}
-    if len(totals) != 1:
-        raise ValueError(
-            f"The shards saw different numbers of batches ({sorted(totals)}): the data changed "
-            "between them; run every shard on the same data."
-        )
-    owners: dict[int, str] = {}
-    for folder, _, _ in runs:
-        for index in _indices(folder):
-            owners[index] = folder
-    total = totals.pop()
-    if sorted(owners) != list(range(total)):
-        raise ValueError(
-            f"The shards hold {len(owners)} of the run's {total} batches; run each shard's command "
-            "again to complete it."
-        )
-    # Shard 0's details: it holds the first batch, and what was measured on it alone (the sanity checks).
-    return MergedStore(owners, same), next(c for (_, _, c), (i, _) in zip(runs, shards, strict=True) if i == 0)
-
-
 def run_parts(
     store: PartStore | MemoryStore,
     batches: Iterable,
@@ -417,8 +140,8 @@ def run_parts(
     key: Callable[[object], str] | None = None,
     skip: Callable[[int], bool] | None = None,
     committed: Callable[[int], None] | None = None,
-) -> int:
-    """Measure every batch not yet committed in ``store`` and commit it; returns how many were measured.
+) -> tuple[int, int]:
+    """Measure every batch not yet committed in ``store`` and commit it; returns how many were measured, of how many.
 
     Parameters
     ----------
@@ -494,45 +217,6 @@ def merged_pass(folders, command: str, model) -> tuple[MergedStore, dict]:
             f"The shards in {folders} ran a model with other weights than `model`; give the model they ran."
         )
     return store, complete
-
-
-def numbered_batches(data, batch_size: int, wanted: Callable[[int], bool], labels=None) -> Iterator[tuple]:
-    """``(first image's index, images, labels)`` of each batch in the data's order; None where not ``wanted``.
-
-    An array-like (an array, a memory map, `data_tools.loader.ImageFiles`) is sliced in ``batch_size``
-    batches, with ``labels`` beside it, and an unwanted batch is not read; an iterable's batches (of images
-    or ``(images, labels)``) are taken as they come, read to be counted also when unwanted. The labels are
-    None where the data has none.
-
-    Examples
-    --------
-    >>> batches = numbered_batches(np.zeros((5, 2)), 2, lambda i: i != 1, labels=[0, 1, 2, 3, 4])
-    >>> [(start, None if x is None else len(x), y) for start, x, y in batches]
-    [(0, 2, [0, 1]), (2, None, None), (4, 1, [4])]
-    """
-    if hasattr(data, "shape") and hasattr(data, "__getitem__"):
-        if labels is not None and len(labels) != len(data):
-            raise ValueError(f"`labels` must give one class per image: {len(labels)} labels for {len(data)} images.")
-        for index, start in enumerate(range(0, len(data), batch_size)):
-            if not wanted(index):
-                yield start, None, None
-                continue
-            y = None if labels is None else np.asarray(labels[start : start + batch_size]).tolist()
-            yield start, np.asarray(data[start : start + batch_size], dtype="float32"), y
-        return
-    start = 0
-    for index, batch in enumerate(data):
-        pair = isinstance(batch, (tuple, list))
-        x = np.asarray(batch[0] if pair else batch, dtype="float32")
-        y = None
-        if pair and len(batch) > 1 and wanted(index):  # labels by head (a dict) stay by head
-            y = (
-                {head: np.asarray(v).tolist() for head, v in batch[1].items()}
-                if isinstance(batch[1], Mapping)
-                else np.asarray(batch[1]).tolist()
-            )
-        yield start, x if wanted(index) else None, y
-        start += len(x)
 
 
 def _batch_key(batch) -> str:

@@ -33,12 +33,13 @@ import keras
 import numpy as np
 from tqdm.auto import tqdm
 
+from bagnet_keras.core.batches import batches, is_array
 from bagnet_keras.core.files import display_images
-from bagnet_keras.core.graph import check_target, iter_layers
-from bagnet_keras.core.inputs import check_images, output_index
+from bagnet_keras.core.graph import check_target, find_layer, iter_layers
+from bagnet_keras.core.inputs import check_image_model, check_images, output_index
 from bagnet_keras.core.layers import StemConv
 from bagnet_keras.core.stream import MemoryStore, PartStore, check_shard, digest, function_name, run_parts
-from bagnet_keras.core.validation import check_positive_int
+from bagnet_keras.core.validation import check_int, check_number, check_positive_int
 from bagnet_keras.explain.evidence import evidence_map
 from bagnet_keras.explain.registry import METHODS, explain, parse_method
 from bagnet_keras.metrics.faithfulness import (
@@ -47,7 +48,7 @@ from bagnet_keras.metrics.faithfulness import (
     logit_fn,
     pointing_game,
     rank_correlation,
-    shuffle_tiles,
+    shuffle_sensitivity,
 )
 from bagnet_keras.metrics.masking import (
     Passes,
@@ -91,54 +92,81 @@ def default_batch_size() -> int:
     return 64 if any(not str(d).lower().startswith("cpu") for d in devices) else 16
 
 
-def _is_array(images) -> bool:
-    """Arrays, memory maps, tensors and lazy arrays such as `data_tools.loader.ImageFiles` (sliced, not iterated)."""
-    return isinstance(images, list) or (hasattr(images, "shape") and hasattr(images, "__getitem__"))
+@dataclass
+class _Settings:
+    """The arguments of one comparison but its models and data, each checked on creation."""
+
+    output: int | str | None = None
+    steps: int = 20
+    cell: int = 8
+    linearity_k: int = 10
+    shuffle_grid: int = 4
+    n_classes: int | None = None
+    progress: bool = True
+    target: str = "logit"
+    deprocess: Callable | None = None
+    patches_per_class: int = 8
+    batch_size: int | None = None
+    output_dir: str | None = None
+    report_images: int = 12
+    preprocess: Callable | None = None
+    shard: tuple[int, int] | None = None
+    jit_compile: bool = False
+    strategy: object = None
+    dtype_policy: str | None = None
+    sanity: int = 0
+    sanity_shift: float = 1.0
+
+    def __post_init__(self):
+        check_target(self.target)
+        self.batch_size = default_batch_size() if self.batch_size is None else self.batch_size
+        for name in ("batch_size", "steps", "cell", "linearity_k", "shuffle_grid", "patches_per_class"):
+            setattr(self, name, check_positive_int(getattr(self, name), name))
+        self.n_classes = check_int(self.n_classes, "n_classes", low=1, allow_none=True)
+        self.report_images = check_int(self.report_images, "report_images", low=0)
+        self.sanity = check_int(self.sanity, "sanity", low=0)
+        self.sanity_shift = check_number(self.sanity_shift, "sanity_shift")
+        self.shard = check_shard(self.shard)
+        if self.shard is not None and self.output_dir is None:
+            raise ValueError("A shard commits its batches for merge_shards to join: give it an output_dir.")
+
+    def wanted(self, index: int) -> bool:
+        """Whether batch ``index`` is this run's (all are, unless it is a shard)."""
+        return self.shard is None or index % self.shard[1] == self.shard[0]
 
 
-def _chunks(images, labels, masks, output, batch_size: int, wanted: Callable[[int], bool]) -> Iterator[tuple]:
-    """``(images, labels, masks)`` of exactly ``batch_size`` images (the last may have fewer), in the data's order.
-
-    ``images`` is an array-like (`_is_array`) with ``labels`` beside it, or an iterable of ``(images, labels)``
-    batches of any size (a tf.data dataset; labels by head when a dict), re-cut to ``batch_size``. Batches
-    that ``wanted(index)`` refuses (another shard's) are None where they need not be read.
-    """
-
-    def slice_of(values, start, stop):
-        return None if values is None else np.asarray(values[start:stop])
-
-    if _is_array(images):
-        if labels is None:
-            raise ValueError("`labels` are needed with an image array (one true class per image).")
-        for index, start in enumerate(range(0, len(images), batch_size)):
-            stop = start + batch_size
-            if not wanted(index):
-                yield None
-                continue
-            yield slice_of(images, start, stop), slice_of(labels, start, stop), slice_of(masks, start, stop)
+def _check_data(images, labels, masks) -> None:
+    """A ValueError where the labels or masks beside an image array do not fit it."""
+    if not is_array(images):
         return
-    xs, ys, held, start = [], [], 0, 0
-    for batch in images:
-        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+    n_images = len(images)
+    if labels is None:
+        raise ValueError("`labels` are needed with an image array (one true class per image).")
+    if len(labels) != n_images:
+        raise ValueError(f"`labels` must have one class per image ({n_images}). Received {len(labels)}.")
+    if masks is not None and tuple(np.shape(masks)) != tuple(np.shape(images)[:3]):
+        raise ValueError(
+            f"`masks` must be (N, H, W) = {tuple(np.shape(images)[:3])}. Received {tuple(np.shape(masks))}."
+        )
+
+
+def _chunks(images, labels, masks, settings: _Settings) -> Iterator[tuple | None]:
+    """``(images, labels, masks)`` of each batch of exactly ``batch_size`` images (`bagnet_keras.core.batches`).
+
+    A dataset's batches are re-cut to ``batch_size``, so that batch numbers (parts, shards) mean the same
+    images as for an array; labels by head give the explained head's. Another shard's batches are None.
+    """
+    for start, x, y in batches(images, settings.batch_size, labels=labels, wanted=settings.wanted, exact=True):
+        if x is None:
+            yield None
+            continue
+        if y is None:
             raise ValueError("A dataset given as `images` must yield (images, labels) batches.")
-        x, y = batch[0], batch[1]
         if isinstance(y, Mapping):
-            if output is None or output not in y:
+            if settings.output is None or settings.output not in y:
                 raise ValueError(f"The dataset's labels are by head {sorted(y)}; pass output=<head name>.")
-            y = y[output]
-        xs.append(np.asarray(x))
-        ys.append(np.asarray(y))
-        held += len(xs[-1])
-        while held >= batch_size:
-            x, y = np.concatenate(xs), np.concatenate(ys)
-            stop = start + batch_size
-            own = y[:batch_size] if labels is None else slice_of(labels, start, stop)
-            yield x[:batch_size], own, slice_of(masks, start, stop)
-            xs, ys, held, start = [x[batch_size:]], [y[batch_size:]], held - batch_size, stop
-    if held:
-        y = np.concatenate(ys)
-        own = y if labels is None else slice_of(labels, start, start + held)
-        yield np.concatenate(xs), own, slice_of(masks, start, start + held)
+            y = y[settings.output]
+        yield x, y, None if masks is None else np.asarray(masks[start : start + len(x)])
 
 
 @dataclass
@@ -162,9 +190,88 @@ class _Setup:
     has_masks: bool
 
 
-def _measure(setup: _Setup, index: int, batch: tuple) -> tuple[dict, dict]:
-    """Every number of one batch of images, and what the report may show of them: a part's arrays and meta."""
-    x, labels, masks = batch
+def _prepare(models, methods, settings: _Settings, has_masks: bool) -> tuple[_Setup, dict]:
+    """The comparison's `_Setup` and the ``run.json`` arguments that identify its rows."""
+    if not isinstance(models, Mapping) or not models:
+        raise ValueError("`models` must map names to Keras models, e.g. {'cnn': cnn, 'bagnet': bagnet}.")
+    for model in models.values():
+        check_image_model(model, channels=None)
+    output = settings.output
+    per_model = _methods(models, methods, output)
+    keys = [(name, method) for name in models for method in per_model[name]]
+    if not keys:
+        raise ValueError("No maps to measure: `methods` names none for any model.")
+    sizes = {name: int(model.outputs[output_index(model, output)].shape[-1]) for name, model in models.items()}
+    weights = {name: digest(*model.get_weights()) for name, model in models.items()}
+    strategy = settings.strategy
+    if settings.dtype_policy is not None:
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            models = {name: with_dtype_policy(model, settings.dtype_policy) for name, model in models.items()}
+    settings.n_classes = settings.n_classes or max(sizes.values())
+    setup = _Setup(
+        models=models,
+        scorers={
+            name: logit_fn(model, output, settings.batch_size, settings.jit_compile, strategy)
+            for name, model in models.items()
+        },
+        keys=keys,
+        output=output,
+        target=settings.target,
+        steps=settings.steps,
+        cell=settings.cell,
+        linearity_k=settings.linearity_k,
+        shuffle_grid=settings.shuffle_grid,
+        batch_size=settings.batch_size,
+        bagnet=next((name for name, model in models.items() if is_bagnet(model, output)), None),
+        deprocess=settings.deprocess,
+        report_images=settings.report_images,
+        patches_per_class=settings.patches_per_class,
+        has_masks=has_masks,
+    )
+    return setup, _run_arguments(settings, weights, per_model, has_masks)
+
+
+def _run_arguments(settings: _Settings, weights: dict, per_model: dict, has_masks: bool) -> dict:
+    """What makes two runs' rows different: a rerun must match all of it to resume."""
+    return {
+        "models": weights,
+        "dtype_policy": settings.dtype_policy,
+        "methods": per_model,
+        "output": settings.output,
+        "steps": settings.steps,
+        "cell": settings.cell,
+        "linearity_k": settings.linearity_k,
+        "shuffle_grid": settings.shuffle_grid,
+        "target": settings.target,
+        "batch_size": settings.batch_size,
+        "n_classes": settings.n_classes,
+        "masks": has_masks,
+        "report_images": settings.report_images,
+        "patches_per_class": settings.patches_per_class,
+        "preprocess": function_name(settings.preprocess),
+        "shard": settings.shard,
+        "jit_compile": bool(settings.jit_compile),
+        "replicas": 1 if settings.strategy is None else settings.strategy.num_replicas_in_sync,
+        "sanity": settings.sanity,
+        "sanity_shift": settings.sanity_shift,
+    }
+
+
+class _Clock:
+    """Seconds spent per part of a batch's measurement, for the report's table of costs."""
+
+    def __init__(self):
+        self.seconds: Counter = Counter()
+
+    @contextlib.contextmanager
+    def __call__(self, part: str):
+        begin = time.perf_counter()
+        yield
+        self.seconds[part] += time.perf_counter() - begin
+
+
+def _checked_batch(setup: _Setup, x, labels, masks) -> tuple:
+    """The batch's images (float32), labels (ints) and masks (bool), or a ValueError naming what does not fit."""
     x = check_images(x, 1, channels=None)
     labels = np.asarray(labels).astype(int).ravel()
     if len(labels) != len(x):
@@ -173,30 +280,15 @@ def _measure(setup: _Setup, index: int, batch: tuple) -> tuple[dict, dict]:
         masks = np.asarray(masks, dtype=bool)
         if masks.shape != x.shape[:3]:
             raise ValueError(f"`masks` must be (N, H, W) = {x.shape[:3]} for these images. Received {masks.shape}.")
+    return x, labels, masks
+
+
+def _measure(setup: _Setup, index: int, batch: tuple) -> tuple[dict, dict]:
+    """Every number of one batch of images, and what the report may show of them: a part's arrays and meta."""
+    x, labels, masks = _checked_batch(setup, *batch)
     start = index * setup.batch_size
-    n = len(x)
-    seconds: Counter = Counter()
-    passes: Counter = Counter()
-
-    @contextlib.contextmanager
-    def timed(part: str):
-        begin = time.perf_counter()
-        yield
-        seconds[part] += time.perf_counter() - begin
-
-    logits, predicted, kept = {}, {}, {}
-    for name, scorer in setup.scorers.items():
-        with timed(f"predict {name}"):
-            logits[name] = np.asarray(scorer(x), dtype="float64")
-        predicted[name] = logits[name].argmax(axis=1)
-        with timed(f"shuffle test {name}"):
-            shuffled = np.stack([shuffle_tiles(image, setup.shuffle_grid, start + i) for i, image in enumerate(x)])
-            before = predicted[name]
-            if shuffled.shape != x.shape:  # the tiles cut the image: compare with the same crop
-                before = np.asarray(scorer(x[:, : shuffled.shape[1], : shuffled.shape[2]])).argmax(axis=1)
-                passes[name] += n
-            kept[name] = before == np.asarray(scorer(shuffled)).argmax(axis=1)
-        passes[name] += 2 * n
+    timed, passes = _Clock(), Counter()
+    logits, predicted, kept = _predictions(setup, x, start, timed, passes)
     maps = {}
     for key in setup.keys:
         with timed(f"maps {key[0]}/{key[1]}"):
@@ -209,31 +301,72 @@ def _measure(setup: _Setup, index: int, batch: tuple) -> tuple[dict, dict]:
                 target=setup.target,
                 batch_size=setup.batch_size,
             )
-
     with timed("masking passes"):
         curves, linearity = _masking(setup, x, labels, maps, logits, passes)
-    arrays: dict = {}
-    rows, model_rows, correlations = [], [], []
-    for i in range(n):
-        image = start + i
-        for name in setup.models:
-            model_rows.append(
-                {
-                    "image": image,
-                    "model": name,
-                    "label": int(labels[i]),
-                    "predicted": int(predicted[name][i]),
-                    "correct": bool(predicted[name][i] == labels[i]),
-                    "shuffle_kept": bool(kept[name][i]),
-                }
-            )
+    arrays = _curve_arrays(setup, curves)
+    rows = _map_rows(setup, start, labels, predicted, curves, linearity, maps, masks)
+    with timed("rank correlations"):
+        correlations = _correlations(setup, start, maps)
+    arrays.update(_shown(setup, x, labels, predicted, maps, start, timed))
+    meta = {
+        "labels": labels.tolist(),
+        "rows": rows,
+        "model_rows": _model_rows(setup, start, labels, predicted, kept),
+        "correlations": correlations,
+        "seconds": dict(timed.seconds),
+        "passes": dict(passes),
+    }
+    return arrays, meta
+
+
+def _predictions(setup: _Setup, x, start: int, timed: _Clock, passes: Counter) -> tuple[dict, dict, dict]:
+    """Each model's logits and top classes, and whether its top class survives shuffling the tiles."""
+    n = len(x)
+    # Tiles that do not cover the image whole leave a crop, which needs its own pass for the top class before.
+    whole = x.shape[1] % setup.shuffle_grid == 0 and x.shape[2] % setup.shuffle_grid == 0
+    logits, predicted, kept = {}, {}, {}
+    for name, scorer in setup.scorers.items():
+        with timed(f"predict {name}"):
+            logits[name] = np.asarray(scorer(x), dtype="float64")
+        predicted[name] = logits[name].argmax(axis=1)
+        with timed(f"shuffle test {name}"):
+            kept[name] = shuffle_sensitivity(scorer, x, setup.shuffle_grid, seed=start, predicted=predicted[name]) == 1
+        passes[name] += (2 if whole else 3) * n
+    return logits, predicted, kept
+
+
+def _model_rows(setup: _Setup, start: int, labels, predicted: dict, kept: dict) -> list[dict]:
+    """One row per image and model: its prediction and the shuffle test."""
+    return [
+        {
+            "image": start + i,
+            "model": name,
+            "label": int(labels[i]),
+            "predicted": int(predicted[name][i]),
+            "correct": bool(predicted[name][i] == labels[i]),
+            "shuffle_kept": bool(kept[name][i]),
+        }
+        for i in range(len(labels))
+        for name in setup.models
+    ]
+
+
+def _curve_arrays(setup: _Setup, curves: dict) -> dict:
+    """The batch's deletion and insertion curves as a part's arrays."""
+    arrays = {}
     for j, (name, method) in enumerate(setup.keys):
         arrays[f"deletion_{j}"] = curves[name, method][name]
         arrays[f"insertion_{j}"] = curves[name, method]["insertion"]
         for m, other in enumerate(setup.models):  # the same cells masked for the other models
             if other != name:
                 arrays[f"deletion_{j}_on_{m}"] = curves[name, method][other]
-    for i in range(n):
+    return arrays
+
+
+def _map_rows(setup: _Setup, start: int, labels, predicted, curves, linearity, maps, masks) -> list[dict]:
+    """One row per image and map: its curves' areas, masking linearity, and the mask's measures where given."""
+    rows = []
+    for i in range(len(labels)):
         for name, method in setup.keys:
             row = {
                 "image": start + i,
@@ -251,16 +384,30 @@ def _measure(setup: _Setup, index: int, batch: tuple) -> tuple[dict, dict]:
                 row["pointing"] = pointing_game(maps[name, method][i], masks[i])
                 row["energy"] = energy_in_mask(maps[name, method][i], masks[i])
             rows.append(row)
-    with timed("rank correlations"):
-        for i in range(n):
-            for a, b in itertools.combinations(setup.keys, 2):
-                rho = rank_correlation(maps[a][i], maps[b][i], setup.cell)
-                correlations.append({"image": start + i, "map_a": "/".join(a), "map_b": "/".join(b), "spearman": rho})
+    return rows
 
+
+def _correlations(setup: _Setup, start: int, maps: dict) -> list[dict]:
+    """The rank correlation of every two maps of each image."""
+    return [
+        {
+            "image": start + i,
+            "map_a": "/".join(a),
+            "map_b": "/".join(b),
+            "spearman": rank_correlation(maps[a][i], maps[b][i], setup.cell),
+        }
+        for i in range(len(next(iter(maps.values()))))
+        for a, b in itertools.combinations(setup.keys, 2)
+    ]
+
+
+def _shown(setup: _Setup, x, labels, predicted: dict, maps: dict, start: int, timed: _Clock) -> dict:
+    """The images the report shows (the first ones and the first misclassified), their maps and BagNet views."""
+    n = len(x)
     wrong = np.any([predicted[name] != labels for name in setup.models], axis=0)
     first = start + np.arange(n) < setup.report_images
     chosen = np.flatnonzero(first | (wrong & (np.cumsum(wrong) <= MISCLASSIFIED_SHOWN)))
-    arrays["shown_index"] = start + chosen
+    arrays = {"shown_index": start + chosen}
     arrays["shown_images"] = (
         display_images(x[chosen], setup.deprocess) if len(chosen) else np.zeros((0, *x.shape[1:3], 3), np.uint8)
     )
@@ -269,15 +416,19 @@ def _measure(setup: _Setup, index: int, batch: tuple) -> tuple[dict, dict]:
     if setup.bagnet is not None:
         with timed(f"report views {setup.bagnet}"):
             arrays.update(_bagnet_views(setup, x, labels, predicted[setup.bagnet], chosen, start))
-    meta = {
-        "labels": labels.tolist(),
-        "rows": rows,
-        "model_rows": model_rows,
-        "correlations": correlations,
-        "seconds": dict(seconds),
-        "passes": dict(passes),
-    }
-    return arrays, meta
+    return arrays
+
+
+@dataclass
+class _Cells:
+    """One batch's masking plan: its images and labels, the cells each map ranks first, and the fills."""
+
+    x: np.ndarray
+    labels: np.ndarray
+    positions: dict
+    steps: int
+    k: int
+    fills: np.ndarray
 
 
 def _masking(setup: _Setup, x, labels, maps, logits, passes: Counter) -> tuple[dict, dict]:
@@ -289,15 +440,26 @@ def _masking(setup: _Setup, x, labels, maps, logits, passes: Counter) -> tuple[d
     n = len(x)
     positions = {key: rank_positions(maps[key], setup.cell) for key in setup.keys}
     n_cells = next(iter(positions.values())).shape[1]
-    s, k = min(setup.steps, n_cells), min(setup.linearity_k, n_cells)
     fills = x.reshape(n, -1, x.shape[-1]).mean(axis=1)
-    deletion = Passes.concat([deletion_passes(positions[key], s) for key in setup.keys])
-    scored = score_passes(setup.scorers, x, deletion, labels, setup.cell, setup.batch_size, fills)
+    cells = _Cells(x, labels, positions, min(setup.steps, n_cells), min(setup.linearity_k, n_cells), fills)
+    curves, deletion_logits = _deletion_curves(setup, cells, logits, passes)
+    linearity = {}
     for name in setup.models:
-        passes[name] += len(deletion)
+        own = [key for key in setup.keys if key[0] == name]
+        if own:
+            linearity.update(_own_curves(setup, cells, name, own, logits, deletion_logits[name], curves, passes))
+    return curves, linearity
+
+
+def _deletion_curves(setup: _Setup, cells: _Cells, logits, passes: Counter) -> tuple[dict, dict]:
+    """Every map's deletion curve on every model, and each model's logits of the deleted copies."""
+    n, s = len(cells.x), cells.steps
+    deletion = Passes.concat([deletion_passes(cells.positions[key], s) for key in setup.keys])
+    scored = score_passes(setup.scorers, cells.x, deletion, cells.labels, setup.cell, setup.batch_size, cells.fills)
     base = {}  # k = 0: the unmasked image's probability, from the batch's own forward pass
     for name in setup.models:
-        logit, lse = class_scores(logits[name], labels)
+        passes[name] += len(deletion)
+        logit, lse = class_scores(logits[name], cells.labels)
         base[name] = np.exp(logit - lse)
     curves: dict = {}
     for j, key in enumerate(setup.keys):
@@ -306,39 +468,37 @@ def _masking(setup: _Setup, x, labels, maps, logits, passes: Counter) -> tuple[d
         for name, (logit, lse) in scored.items():
             probability = np.exp(logit[rows] - lse[rows]).reshape(n, s)
             curves[key][name] = np.concatenate([base[name][:, None], probability], axis=1)
-    linearity = {}
-    for name in setup.models:
-        own = [key for key in setup.keys if key[0] == name]
-        if not own:
-            continue
-        parts = []
-        for key in own:
-            parts += [insertion_passes(positions[key], s), single_cell_passes(positions[key], k)]
-            if k > s:  # masking linearity's joint masking is not on the deletion curve
-                parts.append(Passes(np.arange(n), positions[key] < k))
-        mine = Passes.concat(parts)
-        logit, lse = score_passes({name: setup.scorers[name]}, x, mine, labels, setup.cell, setup.batch_size, fills)[
-            name
-        ]
-        passes[name] += len(mine)
-        unmasked = logits[name][np.arange(n), labels]
-        offset = 0
-        for key in own:
-            j = setup.keys.index(key)
-            rows = slice(offset, offset + n * (s + 1))
-            curves[key]["insertion"] = np.exp(logit[rows] - lse[rows]).reshape(n, -1)
-            offset += n * (s + 1)
-            singles = logit[offset : offset + n * k].reshape(n, k)
-            offset += n * k
-            if k > s:
-                joint = logit[offset : offset + n]
-                offset += n
-            else:
-                joint = scored[name][0][j * n * s : (j + 1) * n * s].reshape(n, s)[:, k - 1]
-            linearity[key] = [
-                (float(np.sum(unmasked[i] - singles[i])), float(unmasked[i] - joint[i])) for i in range(n)
-            ]
-    return curves, linearity
+    return curves, {name: logit for name, (logit, _) in scored.items()}
+
+
+def _own_curves(setup: _Setup, cells: _Cells, name: str, own: list, logits, deleted, curves, passes) -> dict:
+    """Insertion curves (into ``curves``) and masking linearity of the maps ``own`` of model ``name``."""
+    n, s, k = len(cells.x), cells.steps, cells.k
+    parts = []
+    for key in own:
+        parts += [insertion_passes(cells.positions[key], s), single_cell_passes(cells.positions[key], k)]
+        if k > s:  # masking linearity's joint masking is not on the deletion curve
+            parts.append(Passes(np.arange(n), cells.positions[key] < k))
+    mine = Passes.concat(parts)
+    scorer = {name: setup.scorers[name]}
+    logit, lse = score_passes(scorer, cells.x, mine, cells.labels, setup.cell, setup.batch_size, cells.fills)[name]
+    passes[name] += len(mine)
+    unmasked = logits[name][np.arange(n), cells.labels]
+    linearity, offset = {}, 0
+    for key in own:
+        j = setup.keys.index(key)
+        rows = slice(offset, offset + n * (s + 1))
+        curves[key]["insertion"] = np.exp(logit[rows] - lse[rows]).reshape(n, -1)
+        offset += n * (s + 1)
+        singles = logit[offset : offset + n * k].reshape(n, k)
+        offset += n * k
+        if k > s:
+            joint = logit[offset : offset + n]
+            offset += n
+        else:
+            joint = deleted[j * n * s : (j + 1) * n * s].reshape(n, s)[:, k - 1]
+        linearity[key] = [(float(np.sum(unmasked[i] - singles[i])), float(unmasked[i] - joint[i])) for i in range(n)]
+    return linearity
 
 
 def _bagnet_views(setup: _Setup, x, labels, predicted, chosen, start) -> dict:
@@ -497,150 +657,120 @@ def compare(
     >>> len(result.rows), sorted(result.aggregate("cnn", "gradcam", "deletion_area"))
     (5, ['high', 'low', 'mean', 'method', 'metric', 'model', 'n'])
     """
-    check_target(target)
-    if not isinstance(models, Mapping) or not models:
-        raise ValueError("`models` must map names to Keras models, e.g. {'cnn': cnn, 'bagnet': bagnet}.")
-    batch_size = default_batch_size() if batch_size is None else check_positive_int(batch_size, "batch_size")
-    for name, value in (
-        ("steps", steps),
-        ("cell", cell),
-        ("linearity_k", linearity_k),
-        ("shuffle_grid", shuffle_grid),
-        ("patches_per_class", patches_per_class),
-    ):
-        check_positive_int(value, name)
-    for value, name in ((report_images, "report_images"), (sanity, "sanity")):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"`{name}` must be an integer >= 0. Received: {name}={value!r}")
-    if _is_array(images):
-        n_images = len(images)
-        if labels is not None and len(labels) != n_images:
-            raise ValueError(f"`labels` must have one class per image ({n_images}). Received {len(labels)}.")
-        if masks is not None and tuple(np.shape(masks)) != tuple(np.shape(images)[:3]):
-            raise ValueError(
-                f"`masks` must be (N, H, W) = {tuple(np.shape(images)[:3])}. Received {tuple(np.shape(masks))}."
-            )
-    shard = check_shard(shard)
-    if shard is not None and output_dir is None:
-        raise ValueError("A shard commits its batches for merge_shards to join: give it an output_dir.")
-    per_model = _methods(models, methods, output)
-    keys = [(name, method) for name in models for method in per_model[name]]
-    if not keys:
-        raise ValueError("No maps to measure: `methods` names none for any model.")
-    sizes = {name: int(model.outputs[output_index(model, output)].shape[-1]) for name, model in models.items()}
-    weights = {name: digest(*model.get_weights()) for name, model in models.items()}
-    if dtype_policy is not None:
-        with strategy.scope() if strategy is not None else contextlib.nullcontext():
-            models = {name: with_dtype_policy(model, dtype_policy) for name, model in models.items()}
-    n_classes = n_classes or max(sizes.values())
-    setup = _Setup(
-        models=models,
-        scorers={name: logit_fn(model, output, batch_size, jit_compile, strategy) for name, model in models.items()},
-        keys=keys,
+    settings = _Settings(
         output=output,
-        target=target,
         steps=steps,
         cell=cell,
         linearity_k=linearity_k,
         shuffle_grid=shuffle_grid,
-        batch_size=batch_size,
-        bagnet=next((name for name, model in models.items() if is_bagnet(model, output)), None),
+        n_classes=n_classes,
+        progress=progress,
+        target=target,
         deprocess=deprocess,
-        report_images=report_images,
         patches_per_class=patches_per_class,
-        has_masks=masks is not None,
+        batch_size=batch_size,
+        output_dir=output_dir,
+        report_images=report_images,
+        preprocess=preprocess,
+        shard=shard,
+        jit_compile=jit_compile,
+        strategy=strategy,
+        dtype_policy=dtype_policy,
+        sanity=sanity,
+        sanity_shift=sanity_shift,
     )
-    if output_dir is None:
-        store = MemoryStore()
-    else:
-        # What makes two runs' rows different: a rerun must match all of it to resume.
-        arguments = {
-            "models": weights,
-            "dtype_policy": dtype_policy,
-            "methods": per_model,
-            "output": output,
-            "steps": steps,
-            "cell": cell,
-            "linearity_k": linearity_k,
-            "shuffle_grid": shuffle_grid,
-            "target": target,
-            "batch_size": batch_size,
-            "n_classes": n_classes,
-            "masks": masks is not None,
-            "report_images": report_images,
-            "patches_per_class": patches_per_class,
-            "preprocess": function_name(preprocess),
-            "shard": shard,
-            "jit_compile": bool(jit_compile),
-            "replicas": 1 if strategy is None else strategy.num_replicas_in_sync,
-            "sanity": sanity,
-            "sanity_shift": sanity_shift,
-        }
-        store = PartStore(output_dir, arguments, "compare")
-    total = len(images) if _is_array(images) else None
-    bar = tqdm(total=total, desc="compare", unit="image", disable=None if progress else True)
-
-    def measure(index, batch):
-        if preprocess is not None:
-            batch = (np.asarray(preprocess(np.asarray(batch[0], dtype="float32"))), *batch[1:])
-        part = _measure(setup, index, batch)
-        bar.update(len(batch[0]))
-        return part
-
-    with store, bar:
-        committed = store.indices()
-        if committed and progress:
-            bar.write(
-                f"compare: {len(committed)} batches of {batch_size} images were committed in {output_dir} "
-                "by an earlier run; measuring the rest"
-            )
-
-        def wanted(index: int) -> bool:
-            return shard is None or index % shard[1] == shard[0]
-
-        first: list = []  # the first batch, for the sanity checks (read on a resumed run too)
-
-        def chunks():
-            for index, chunk in enumerate(_chunks(images, labels, masks, output, batch_size, wanted)):
-                if index == 0 and chunk is not None and sanity:
-                    first.append(chunk)
-                yield chunk
-
-        _, batches = run_parts(store, chunks(), measure, skip=lambda index: not wanted(index))
-        if batches == 0:
-            raise ValueError("`images` is empty: there is no image to compare.")
-        details = {
-            "keys": keys,
-            "models": list(models),
-            "n_classes": n_classes,
-            "report_images": report_images,
-            "patches_per_class": patches_per_class,
-            "bagnet": setup.bagnet,
-        }
-        earlier = store.finished() or {}
-        if "sanity" in earlier:  # a finished run again (same arguments): its checks stand
-            details["sanity"] = earlier["sanity"]
-        elif first:
-            x0 = np.asarray(first[0][0][:sanity], dtype="float32")
-            if preprocess is not None:
-                x0 = np.asarray(preprocess(x0))
-            details["sanity"] = sanity_checks(
-                models,
-                per_model,
-                x0,
-                np.asarray(first[0][1][:sanity]).astype(int),
-                output=output,
-                target=target,
-                shift=sanity_shift,
-            )
-        store.finish(batches, details)
+    if isinstance(images, list):  # a list of images, not of batches: sliced as an array
+        images = np.asarray(images)
+    _check_data(images, labels, masks)
+    setup, arguments = _prepare(models, methods, settings, masks is not None)
+    store = MemoryStore() if output_dir is None else PartStore(output_dir, arguments, "compare")
+    with store:
+        count, first = _passes(store, setup, settings, _chunks(images, labels, masks, settings), _total(images))
+        details = _details(store, setup, settings, arguments["methods"], first)
+        store.finish(count, details)
         if not store.indices():  # a shard without batches: the others hold the run's images
             return Comparison(summary={"n_images": 0})
-        result = assemble(store, keys, list(models), n_classes, report_images, patches_per_class, setup.bagnet)
+        result = assemble(
+            store,
+            setup.keys,
+            list(setup.models),
+            settings.n_classes,
+            settings.report_images,
+            settings.patches_per_class,
+            setup.bagnet,
+        )
         result.sanity = details.get("sanity", {})
         if output_dir is not None:
             result.save(output_dir)
     return result
+
+
+def _total(images) -> int | None:
+    """The images of the data when it says so without being read (for the progress bar)."""
+    return len(images) if is_array(images) else None
+
+
+def _passes(store, setup: _Setup, settings: _Settings, chunks: Iterator, total: int | None) -> tuple[int, list]:
+    """Measure and commit every batch of this run not committed yet; the batches the data has, and its first.
+
+    The first batch is kept (read on a resumed run too) where the sanity checks need it.
+    """
+    bar = tqdm(total=total, desc="compare", unit="image", disable=None if settings.progress else True)
+    first: list = []
+
+    def measure(index: int, batch: tuple) -> tuple[dict, dict]:
+        if settings.preprocess is not None:
+            batch = (np.asarray(settings.preprocess(np.asarray(batch[0], dtype="float32"))), *batch[1:])
+        part = _measure(setup, index, batch)
+        bar.update(len(batch[0]))
+        return part
+
+    def kept() -> Iterator:
+        for index, chunk in enumerate(chunks):
+            if index == 0 and chunk is not None and settings.sanity:
+                first.append(chunk)
+            yield chunk
+
+    with bar:
+        committed = store.indices()
+        if committed and settings.progress:
+            bar.write(
+                f"compare: {len(committed)} batches of {settings.batch_size} images were committed in "
+                f"{settings.output_dir} by an earlier run; measuring the rest"
+            )
+        _, count = run_parts(store, kept(), measure, skip=lambda index: not settings.wanted(index))
+    if count == 0:
+        raise ValueError("`images` is empty: there is no image to compare.")
+    return count, first
+
+
+def _details(store, setup: _Setup, settings: _Settings, per_model: dict, first: list) -> dict:
+    """What ``complete.json`` records for reading the parts back, with the sanity checks of the first batch."""
+    details = {
+        "keys": setup.keys,
+        "models": list(setup.models),
+        "n_classes": settings.n_classes,
+        "report_images": settings.report_images,
+        "patches_per_class": settings.patches_per_class,
+        "bagnet": setup.bagnet,
+    }
+    earlier = store.finished() or {}
+    if "sanity" in earlier:  # a finished run again (same arguments): its checks stand
+        details["sanity"] = earlier["sanity"]
+    elif first:
+        x0 = np.asarray(first[0][0][: settings.sanity], dtype="float32")
+        if settings.preprocess is not None:
+            x0 = np.asarray(settings.preprocess(x0))
+        details["sanity"] = sanity_checks(
+            setup.models,
+            per_model,
+            x0,
+            np.asarray(first[0][1][: settings.sanity]).astype(int),
+            output=settings.output,
+            target=settings.target,
+            shift=settings.sanity_shift,
+        )
+    return details
 
 
 def _methods(models, methods, output) -> dict[str, list[str]]:
@@ -658,7 +788,10 @@ def _methods(models, methods, output) -> dict[str, list[str]]:
                     f"Unknown method {method!r} for model {name!r}; choose from {', '.join(METHODS)} "
                     "(a CAM method may name its layer: 'gradcam@<layer>')."
                 )
-            if parse_method(method)[0].bagnet_only and not is_bagnet(model, output):
+            row, options = parse_method(method)
+            if row.bagnet_only and not is_bagnet(model, output):
                 raise ValueError(f"Model {name!r} is not a BagNet: it has no {method!r} maps; use a CAM method.")
+            if "layer" in options:
+                find_layer(model, options["layer"])  # a missing layer is refused before anything is written
         chosen[name] = wanted
     return chosen

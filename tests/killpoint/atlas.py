@@ -22,8 +22,9 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
+from bagnet_keras.app.shards import parse_shard  # noqa: E402
 from bagnet_keras.core.commit import write_atomic  # noqa: E402
-from bagnet_keras.core.stream import parse_shard, stream_state  # noqa: E402
+from bagnet_keras.core.stream import stream_state  # noqa: E402
 from bagnet_keras.core.topk import LayerTops, candidates  # noqa: E402
 
 SIZE, K = 6, 4
