@@ -45,7 +45,7 @@ def child(args) -> None:
     import numpy as np
 
     from bagnet_keras.app.demo import small_cnn
-    from bagnet_keras.explain.atlas import _activation_function, _spatial_layers, feature_atlas
+    from bagnet_keras.explain.atlas import activation_function, feature_atlas, spatial_layers
     from bagnet_keras.models.imagenet import preprocess_input
     from data_tools.synthetic import ARRANGEMENT_CLASSES, MOTIF_CLASSES, motif_scene
 
@@ -72,7 +72,7 @@ def child(args) -> None:
     warm = Scenes(args.batch_size + args.images % args.batch_size)
     feature_atlas(model, warm, LAYERS, **options)
     data = Scenes(args.images)
-    forward = _activation_function(model, _spatial_layers(model, LAYERS))
+    forward = activation_function(model, spatial_layers(model, LAYERS))
 
     def plain(images=data):
         for begin in range(0, len(images), args.batch_size):

@@ -212,3 +212,16 @@ def test_a_dataset_with_labels_by_head_resumes(tmp_path):
     other = tf.data.Dataset.from_tensor_slices((x, {**labels, "b": 1 - labels["b"]})).batch(2)
     with pytest.raises(ValueError, match="Batch 0 of the data differs"):
         feature_atlas(model, other, ["c1"], k=3, folder=tmp_path / "run", progress=False)
+
+
+def test_the_passes_trace_once_per_model_and_signature():
+    """The atlas's passes and the unit projections trace once, whatever the batch sizes (issue 28)."""
+    from bagnet_keras.core import graph
+
+    model, x = _nested(), _data()
+    for batch_size in (3, 4):
+        atlas = feature_atlas(model, x, ["c1", "c2_relu"], k=3, batch_size=batch_size, progress=False)
+        atlas.examples(x, "c2_relu", 1, batch_size=batch_size)
+        atlas.examples(x, "c2_relu", 2, batch_size=batch_size)
+    functions = [f for f in graph._COMPILED[model].values() if hasattr(f, "experimental_get_tracing_count")]
+    assert [f.experimental_get_tracing_count() for f in functions] == [1, 1]  # the top-k pass, the projection

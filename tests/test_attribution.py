@@ -233,3 +233,25 @@ def test_deeplift_batches_its_baselines_with_the_images():
     one = DeepLIFT(model, output="a", batch_size=5)(x, [0, 1, 2, 0, 1])
     split = DeepLIFT(model, output="a", batch_size=2)(x, [0, 1, 2, 0, 1])
     np.testing.assert_allclose(one, split, rtol=1e-5, atol=1e-6)
+
+
+def _tracing_counts(model):
+    """How often each traced function cached for ``model`` was traced."""
+    from bagnet_keras.core import graph
+
+    functions = graph._COMPILED.get(model, {}).values()
+    return [f.experimental_get_tracing_count() for f in functions if hasattr(f, "experimental_get_tracing_count")]
+
+
+def test_one_trace_per_model_and_signature():
+    """Batches of every size and repeated calls reuse one trace: the demo's retracing warning (issue 28)."""
+    model, x = _bias_free_relu_net(), _x(5)
+    for _ in range(2):
+        for method, options in [
+            ("saliency", {}),
+            ("integrated_gradients", {"steps": 3}),
+            ("smoothgrad", {"samples": 2}),
+            ("epsilon_lrp", {}),
+        ]:
+            attribution(model, x, [0, 1, 2, 0, 1], method=method, batch_size=2, **options)
+    assert _tracing_counts(model) == [1, 1]  # the plain gradient and epsilon-LRP's

@@ -1,4 +1,11 @@
-"""One registry of explanation methods, one call shape, one target score (issue 14, item 4)."""
+"""One registry of explanation methods, one call shape, one target score (issue 14, item 4); one table of
+methods that everything reads (issue 28)."""
+
+import importlib
+import itertools
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -6,7 +13,7 @@ import pytest
 
 from bagnet_keras import BagNet, build_classifier, compare
 from bagnet_keras.core import graph
-from bagnet_keras.explain import registry
+from bagnet_keras.explain import methods, registry
 from bagnet_keras.explain.registry import METHODS, explain
 
 
@@ -119,3 +126,68 @@ def test_explainer_fixes_model_method_and_target(softmax_model):
     with pytest.raises(ValueError, match="'nope'"):
         bagnet_keras.explainer(model, "nope")
     assert isinstance(bagnet_keras.explain, type(bagnet_keras))  # the subpackage, not hidden by a function
+
+
+def _readme_methods():
+    """The rows of README.md's table of methods, as the cells of each row."""
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md"), encoding="utf-8").read()
+    header = "| method | what it shows | family | takes a layer | BagNet only | implementation |"
+    assert header in readme, "README.md has no table of methods"
+    lines = readme[readme.index(header) :].splitlines()[2:]
+    rows = itertools.takewhile(lambda line: line.startswith("|"), lines)
+    return [[cell.strip().strip("`") for cell in row.strip("|").split("|")] for row in rows]
+
+
+def test_the_readme_table_is_the_table_of_methods():
+    expected = [
+        [m.name, m.description, m.family, "yes" if m.takes_layer else "no", "yes" if m.bagnet_only else "no"]
+        + [m.implementation]
+        for m in methods.METHODS.values()
+    ]
+    assert _readme_methods() == expected
+
+
+def test_every_row_names_its_implementation_and_every_family_how_it_is_called():
+    assert set(registry.FAMILIES) == set(methods.FAMILIES)
+    for row in methods.METHODS.values():
+        implementation = row.load()
+        assert callable(implementation) and implementation.__module__ == row.module, row
+    assert methods.method_names() == list(methods.METHODS) == list(METHODS)
+    assert registry.LAYERED == ("gradcam", "gradcam++", "layercam", "scorecam", "guided_gradcam")
+    # cam() and attribution() take their own family's rows, and name the rest
+    cam_module = importlib.import_module("bagnet_keras.explain.cam")  # the package's `cam` is the function
+    attribution_module = importlib.import_module("bagnet_keras.explain.attribution")
+    assert cam_module.CAM_METHODS["layercam"] is cam_module.LayerCAM
+    assert list(attribution_module.ATTRIBUTIONS) == [row.name for row in methods.methods_of("attribution")]
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(2, 3), keras.layers.Flatten()])
+    with pytest.raises(ValueError, match="method='saliency'"):
+        cam_module.cam(model, np.ones((1, 8, 8, 3)), method="saliency")
+    with pytest.raises(ValueError, match="method='gradcam'"):
+        attribution_module.attribution(model, np.ones((1, 8, 8, 3)), method="gradcam")
+    with pytest.raises(ValueError, match="family='nope'"):
+        methods.Method("x", "y", "nope", "a:b")
+
+
+def test_the_table_and_the_registry_load_no_tensorflow():
+    code = (
+        "import sys; from bagnet_keras.explain.methods import method_names; "
+        "from bagnet_keras.explain.registry import TARGETS, parse_method; parse_method('gradcam@c'); "
+        "print(len(method_names()), [m for m in ('tensorflow', 'keras') if m in sys.modules])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.split() == [str(len(METHODS)), "[]"]
+
+
+def test_a_registered_function_is_a_row_of_the_table():
+    @registry.register("ones_test", "ones everywhere", takes_layer=True)
+    def ones(model, images, class_index, output, target, layer=None):
+        return np.full(np.shape(images)[:3], 1.0 if layer is None else 2.0)
+
+    try:
+        row = METHODS["ones_test"]
+        assert (row.family, row.takes_layer, row.implementation.endswith("ones")) == ("custom", True, True)
+        assert explain(None, _x(), "ones_test@somewhere").max() == 2.0
+        with pytest.raises(ValueError, match="registered already"):
+            registry.register("ones_test", "again")(ones)
+    finally:
+        del METHODS["ones_test"]

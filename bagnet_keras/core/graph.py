@@ -25,6 +25,11 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import keras
+import numpy as np
+
+# TARGETS and check_target live in a light module (the command line offers them); they are this module's too.
+from bagnet_keras.core.targets import TARGETS as TARGETS
+from bagnet_keras.core.targets import check_target
 
 OperationFn = Callable[[keras.layers.Layer], Callable]
 T = TypeVar("T")
@@ -146,6 +151,51 @@ def run_graph(model: keras.Model, inputs, operation_fn: OperationFn | None = Non
     return model._run_through_graph(inputs, operation_fn=fn)
 
 
+def layer_tap(targets, inner: OperationFn | None = None, on_output: Callable | None = None) -> tuple[OperationFn, dict]:
+    """An ``operation_fn`` for `run_graph` that records what ``targets`` output during the pass, and where.
+
+    Parameters
+    ----------
+    targets : sequence of layers
+        The layers whose outputs are kept.
+    inner : operation_fn, optional
+        Computes every layer (a guided ReLU, a modified activation); the tap records what it returns.
+    on_output : callable, optional
+        Called with each recorded output as it is made, e.g. ``tape.watch`` for its gradient.
+
+    Returns
+    -------
+    (operation_fn, taps)
+        ``taps[layer]`` is the layer's output once the pass has run (its last call's, for a shared layer).
+
+    Examples
+    --------
+    >>> import keras, numpy as np
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d"), keras.layers.Dense(1)])
+    >>> operation_fn, taps = layer_tap([model.get_layer("d")])
+    >>> _ = run_graph(model, np.ones((2, 4), "float32"), operation_fn)
+    >>> tuple(taps[model.get_layer("d")].shape)
+    (2, 3)
+    """
+    wanted = list(targets)
+    taps = {}
+
+    def operation_fn(op):
+        computed = inner(op) if inner is not None else op
+        if not any(op is target for target in wanted):
+            return computed
+
+        def call(*args, **kwargs):
+            taps[op] = out = computed(*args, **kwargs)
+            if on_output is not None:
+                on_output(out)
+            return out
+
+        return call
+
+    return operation_fn, taps
+
+
 def iter_layers(model: keras.Model, prefix: str = ""):
     """Yield ``(path, layer)`` for every layer, nested models' layers after the model itself, in graph order.
 
@@ -235,21 +285,7 @@ def last_spatial_layer(model: keras.Model) -> tuple[str, keras.layers.Layer]:
     return found
 
 
-#: What an explanation explains: the class logit (the pre-softmax score, as Grad-CAM's paper defines it) or
-#: the class probability.
-TARGETS = ("logit", "probability")
 _SQUASHING = ("softmax", "sigmoid")
-
-
-def check_target(target) -> str:
-    """Examples
-    --------
-    >>> check_target("logit")
-    'logit'
-    """
-    if target not in TARGETS:
-        raise ValueError(f"`target` must be one of {TARGETS}. Received: target={target!r}")
-    return target
 
 
 def squashing_layer(model: keras.Model, index: int = 0) -> tuple[keras.layers.Layer | None, str | None]:
@@ -351,6 +387,38 @@ def score_function(model: keras.Model, index: int, target: str, jit_compile: boo
     return compiled(model, ("scores", index, target, bool(jit_compile)), build)
 
 
+def traced(model: keras.Model, key: tuple, build: Callable[[Callable[[], keras.Model]], Callable]) -> Callable:
+    """``f(*arrays)``: the function ``build(model_ref)`` returns, as a `tf.function` traced once per signature.
+
+    The signature is each argument's dtype and shape with the first (batch) axis left open; the traced
+    function is `compiled` per model, ``key`` and signature. So every batch size, the last smaller
+    batch included, runs one trace, a second call of an explanation traces nothing, and a scalar
+    argument (a unit's index) is a tensor rather than a constant traced into the graph. Arguments are
+    arrays or tensors with a batch axis, or scalars.
+
+    Examples
+    --------
+    >>> import keras, numpy as np, tensorflow as tf
+    >>> m = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> f = traced(m, ("double",), lambda ref: lambda x, k: k * ref()(x))
+    >>> [tuple(f(np.ones((n, 2), "float32"), np.float32(2)).shape) for n in (4, 3)]
+    [(4, 1), (3, 1)]
+    >>> compiled(m, ("double", (tf.TensorSpec((None, 2)), tf.TensorSpec(()))), None).experimental_get_tracing_count()
+    1
+    """
+    import tensorflow as tf
+
+    def call(*arrays):
+        arrays = tuple(a if hasattr(a, "shape") and hasattr(a, "dtype") else np.asarray(a) for a in arrays)
+        signature = tuple(tf.TensorSpec((None, *a.shape[1:]) if len(a.shape) else (), a.dtype) for a in arrays)
+        function = compiled(
+            model, (*key, signature), lambda model_ref: tf.function(build(model_ref), input_signature=signature)
+        )
+        return function(*arrays)
+
+    return call
+
+
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -375,3 +443,22 @@ def compiled(model: keras.Model, key: tuple, build: Callable[[Callable[[], keras
     if key not in per_model:
         per_model[key] = build(weakref.ref(model))
     return per_model[key]
+
+
+def build_training_state(model: keras.Model, batch) -> None:
+    """Create the optimizer's and the metrics' variables from one batch's shapes, as ``fit`` does first.
+
+    A training loop of one's own (the multi-worker one of
+    `bagnet_keras.transfer.training`) needs them before its first step;
+    Keras does it in the private ``_symbolic_build``, so the call lives here.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> m = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> m.compile(optimizer="sgd", loss="mse")
+    >>> build_training_state(m, (np.zeros((4, 2), "float32"), np.zeros((4, 1), "float32")))
+    >>> m.optimizer.built
+    True
+    """
+    model._symbolic_build(data_batch=batch)

@@ -30,7 +30,7 @@ import keras
 import numpy as np
 
 from bagnet_keras.core.geometry import layer_geometry, position_boxes
-from bagnet_keras.core.graph import compiled, find_layer, run_graph
+from bagnet_keras.core.graph import find_layer, layer_tap, run_graph, traced
 from bagnet_keras.core.inputs import check_images
 from bagnet_keras.core.stream import merged_pass, model_arguments, numbered_batches, stream_state
 from bagnet_keras.core.topk import LayerTops, entries
@@ -38,8 +38,15 @@ from bagnet_keras.core.validation import check_positive_int
 from bagnet_keras.explain.guided import guided_backprop
 
 
-def _spatial_layers(model: keras.Model, layers, spatial: bool = True) -> dict[str, keras.layers.Layer]:
-    """``{path: layer}`` of layers named or pathed in ``model``; with ``spatial``, only 4-D outputs are allowed."""
+def spatial_layers(model: keras.Model, layers, spatial: bool = True) -> dict[str, keras.layers.Layer]:
+    """``{path: layer}`` of layers named or pathed in ``model``; with ``spatial``, only 4-D outputs are allowed.
+
+    Examples
+    --------
+    >>> model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3, name="conv")])
+    >>> list(spatial_layers(model, "conv"))
+    ['conv']
+    """
     if isinstance(layers, str):
         layers = [layers]
     if not layers:
@@ -63,35 +70,29 @@ def _layer_function(
     model: keras.Model, layers: Mapping[str, keras.layers.Layer], key: tuple, reduce: Callable | None = None
 ) -> Callable:
     """``f(x) -> [reduce(activations) of each layer]``, one traced pass through the model (nested models entered)."""
-    import tensorflow as tf
-
     targets = list(layers.values())
 
     def build(model_ref):
-        @tf.function(reduce_retracing=True)
         def forward(x):
-            taps = {}
-
-            def tap(op):
-                if not any(op is t for t in targets):
-                    return op
-
-                def call(*args, **kwargs):
-                    taps[id(op)] = out = op(*args, **kwargs)
-                    return out
-
-                return call
-
+            tap, taps = layer_tap(targets)
             run_graph(model_ref(), x, tap)
-            return [taps[id(t)] if reduce is None else reduce(taps[id(t)]) for t in targets]
+            return [taps[t] if reduce is None else reduce(taps[t]) for t in targets]
 
         return forward
 
-    return compiled(model, (*key, *(id(t) for t in targets)), build)
+    return traced(model, (*key, *(id(t) for t in targets)), build)
 
 
-def _activation_function(model: keras.Model, layers: Mapping[str, keras.layers.Layer]) -> Callable:
-    """``f(x) -> [activations of each layer]``, one pass through the model."""
+def activation_function(model: keras.Model, layers: Mapping[str, keras.layers.Layer]) -> Callable:
+    """``f(x) -> [activations of each layer]``, one pass through the model (``layers``: `spatial_layers`).
+
+    Examples
+    --------
+    >>> model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3, name="conv")])
+    >>> forward = activation_function(model, spatial_layers(model, ["conv"]))
+    >>> [tuple(a.shape) for a in forward(np.zeros((3, 8, 8, 1), "float32"))]
+    [(3, 6, 6, 2)]
+    """
     return _layer_function(model, layers, ("atlas",))
 
 
@@ -114,14 +115,27 @@ def _candidate_function(model: keras.Model, layers: Mapping[str, keras.layers.La
     return _layer_function(model, layers, ("atlas-top", k), reduce)
 
 
-def _batches(data, batch_size: int, preprocess: Callable | None) -> Iterable[np.ndarray]:
-    """Images (B, H, W, C) in the data's order (`numbered_batches`), preprocessed."""
+def image_batches(data, batch_size: int, preprocess: Callable | None = None) -> Iterable[np.ndarray]:
+    """Images (B, H, W, C) in the data's order, preprocessed: `numbered_batches`, the one batching path.
+
+    Examples
+    --------
+    >>> [len(x) for x in image_batches(np.zeros((5, 2, 2, 1)), 2, preprocess=lambda x: x + 1)]
+    [2, 2, 1]
+    """
     for _, x, _ in numbered_batches(data, batch_size, lambda index: True):
         yield np.asarray(preprocess(x), dtype="float32") if preprocess is not None else x
 
 
-def _geometry(model: keras.Model, path: str):
-    """The layer's receptive field, or None where a layer on the way is not understood."""
+def geometry_or_none(model: keras.Model, path: str):
+    """The layer's receptive field, or None where a layer on the way is not understood.
+
+    Examples
+    --------
+    >>> model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3, name="conv")])
+    >>> geometry_or_none(model, "conv")
+    Geometry(patch_size=3, stride=1, offset=0)
+    """
     try:
         return layer_geometry(model, path)
     except ValueError:
@@ -231,7 +245,7 @@ class FeatureAtlas:
             self._model, x, mode=mode, layer=layer, unit=int(unit), position=position, batch_size=batch_size
         )
         boxes = self.boxes(layer, unit)[: len(hits)]
-        return _crops(x, boxes), _crops(projection, boxes)
+        return crop_boxes(x, boxes), crop_boxes(projection, boxes)
 
 
 def gather(data, indices: Sequence[int], batch_size: int = 32, preprocess: Callable | None = None) -> dict:
@@ -265,7 +279,7 @@ def gather(data, indices: Sequence[int], batch_size: int = 32, preprocess: Calla
             found.update(zip(chosen, x, strict=True))
         return found
     found, start = {}, 0
-    for x in _batches(data, batch_size, preprocess):
+    for x in image_batches(data, batch_size, preprocess):
         for i in set(wanted).intersection(range(start, start + len(x))):
             found[i] = x[i - start]
         start += len(x)
@@ -277,8 +291,14 @@ def gather(data, indices: Sequence[int], batch_size: int = 32, preprocess: Calla
     return found
 
 
-def _crops(images: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """Each image's box, zero-padded where it passes the image's edge."""
+def crop_boxes(images: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Each image's box (``top, left, bottom, right``, all of one size), zero-padded where it passes the image's edge.
+
+    Examples
+    --------
+    >>> crop_boxes(np.ones((1, 4, 4, 1)), np.array([[-1, 2, 2, 5]]))[0, ..., 0].tolist()
+    [[0.0, 0.0, 0.0], [1.0, 1.0, 0.0], [1.0, 1.0, 0.0]]
+    """
     n, h, w, c = images.shape
     size = int(boxes[0, 2] - boxes[0, 0]) if len(boxes) else 0
     out = np.zeros((n, size, size, c), dtype=images.dtype)
@@ -315,7 +335,7 @@ def _atlas_of(state: LayerTops, model: keras.Model, layers: Mapping, wanted: dic
         best, grid = state.best[path], state.grids.get(path, (1, 1))  # no grid in a shard without batches
         atlas.units[path], atlas.values[path] = picked, best.values[picked]
         atlas.image_index[path], atlas.row[path], atlas.column[path] = best.positions(grid, picked)
-        atlas.geometry[path] = _geometry(model, path)
+        atlas.geometry[path] = geometry_or_none(model, path)
     return atlas
 
 
@@ -377,7 +397,7 @@ def feature_atlas(
     >>> atlas.values["c2"].shape, atlas.geometry["c2"]
     ((2, 4), Geometry(patch_size=5, stride=1, offset=0))
     """
-    chosen = _spatial_layers(model, layers)
+    chosen = spatial_layers(model, layers)
     if isinstance(units, Mapping):
         units = {find_layer(model, name)[0]: value for name, value in units.items()}
     k = check_positive_int(k, "k")
@@ -439,7 +459,7 @@ def merge_atlas(
     """
     store, _ = merged_pass(folders, "atlas", model)
     arguments = store.arguments
-    chosen = _spatial_layers(model, arguments["layers"])
+    chosen = spatial_layers(model, arguments["layers"])
     if isinstance(units, Mapping):
         units = {find_layer(model, name)[0]: value for name, value in units.items()}
     channels = {path: int(layer.output.shape[-1]) for path, layer in chosen.items()}

@@ -28,7 +28,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from bagnet_keras.core.graph import check_target, compiled, iter_layers, squashing_layer, target_scores
+from bagnet_keras.core.graph import check_target, iter_layers, squashing_layer, target_scores, traced
 from bagnet_keras.core.inputs import (
     check_images,
     classes_or_predicted,
@@ -38,8 +38,9 @@ from bagnet_keras.core.inputs import (
     top_class_scores,
 )
 from bagnet_keras.core.layers import StemConv
-from bagnet_keras.core.validation import check_positive_int
+from bagnet_keras.core.validation import check_number, check_positive_int
 from bagnet_keras.explain.backward import ACTIVATION_LAYERS, activation_of, replace_activations
+from bagnet_keras.explain.methods import get_method, methods_of
 
 #: Layers that are linear (affine) in their input at inference, for epsilon-LRP and DeepLIFT. Max pooling
 #: passes the gradient of the largest input, as both methods' authors do (their sums are then approximate).
@@ -199,7 +200,6 @@ class BaseAttribution:
         def build(model_ref):
             operation = None if rule is None else replace_activations(_elementwise, _ratio_rule(rule, epsilon))
 
-            @tf.function(reduce_retracing=True)
             def step(x, classes, reference):
                 with tf.GradientTape() as tape:
                     tape.watch(x)
@@ -210,7 +210,7 @@ class BaseAttribution:
 
             return step
 
-        return compiled(self.model, ("attribution", rule, epsilon, index, target), build)
+        return traced(self.model, ("attribution", rule, epsilon, index, target), build)
 
     def gradients(self, x: np.ndarray, classes: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
         """The (modified) gradient of the ``classes`` scores at ``x``, (N, H, W, C), in batches.
@@ -331,9 +331,7 @@ class EpsilonLRP(BaseAttribution):
     name = "epsilon_lrp"
 
     def __init__(self, model, epsilon: float = 1e-4, **kwargs):
-        if not isinstance(epsilon, (int, float)) or isinstance(epsilon, bool) or not epsilon > 0:
-            raise ValueError(f"`epsilon` must be a number > 0. Received: epsilon={epsilon!r}")
-        self.epsilon = float(epsilon)
+        self.epsilon = check_number(epsilon, "epsilon", low=0, low_open=True)
         super().__init__(model, **kwargs)
 
     def attributions(self, x, classes):
@@ -355,22 +353,12 @@ class DeepLIFT(BaseAttribution):
         return (x - reference) * self.gradients(x, classes, reference)
 
 
-#: The methods of `attribution`, by name; SmoothGrad's ``base`` is any of them or ``"gradient"``.
-ATTRIBUTIONS = {
-    "saliency": Saliency,
-    "gradient_x_input": GradientXInput,
-    "integrated_gradients": IntegratedGradients,
-    "epsilon_lrp": EpsilonLRP,
-    "deeplift": DeepLIFT,
-}
-
-
 class SmoothGrad(BaseAttribution):
     """A base method's attributions averaged over ``samples`` copies with Gaussian noise (Smilkov et al. 2017).
 
     ``noise`` is the noise's standard deviation as a fraction of each image's
-    value range (max - min); ``base`` any name of `ATTRIBUTIONS` or
-    ``"gradient"`` (the default: the plain gradient, summed over the
+    value range (max - min); ``base`` any method of the ``"attribution"`` family of
+    `bagnet_keras.explain.methods.METHODS` or ``"gradient"`` (the default: the plain gradient, summed over the
     channels); ``base_options`` go to it (``steps=`` for integrated gradients).
     """
 
@@ -386,15 +374,13 @@ class SmoothGrad(BaseAttribution):
         base_options: dict | None = None,
         **kwargs,
     ):
-        if not isinstance(noise, (int, float)) or isinstance(noise, bool) or not noise >= 0:
-            raise ValueError(
-                f"`noise` must be a number >= 0 (a fraction of the value range). Received: noise={noise!r}"
-            )
-        if base != "gradient" and base not in ATTRIBUTIONS:
-            raise ValueError(f"`base` must be 'gradient' or one of {list(ATTRIBUTIONS)}. Received: base={base!r}")
+        noise = check_number(noise, "noise", low=0)  # a fraction of each image's value range
+        names = [row.name for row in methods_of("attribution")]
+        if base != "gradient" and base not in names:
+            raise ValueError(f"`base` must be 'gradient' or one of {names}. Received: base={base!r}")
         super().__init__(model, **kwargs)
         self.noise, self.samples, self.seed = float(noise), check_positive_int(samples, "samples"), seed
-        base_class = BaseAttribution if base == "gradient" else ATTRIBUTIONS[base]
+        base_class = BaseAttribution if base == "gradient" else get_method(base).load()
         self.base = base_class(model, **(base_options or {}), **kwargs)
         self.signed = self.base.signed
         self.name = f"smoothgrad of {self.base.name}"
@@ -411,9 +397,6 @@ class SmoothGrad(BaseAttribution):
 
     def reduce(self, attributions):
         return self.base.reduce(attributions)
-
-
-ATTRIBUTIONS["smoothgrad"] = SmoothGrad
 
 
 def attribution(
@@ -437,6 +420,7 @@ def attribution(
     class_index : int, sequence of N ints, or None
         The class to explain per image; None: the top prediction.
     method : str
+        A method of the ``"attribution"`` family of `bagnet_keras.explain.methods.METHODS`:
         ``"saliency"`` (the largest absolute gradient over the channels),
         ``"gradient_x_input"``, ``"integrated_gradients"``, ``"smoothgrad"``,
         ``"epsilon_lrp"`` or ``"deeplift"`` (signed, summed over the channels).
@@ -466,7 +450,13 @@ def attribution(
     >>> bool(np.allclose(ig.sum(axis=(1, 2)), logits, rtol=1e-2, atol=1e-4))
     True
     """
-    if method not in ATTRIBUTIONS:
-        raise ValueError(f"`method` must be one of {list(ATTRIBUTIONS)}. Received: method={method!r}")
-    explainer = ATTRIBUTIONS[method](model, output=output, batch_size=batch_size, target=target, **options)
+    explainer_class = get_method(method, family="attribution").load()
+    explainer = explainer_class(model, output=output, batch_size=batch_size, target=target, **options)
     return explainer(images, class_index)
+
+
+def __getattr__(name: str):
+    # ATTRIBUTIONS (name -> class) was a table of its own; it is read from the one table now.
+    if name == "ATTRIBUTIONS":
+        return {row.name: row.load() for row in methods_of("attribution")}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

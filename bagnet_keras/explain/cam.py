@@ -26,12 +26,13 @@ from tqdm.auto import tqdm
 from bagnet_keras.core.geometry import Geometry, layer_geometry, upsample
 from bagnet_keras.core.graph import (
     check_target,
-    compiled,
     find_layer,
     last_spatial_layer,
+    layer_tap,
     producing_layer,
     score_function,
     target_scores,
+    traced,
 )
 from bagnet_keras.core.inputs import (
     check_images,
@@ -41,7 +42,9 @@ from bagnet_keras.core.inputs import (
     output_index,
     top_class_scores,
 )
+from bagnet_keras.core.scaling import minmax_scale
 from bagnet_keras.core.validation import check_positive_int
+from bagnet_keras.explain.methods import get_method, methods_of
 
 
 def _resolve_layer(model: keras.Model, layer: str | None) -> tuple[str, keras.layers.Layer]:
@@ -121,32 +124,19 @@ class BaseCAM:
         except ValueError:
             self.geometry = None
         key = ("cam", id(self.layer), self.output, self.uses_gradients, self.target)
-        self._step = compiled(model, key, self._build_step)
+        self._step = traced(model, key, self._build_step)
 
     def _build_step(self, model_ref):
         import tensorflow as tf
 
         layer, index, uses_gradients, target = self.layer, self.output, self.uses_gradients, self.target
 
-        @tf.function(reduce_retracing=True)
         def step(x, classes):
-            taps = {}
-
-            def tap(op):
-                if op is not layer:
-                    return op
-
-                def call(*args, **kwargs):
-                    taps["activations"] = out = op(*args, **kwargs)
-                    tape.watch(out)
-                    return out
-
-                return call
-
             with tf.GradientTape() as tape:
+                tap, taps = layer_tap([layer], on_output=tape.watch)
                 scores = target_scores(model_ref(), x, index, target, tap)
                 classes, score = top_class_scores(scores, classes)
-            activations = taps["activations"]
+            activations = taps[layer]
             grads = tape.gradient(score, activations) if uses_gradients else tf.zeros_like(activations)
             if grads is None:
                 grads = tf.zeros_like(activations)
@@ -182,9 +172,7 @@ class BaseCAM:
         maps, self.class_index_ = in_batches(batch_maps, self.batch_size, x, wanted)
         cams = upsample(maps, x.shape[1:3], self.geometry)
         if self.normalize:
-            low = cams.min(axis=(1, 2), keepdims=True)
-            span = cams.max(axis=(1, 2), keepdims=True) - low
-            cams = np.where(span > 0, (cams - low) / np.where(span > 0, span, 1), 0)
+            cams = minmax_scale(cams)
         return cams.astype("float32")
 
 
@@ -238,9 +226,7 @@ class ScoreCAM(BaseCAM):
 
     def channel_weights(self, x, activations, grads, classes):
         n, h, w, c = activations.shape
-        low = activations.min(axis=(1, 2), keepdims=True)
-        span = activations.max(axis=(1, 2), keepdims=True) - low
-        scaled = np.where(span > 0, (activations - low) / np.where(span > 0, span, 1), 0)
+        scaled = minmax_scale(activations)
         weights = np.empty((n, 1, 1, c), dtype="float32")
         for i in tqdm(range(n), desc="Score-CAM", unit="image", disable=None if self.progress else True):
             masks = upsample(scaled[i : i + 1], x.shape[1:3], self.geometry)[0]  # (H, W, C)
@@ -283,9 +269,6 @@ def layer_gradients(
     return in_batches(step, explainer.batch_size, x, wanted)
 
 
-CAM_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "scorecam": ScoreCAM, "layercam": LayerCAM}
-
-
 def cam(
     model: keras.Model,
     images,
@@ -307,7 +290,9 @@ def cam(
         Preprocessed as the model expects.
     class_index : int, sequence of N ints, or None
         The class to explain per image; None: the top prediction.
-    method : {"gradcam", "gradcam++", "scorecam", "layercam"}
+    method : str
+        A method of the ``"cam"`` family of `bagnet_keras.explain.methods.METHODS`: ``"gradcam"``,
+        ``"gradcam++"``, ``"scorecam"`` or ``"layercam"``.
     layer : str, optional
         Target layer name (searched in nested models too); default the last
         layer with a 4-D output.
@@ -332,9 +317,15 @@ def cam(
     >>> cam(model, np.ones((2, 16, 16, 3)), method="layercam", layer="conv").shape
     (2, 16, 16)
     """
-    if method not in CAM_METHODS:
-        raise ValueError(f"`method` must be one of {sorted(CAM_METHODS)}. Received: method={method!r}")
-    explainer = CAM_METHODS[method](
+    explainer_class = get_method(method, family="cam").load()
+    explainer = explainer_class(
         model, layer=layer, output=output, batch_size=batch_size, normalize=normalize, target=target
     )
     return explainer(images, class_index)
+
+
+def __getattr__(name: str):
+    # CAM_METHODS (name -> class) was a table of its own; it is read from the one table now.
+    if name == "CAM_METHODS":
+        return {row.name: row.load() for row in methods_of("cam")}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

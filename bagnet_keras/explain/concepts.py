@@ -26,7 +26,7 @@ from bagnet_keras.core.inputs import check_images
 from bagnet_keras.core.stream import merged_pass, model_arguments, stream_state
 from bagnet_keras.core.topk import TopK, entries
 from bagnet_keras.core.validation import check_positive_int
-from bagnet_keras.explain.atlas import gather
+from bagnet_keras.explain.atlas import crop_boxes, gather
 from bagnet_keras.explain.evidence import _evidence_for
 
 
@@ -82,10 +82,8 @@ class ClassConcepts:
         self, data, examples: Sequence[tuple], preprocess: Callable | None = None, batch_size: int = 32
     ) -> np.ndarray:
         """The input pixels of the patches of ``examples`` (reads ``data`` again up to the last image needed)."""
-        from bagnet_keras.explain.atlas import _crops
-
         images = gather(data, sorted({e[0] for e in examples}), batch_size, preprocess)
-        return _crops(np.stack([images[e[0]] for e in examples]), self.boxes(examples))
+        return crop_boxes(np.stack([images[e[0]] for e in examples]), self.boxes(examples))
 
 
 def class_concepts(

@@ -26,7 +26,7 @@ from bagnet_keras.core.inputs import check_images, n_classes_of, output_index
 from bagnet_keras.core.stream import digest, merged_pass, model_arguments, stream_state
 from bagnet_keras.core.topk import TopK, entries
 from bagnet_keras.core.validation import check_positive_int
-from bagnet_keras.explain.atlas import _activation_function, _batches, _geometry, _spatial_layers
+from bagnet_keras.explain.atlas import activation_function, geometry_or_none, image_batches, spatial_layers
 from bagnet_keras.explain.cam import layer_gradients
 
 
@@ -76,7 +76,7 @@ class LayerGroups:
 
     def maps(self, images, batch_size: int = 32) -> np.ndarray:
         """(N, h, w, n) the groups' spatial maps on ``images`` (preprocessed as the model expects)."""
-        forward = _activation_function(self._model, _spatial_layers(self._model, [self.layer]))
+        forward = activation_function(self._model, spatial_layers(self._model, [self.layer]))
         x = check_images(images)
         return np.concatenate(
             [self.transform(np.asarray(forward(x[i : i + batch_size])[0])) for i in range(0, len(x), batch_size)]
@@ -173,10 +173,8 @@ def factorize(
     >>> groups.components.shape, groups.attribution(x[:2]).shape
     ((3, 8), (2, 2, 3))
     """
-    from sklearn.decomposition import NMF
-
-    ((path, target),) = _spatial_layers(model, [layer]).items()
-    channels = int(target.output.shape[-1])
+    ((path, found),) = spatial_layers(model, [layer]).items()
+    channels = int(found.output.shape[-1])
     if isinstance(n_groups, bool) or not isinstance(n_groups, (int, np.integer)) or not 1 <= n_groups <= channels:
         raise ValueError(
             f"`n_groups` must be 1..{channels} (the channels of {path!r}). Received: n_groups={n_groups!r}"
@@ -184,36 +182,9 @@ def factorize(
     k = check_positive_int(k, "k")
     sample_images = check_positive_int(sample_images, "sample_images")
     batch_size = check_positive_int(batch_size, "batch_size")
-    forward = _activation_function(model, {path: target})
-    sample, seen = [], 0
-    for x in _batches(data, batch_size, preprocess):
-        acts = np.asarray(forward(check_images(x))[0])
-        sample.append(acts[: sample_images - seen].reshape(-1, channels))
-        seen += len(sample[-1]) // (acts.shape[1] * acts.shape[2])
-        if seen >= sample_images:
-            break
-    if not sample:
-        raise ValueError("The data holds no image: the factorisation needs at least one.")
-    sample = np.concatenate(sample).astype("float64")
-    if sample.min() < 0:
-        raise ValueError(
-            f"Layer {path!r} has negative activations (down to {sample.min():.3g}); NMF needs a "
-            "non-negative layer: choose one after a ReLU."
-        )
-    nmf = NMF(n_components=int(n_groups), init="nndsvda", random_state=seed, max_iter=500)
-    nmf.fit(sample)
-    groups = LayerGroups(
-        layer=path,
-        components=nmf.components_,
-        values=np.empty(0),
-        image_index=np.empty(0),
-        row=np.empty(0),
-        column=np.empty(0),
-        geometry=_geometry(model, path),
-        n_images=0,
-        max_iter=nmf.max_iter,
-        _model=model,
-    )
+    forward = activation_function(model, {path: found})
+    sample = _activation_sample(forward, image_batches(data, batch_size, preprocess), sample_images)
+    groups = _fitted_groups(model, path, sample, int(n_groups), seed)
     state = _GroupTops(groups, k, forward)
     # The components are part of what a rerun or another shard must match: each fits them on the same sample.
     arguments = (
@@ -237,6 +208,51 @@ def factorize(
         details={"components": groups.components.tolist(), "max_iter": groups.max_iter},
     )
     return state.result()
+
+
+def _activation_sample(forward: Callable, batches, sample_images: int) -> np.ndarray:
+    """The layer's activations (positions x channels, float64) at every position of the first images."""
+    sample, seen = [], 0
+    for x in batches:
+        acts = np.asarray(forward(check_images(x))[0])
+        sample.append(acts[: sample_images - seen].reshape(-1, acts.shape[-1]))
+        seen += len(sample[-1]) // (acts.shape[1] * acts.shape[2])
+        if seen >= sample_images:
+            break
+    if not sample:
+        raise ValueError("The data holds no image: the factorisation needs at least one.")
+    return np.concatenate(sample).astype("float64")
+
+
+def _fitted_groups(model: keras.Model, path: str, sample: np.ndarray, n_groups: int, seed: int) -> LayerGroups:
+    """The groups NMF fits to the activations ``sample`` (their top positions still to find)."""
+    from sklearn.decomposition import NMF
+
+    if sample.min() < 0:
+        raise ValueError(
+            f"Layer {path!r} has negative activations (down to {sample.min():.3g}); NMF needs a "
+            "non-negative layer: choose one after a ReLU."
+        )
+    nmf = NMF(n_components=n_groups, init="nndsvda", random_state=seed, max_iter=500)
+    nmf.fit(sample)
+    return _groups_of(model, path, nmf.components_, nmf.max_iter)
+
+
+def _groups_of(model: keras.Model, path: str, components: np.ndarray, max_iter: int) -> LayerGroups:
+    """`LayerGroups` of ``components``, before the pass over the data fills in their top positions."""
+    empty = np.empty(0)
+    return LayerGroups(
+        layer=path,
+        components=components,
+        values=empty,
+        image_index=empty,
+        row=empty,
+        column=empty,
+        geometry=geometry_or_none(model, path),
+        n_images=0,
+        max_iter=max_iter,
+        _model=model,
+    )
 
 
 class _GroupTops:
@@ -286,18 +302,7 @@ def merge_groups(model: keras.Model, folders: Sequence[str | os.PathLike]) -> La
     store, complete = merged_pass(folders, "factorize", model)
     arguments = store.arguments
     path = arguments["layer"]
-    groups = LayerGroups(
-        layer=path,
-        components=np.asarray(complete["components"], "float64"),
-        values=np.empty(0),
-        image_index=np.empty(0),
-        row=np.empty(0),
-        column=np.empty(0),
-        geometry=_geometry(model, path),
-        n_images=0,
-        max_iter=complete["max_iter"],
-        _model=model,
-    )
+    groups = _groups_of(model, path, np.asarray(complete["components"], "float64"), complete["max_iter"])
     state = _GroupTops(groups, arguments["k"])
     for index in store.indices():
         state.absorb(*store.read(index))

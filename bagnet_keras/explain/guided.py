@@ -16,7 +16,7 @@ import warnings
 import keras
 import numpy as np
 
-from bagnet_keras.core.graph import check_target, compiled, find_layer, iter_layers, target_scores
+from bagnet_keras.core.graph import check_target, find_layer, iter_layers, layer_tap, target_scores, traced
 from bagnet_keras.core.inputs import (
     check_images,
     classes_or_top,
@@ -25,7 +25,7 @@ from bagnet_keras.core.inputs import (
     output_index,
     top_class_scores,
 )
-from bagnet_keras.core.validation import check_positive_int
+from bagnet_keras.core.validation import check_int, check_positive_int
 from bagnet_keras.explain.backward import replace_activations
 from bagnet_keras.explain.cam import GradCAM
 
@@ -103,88 +103,105 @@ def guided_backprop(
     >>> guided_backprop(model, np.ones((1, 8, 8, 3)), class_index=0).shape
     (1, 8, 8, 3)
     """
-    import tensorflow as tf
-
     if mode not in _MODES:
         raise ValueError(f"`mode` must be one of {_MODES}. Received: mode={mode!r}")
     x = check_images(images)
     batch_size = check_positive_int(batch_size, "batch_size")
-    # A unit's activation does not depend on the head: any output runs the graph through its layer.
-    index = 0 if layer is not None and output is None else output_index(model, output)
-    score_target = check_target(target)
-    target = None
-    if layer is not None or unit is not None:
-        if layer is None or unit is None:
-            raise ValueError(
-                f"Pass both `layer` and `unit` to visualise a unit. Received: layer={layer!r}, unit={unit!r}"
-            )
-        _, target = find_layer(model, layer)
-        channels = target.output.shape[-1]
-        if isinstance(unit, bool) or not isinstance(unit, int) or not 0 <= unit < channels:
-            raise ValueError(
-                f"`unit` must be a channel index in [0, {channels}) of layer {layer!r}. Received: unit={unit!r}"
-            )
-        classes = np.zeros(len(x), dtype="int32")
-    else:
-        classes = classes_or_top(class_index, len(x), n_classes_of(model, index))
-    flat = np.full(len(x), -1, dtype="int32")  # the activation to project, per image; -1: the strongest
-    if position is not None:
-        if target is None:
+    score = check_target(target)
+    if layer is None and unit is None:
+        if position is not None:
             raise ValueError("`position` picks an activation of a unit: pass `layer` and `unit` with it.")
-        position = np.asarray(position)
-        height, width = target.output.shape[1:3]
-        if position.shape != (len(x), 2) or not (
-            (position >= 0).all() and (position[:, 0] < height).all() and (position[:, 1] < width).all()
-        ):
-            raise ValueError(
-                f"`position` must be (N, 2) = ({len(x)}, 2) rows and columns on the {height}x{width} "
-                f"grid of layer {layer!r}. Received shape {position.shape}."
-            )
-        flat = (position[:, 0] * width + position[:, 1]).astype("int32")
-
-    def build(model_ref):
-        relu = _modified_relu(mode)
-        operation_fn = replace_activations(_is_plain_relu, lambda f: relu)
-
-        @tf.function(reduce_retracing=True)
-        def step(batch, classes, flat, channel_index):
-            taps = {}
-
-            def fn(op):
-                computed = operation_fn(op)
-                if op is not target:
-                    return computed
-
-                def call(*args, **kwargs):
-                    taps["unit"] = out = computed(*args, **kwargs)
-                    return out
-
-                return call
-
-            with tf.GradientTape() as tape:
-                tape.watch(batch)
-                scores = target_scores(model_ref(), batch, index, score_target, fn)
-                if target is None:
-                    _, score = top_class_scores(scores, classes)
-                else:
-                    channel = tf.gather(taps["unit"], channel_index, axis=-1)
-                    channel = tf.reshape(channel, (tf.shape(batch)[0], -1))
-                    picked = tf.gather(channel, tf.maximum(flat, 0), axis=1, batch_dims=1)
-                    score = tf.where(flat >= 0, picked, tf.reduce_max(channel, axis=1))
-            return tape.gradient(score, batch)
-
-        return step
-
-    # The unit is an argument of the traced step, not part of it: one trace serves every unit of the layer.
-    step = compiled(model, ("guided", mode, id(target), index, score_target), build)
-    channel_index = np.asarray(unit if unit is not None else 0, dtype="int32")  # a tensor argument, not a constant
-    grads = in_batches(lambda *arrays: step(*arrays, channel_index), batch_size, x, classes, flat)
-    if not any(_is_plain_relu(layer) for _, layer in iter_layers(model)):
+        grads = _class_gradients(model, x, class_index, mode, output_index(model, output), score, batch_size)
+    else:
+        # A unit's activation does not depend on the head: any output runs the graph through its layer.
+        index = 0 if output is None else output_index(model, output)
+        grads = _unit_gradients(model, x, mode, layer, unit, position, index, score, batch_size)
+    if not any(_is_plain_relu(found) for _, found in iter_layers(model)):
         warnings.warn(
             f"Model {model.name!r} has no plain ReLU: guided backpropagation is the ordinary gradient here.",
             stacklevel=2,
         )
     return grads
+
+
+def _class_gradients(model, x, class_index, mode: str, index: int, score: str, batch_size: int) -> np.ndarray:
+    """The modified gradient of each image's class score (``class_index``, or the top class where None)."""
+    import tensorflow as tf
+
+    classes = classes_or_top(class_index, len(x), n_classes_of(model, index))
+
+    def build(model_ref):
+        operation_fn = _modified_relus(mode)
+
+        def step(batch, wanted):
+            with tf.GradientTape() as tape:
+                tape.watch(batch)
+                _, class_score = top_class_scores(target_scores(model_ref(), batch, index, score, operation_fn), wanted)
+            return tape.gradient(class_score, batch)
+
+        return step
+
+    step = traced(model, ("guided", mode, index, score), build)
+    return in_batches(step, batch_size, x, classes)
+
+
+def _unit_gradients(
+    model, x, mode: str, layer: str, unit: int, position, index: int, score: str, batch_size: int
+) -> np.ndarray:
+    """The modified gradient of one activation of channel ``unit`` of ``layer`` per image.
+
+    The activation is the one at ``position`` (rows, columns on the layer's grid), or the channel's
+    strongest where None.
+    """
+    import tensorflow as tf
+
+    if layer is None or unit is None:
+        raise ValueError(f"Pass both `layer` and `unit` to visualise a unit. Received: layer={layer!r}, unit={unit!r}")
+    _, unit_layer = find_layer(model, layer)
+    channel_index = np.asarray(check_int(unit, "unit", low=0, high=unit_layer.output.shape[-1] - 1), "int32")
+    flat = _flat_positions(position, len(x), unit_layer.output.shape[1:3], layer)
+
+    def build(model_ref):
+        operation_fn = _modified_relus(mode)
+
+        def step(batch, flat_index, channel_index):
+            with tf.GradientTape() as tape:
+                tape.watch(batch)
+                tap, taps = layer_tap([unit_layer], inner=operation_fn)
+                target_scores(model_ref(), batch, index, score, tap)
+                channel = tf.gather(taps[unit_layer], channel_index, axis=-1)
+                activations = tf.reshape(channel, (tf.shape(batch)[0], -1))
+                picked = tf.gather(activations, tf.maximum(flat_index, 0), axis=1, batch_dims=1)
+                activation = tf.where(flat_index >= 0, picked, tf.reduce_max(activations, axis=1))
+            return tape.gradient(activation, batch)
+
+        return step
+
+    # The unit is an argument of the traced step, not part of it: one trace serves every unit of the layer.
+    step = traced(model, ("guided-unit", mode, id(unit_layer), index, score), build)
+    return in_batches(lambda batch, flat_index: step(batch, flat_index, channel_index), batch_size, x, flat)
+
+
+def _flat_positions(position, n: int, grid: tuple, layer: str) -> np.ndarray:
+    """Per image, the activation to project as an index into the layer's flattened grid; -1: the strongest."""
+    if position is None:
+        return np.full(n, -1, dtype="int32")
+    position = np.asarray(position)
+    height, width = grid
+    if position.shape != (n, 2) or not (
+        (position >= 0).all() and (position[:, 0] < height).all() and (position[:, 1] < width).all()
+    ):
+        raise ValueError(
+            f"`position` must be (N, 2) = ({n}, 2) rows and columns on the {height}x{width} "
+            f"grid of layer {layer!r}. Received shape {position.shape}."
+        )
+    return (position[:, 0] * width + position[:, 1]).astype("int32")
+
+
+def _modified_relus(mode: str):
+    """``operation_fn`` for `run_graph`: every plain ReLU with ``mode``'s backward rule."""
+    relu = _modified_relu(mode)
+    return replace_activations(_is_plain_relu, lambda f: relu)
 
 
 def guided_gradcam(

@@ -1,61 +1,72 @@
-"""One registry of explanation methods behind one call shape.
+"""Every explanation method behind one call shape, read from the one table of methods.
 
 Every method turns ``(model, images, class_index)`` into maps ``(N, H, W)`` at
 the images' resolution for the given class per image, explaining one score:
 the class logit by default (``target="logit"``, the pre-softmax score Grad-CAM's
-paper uses) or the probability. `compare`, the command line's ``--methods``
-and the report read this registry, so a method registered here is available
-to all of them.
+paper uses) or the probability. The methods are the rows of
+`bagnet_keras.explain.methods.METHODS`; `explain` calls a row's implementation
+as its family says (`FAMILIES`). `compare`, the command line's ``--methods``
+and the report read the same table, so a method added there is available to
+all of them.
 
-Adding a method is a function and a decorator::
+Adding a method is its class or function plus one row in
+`bagnet_keras.explain.methods`. Code outside the package can add one at run
+time with `register`::
 
     @register("mymethod", "what it shows, in a few words")
-    def _mymethod(model, images, class_index, output, target, **options):
+    def mymethod(model, images, class_index, output, target, **options):
         return maps  # (N, H, W) float32
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
-# The implementations are imported when a method runs: the command line lists the names in its help
-# without loading TensorFlow.
+from bagnet_keras.core.targets import TARGETS as TARGETS
+from bagnet_keras.core.targets import check_target
+from bagnet_keras.explain.methods import METHODS, Method, get_method
 
-#: The class scores a map can explain: `bagnet_keras.core.graph.TARGETS`, restated here so that listing them
-#: loads no TensorFlow (tests/test_registry.py checks the two agree).
-TARGETS = ("logit", "probability")
+# The implementations are imported when a method runs (`Method.load`): the command line lists the names in
+# its help without loading TensorFlow.
 
-
-@dataclass(frozen=True)
-class Method:
-    """A registered explanation method: its name, what it shows, and the function computing its maps."""
-
-    name: str
-    description: str
-    compute: Callable[..., np.ndarray]
-    bagnet_only: bool = False
+#: Functions added by `register`, by name (their rows are in `METHODS`, family "custom").
+_REGISTERED: dict[str, Callable] = {}
 
 
-METHODS: dict[str, Method] = {}
+def register(name: str, description: str, bagnet_only: bool = False, takes_layer: bool = False) -> Callable:
+    """Register ``fn(model, images, class_index, output, target, **options) -> (N, H, W)`` as ``name``.
 
+    The function gets a row of the ``"custom"`` family in `METHODS`, so `explain`, `compare` and the
+    report take it.
 
-def register(name: str, description: str, bagnet_only: bool = False) -> Callable:
-    """Register ``fn(model, images, class_index, output, target, **options) -> (N, H, W)`` as ``name``."""
+    Examples
+    --------
+    >>> @register("ones_doctest", "ones everywhere")
+    ... def ones(model, images, class_index, output, target, **options):
+    ...     return np.ones(np.shape(images)[:3])
+    >>> explain(None, np.zeros((1, 2, 2, 3)), "ones_doctest").tolist()
+    [[[1.0, 1.0], [1.0, 1.0]]]
+    >>> del METHODS["ones_doctest"]
+    """
 
     def decorate(fn: Callable) -> Callable:
         if name in METHODS:
             raise ValueError(f"An explanation method named {name!r} is registered already.")
-        METHODS[name] = Method(name, description, fn, bagnet_only)
+        implementation = f"{fn.__module__}:{fn.__qualname__}"
+        METHODS[name] = Method(name, description, "custom", implementation, takes_layer, bagnet_only)
+        _REGISTERED[name] = fn
         return fn
 
     return decorate
 
 
-#: Methods that take a ``layer``: ``"gradcam@conv3_relu"`` names Grad-CAM at that layer.
-LAYERED = ("gradcam", "gradcam++", "layercam", "scorecam", "guided_gradcam")
+def __getattr__(name: str):
+    # LAYERED (the methods taking a layer) was a list of its own; it is read from the one table now.
+    if name == "LAYERED":
+        return tuple(row.name for row in METHODS.values() if row.takes_layer)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def parse_method(spec: str) -> tuple[Method, dict]:
@@ -73,22 +84,21 @@ def parse_method(spec: str) -> tuple[Method, dict]:
     method = check_method(name)
     if not at:
         return method, {}
-    if name not in LAYERED or not layer:
-        raise ValueError(f"{spec!r}: only {', '.join(LAYERED)} take a layer after '@' (e.g. 'gradcam@conv3_relu').")
+    if not method.takes_layer or not layer:
+        layered = ", ".join(row.name for row in METHODS.values() if row.takes_layer)
+        raise ValueError(f"{spec!r}: only {layered} take a layer after '@' (e.g. 'gradcam@conv3_relu').")
     return method, {"layer": layer}
 
 
 def check_method(method: str) -> Method:
-    """The registered method called ``method``, or a ValueError listing the names.
+    """The row of the method called ``method``, or a ValueError listing the names.
 
     Examples
     --------
     >>> check_method("gradcam").name
     'gradcam'
     """
-    if method not in METHODS:
-        raise ValueError(f"Unknown explanation method {method!r}; choose from {', '.join(METHODS)}.")
-    return METHODS[method]
+    return get_method(method)
 
 
 def explain(
@@ -108,8 +118,8 @@ def explain(
     images : array (N, H, W, C)
         Preprocessed as the model expects.
     method : str
-        A name in `METHODS` (``python -c "from bagnet_keras.explain.registry import METHODS; print(list(METHODS))"``),
-        or a CAM method at a layer: ``"gradcam@conv3_relu"`` (`parse_method`).
+        A name of `bagnet_keras.explain.methods.METHODS` (``method_names()`` lists them), or a method
+        that takes a layer, at a layer: ``"gradcam@conv3_relu"`` (`parse_method`).
     class_index : int, sequence of N ints, or None
         The class per image; None: the top prediction.
     output : int or str, optional
@@ -127,10 +137,10 @@ def explain(
     >>> explain(model, np.ones((2, 16, 16, 3)), "gradcam", class_index=1).shape
     (2, 16, 16)
     """
-    from bagnet_keras.core.graph import check_target
-
-    entry, chosen = parse_method(method)
-    maps = entry.compute(model, images, class_index, output, check_target(target), **chosen, **options)
+    row, chosen = parse_method(method)
+    run = FAMILIES[row.family]
+    implementation = _REGISTERED[row.name] if row.family == "custom" else row.load()
+    maps = run(implementation, model, images, class_index, output, check_target(target), **chosen, **options)
     return np.asarray(maps, dtype="float32")
 
 
@@ -148,8 +158,6 @@ def explainer(model, method: str, output: int | str | None = None, target: str =
     >>> gradcam(np.ones((2, 16, 16, 3)), class_index=[0, 1]).shape
     (2, 16, 16)
     """
-    from bagnet_keras.core.graph import check_target
-
     parse_method(method)
     check_target(target)
 
@@ -159,10 +167,11 @@ def explainer(model, method: str, output: int | str | None = None, target: str =
     return run
 
 
-@register("evidence", "BagNet evidence: the logit each patch gives the class (exact)", bagnet_only=True)
-def _evidence(model, images, class_index, output, target, **options):
-    from bagnet_keras.explain.evidence import evidence_map
+# How each family's implementation is called: ``run(implementation, model, images, class_index, output,
+# target, **options) -> maps``.
 
+
+def _bagnet(evidence_map, model, images, class_index, output, target, **options):
     if target != "logit":
         raise ValueError(
             "BagNet evidence is the logit each patch gives the class; it exists for target='logit' "
@@ -171,60 +180,30 @@ def _evidence(model, images, class_index, output, target, **options):
     return evidence_map(model, images, class_index=class_index, output=output, **options).upsample()
 
 
-def _register_cam(name: str, description: str) -> None:
-    @register(name, description)
-    def _cam(model, images, class_index, output, target, **options):
-        from bagnet_keras.explain.cam import cam
-
-        return cam(model, images, class_index=class_index, method=name, output=output, target=target, **options)
+def _explainer_class(explainer_class, model, images, class_index, output, target, **options):
+    # A BaseCAM or BaseAttribution subclass: built with the model and the options, called on the images.
+    return explainer_class(model, output=output, target=target, **options)(images, class_index)
 
 
-for _name, _description in (
-    ("gradcam", "Grad-CAM: the layer's channels weighted by their mean gradient"),
-    ("gradcam++", "Grad-CAM++: positive gradients weighted per position"),
-    ("layercam", "Layer-CAM: each position weighted by its own positive gradient"),
-    ("scorecam", "Score-CAM: channels weighted by the score of the input they mask (slow)"),
-):
-    _register_cam(_name, _description)
-
-
-@register("occlusion", "occlusion: drop of the score when a 16-pixel square is hidden")
-def _occlusion(model, images, class_index, output, target, **options):
-    from bagnet_keras.explain.occlusion import occlusion
-
-    return occlusion(model, images, class_index=class_index, output=output, target=target, **options)
-
-
-@register("guided_backprop", "guided backpropagation: largest absolute modified gradient over the channels")
-def _guided(model, images, class_index, output, target, **options):
-    from bagnet_keras.explain.guided import guided_backprop
-
-    grads = guided_backprop(model, images, class_index=class_index, output=output, target=target, **options)
-    return np.abs(grads).max(axis=-1)
-
-
-@register("guided_gradcam", "guided Grad-CAM: guided backpropagation times Grad-CAM, largest over the channels")
-def _guided_gradcam(model, images, class_index, output, target, **options):
-    from bagnet_keras.explain.guided import guided_gradcam
-
-    maps = guided_gradcam(model, images, class_index=class_index, output=output, target=target, **options)
+def _guided(gradients, model, images, class_index, output, target, **options):
+    maps = gradients(model, images, class_index=class_index, output=output, target=target, **options)
     return np.abs(maps).max(axis=-1)
 
 
-def _register_attribution(name: str, description: str) -> None:
-    @register(name, description)
-    def _attribution(model, images, class_index, output, target, **options):
-        from bagnet_keras.explain.attribution import attribution
-
-        return attribution(model, images, class_index=class_index, method=name, output=output, target=target, **options)
+def _maps(function, model, images, class_index, output, target, **options):
+    return function(model, images, class_index=class_index, output=output, target=target, **options)
 
 
-for _name, _description in (
-    ("saliency", "saliency: the largest absolute gradient over the channels"),
-    ("gradient_x_input", "gradient x input, summed over the channels (signed)"),
-    ("integrated_gradients", "integrated gradients from a zero input, 32 steps (signed)"),
-    ("smoothgrad", "SmoothGrad: the gradient averaged over 25 noisy copies (signed)"),
-    ("epsilon_lrp", "epsilon-LRP: relevance propagated back to the pixels (signed)"),
-    ("deeplift", "DeepLIFT (Rescale) from a zero input (signed)"),
-):
-    _register_attribution(_name, _description)
+def _custom(function, model, images, class_index, output, target, **options):
+    return function(model, images, class_index, output, target, **options)
+
+
+#: How `explain` calls the implementation of each family of `bagnet_keras.explain.methods.FAMILIES`.
+FAMILIES: dict[str, Callable] = {
+    "bagnet": _bagnet,
+    "cam": _explainer_class,
+    "attribution": _explainer_class,
+    "guided": _guided,
+    "occlusion": _maps,
+    "custom": _custom,
+}

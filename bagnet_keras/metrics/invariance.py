@@ -21,7 +21,7 @@ import numpy as np
 from bagnet_keras.core.graph import score_function
 from bagnet_keras.core.inputs import check_images, in_batches, output_index
 from bagnet_keras.core.validation import check_positive_int
-from bagnet_keras.explain.atlas import _activation_function, _spatial_layers
+from bagnet_keras.explain.atlas import activation_function, spatial_layers
 
 KINDS = ("translate", "scale", "rotate")
 #: scipy.ndimage's modes for the pixels a transformation brings in; "wrap" is a circular shift.
@@ -164,7 +164,7 @@ def invariance(
 
 def flat_features(model: keras.Model, layers: dict, batch_size: int):
     """``f(images) -> {layer: (N, features)}``: each layer's output per image as one vector, batched."""
-    forward = _activation_function(model, layers)
+    forward = activation_function(model, layers)
 
     def features(images):
         parts = in_batches(lambda b: tuple(np.asarray(a).reshape(len(b), -1) for a in forward(b)), batch_size, images)
@@ -175,4 +175,4 @@ def flat_features(model: keras.Model, layers: dict, batch_size: int):
 
 def _layers(model: keras.Model, layers) -> dict:
     """Layers by name or path; unlike the atlas's, outputs of any rank are welcome (flattened)."""
-    return _spatial_layers(model, layers, spatial=False)
+    return spatial_layers(model, layers, spatial=False)

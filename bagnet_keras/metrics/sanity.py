@@ -30,6 +30,7 @@ from bagnet_keras.core.inputs import (
     output_index,
 )
 from bagnet_keras.core.layers import StemConv
+from bagnet_keras.core.scaling import minmax_scale
 from bagnet_keras.core.validation import check_positive_int
 from bagnet_keras.explain.registry import explain, parse_method
 
@@ -56,12 +57,6 @@ def _methods(methods) -> dict[str, dict]:
     return methods
 
 
-def _scaled(maps: np.ndarray) -> np.ndarray:
-    low = maps.min(axis=(1, 2), keepdims=True)
-    span = maps.max(axis=(1, 2), keepdims=True) - low
-    return np.where(span > 0, (maps - low) / np.where(span > 0, span, 1), 0)
-
-
 def _similarity(original: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per image: Spearman correlation of the absolute maps (NaN where a map is constant: no ranking to
     compare), SSIM of the maps scaled to [0, 1]."""
@@ -73,7 +68,7 @@ def _similarity(original: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.
         a_abs, b_abs = np.abs(a).ravel(), np.abs(b).ravel()
         constant = a_abs.min() == a_abs.max() or b_abs.min() == b_abs.max()
         rho.append(float("nan") if constant else float(spearmanr(a_abs, b_abs).statistic))
-        pair = _scaled(np.stack([a, b]))
+        pair = minmax_scale(np.stack([a, b]))
         ssim.append(float(structural_similarity(pair[0], pair[1], data_range=1.0)))
     return np.asarray(rho), np.asarray(ssim)
 
@@ -182,7 +177,7 @@ def model_randomization(
     images : array (N, H, W, C)
         Preprocessed as the model expects; a few images are enough.
     methods : sequence of names, or mapping name -> options
-        Methods of `bagnet_keras.explain.registry.METHODS` (``"gradcam"``, ``"evidence"``, ``"saliency"``, ...).
+        Methods of `bagnet_keras.explain.methods.METHODS` (``"gradcam"``, ``"evidence"``, ``"saliency"``, ...).
     class_index : int, sequence of N ints, or None
         The class explained per image (None: the original model's top prediction), the same at every step.
     cascade : bool
@@ -221,22 +216,7 @@ def model_randomization(
     methods = _methods(methods)
     index = output_index(model, output)
     classes = classes_or_predicted(model, x, class_index, index)
-    # The layers the explained output depends on (another head's are not part of the test).
-    explained = model if len(model.outputs) == 1 else keras.Model(model.inputs, model.outputs[index])
-    weighted = {
-        path: layer for path, layer in iter_layers(explained) if layer.weights and not isinstance(layer, keras.Model)
-    }
-    if layers is None:
-        layers = list(reversed(weighted))
-    else:
-        layers = list(layers)
-        unknown = [name for name in layers if name not in weighted]
-        if unknown:
-            raise ValueError(
-                f"`layers` {unknown} are not layers with weights of {model.name!r}; choose from {list(weighted)}."
-            )
-    if not layers:
-        raise ValueError(f"Model {model.name!r} has no layer with weights to re-initialise.")
+    weighted, layers = _weighted_layers(model, index, layers)
 
     def maps_of(name):
         return explain(model, x, name, class_index=classes, output=output, target=target, **methods[name])
@@ -264,6 +244,28 @@ def model_randomization(
     result.spearman = {name: np.stack(values) for name, values in spearman.items()}
     result.ssim = {name: np.stack(values) for name, values in ssim.items()}
     return result
+
+
+def _weighted_layers(model: keras.Model, index: int, layers: Sequence[str] | None) -> tuple[dict, list]:
+    """``{path: layer}`` of the layers with weights that output ``index`` depends on, and the ones to
+    re-initialise, top first (``layers``, checked; default all of them from the output down)."""
+    # Another head's layers are not part of the test.
+    explained = model if len(model.outputs) == 1 else keras.Model(model.inputs, model.outputs[index])
+    weighted = {
+        path: layer for path, layer in iter_layers(explained) if layer.weights and not isinstance(layer, keras.Model)
+    }
+    if layers is None:
+        layers = list(reversed(weighted))
+    else:
+        layers = list(layers)
+        unknown = [name for name in layers if name not in weighted]
+        if unknown:
+            raise ValueError(
+                f"`layers` {unknown} are not layers with weights of {model.name!r}; choose from {list(weighted)}."
+            )
+    if not layers:
+        raise ValueError(f"Model {model.name!r} has no layer with weights to re-initialise.")
+    return weighted, layers
 
 
 def _first_layer(model: keras.Model):
@@ -394,8 +396,9 @@ def input_invariance(
     classes = classes_or_predicted(model, x, class_index, index)
     twin = shifted_model(model, shift)
     moved = (x + np.broadcast_to(np.asarray(shift, "float32"), (x.shape[-1],))).astype("float32")
-    a = keras.tree.flatten(model.predict(x, verbose=0))
-    b = keras.tree.flatten(twin.predict(moved, verbose=0))
+    # Called directly: `predict` would trace a function for the one call on the fresh twin (and the model).
+    a = [np.asarray(t) for t in keras.tree.flatten(model(x, training=False))]
+    b = [np.asarray(t) for t in keras.tree.flatten(twin(moved, training=False))]
     gap = max(float(np.abs(p - q).max() / max(np.abs(p).max(), 1e-12)) for p, q in zip(a, b, strict=True))
     if gap > INVARIANCE_TOLERANCE:
         raise RuntimeError(
