@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
+
+from bagnet_keras.core.validation import check_int, check_number
 
 CRAWL_EPILOG = """example:
   bagnet-keras crawl datasets/streets --labels Paris Rome Tokyo -n 400 \\
@@ -35,6 +38,87 @@ SPLIT_EPILOG = """example:
   bagnet-keras split datasets/streets --ratios 0.8 0.1 0.1 --seed 0
   bagnet-keras split datasets/streets --copy-to datasets/streets_split   # also train/val/test class folders
 """
+
+
+def integer(option: str, *, low: int | None = None, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type=``: the option's text as an int in ``[low, high]``, else an error naming option and value.
+
+    argparse turns the error into one usage line and exit status 2; a zero is a zero, never "the
+    default" (an option's default is its ``default=``, None where the library picks one).
+
+    Parameters
+    ----------
+    option : str
+        The option as the user writes it (``"--batch-size"``).
+    low, high : int, optional
+        Inclusive bounds (`bagnet_keras.core.validation.check_int`).
+
+    Examples
+    --------
+    >>> integer("--batch-size", low=1)("8")
+    8
+    >>> integer("--batch-size", low=1)("0")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: `--batch-size` must be an integer >= 1. Received: --batch-size=0
+    """
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = text  # check_int names the text as received
+        try:
+            return check_int(value, option, low=low, high=high)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return parse
+
+
+def number(
+    option: str, *, low: float | None = None, high: float | None = None, low_open: bool = False
+) -> Callable[[str], float]:
+    """An argparse ``type=``: the option's text as a finite float in the interval, else an error naming both.
+
+    Parameters
+    ----------
+    option : str
+        The option as the user writes it (``"--timeout"``).
+    low, high : float, optional
+        The bounds (`bagnet_keras.core.validation.check_number`).
+    low_open : bool
+        Exclude ``low`` itself (a time must be > 0).
+
+    Examples
+    --------
+    >>> number("--timeout", low=0, low_open=True)("2.5")
+    2.5
+    >>> number("--timeout", low=0, low_open=True)("0")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: `--timeout` must be a finite number > 0. Received: --timeout=0.0
+    """
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = text
+        try:
+            return check_number(value, option, low=low, high=high, low_open=low_open)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return parse
+
+
+def _seconds(option: str) -> Callable[[str], float]:
+    return number(option, low=0, low_open=True)
+
+
+# The upper bound is the hash's (data_tools.dedupe.check_threshold names it).
+_THRESHOLD = integer("--threshold", low=0)
 
 
 def _filters(pairs: list[str]) -> dict[str, str] | None:
@@ -102,43 +186,91 @@ def _split(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(sub) -> None:
-    """Register the dataset subcommands on an argparse subparsers object."""
-    formatter = argparse.RawDescriptionHelpFormatter
+def _crawl_parser(sub) -> None:
     p = sub.add_parser(
-        "crawl", help="download images per class from image search", epilog=CRAWL_EPILOG, formatter_class=formatter
+        "crawl",
+        help="download images per class from image search",
+        epilog=CRAWL_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("root", help="dataset folder; one sub-folder per class is created")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--classes", help="YAML or JSON file: label -> queries (or URLs for --engine urls)")
     source.add_argument("--labels", nargs="+", help="class labels, searched with --query")
-    p.add_argument("-n", "--per-class", type=int, required=True, help="images wanted per class")
+    p.add_argument(
+        "-n", "--per-class", type=integer("--per-class", low=1), required=True, help="images wanted per class"
+    )
     p.add_argument("--engine", default="bing", choices=["bing", "baidu", "google", "flickr", "urls"])
     p.add_argument("--query", action="append", help="query template, repeatable (default: '{label}')")
     p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="search filter, repeatable")
-    p.add_argument("--min-size", type=int, default=64, help="skip images whose shorter side is smaller")
-    p.add_argument("--threads", type=int, default=4, help="download threads")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds to connect and per read")
-    p.add_argument("--deadline", type=float, default=60.0, help="seconds a whole file may take")
+    p.add_argument(
+        "--min-size", type=integer("--min-size", low=1), default=64, help="skip images whose shorter side is smaller"
+    )
+    p.add_argument("--threads", type=integer("--threads", low=1), default=4, help="download threads")
+    p.add_argument("--timeout", type=_seconds("--timeout"), default=10.0, help="seconds to connect and per read")
+    p.add_argument("--deadline", type=_seconds("--deadline"), default=60.0, help="seconds a whole file may take")
     p.add_argument("--endpoint", help="send the engine's searches to this scheme://host instead (mirror, proxy)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--verbose", action="store_true", help="log every request problem to stderr")
     p.set_defaults(func=_crawl)
-    p = sub.add_parser("clean", help="clean a dataset folder in place", epilog=CLEAN_EPILOG, formatter_class=formatter)
+
+
+def _clean_parser(sub) -> None:
+    p = sub.add_parser(
+        "clean",
+        help="clean a dataset folder in place",
+        epilog=CLEAN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("root", help="dataset folder with one sub-folder per class")
-    p.add_argument("--min-size", type=int, default=64, help="reject images whose shorter side is smaller")
-    p.add_argument("--max-aspect", type=float, default=3.0, help="reject longer/shorter side ratios above this")
-    p.add_argument("--threshold", type=int, default=8, help="hash bits within which images are near-duplicates")
+    p.add_argument(
+        "--min-size", type=integer("--min-size", low=1), default=64, help="reject images whose shorter side is smaller"
+    )
+    p.add_argument(
+        "--max-aspect",
+        type=number("--max-aspect", low=1),
+        default=3.0,
+        help="reject longer/shorter side ratios above this",
+    )
+    p.add_argument("--threshold", type=_THRESHOLD, default=8, help="hash bits within which images are near-duplicates")
     p.add_argument("--keep-borders", action="store_true", help="do not crop uniform margins")
-    p.add_argument("--workers", type=int, default=None, help="threads (default: CPUs)")
+    p.add_argument("--workers", type=integer("--workers", low=1), default=None, help="threads (default: CPUs)")
     p.set_defaults(func=_clean)
-    p = sub.add_parser("split", help="stratified train/val/test split", epilog=SPLIT_EPILOG, formatter_class=formatter)
+
+
+def _split_parser(sub) -> None:
+    p = sub.add_parser(
+        "split",
+        help="stratified train/val/test split",
+        epilog=SPLIT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("root", help="a cleaned dataset folder")
-    p.add_argument("--ratios", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threshold", type=int, default=8, help="hash bits within which images stay in one split")
+    p.add_argument(
+        "--ratios",
+        type=number("--ratios", low=0, high=1),
+        nargs=3,
+        default=(0.8, 0.1, 0.1),
+        metavar=("TRAIN", "VAL", "TEST"),
+    )
+    p.add_argument("--seed", type=integer("--seed", low=0), default=0)
+    p.add_argument("--threshold", type=_THRESHOLD, default=8, help="hash bits within which images stay in one split")
     p.add_argument("--copy-to", help="also copy the files to COPY_TO/<split>/<class>/")
     p.set_defaults(func=_split)
+
+
+def add_commands(sub) -> None:
+    """Register the dataset subcommands (crawl, clean, split) on an argparse subparsers object.
+
+    Examples
+    --------
+    >>> parser = argparse.ArgumentParser(prog="python -m data_tools")
+    >>> add_commands(parser.add_subparsers(dest="command"))
+    >>> parser.parse_args(["clean", "datasets/streets", "--threshold", "6"]).threshold
+    6
+    """
+    for add in (_crawl_parser, _clean_parser, _split_parser):
+        add(sub)
 
 
 def run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:

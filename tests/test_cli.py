@@ -19,11 +19,12 @@ def test_predict_prints_prediction_and_evidence_grid(capsys):
     assert abs(logit - mean) <= 1e-3
 
 
-def test_predict_names_an_unreadable_image(tmp_path):
+def test_predict_names_an_unreadable_image(tmp_path, capsys):
     bad = tmp_path / "not_an_image.jpg"
     bad.write_text("hello")
-    with pytest.raises(SystemExit, match="not_an_image.jpg"):
-        main(["predict", "--image", str(bad)])
+    assert main(["predict", "--image", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "not_an_image.jpg" in err and "Traceback" not in err
 
 
 def test_predict_reports_a_bad_weights_argument_without_traceback(capsys):
@@ -94,3 +95,41 @@ def test_tensorflow_start_up_lines_only_with_verbose():
     quiet = stderr()
     assert "oneDNN" not in quiet and "I0000" not in quiet
     assert "I0000" in stderr("--verbose")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["compare", "--model", "a=a.keras", "--data", "d", "--batch-size", "0"],
+            "`--batch-size` must be an integer >= 1",
+        ),
+        (["explain", "--model", "bagnet33", "--image-size", "-3"], "Received: --image-size=-3"),
+        (["atlas", "--model", "a=a.keras", "--data", "d", "--units", "two"], "Received: --units='two'"),
+        (["compare", "--model", "a=a.keras", "--data", "d", "--sanity", "-1"], "`--sanity` must be an integer >= 0"),
+        (["demo", "--epochs", "0"], "Received: --epochs=0"),
+        (["crawl", "d", "--labels", "a", "-n", "2", "--timeout", "0"], "`--timeout` must be a finite number > 0"),
+        (["split", "d", "--ratios", "0.8", "0.1", "1.5"], "Received: --ratios=1.5"),
+    ],
+)
+def test_numeric_options_name_the_option_and_the_value(capsys, argv, message):
+    # Zero is never "the default": a value out of range is a one-line usage error (exit status 2).
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_options_left_out_are_none_where_the_library_picks_the_default():
+    from bagnet_keras.app.cli import build_parser
+
+    parser = build_parser()
+    for argv in (
+        ["explain", "--model", "bagnet33", "--images", "a.jpg"],
+        ["compare", "--model", "a=a.keras", "--data", "d"],
+        ["atlas", "--model", "a=a.keras", "--data", "d"],
+    ):
+        args = parser.parse_args(argv)
+        assert args.batch_size is None and args.shard is None and args.image_size == 224
+    args = parser.parse_args(["compare", "--model", "a=a.keras", "--data", "d", "--batch-size", "8", "--shard", "1/2"])
+    assert (args.batch_size, args.shard, args.target, args.jit_compile) == (8, (1, 2), "logit", False)

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from bagnet_keras import BagNet, evidence_map, top_patches
+from bagnet_keras import BagNet, evidence_map
+from bagnet_keras.explain import top_patches
 from bagnet_keras.report.plot import plot_evidence, plot_grid, plot_heatmap, plot_overlay, plot_patches, to_display
 
 matplotlib.use("Agg")

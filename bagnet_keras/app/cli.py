@@ -1,4 +1,13 @@
-"""The ``bagnet-keras`` command."""
+"""The ``bagnet-keras`` command: per command, one function that builds its sub-parser and one that runs it.
+
+The options several model commands share (``--image-size``, ``--batch-size``,
+``--shard``, ``--target``, ``--jit-compile``, ``--dtype-policy``, the dataset's
+``--model``/``--data``/``--split``) are declared once, in parent parsers. Numbers
+are checked as they are parsed (`data_tools.cli.integer`): a bad value is a
+one-line usage error naming the option and the value, and an option left out is
+None where the library picks the default. Nothing here imports TensorFlow
+until a model command runs, so ``bagnet-keras crawl --help`` stays light.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +18,9 @@ import sys
 
 import numpy as np
 
-from bagnet_keras.explain.registry import METHODS, TARGETS, parse_method
-from data_tools.cli import add_commands, run
+from bagnet_keras.explain.methods import method_names
+from bagnet_keras.explain.registry import TARGETS, parse_method
+from data_tools.cli import add_commands, integer, run
 
 DEMO_EPILOG = """example:
   bagnet-keras demo                                   # offline: generated scenes, a small BagNet and CNN, the report
@@ -38,6 +48,8 @@ read --batch-size images at a time and each batch's rows are committed under OUT
 they go: memory does not grow with the split, and the same command again resumes a killed run (other
 arguments into the same OUT stop with an error).
 """
+
+BATCH_HELP = "images per batch and model call (default: 16 on a CPU, 64 on a GPU)"
 
 SHARD_HELP = (
     "measure shard I of N (from 0; the batches whose number is I modulo N), for N jobs sharing the "
@@ -91,20 +103,18 @@ def sample_image(size: int = 224, seed: int = 0) -> np.ndarray:
 
 
 def load_image(path: str, size: int = 224) -> np.ndarray:
-    """Read an image file as RGB uint8, resized to ``size`` x ``size``.
+    """Read an image file as RGB uint8 ``size`` x ``size``, by the package's one reader (`read_image`).
+
+    Images over the pixel limit are refused before decoding, as everywhere else.
 
     Examples
     --------
     >>> load_image("photo.jpg").shape  # doctest: +SKIP
     (224, 224, 3)
     """
-    import cv2
+    from bagnet_keras.core.files import read_image
 
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        raise SystemExit(f"bagnet-keras: cannot read {path!r} as an image (missing, or not a decodable image file).")
-    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    return read_image(path, (size, size))
 
 
 def start_tensorflow(verbose: bool = False) -> None:
@@ -135,46 +145,9 @@ def start_tensorflow(verbose: bool = False) -> None:
             os.close(saved)
 
 
-def demo(args: argparse.Namespace) -> int:
-    start_tensorflow(args.verbose)
-    from bagnet_keras.app.demo import run_demo
-
-    weights = None if args.weights == "none" else args.weights
-    run_demo(
-        args.out,
-        data=args.data,
-        weights=weights,
-        per_class=args.per_class,
-        image_size=args.image_size,
-        epochs=args.epochs,
-        seed=args.seed,
-    )
-    return 0
-
-
-def explain(args: argparse.Namespace) -> int:
-    start_tensorflow(args.verbose)
-    from bagnet_keras.app.workflows import explain_images
-
-    if bool(args.images) == bool(args.data):
-        raise ValueError("Give either --images (files) or --data (a dataset folder).")
-    weights = None if args.weights == "none" else args.weights
-    path = explain_images(
-        args.model,
-        args.images or args.data,
-        args.out,
-        weights=weights,
-        methods=args.methods,
-        image_size=args.image_size,
-        split=args.split,
-        target=args.target,
-        batch_size=args.batch_size,
-        shard=args.shard,
-        jit_compile=args.jit_compile,
-        dtype_policy=args.dtype_policy,
-    )
-    _done(path, args)
-    return 0
+def _weights(text: str) -> str | None:
+    """The ``--weights`` option: the word ``none`` means no weights (random initialisation, offline)."""
+    return None if text == "none" else text
 
 
 def _models(items: list[str]) -> dict[str, str]:
@@ -197,7 +170,73 @@ def _done(path: str | None, args: argparse.Namespace) -> None:
         print(f"{'atlas' if path.endswith('atlas.html') else 'report'}: {os.path.abspath(path)}")
 
 
+def _shard(text: str):
+    from bagnet_keras.app.shards import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _method(text: str) -> str:
+    try:
+        parse_method(text.partition(":")[2] if ":" in text else text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid choice: {text!r} (choose from {', '.join(method_names())}, "
+            "or a CAM method at a layer: gradcam@LAYER)"
+        ) from None
+    return text
+
+
+# The runners: each starts TensorFlow, then imports what it needs and calls the library.
+
+
+def demo(args: argparse.Namespace) -> int:
+    """Run ``bagnet-keras demo`` (`bagnet_keras.app.demo.run_demo`)."""
+    start_tensorflow(args.verbose)
+    from bagnet_keras.app.demo import run_demo
+
+    run_demo(
+        args.out,
+        data=args.data,
+        weights=_weights(args.weights),
+        per_class=args.per_class,
+        image_size=args.image_size,
+        epochs=args.epochs,
+        seed=args.seed,
+    )
+    return 0
+
+
+def explain(args: argparse.Namespace) -> int:
+    """Run ``bagnet-keras explain`` (`bagnet_keras.app.workflows.explain_images`)."""
+    start_tensorflow(args.verbose)
+    from bagnet_keras.app.workflows import explain_images
+
+    if bool(args.images) == bool(args.data):
+        raise ValueError("Give either --images (files) or --data (a dataset folder).")
+    path = explain_images(
+        args.model,
+        args.images or args.data,
+        args.out,
+        weights=_weights(args.weights),
+        methods=args.methods,
+        image_size=args.image_size,
+        split=args.split,
+        target=args.target,
+        batch_size=args.batch_size,
+        shard=args.shard,
+        jit_compile=args.jit_compile,
+        dtype_policy=args.dtype_policy,
+    )
+    _done(path, args)
+    return 0
+
+
 def compare(args: argparse.Namespace) -> int:
+    """Run ``bagnet-keras compare`` (`bagnet_keras.app.workflows.compare_models`)."""
     start_tensorflow(args.verbose)
     from bagnet_keras.app.workflows import compare_models
 
@@ -223,7 +262,12 @@ def compare(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Images per forward pass of ``bagnet-keras atlas`` when ``--batch-size`` is not given.
+ATLAS_BATCH_SIZE = 32
+
+
 def atlas(args: argparse.Namespace) -> int:
+    """Run ``bagnet-keras atlas`` (`bagnet_keras.app.workflows.atlas_models`)."""
     start_tensorflow(args.verbose)
     from bagnet_keras.app.workflows import atlas_models
 
@@ -239,7 +283,7 @@ def atlas(args: argparse.Namespace) -> int:
         k=args.k,
         groups=args.groups,
         max_images=args.max_images,
-        batch_size=args.batch_size or 32,
+        batch_size=ATLAS_BATCH_SIZE if args.batch_size is None else args.batch_size,
         shard=args.shard,
     )
     _done(path, args)
@@ -247,6 +291,7 @@ def atlas(args: argparse.Namespace) -> int:
 
 
 def merge(args: argparse.Namespace) -> int:
+    """Run ``bagnet-keras merge`` (`bagnet_keras.app.workflows.merge`)."""
     start_tensorflow(args.verbose)  # the workflows import Keras; an atlas merge loads the models
     from bagnet_keras.app.workflows import merge as merge_folders
 
@@ -255,34 +300,15 @@ def merge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _shard(text: str):
-    from bagnet_keras.core.stream import parse_shard
-
-    try:
-        return parse_shard(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _method(text: str) -> str:
-    try:
-        parse_method(text.partition(":")[2] if ":" in text else text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"invalid choice: {text!r} (choose from {', '.join(METHODS)}, or a CAM method at a layer: gradcam@LAYER)"
-        ) from None
-    return text
-
-
 def predict(args: argparse.Namespace) -> int:
+    """Run ``bagnet-keras predict``: BagNet-33's top class for one image, and its evidence map as text."""
     start_tensorflow(args.verbose)
-    from bagnet_keras import BagNet33, bagnet_geometry, decode_predictions, evidence_model, preprocess_input
+    from bagnet_keras.models import BagNet33, bagnet_geometry, decode_predictions, evidence_model, preprocess_input
 
     image = load_image(args.image) if args.image else sample_image()
-    weights = None if args.weights == "none" else args.weights
+    weights = _weights(args.weights)
     model = BagNet33(weights=weights, classifier_activation=None)
-    x = preprocess_input(image[None])
-    evidence = evidence_model(model).predict(x, verbose=0)[0]
+    evidence = evidence_model(model).predict(preprocess_input(image[None]), verbose=0)[0]
     logits = evidence.mean(axis=(0, 1))
     top = int(np.argmax(logits))
     geometry = bagnet_geometry(model)
@@ -294,28 +320,100 @@ def predict(args: argparse.Namespace) -> int:
         f"patch {geometry.patch_size}px, stride {geometry.stride}px, offset {geometry.offset}px; "
         f"its mean {evidence[..., top].mean():.4f} is the logit"
     )
-    grid = evidence[..., top]
+    print_grid(evidence[..., top])
+    return 0
+
+
+def print_grid(grid: np.ndarray) -> None:
+    """Print a 2-D map as text, two characters per value, its magnitude from ``' '`` (0) to ``'@'`` (the largest).
+
+    Examples
+    --------
+    >>> print_grid(np.array([[0.0, -2.0], [1.0, 2.0]]))
+      @@
+    ==@@
+    (|evidence| from ' ' = 0 to '@' = 2.0000)
+    """
     scale = np.abs(grid).max() or 1.0
     shades = " .:-=+*#%@"
     for row in grid:
         print("".join(shades[int(round(abs(v) / scale * (len(shades) - 1)))] * 2 for v in row))
     print(f"(|evidence| from ' ' = 0 to '@' = {scale:.4f})")
-    return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bagnet-keras", description="BagNets in Keras: see what a CNN looks at.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    formatter = argparse.RawDescriptionHelpFormatter
-    tensorflow = argparse.ArgumentParser(add_help=False)
-    tensorflow.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up log lines")
-    p = sub.add_parser(
-        "demo",
-        help="the main job: BagNet evidence vs Grad-CAM, measured, as an HTML report",
-        epilog=DEMO_EPILOG,
-        formatter_class=formatter,
-        parents=[tensorflow],
+# The parent parsers: options several commands share, declared once. Each call makes new argparse
+# actions, so a command that changes one of its options' defaults changes no other command's.
+
+
+def _tensorflow_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up log lines")
+    return parent
+
+
+def _batch_options(batch_help: str) -> argparse.ArgumentParser:
+    """Every command that runs models over images: the images' side, the batch, the shard."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--image-size", type=integer("--image-size", low=1), default=224)
+    parent.add_argument("--batch-size", type=integer("--batch-size", low=1), help=batch_help)
+    parent.add_argument("--shard", type=_shard, metavar="I/N", help=SHARD_HELP)
+    return parent
+
+
+def _map_options() -> argparse.ArgumentParser:
+    """Every command that computes maps: the score explained and how the forward passes run."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--target", choices=TARGETS, default="logit", help="the class score explained (default: logit)")
+    parent.add_argument("--jit-compile", action="store_true", help="compile the models' forward passes with XLA")
+    parent.add_argument(
+        "--dtype-policy",
+        choices=["mixed_float16", "mixed_bfloat16"],
+        help="compute in mixed precision (mixed_float16 on GPUs); scores stay float32",
     )
+    return parent
+
+
+def _dataset_options() -> argparse.ArgumentParser:
+    """Every command over saved models and a dataset split: which models, which images, read how."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--model", action="append", required=True, metavar="NAME=PATH", help="a .keras model, repeatable"
+    )
+    parent.add_argument("--data", required=True, help="a dataset folder (split by bagnet-keras split)")
+    parent.add_argument("--split", default="test", choices=["train", "val", "test"])
+    parent.add_argument("--preprocess", default="bagnet33", help="backbone whose preprocessing the models expect")
+    parent.add_argument(
+        "--max-images", type=integer("--max-images", low=1), help="only the first N images of the split (default: all)"
+    )
+    return parent
+
+
+def _add_methods(parser: argparse.ArgumentParser, per_model: str = "") -> None:
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        type=_method,
+        metavar="METHOD",
+        help=f"any of: {', '.join(method_names())}; a CAM method at a layer: gradcam@LAYER{per_model} "
+        "(default: evidence and gradcam for BagNets, gradcam otherwise)",
+    )
+
+
+def _command(sub, name: str, help: str, epilog: str, parents=()) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        name,
+        help=help,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_tensorflow_options(), *parents],
+    )
+
+
+# The sub-parsers, one per command.
+
+
+def _demo_parser(sub) -> None:
+    p = _command(sub, "demo", "the main job: BagNet evidence vs Grad-CAM, measured, as an HTML report", DEMO_EPILOG)
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--data", help="a dataset folder (one sub-folder per class) instead of generated scenes")
     p.add_argument(
@@ -324,128 +422,109 @@ def main(argv: list[str] | None = None) -> int:
         choices=["none", "imagenet"],
         help="none: small models from scratch, offline; imagenet: fine-tune BagNet-33 and DenseNet-121",
     )
-    p.add_argument("--per-class", type=int, default=400, help="generated scenes per class")
-    p.add_argument("--image-size", type=int, default=64, help="side of the generated scenes")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--per-class", type=integer("--per-class", low=1), default=400, help="generated scenes per class")
+    p.add_argument("--image-size", type=integer("--image-size", low=1), default=64, help="side of the generated scenes")
+    p.add_argument("--epochs", type=integer("--epochs", low=1), default=30)
+    p.add_argument("--seed", type=integer("--seed", low=0), default=0)
     p.set_defaults(func=demo)
-    p = sub.add_parser(
+
+
+def _explain_parser(sub) -> None:
+    p = _command(
+        sub,
         "explain",
-        help="maps of one model for images, measured, as an HTML report",
-        epilog=EXPLAIN_EPILOG,
-        formatter_class=formatter,
-        parents=[tensorflow],
+        "maps of one model for images, measured, as an HTML report",
+        EXPLAIN_EPILOG,
+        [_batch_options(BATCH_HELP), _map_options()],
     )
     p.add_argument("--model", required=True, help="a .keras file or a backbone name (bagnet33, vgg16, ...)")
     p.add_argument("--weights", default="none", help="for a name: 'none', 'imagenet' or a weights file")
     p.add_argument("--images", nargs="+", help="image files")
     p.add_argument("--data", help="or a dataset folder")
     p.add_argument("--split", choices=["train", "val", "test"], help="with --data: one split of the manifest")
-    p.add_argument(
-        "--methods",
-        nargs="+",
-        type=_method,
-        metavar="METHOD",
-        help=f"any of: {', '.join(METHODS)}; a CAM method at a layer: gradcam@LAYER (default: evidence "
-        "and gradcam for BagNets, gradcam otherwise)",
-    )
-    p.add_argument("--target", choices=TARGETS, default="logit", help="the class score explained (default: logit)")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--batch-size", type=int, help="images per batch and model call (default: 16 on a CPU, 64 on a GPU)")
-    p.add_argument("--shard", type=_shard, metavar="I/N", help=SHARD_HELP)
-    p.add_argument("--jit-compile", action="store_true", help="compile the models' forward passes with XLA")
-    p.add_argument(
-        "--dtype-policy",
-        choices=["mixed_float16", "mixed_bfloat16"],
-        help="compute in mixed precision (mixed_float16 on GPUs); scores stay float32",
-    )
+    _add_methods(p)
     p.add_argument("--out", default="runs/explain")
     p.set_defaults(func=explain)
-    p = sub.add_parser(
+
+
+def _compare_parser(sub) -> None:
+    p = _command(
+        sub,
         "compare",
-        help="compare the explanations of several models, as an HTML report",
-        epilog=COMPARE_EPILOG,
-        formatter_class=formatter,
-        parents=[tensorflow],
+        "compare the explanations of several models, as an HTML report",
+        COMPARE_EPILOG,
+        [_dataset_options(), _batch_options(BATCH_HELP), _map_options()],
     )
-    p.add_argument("--model", action="append", required=True, metavar="NAME=PATH", help="a .keras model, repeatable")
-    p.add_argument("--data", required=True, help="a dataset folder (split by bagnet-keras split)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--masks", help="folder of ground-truth masks <class>/<name>.png, if any")
-    p.add_argument(
-        "--methods",
-        nargs="+",
-        type=_method,
-        metavar="METHOD",
-        help=f"any of: {', '.join(METHODS)}; a CAM method at a layer: gradcam@LAYER; NAME:METHOD for the "
-        "model NAME alone, e.g. bagnet:evidence cnn:saliency (default: evidence and gradcam for BagNets, "
-        "gradcam otherwise)",
-    )
-    p.add_argument("--target", choices=TARGETS, default="logit", help="the class score explained (default: logit)")
+    _add_methods(p, "; NAME:METHOD for the model NAME alone, e.g. bagnet:evidence cnn:saliency")
     p.add_argument("--output", help="the head to explain, for multi-output models")
-    p.add_argument("--preprocess", default="bagnet33", help="backbone whose preprocessing the models expect")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--max-images", type=int, help="only the first N images of the split (default: all)")
-    p.add_argument("--batch-size", type=int, help="images per batch and model call (default: 16 on a CPU, 64 on a GPU)")
-    p.add_argument("--shard", type=_shard, metavar="I/N", help=SHARD_HELP)
-    p.add_argument("--jit-compile", action="store_true", help="compile the models' forward passes with XLA")
-    p.add_argument(
-        "--dtype-policy",
-        choices=["mixed_float16", "mixed_bfloat16"],
-        help="compute in mixed precision (mixed_float16 on GPUs); scores stay float32",
-    )
     p.add_argument("--out", default="runs/compare")
     p.add_argument(
         "--sanity",
-        type=int,
+        type=integer("--sanity", low=0),
         default=0,
         metavar="N",
         help="run the sanity checks of every map (model randomisation, input invariance) on N images",
     )
     p.set_defaults(func=compare)
-    p = sub.add_parser(
+
+
+def _atlas_parser(sub) -> None:
+    p = _command(
+        sub,
         "atlas",
-        help="what models learned across a dataset: units, groups, concepts, as HTML",
-        epilog=ATLAS_EPILOG,
-        formatter_class=formatter,
-        parents=[tensorflow],
+        "what models learned across a dataset: units, groups, concepts, as HTML",
+        ATLAS_EPILOG,
+        [_dataset_options(), _batch_options(f"images per forward pass (default: {ATLAS_BATCH_SIZE})")],
     )
-    p.add_argument("--model", action="append", required=True, metavar="NAME=PATH", help="a .keras model, repeatable")
-    p.add_argument("--data", required=True, help="a dataset folder (split by bagnet-keras split)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--layers", nargs="+", help="layers with spatial outputs (default: each model's last one)")
-    p.add_argument("--units", type=int, default=16, help="the strongest units shown per layer")
-    p.add_argument("--k", type=int, default=9, help="top activations per unit")
-    p.add_argument("--groups", type=int, default=6, help="NMF groups of the last layer")
-    p.add_argument("--preprocess", default="bagnet33", help="backbone whose preprocessing the models expect")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--max-images", type=int, help="only the first N images of the split (default: all)")
-    p.add_argument("--batch-size", type=int, help="images per forward pass (default: 32)")
-    p.add_argument("--shard", type=_shard, metavar="I/N", help=SHARD_HELP)
+    p.add_argument("--units", type=integer("--units", low=1), default=16, help="the strongest units shown per layer")
+    p.add_argument("--k", type=integer("--k", low=1), default=9, help="top activations per unit")
+    p.add_argument("--groups", type=integer("--groups", low=1), default=6, help="NMF groups of the last layer")
     p.add_argument("--out", default="runs/atlas")
     p.set_defaults(func=atlas)
-    p = sub.add_parser(
-        "merge",
-        help="join the output folders of finished shards of compare, explain or atlas",
-        epilog=MERGE_EPILOG,
-        formatter_class=formatter,
-        parents=[tensorflow],
-    )
+
+
+def _merge_parser(sub) -> None:
+    p = _command(sub, "merge", "join the output folders of finished shards of compare, explain or atlas", MERGE_EPILOG)
     p.add_argument("out", help="output folder of the merged comparison and report")
     p.add_argument("shards", nargs="+", metavar="SHARD_OUT", help="the --out folder of every shard")
     p.set_defaults(func=merge)
-    p = sub.add_parser(
-        "predict",
-        help="BagNet-33 prediction and evidence grid for one image",
-        epilog=PREDICT_EPILOG,
-        formatter_class=formatter,
-        parents=[tensorflow],
-    )
+
+
+def _predict_parser(sub) -> None:
+    p = _command(sub, "predict", "BagNet-33 prediction and evidence grid for one image", PREDICT_EPILOG)
     p.add_argument("--weights", default="none", help="'none' (default, offline), 'imagenet', or a checkpoint path")
     p.add_argument("--image", help="an image file; default: a generated image")
     p.set_defaults(func=predict)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``bagnet-keras`` parser: the model commands here, the dataset commands of `data_tools.cli`.
+
+    Examples
+    --------
+    >>> args = build_parser().parse_args(["atlas", "--model", "cnn=cnn.keras", "--data", "d", "--units", "4"])
+    >>> args.command, args.units, args.batch_size, args.image_size
+    ('atlas', 4, None, 224)
+    """
+    parser = argparse.ArgumentParser(prog="bagnet-keras", description="BagNets in Keras: see what a CNN looks at.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_demo_parser, _explain_parser, _compare_parser, _atlas_parser, _merge_parser, _predict_parser):
+        add(sub)
     add_commands(sub)
-    return run(parser, argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``bagnet-keras`` command; the exit status (2 for a bad argument, said in one line on stderr).
+
+    Examples
+    --------
+    >>> main(["predict"])  # doctest: +SKIP
+    0
+    """
+    return run(build_parser(), argv)
 
 
 if __name__ == "__main__":

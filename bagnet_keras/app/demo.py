@@ -17,12 +17,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import keras
 import numpy as np
 
 from bagnet_keras.core.commit import check_arguments, write_atomic
+from bagnet_keras.core.validation import check_int
 from bagnet_keras.metrics.comparison import Comparison, compare
 from bagnet_keras.models.bagnet import BagNet
 from bagnet_keras.models.imagenet import deprocess_input, preprocess_input
@@ -101,59 +103,58 @@ def _passes_sanity(result: Comparison, model: str, method: str) -> bool:
     return bool(randomised and shifted and randomised[0] is True and shifted[0])
 
 
-def demo_findings(result: Comparison, labels: np.ndarray, class_names: Sequence[str], bagnet: str, cnn: str) -> list:
-    """The demo's claims, each stated with its numbers and whether it holds.
+def _mean(values) -> float:
+    """The mean of ``values`` as a float; NaN when there are none."""
+    values = [float(v) for v in values]
+    return float(np.mean(values)) if values else float("nan")
 
-    BagNet evidence is compared with the CNN's best map by each measure (named), not with one chosen map.
-    """
-    from data_tools.synthetic import ARRANGEMENT_CLASSES, MOTIF_CLASSES
 
-    def mean(values):
-        values = [float(v) for v in values]
-        return float(np.mean(values)) if values else float("nan")
+def _verdict(holds: bool) -> str:
+    return "holds" if holds else "does not hold"
 
-    cnn_maps = [method for model, method in result.maps if model == cnn]
-    motif = {class_names.index(c) for c in MOTIF_CLASSES if c in class_names}
-    pair = {class_names.index(c) for c in ARRANGEMENT_CLASSES if c in class_names}
-    findings = []
-    if motif and any("pointing" in r for r in result.rows):
 
-        def pointing(model, method):
-            return mean(
-                r["pointing"]
-                for r in result.rows
-                if (r["model"], r["method"]) == (model, method) and r["label"] in motif and "pointing" in r
-            )
+def _pointing_finding(result: Comparison, motif: set, bagnet: str, cnn: str, cnn_maps: list) -> str:
+    """The pointing game on the local-motif classes: BagNet evidence against each of the CNN's maps."""
 
-        ev, cam_bag = pointing(bagnet, "evidence"), pointing(bagnet, "gradcam")
-        scores = {method: pointing(cnn, method) for method in cnn_maps}
-        best = max(scores, key=lambda m: (scores[m], m == "gradcam"))
-        listing = ", ".join(f"{m} {v:.0%}" for m, v in scores.items())
-        trusted = [m for m in cnn_maps if _passes_sanity(result, cnn, m)]
-        if result.sanity and trusted:
-            second = max(trusted, key=lambda m: scores[m])
-            trusted_note = (
-                f"; of the CNN's maps that pass both sanity checks, the best is {second} ({scores[second]:.0%})"
-            )
-        else:
-            trusted_note = ""
-        findings.append(
-            f"Pointing game on the local-motif classes: BagNet evidence {ev:.0%}; the CNN's maps: {listing} "
-            f"(Grad-CAM of the BagNet itself: {cam_bag:.0%}). BagNet evidence points into the motifs at least as "
-            f"often as the CNN's best map ({best}, {scores[best]:.0%}): "
-            f"{'holds' if ev >= scores[best] else 'does not hold'}{trusted_note}."
+    def pointing(model, method):
+        return _mean(
+            r["pointing"]
+            for r in result.rows
+            if (r["model"], r["method"]) == (model, method) and r["label"] in motif and "pointing" in r
         )
-    if pair:
-        accuracy = {
-            m: mean(r["correct"] for r in result.model_rows if r["model"] == m and r["label"] in pair)
-            for m in (bagnet, cnn)
-        }
-        verdict = "holds" if accuracy[bagnet] < 0.75 <= accuracy[cnn] else "does not hold"
-        findings.append(
-            f"On the arrangement-only pair ({', '.join(class_names[c] for c in sorted(pair))}) the BagNet is right on "
-            f"{accuracy[bagnet]:.0%} (chance 50%), the CNN on {accuracy[cnn]:.0%}: a bag of local features cannot "
-            f"see the arrangement, a CNN can: {verdict}."
-        )
+
+    ev, cam_bag = pointing(bagnet, "evidence"), pointing(bagnet, "gradcam")
+    scores = {method: pointing(cnn, method) for method in cnn_maps}
+    best = max(scores, key=lambda m: (scores[m], m == "gradcam"))
+    listing = ", ".join(f"{m} {v:.0%}" for m, v in scores.items())
+    trusted = [m for m in cnn_maps if _passes_sanity(result, cnn, m)]
+    trusted_note = ""
+    if result.sanity and trusted:
+        second = max(trusted, key=lambda m: scores[m])
+        trusted_note = f"; of the CNN's maps that pass both sanity checks, the best is {second} ({scores[second]:.0%})"
+    return (
+        f"Pointing game on the local-motif classes: BagNet evidence {ev:.0%}; the CNN's maps: {listing} "
+        f"(Grad-CAM of the BagNet itself: {cam_bag:.0%}). BagNet evidence points into the motifs at least as "
+        f"often as the CNN's best map ({best}, {scores[best]:.0%}): "
+        f"{_verdict(ev >= scores[best])}{trusted_note}."
+    )
+
+
+def _arrangement_finding(result: Comparison, pair: set, class_names: Sequence[str], bagnet: str, cnn: str) -> str:
+    """The arrangement-only pair: out of a bag of local features' reach, within a CNN's."""
+    accuracy = {
+        m: _mean(r["correct"] for r in result.model_rows if r["model"] == m and r["label"] in pair)
+        for m in (bagnet, cnn)
+    }
+    return (
+        f"On the arrangement-only pair ({', '.join(class_names[c] for c in sorted(pair))}) the BagNet is right on "
+        f"{accuracy[bagnet]:.0%} (chance 50%), the CNN on {accuracy[cnn]:.0%}: a bag of local features cannot "
+        f"see the arrangement, a CNN can: {_verdict(accuracy[bagnet] < 0.75 <= accuracy[cnn])}."
+    )
+
+
+def _deletion_finding(result: Comparison, bagnet: str, cnn: str, cnn_maps: list) -> str:
+    """Deletion on the BagNet: its own maps against the CNN's best map's cells."""
     own = {
         method: result.aggregate(bagnet, method, "deletion_area")["mean"]
         for (model, method) in result.maps
@@ -164,37 +165,66 @@ def demo_findings(result: Comparison, labels: np.ndarray, class_names: Sequence[
     own[f"the CNN's best map ({best})"] = on_bagnet[best]
     lowest = min(own, key=own.get)
     listing = ", ".join(f"{k} {v:.3f}" for k, v in own.items())
-    findings.append(
+    return (
         f"Deletion area on the BagNet (lower: masking the map's top cells hurts the BagNet more): {listing}; "
-        f"BagNet evidence is the lowest: {'holds' if lowest == 'evidence' else 'does not hold'}."
+        f"BagNet evidence is the lowest: {_verdict(lowest == 'evidence')}."
     )
+
+
+def _masking_finding(result: Comparison, bagnet: str, cnn: str, white: list) -> str:
+    """The BagNet paper's masking experiment: the BagNet's cells masked for the CNN, against its own attributions'."""
+    crossed = result.aggregate(bagnet, "evidence", f"deletion_on_{cnn}")["mean"]
+    theirs = {m: result.aggregate(cnn, m, "deletion_area")["mean"] for m in white}
+    strongest = min(theirs, key=theirs.get)
+    listing = ", ".join(f"{m} {v:.3f}" for m, v in theirs.items())
+    return (
+        f"Masking the cells the BagNet finds most informative leaves the CNN a mean true-class probability "
+        f"(deletion area) of {crossed:.3f}; masking the cells of the CNN's own white-box attributions: "
+        f"{listing}. The BagNet's cells hurt the CNN at least as much as its own best attribution's "
+        f"({strongest}), as in the BagNet paper: {_verdict(crossed <= theirs[strongest])}."
+    )
+
+
+def _sanity_finding(sanity: dict) -> str:
+    """Which maps failed which sanity check."""
+    failed = []
+    for e, s in zip(sanity["randomization"], sanity["invariance"], strict=True):
+        why = [w for w, bad in (("randomisation", e["passed"] is False), ("input shift", not s["passed"])) if bad]
+        if why:
+            failed.append(f"{e['model']} {e['method']} ({' and '.join(why)})")
+    checked = len(sanity["randomization"])
+    return f"Sanity checks on {sanity['images']} test images ({checked} maps): " + (
+        f"failed by {', '.join(failed)}." if failed else "every map passed both."
+    )
+
+
+def demo_findings(result: Comparison, labels: np.ndarray, class_names: Sequence[str], bagnet: str, cnn: str) -> list:
+    """The demo's claims, each stated with its numbers and whether it holds.
+
+    BagNet evidence is compared with the CNN's best map by each measure (named), not with one chosen map.
+
+    Examples
+    --------
+    >>> for finding in demo_findings(result, files.labels, names, "bagnet", "cnn"):  # doctest: +SKIP
+    ...     print(finding)
+    Pointing game on the local-motif classes: BagNet evidence 91%; ...: holds.
+    """
+    from data_tools.synthetic import ARRANGEMENT_CLASSES, MOTIF_CLASSES
+
+    cnn_maps = [method for model, method in result.maps if model == cnn]
+    motif = {class_names.index(c) for c in MOTIF_CLASSES if c in class_names}
+    pair = {class_names.index(c) for c in ARRANGEMENT_CLASSES if c in class_names}
+    findings = []
+    if motif and any("pointing" in r for r in result.rows):
+        findings.append(_pointing_finding(result, motif, bagnet, cnn, cnn_maps))
+    if pair:
+        findings.append(_arrangement_finding(result, pair, class_names, bagnet, cnn))
+    findings.append(_deletion_finding(result, bagnet, cnn, cnn_maps))
     white = [m for m in cnn_maps if m in WHITE_BOX]
     if white and (bagnet, "evidence") in result.maps:
-        crossed = result.aggregate(bagnet, "evidence", f"deletion_on_{cnn}")["mean"]
-        theirs = {m: result.aggregate(cnn, m, "deletion_area")["mean"] for m in white}
-        strongest = min(theirs, key=theirs.get)
-        listing = ", ".join(f"{m} {v:.3f}" for m, v in theirs.items())
-        findings.append(
-            f"Masking the cells the BagNet finds most informative leaves the CNN a mean true-class probability "
-            f"(deletion area) of {crossed:.3f}; masking the cells of the CNN's own white-box attributions: "
-            f"{listing}. The BagNet's cells hurt the CNN at least as much as its own best attribution's "
-            f"({strongest}), as in the BagNet paper: {'holds' if crossed <= theirs[strongest] else 'does not hold'}."
-        )
+        findings.append(_masking_finding(result, bagnet, cnn, white))
     if result.sanity:
-        failed = [
-            f"{e['model']} {e['method']} ({' and '.join(why)})"
-            for e, s in zip(result.sanity["randomization"], result.sanity["invariance"], strict=True)
-            if (
-                why := [
-                    w for w, bad in (("randomisation", e["passed"] is False), ("input shift", not s["passed"])) if bad
-                ]
-            )
-        ]
-        checked = len(result.sanity["randomization"])
-        findings.append(
-            f"Sanity checks on {result.sanity['images']} test images ({checked} maps): "
-            + (f"failed by {', '.join(failed)}." if failed else "every map passed both.")
-        )
+        findings.append(_sanity_finding(result.sanity))
     accuracy = result.summary["accuracy"]
     findings.append(f"Test accuracy: BagNet {accuracy[bagnet]:.0%}, CNN {accuracy[cnn]:.0%}.")
     return findings
@@ -299,13 +329,10 @@ def run_demo(
     >>> run_demo("runs/demo")  # doctest: +SKIP
     'runs/demo/report.html'
     """
-    from data_tools.clean import clean
-    from data_tools.loader import ImageFiles, image_dataset
-    from data_tools.split import split
-    from data_tools.synthetic import write_motif_dataset
+    from data_tools.loader import ImageFiles
 
-    start = time.monotonic()
-    verbose = "auto" if progress else 0
+    _check_demo_arguments(data, weights, per_class, image_size, epochs, width, seed, patience)
+    say = _Say(progress)
     os.makedirs(output_dir, exist_ok=True)
     # A rerun of the same demo goes on where it stopped (each stage below resumes or is skipped when done);
     # one with other arguments into the same folder is refused rather than mixed with it.
@@ -323,12 +350,68 @@ def run_demo(
         ),
     )
     stages = _Stages(output_dir)
-
-    def say(message: str) -> None:
-        if progress:
-            print(f"[{time.monotonic() - start:6.1f} s] {message}", flush=True)
-
     keras.utils.set_random_seed(seed)
+    data, masks_root = _prepare_data(data, output_dir, stages, say, per_class, image_size, seed)
+    setup = demo_setup(weights, image_size, width)
+    size = (setup.image_size, setup.image_size)
+    models, names = _train(setup, data, output_dir, say, epochs=epochs, patience=patience, seed=seed)
+    files = ImageFiles(data, size, split="test")
+    masks = ImageFiles(data, size, split="test", masks_root=masks_root) if masks_root else None
+    say(f"comparing explanations on {len(files)} test images")
+    result = compare(
+        models,
+        files,
+        files.labels,
+        masks=masks,
+        methods=demo_methods(setup.fine_layer),
+        progress=progress,
+        n_classes=len(names),
+        deprocess=deprocess_input,
+        preprocess=setup.preprocess,
+        sanity=min(8, len(files)),
+        output_dir=os.path.join(output_dir, "comparison"),
+    )
+    findings = demo_findings(result, files.labels, names, "bagnet", "cnn")
+    findings += _atlas_stage(models, files, masks, names, output_dir, setup.preprocess, stages, say)
+    for finding in findings:
+        say(finding)
+    path = write_report(result, names, output_dir, title="What a BagNet and a CNN look at", findings=findings)
+    say(f"report: {os.path.abspath(path)}")
+    return path
+
+
+class _Say:
+    """Prints a stage's message with the seconds since the demo started (nothing without progress)."""
+
+    def __init__(self, progress: bool):
+        self.progress = progress
+        self.start = time.monotonic()
+
+    def __call__(self, message: str) -> None:
+        if self.progress:
+            print(f"[{time.monotonic() - self.start:6.1f} s] {message}", flush=True)
+
+
+def _check_demo_arguments(data, weights, per_class, image_size, epochs, width, seed, patience) -> None:
+    """Refuse a bad argument before anything is written: a refused demo leaves its output folder as it was."""
+    if data is not None and not os.path.isdir(data):
+        raise ValueError(f"`data` must be a dataset folder (one sub-folder per class). Received: data={data!r}")
+    if weights not in (None, "imagenet"):
+        raise ValueError(f"`weights` must be None (small models from scratch) or 'imagenet'. Received: {weights!r}")
+    check_int(per_class, "per_class", low=1)
+    check_int(image_size, "image_size", low=32)
+    check_int(epochs, "epochs", low=1)
+    check_int(width, "width", low=1)
+    check_int(seed, "seed", low=0)
+    check_int(patience, "patience", low=1, allow_none=True)
+
+
+def _prepare_data(data, output_dir: str, stages: _Stages, say: _Say, per_class: int, image_size: int, seed: int):
+    """The dataset folder, generated when none is given, cleaned and split once; and the masks' folder (or None)."""
+    from data_tools.clean import clean
+    from data_tools.split import split
+    from data_tools.synthetic import write_motif_dataset
+
     masks_root = None
     if data is None:
         data, masks_root = os.path.join(output_dir, "data"), os.path.join(output_dir, "masks")
@@ -339,37 +422,71 @@ def run_demo(
     if not stages.done("clean and split"):
         say("clean and split")
         # A generated scene may lose a line of uniform margin to the crop; it stays usable.
-        report = clean(data, min_size=min(64, image_size // 2), progress=progress)
+        report = clean(data, min_size=min(64, image_size // 2), progress=say.progress)
         say(f"clean kept {report.kept} images ({report.duplicates} near-duplicates, {report.rejected} unusable)")
         split(data, seed=seed)
         stages.mark("clean and split")
+    return data, masks_root
 
+
+@dataclass
+class DemoSetup:
+    """The demo's two models before training, and what they share.
+
+    ``backbones`` maps ``"bagnet"`` and ``"cnn"`` to a backbone name (fine-tuned) or a Keras model
+    (trained from scratch); both models take the same ``preprocess``-ed images of side ``image_size``;
+    ``fine_layer`` is the CNN's finer layer for Grad-CAM and Layer-CAM (`demo_methods`).
+    """
+
+    backbones: dict
+    preprocess: Callable
+    fine_layer: str
+    image_size: int
+
+
+def demo_setup(weights: str | None, image_size: int, width: int) -> DemoSetup:
+    """The models the demo trains: small ones from scratch (``weights=None``) or BagNet-33 and DenseNet-121.
+
+    Examples
+    --------
+    >>> setup = demo_setup(None, 64, 8)
+    >>> setup.fine_layer, setup.image_size, sorted(setup.backbones)
+    ('conv3_relu', 64, ['bagnet', 'cnn'])
+    """
     if weights == "imagenet":
         from bagnet_keras.transfer.backbones import get_backbone
 
-        image_size = 224
         # DenseNet-121's ImageNet preprocessing is the BagNets' (torch-style mean and std), so both
         # models explain the very same input arrays.
         backbones = {"bagnet": "bagnet33", "cnn": "densenet121"}
         preprocess = {name: get_backbone(b).preprocess for name, b in backbones.items()}
-        fine_layer = "conv4_block24_concat"  # 14 x 14 at 224, where the last dense block's 7 x 7 is coarse
-    elif weights is None:
+        _check_one_preprocessing(preprocess)
+        # 14 x 14 at 224, where the last dense block's 7 x 7 is coarse
+        return DemoSetup(backbones, preprocess["bagnet"], "conv4_block24_concat", 224)
+    if weights is None:
         shape = (image_size, image_size, 3)
         backbones = {"bagnet": small_bagnet(shape, width), "cnn": small_cnn(shape, 2 * width)}
-        preprocess = {"bagnet": preprocess_input, "cnn": preprocess_input}
-        fine_layer = "conv3_relu"  # a quarter of the input's side: 16 x 16 at 64 px, against conv5's 4 x 4
-    else:
-        raise ValueError(f"`weights` must be None (small models from scratch) or 'imagenet'. Received: {weights!r}")
+        # a quarter of the input's side: 16 x 16 at 64 px, against conv5's 4 x 4
+        return DemoSetup(backbones, preprocess_input, "conv3_relu", image_size)
+    raise ValueError(f"`weights` must be None (small models from scratch) or 'imagenet'. Received: {weights!r}")
+
+
+def _check_one_preprocessing(preprocess: dict) -> None:
     probe = np.linspace(0, 255, 48, dtype="float32").reshape(1, 4, 4, 3)
     if not np.allclose(np.asarray(preprocess["bagnet"](probe.copy())), np.asarray(preprocess["cnn"](probe.copy()))):
         raise ValueError("The demo compares both models on the same preprocessed images; use one preprocessing.")
 
-    size = (image_size, image_size)
-    train = image_dataset(data, size, 32, split="train", preprocess=preprocess["bagnet"], cache=True, seed=seed)
-    val = image_dataset(data, size, 64, split="val", preprocess=preprocess["bagnet"], cache=True)
+
+def _train(setup: DemoSetup, data: str, output_dir: str, say: _Say, epochs: int, patience, seed: int):
+    """Both models trained (or their training resumed) under ``output_dir/models``, and the class names."""
+    from data_tools.loader import image_dataset
+
+    size = (setup.image_size, setup.image_size)
+    train = image_dataset(data, size, 32, split="train", preprocess=setup.preprocess, cache=True, seed=seed)
+    val = image_dataset(data, size, 64, split="val", preprocess=setup.preprocess, cache=True)
     names = train.class_names
     models = {}
-    for name, backbone in backbones.items():
+    for name, backbone in setup.backbones.items():
         say(f"training the {name} ({'fine-tuning ' + backbone if isinstance(backbone, str) else 'from scratch'})")
         mode = "finetune" if isinstance(backbone, str) else "scratch"
         model = build_classifier(
@@ -385,38 +502,18 @@ def run_demo(
             patience=patience,
             output_dir=os.path.join(output_dir, "models", name),
             seed=seed,
-            verbose=verbose,
+            verbose="auto" if say.progress else 0,
         )
         models[name] = model
+    return models, names
 
-    files = ImageFiles(data, size, split="test")
-    masks = ImageFiles(data, size, split="test", masks_root=masks_root) if masks_root else None
-    say(f"comparing explanations on {len(files)} test images")
-    result = compare(
-        models,
-        files,
-        files.labels,
-        masks=masks,
-        methods=demo_methods(fine_layer),
-        progress=progress,
-        n_classes=len(names),
-        deprocess=deprocess_input,
-        preprocess=preprocess["bagnet"],
-        sanity=min(8, len(files)),
-        output_dir=os.path.join(output_dir, "comparison"),
-    )
-    findings = demo_findings(result, files.labels, names, "bagnet", "cnn")
+
+def _atlas_stage(models, files, masks, names, output_dir: str, preprocess, stages: _Stages, say: _Say) -> list[str]:
+    """The atlas page, made once (``stages.json``), and its findings, kept in ``atlas_findings.json``."""
     atlas_file = os.path.join(output_dir, "atlas_findings.json")
     if not stages.done("atlas"):
         say("the atlas: what the CNN's last conv layer and the BagNet's classes are made of, over the test images")
-        write_atomic(
-            atlas_file, json.dumps(_atlas(models, files, masks, names, output_dir, preprocess["bagnet"], progress))
-        )
+        write_atomic(atlas_file, json.dumps(_atlas(models, files, masks, names, output_dir, preprocess, say.progress)))
         stages.mark("atlas")
     with open(atlas_file, encoding="utf-8") as f:
-        findings += json.load(f)
-    for finding in findings:
-        say(finding)
-    path = write_report(result, names, output_dir, title="What a BagNet and a CNN look at", findings=findings)
-    say(f"report: {os.path.abspath(path)}")
-    return path
+        return json.load(f)

@@ -64,61 +64,84 @@ def random_purity(
     return float(np.mean(values)), float(np.percentile(values, 95))
 
 
+def _units_finding(atlas, groups, masks: np.ndarray, labels: np.ndarray, motif: dict) -> str:
+    """How pure the purest unit or NMF group of the CNN's last layer is, against random positions."""
+    layer = atlas.layers[-1]
+    geometry, k = atlas.geometry[layer], atlas.k
+    scored = [
+        (purity(masks, labels, motif, atlas.top(layer, int(u)), geometry), f"unit {u}") for u in atlas.units[layer]
+    ]
+    if groups is not None:
+        scored += [
+            (purity(masks, labels, motif, groups.top(g), groups.geometry), f"NMF group {g}")
+            for g in range(len(groups.components))
+        ]
+    (best, cls), name = max(scored, key=lambda item: item[0][0])
+    grid = (int(atlas.row[layer].max()) + 1, int(atlas.column[layer].max()) + 1)
+    mean, high = random_purity(masks, labels, motif, grid, geometry, k)
+    pure = sum(p >= 8 / 9 for (p, _), _ in scored)
+    return (
+        f"Atlas of the CNN's last conv layer ({layer.split('/')[-1]}): the purest of its units and NMF groups "
+        f"is {name}, whose top {k} regions fall on the {motif.get(cls, '?')} motif {best * k:.0f} of {k} "
+        f"times ({pure} units or groups reach 8 of 9; {k} random positions: {mean * k:.1f} of {k} on average, "
+        f"{high * k:.0f} at the 95th percentile). At least one unit or group falls on one motif class at least "
+        f"8 of 9 times: {'holds' if best >= 8 / 9 else 'does not hold'}."
+    )
+
+
+def _on_motif(concepts, masks: np.ndarray, labels: np.ndarray, c: int, name: str) -> tuple[float, float]:
+    """Class ``c``'s share of top-patch evidence in concepts whose examples mostly lie on its motif, and the
+    fraction of all its images' positions that lie on the motif (the baseline)."""
+    on = 0.0
+    for concept in concepts.concepts[c]:
+        hits = _hits(masks, labels, {c: name}, concept.examples, concepts.geometry)
+        if sum(h is not None for h in hits) > len(hits) / 2:
+            on += concept.share
+    everywhere = [
+        (i, r, col)
+        for i in np.flatnonzero(labels == c)
+        for r in range(masks.shape[1] // concepts.geometry.stride)
+        for col in range(masks.shape[2] // concepts.geometry.stride)
+    ]
+    hits = _hits(masks, labels, {c: name}, everywhere, concepts.geometry)
+    return on, sum(h is not None for h in hits) / max(len(hits), 1)
+
+
+def _concepts_finding(concepts, masks: np.ndarray, labels: np.ndarray, motif: dict) -> str | None:
+    """Whether each motif class's BagNet concepts lie on its motif; None when no motif class has concepts."""
+    shares, baselines = {}, {}
+    for c, name in motif.items():
+        if c in concepts.concepts:
+            shares[name], baselines[name] = _on_motif(concepts, masks, labels, c, name)
+    if not shares:
+        return None
+    listing = ", ".join(f"{n} {s:.0%} (positions on the motif: {baselines[n]:.0%})" for n, s in shares.items())
+    verdict = "holds" if all(s >= 0.7 for s in shares.values()) else "does not hold"
+    return (
+        f"BagNet class concepts: share of each motif class's top-patch evidence in concepts whose example "
+        f"patches lie on the motif: {listing}. Every motif class is dominated (>= 70 %) by such concepts: "
+        f"{verdict}."
+    )
+
+
 def atlas_findings(
     atlas, groups, concepts, masks: np.ndarray, labels: np.ndarray, class_names: Sequence[str]
 ) -> list[str]:
-    """The demo's claims about its atlas, with their numbers and whether they hold."""
+    """The demo's claims about its atlas, with their numbers and whether they hold.
+
+    Examples
+    --------
+    >>> atlas_findings(None, None, None, np.zeros((1, 8, 8), bool), np.zeros(1, int), ["cross"])
+    []
+    """
     from data_tools.synthetic import MOTIF_CLASSES
 
     motif = {class_names.index(c): c for c in MOTIF_CLASSES if c in class_names}
     findings = []
     if atlas is not None and motif:
-        layer = atlas.layers[-1]
-        geometry, k = atlas.geometry[layer], atlas.k
-        scored = [
-            (purity(masks, labels, motif, atlas.top(layer, int(u)), geometry), f"unit {u}") for u in atlas.units[layer]
-        ]
-        if groups is not None:
-            scored += [
-                (purity(masks, labels, motif, groups.top(g), groups.geometry), f"NMF group {g}")
-                for g in range(len(groups.components))
-            ]
-        (best, cls), name = max(scored, key=lambda item: item[0][0])
-        grid = (int(atlas.row[layer].max()) + 1, int(atlas.column[layer].max()) + 1)
-        mean, high = random_purity(masks, labels, motif, grid, geometry, k)
-        pure = sum(p >= 8 / 9 for (p, _), _ in scored)
-        findings.append(
-            f"Atlas of the CNN's last conv layer ({layer.split('/')[-1]}): the purest of its units and NMF groups "
-            f"is {name}, whose top {k} regions fall on the {motif.get(cls, '?')} motif {best * k:.0f} of {k} "
-            f"times ({pure} units or groups reach 8 of 9; {k} random positions: {mean * k:.1f} of {k} on average, "
-            f"{high * k:.0f} at the 95th percentile). At least one unit or group falls on one motif class at least "
-            f"8 of 9 times: {'holds' if best >= 8 / 9 else 'does not hold'}."
-        )
+        findings.append(_units_finding(atlas, groups, masks, labels, motif))
     if concepts is not None and motif:
-        shares, baselines = {}, {}
-        for c, name in motif.items():
-            if c not in concepts.concepts:
-                continue
-            on = 0.0
-            for concept in concepts.concepts[c]:
-                hits = _hits(masks, labels, {c: name}, concept.examples, concepts.geometry)
-                if sum(h is not None for h in hits) > len(hits) / 2:
-                    on += concept.share
-            shares[name] = on
-            everywhere = [
-                (i, r, col)
-                for i in np.flatnonzero(labels == c)
-                for r in range(masks.shape[1] // concepts.geometry.stride)
-                for col in range(masks.shape[2] // concepts.geometry.stride)
-            ]
-            hits = _hits(masks, labels, {c: name}, everywhere, concepts.geometry)
-            baselines[name] = sum(h is not None for h in hits) / max(len(hits), 1)
-        if shares:
-            listing = ", ".join(f"{n} {s:.0%} (positions on the motif: {baselines[n]:.0%})" for n, s in shares.items())
-            verdict = "holds" if all(s >= 0.7 for s in shares.values()) else "does not hold"
-            findings.append(
-                f"BagNet class concepts: share of each motif class's top-patch evidence in concepts whose example "
-                f"patches lie on the motif: {listing}. Every motif class is dominated (>= 70 %) by such concepts: "
-                f"{verdict}."
-            )
+        finding = _concepts_finding(concepts, masks, labels, motif)
+        if finding is not None:
+            findings.append(finding)
     return findings

@@ -16,6 +16,8 @@ import keras
 import numpy as np
 
 from bagnet_keras.core.commit import write_atomic
+from bagnet_keras.core.inputs import check_image_model
+from bagnet_keras.core.validation import check_int
 from bagnet_keras.metrics.comparison import compare
 from bagnet_keras.metrics.faithfulness import logit_fn
 from bagnet_keras.report.html import write_report
@@ -34,7 +36,13 @@ def load_model(spec: str, weights: str | None = None) -> tuple[keras.Model, obje
     if spec.endswith(".keras"):
         if not os.path.isfile(spec):
             raise ValueError(f"Model file {spec!r} does not exist.")
-        return keras.models.load_model(spec, safe_mode=True), get_backbone("bagnet33").preprocess
+        try:
+            model = keras.models.load_model(spec, safe_mode=True)
+        except (OSError, ValueError, TypeError, KeyError) as error:
+            # Keras says "File format not supported" or fails deep in deserialisation: name the file.
+            raise ValueError(f"Cannot load {spec!r} as a Keras model ({error}).") from None
+        check_image_model(model, source=spec)
+        return model, get_backbone("bagnet33").preprocess
     record = get_backbone(spec)
     if record.bagnet:
         model = record.builder(weights=weights, classifier_activation=None)
@@ -83,7 +91,8 @@ def explain_images(
     from data_tools.loader import ImageFiles
 
     net, preprocess = load_model(model, weights)
-    batch_size = batch_size or default_batch_size()
+    # Zero is not "the default": None is.
+    batch_size = check_int(batch_size, "batch_size", low=1, allow_none=True) or default_batch_size()
     names = None
     if isinstance(images, str):
         files = ImageFiles(images, (image_size, image_size), split=split, max_images=max_images)
@@ -354,16 +363,8 @@ def _write_atlas_page(entries: dict, files, prep, output_dir: str) -> str:
     )
 
 
-def merge_atlas_shards(output_dir: str, shard_dirs: Sequence[str]) -> str:
-    """Join the output folders of finished shards of `atlas_models` and write the atlas page into ``output_dir``.
-
-    The page equals that of one unsharded run. It reads the data again, only for the images it shows.
-    """
-    from bagnet_keras.explain.atlas import merge_atlas
-    from bagnet_keras.explain.concepts import merge_concepts
-    from bagnet_keras.explain.factorize import merge_groups
-    from bagnet_keras.report.atlas_page import ModelAtlas
-
+def _atlas_settings(shard_dirs: Sequence[str]) -> dict:
+    """The settings the shards of one atlas run share (their ``atlas.json`` less the shard), or a ValueError."""
     runs = []
     for folder in shard_dirs:
         path = os.path.join(folder, ATLAS_FILE)
@@ -383,6 +384,20 @@ def merge_atlas_shards(output_dir: str, shard_dirs: Sequence[str]) -> str:
                 f"{folder!r} and {shard_dirs[0]!r} are not shards of the same atlas run (differing: "
                 f"{', '.join(differing)}); merge the shards of one run only."
             )
+    return settings
+
+
+def merge_atlas_shards(output_dir: str, shard_dirs: Sequence[str]) -> str:
+    """Join the output folders of finished shards of `atlas_models` and write the atlas page into ``output_dir``.
+
+    The page equals that of one unsharded run. It reads the data again, only for the images it shows.
+    """
+    from bagnet_keras.explain.atlas import merge_atlas
+    from bagnet_keras.explain.concepts import merge_concepts
+    from bagnet_keras.explain.factorize import merge_groups
+    from bagnet_keras.report.atlas_page import ModelAtlas
+
+    settings = _atlas_settings(shard_dirs)
     files, prep = _atlas_data(settings)
     entries = {}
     for name, path in settings["models"].items():

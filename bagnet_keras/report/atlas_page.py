@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from bagnet_keras.core.commit import write_atomic
 from bagnet_keras.core.files import display_images
 from bagnet_keras.core.geometry import position_boxes
-from bagnet_keras.report.html import _STYLE, _Figures, _table
+from bagnet_keras.report.page import Figures, html_document, html_table
 from bagnet_keras.report.plot import plot_evolution, plot_invariance, projection_display
 
 
@@ -75,7 +75,7 @@ def _units_section(name: str, entry: ModelAtlas, data, figure, deprocess, prepro
 def _groups_section(
     name: str, entry: ModelAtlas, data, figure, deprocess, preprocess, class_names: Sequence[str]
 ) -> list[str]:
-    from bagnet_keras.explain.atlas import _crops, gather
+    from bagnet_keras.explain.atlas import crop_boxes, gather
 
     groups = entry.groups
     n = len(groups.components)
@@ -86,7 +86,7 @@ def _groups_section(
             continue
         images = gather(data, sorted({t[0] for t in top}), preprocess=preprocess)
         boxes = position_boxes(groups.geometry, np.array([t[1] for t in top]), np.array([t[2] for t in top]))
-        crops = _crops(np.stack([images[t[0]] for t in top]), boxes)
+        crops = crop_boxes(np.stack([images[t[0]] for t in top]), boxes)
         rows.append((f"group {g}", display_images(crops, deprocess) / 255.0))
     parts = [
         f"<h3>Building blocks: {n} groups of {html.escape(groups.layer)}</h3>"
@@ -101,7 +101,7 @@ def _groups_section(
         mean = groups.attribution(entry.group_images).mean(axis=0)  # (classes, groups)
         header = ["class", *[f"group {g}" for g in range(n)]]
         table_rows = [[class_names[c] if c < len(class_names) else c, *map(float, mean[c])] for c in range(len(mean))]
-        parts.append(_table(header, table_rows, "mean attribution of each group to each class logit"))
+        parts.append(html_table(header, table_rows, "mean attribution of each group to each class logit"))
     return parts
 
 
@@ -123,7 +123,7 @@ def _concepts_section(
         "<h3>Class concepts (BagNet)</h3>"
         '<p class="note">Each class\'s patches with the most evidence for it, clustered by their features; '
         "a concept's share of the class's top-patch evidence, and (patches).</p>",
-        _table(header, table_rows, "class x concept"),
+        html_table(header, table_rows, "class x concept"),
         figure(_grid(rows, width), f"{name}_concepts", "concept examples"),
     ]
 
@@ -161,29 +161,34 @@ def write_atlas(
     """
     output_dir = os.fspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
-    figure = _Figures(output_dir)
+    figure = Figures(output_dir)
     names = list(class_names)
     parts = [f"<h1>{html.escape(title)}</h1>"]
     for name, entry in entries.items():
         parts.append(f"<h2>{html.escape(name)}</h2>")
-        if entry.atlas is not None:
-            parts += _units_section(name, entry, data, figure, deprocess, preprocess, max_units)
-        if entry.groups is not None:
-            parts += _groups_section(name, entry, data, figure, deprocess, preprocess, names)
-        if entry.concepts is not None and entry.concepts.concepts:
-            parts += _concepts_section(name, entry, data, figure, deprocess, preprocess, names)
-        if entry.evolution:
-            parts += [
-                "<h3>Feature evolution</h3>",
-                figure(plot_evolution(entry.evolution), f"{name}_evolution", "feature evolution"),
-            ]
-        if entry.invariance is not None:
-            parts += [
-                "<h3>Invariance</h3>",
-                figure(plot_invariance(entry.invariance), f"{name}_invariance", "invariance curves"),
-            ]
-    document = (
-        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}'
-        f"</title><style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>"
-    )
-    return write_atomic(os.path.join(output_dir, "atlas.html"), document)
+        parts += _model_sections(name, entry, data, figure, deprocess, preprocess, names, max_units)
+    return write_atomic(os.path.join(output_dir, "atlas.html"), html_document(title, parts))
+
+
+def _model_sections(
+    name: str, entry: ModelAtlas, data, figure, deprocess, preprocess, names: Sequence[str], max_units: int
+) -> list[str]:
+    """One model's sections: units, groups, concepts, evolution, invariance (those it has)."""
+    parts = []
+    if entry.atlas is not None:
+        parts += _units_section(name, entry, data, figure, deprocess, preprocess, max_units)
+    if entry.groups is not None:
+        parts += _groups_section(name, entry, data, figure, deprocess, preprocess, names)
+    if entry.concepts is not None and entry.concepts.concepts:
+        parts += _concepts_section(name, entry, data, figure, deprocess, preprocess, names)
+    if entry.evolution:
+        parts += [
+            "<h3>Feature evolution</h3>",
+            figure(plot_evolution(entry.evolution), f"{name}_evolution", "feature evolution"),
+        ]
+    if entry.invariance is not None:
+        parts += [
+            "<h3>Invariance</h3>",
+            figure(plot_invariance(entry.invariance), f"{name}_invariance", "invariance curves"),
+        ]
+    return parts

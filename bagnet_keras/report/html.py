@@ -12,7 +12,6 @@ misclassified images. Every figure is also written as a PNG under
 
 from __future__ import annotations
 
-import base64
 import html
 import os
 from collections.abc import Mapping, Sequence
@@ -22,51 +21,17 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from bagnet_keras.core.commit import write_atomic
-from bagnet_keras.explain.registry import METHODS, parse_method
+from bagnet_keras.explain.methods import method_names
+from bagnet_keras.explain.registry import parse_method
 from bagnet_keras.metrics.comparison import Comparison
+from bagnet_keras.report.page import Figures, html_document, html_table
 from bagnet_keras.report.plot import (
     plot_curves,
     plot_heatmap,
     plot_overlay,
     plot_patches,
     plot_randomization,
-    render_figure,
 )
-
-_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
-h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
-table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
-th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
-img { max-width: 100%; } .finding { margin: 0.3em 0; } .note { color: #555; font-size: 0.9em; }
-"""
-
-
-class _Figures:
-    """Saves each figure as a PNG under ``output_dir/figures`` and returns its ``<img>`` tag with the PNG embedded."""
-
-    def __init__(self, output_dir: str):
-        self.folder = os.path.join(output_dir, "figures")
-        os.makedirs(self.folder, exist_ok=True)
-
-    def __call__(self, fig: Figure, name: str, alt: str) -> str:
-        png = render_figure(fig, "png")  # rendered once, for the file and for the page
-        write_atomic(os.path.join(self.folder, f"{name}.png"), png)
-        data = base64.b64encode(png).decode("ascii")
-        return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence], caption: str = "") -> str:
-    def cell(value):
-        if isinstance(value, float):
-            return "n/a" if not np.isfinite(value) else f"{value:.3f}"
-        return html.escape(str(value))
-
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
-    caption = f"<caption>{html.escape(caption)}</caption>" if caption else ""
-    return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _overlays(
@@ -143,10 +108,8 @@ def _spatial_sensitivity(comparison: Comparison, figure) -> list[str]:
     ]
 
 
-def _trust(sanity: Mapping, figure) -> list[str]:
-    """The section "Can these maps be trusted?": both sanity checks per model and method, and the curves."""
-    if not sanity:
-        return []
+def _sanity_rows(sanity: Mapping) -> list[list]:
+    """One row per map: the final rank correlation and verdict of randomisation, the change and verdict of the shift."""
     shift = {(e["model"], e["method"]): e for e in sanity["invariance"]}
     rows = []
     for e in sanity["randomization"]:
@@ -163,6 +126,13 @@ def _trust(sanity: Mapping, figure) -> list[str]:
                 "pass" if s["passed"] else "FAIL",
             ]
         )
+    return rows
+
+
+def _trust(sanity: Mapping, figure) -> list[str]:
+    """The section "Can these maps be trusted?": both sanity checks per model and method, and the curves."""
+    if not sanity:
+        return []
     header = [
         "model",
         "method",
@@ -180,13 +150,145 @@ def _trust(sanity: Mapping, figure) -> list[str]:
         "is random. Input invariance (Kindermans et al. 2017): a copy of the model takes the images shifted "
         f"by {sanity['shift']:g} and absorbs the shift in its first layer's bias, so it computes the same "
         "function; a map passes when it is the same for both (mean absolute change over the mean absolute "
-        f"value at most {sanity['tolerance']:g}).</p>" + _table(header, rows),
+        f"value at most {sanity['tolerance']:g}).</p>" + html_table(header, _sanity_rows(sanity)),
         figure(
             plot_randomization(sanity["randomization"], sanity["threshold"]),
             "randomization",
             "cascading randomisation curves",
         ),
     ]
+
+
+def _models_section(comparison: Comparison, name_of: list[str]) -> str:
+    """The models' accuracies: overall, with tiles shuffled, and per class."""
+    summary = comparison.summary
+    per_class = summary["per_class_accuracy"]
+    header = ["model", "accuracy", "kept top class when tiles are shuffled", *name_of]
+    rows = [
+        [
+            name,
+            summary["accuracy"][name],
+            summary["shuffle_kept"][name],
+            *[float(v) if v is not None else float("nan") for v in per_class[name][: len(name_of)]],
+        ]
+        for name in summary["accuracy"]
+    ]
+    return "<h2>Models</h2>" + html_table(header, rows, "accuracy on these images, overall and per class")
+
+
+def _faithfulness_section(comparison: Comparison) -> list[str]:
+    """The faithfulness table with its confidence intervals, and what each method is."""
+    rows = [
+        [a["model"], a["method"], a["metric"], a["mean"], a["low"], a["high"], a["n"]]
+        for a in comparison.aggregates
+        if a["metric"] != "spearman"
+    ]
+    order = method_names()
+    used = sorted({method for _, method in comparison.maps}, key=lambda m: (order.index(m.split("@")[0]), m))
+    return [
+        "<h2>Faithfulness</h2>"
+        '<p class="note">deletion_area: mean probability of the true class while the map\'s highest-ranked '
+        "8x8 cells are masked with the image mean (lower: the map found what the model uses); deletion_on_X: "
+        "the same cells masked for model X; insertion_area: cells restored from a masked image (higher is "
+        "better); linearity_sum / linearity_joint: logit drop summed over single cells vs all at once; "
+        "pointing, energy: agreement with the ground-truth masks. Intervals: 95 % bootstrap.</p>"
+        + html_table(["model", "method", "metric", "mean", "low", "high", "n"], rows),
+        '<p class="note">Methods: ' + "; ".join(html.escape(_describe(m)) for m in used) + ".</p>",
+    ]
+
+
+def _curves_section(comparison: Comparison, figure) -> str:
+    """The mean deletion and insertion curves of every map."""
+    deletion = {f"{m}/{meth}": c["deletion"] for (m, meth), c in comparison.curves.items()}
+    insertion = {f"{m}/{meth}": c["insertion"] for (m, meth), c in comparison.curves.items()}
+    deletion_fig = plot_curves(deletion, "deletion (on the explained model)")
+    insertion_fig = plot_curves(insertion, "insertion", "cells restored")
+    return (
+        "<h2>Deletion and insertion curves</h2>"
+        + figure(deletion_fig, "deletion", "deletion curves")
+        + figure(insertion_fig, "insertion", "insertion curves")
+    )
+
+
+def _agreement_section(comparison: Comparison) -> str:
+    """How alike the maps rank the cells: their Spearman correlation per image."""
+    rows = [
+        [a["model"], a["method"], a["mean"], a["low"], a["high"], a["n"]]
+        for a in comparison.aggregates
+        if a["metric"] == "spearman"
+    ]
+    return "<h2>Agreement between maps</h2>" + html_table(
+        ["map", "map", "Spearman mean", "low", "high", "n"],
+        rows,
+        "rank correlation of the maps over 8x8 cells, per image",
+    )
+
+
+class _Gallery:
+    """Rows of overlays of the images the comparison kept (``Comparison.shown``), six images to a figure."""
+
+    def __init__(self, comparison: Comparison, name_of: list[str], figure):
+        self.figure, self.name_of = figure, name_of
+        self.display = comparison.images / 255.0
+        self.position = {int(image): p for p, image in enumerate(comparison.shown)}
+        self.labels = np.asarray(comparison.labels).astype(int)
+        self.models = list(comparison.summary["accuracy"])
+        self.predicted = {
+            name: np.array([r["predicted"] for r in comparison.model_rows if r["model"] == name])
+            for name in self.models
+        }
+        self.columns = {f"{m}/{meth}": maps for (m, meth), maps in comparison.maps.items()}
+        self.boxes: dict[int, np.ndarray] = {}
+        bagnet = comparison.evidence.get("model")
+        if bagnet is not None:
+            self.columns[f"{bagnet}/evidence, predicted class"] = comparison.evidence["predicted"]
+            self.boxes = dict(enumerate(comparison.evidence["boxes"]))
+
+    def kept(self, indices) -> list[int]:
+        """Those of ``indices`` whose maps the comparison kept."""
+        return [i for i in indices if i in self.position]
+
+    def wrong(self) -> list[int]:
+        """The images some model misclassified."""
+        return [i for i in range(len(self.labels)) if any(self.predicted[m][i] != self.labels[i] for m in self.models)]
+
+    def figures(self, indices: list[int], name: str, alt: str) -> list[str]:
+        """The overlays of ``indices``, six images to a figure, named ``{name}_{start:03d}``."""
+        return [
+            self.figure(self._overlays(indices[start : start + 6]), f"{name}_{start:03d}", alt)
+            for start in range(0, len(indices), 6)
+        ]
+
+    def _overlays(self, indices: list[int]) -> Figure:
+        titles = [
+            f"#{i} {self.name_of[self.labels[i]]}\n"
+            + "\n".join(f"{m}: {self.name_of[self.predicted[m][i]]}" for m in self.models)
+            for i in indices
+        ]
+        return _overlays(self.display, [self.position[i] for i in indices], self.columns, self.boxes, titles)
+
+
+def _images_sections(comparison: Comparison, name_of: list[str], figure, max_images: int) -> list[str]:
+    """The images with their maps, the BagNet's most informative patches per class, the misclassified images."""
+    gallery = _Gallery(comparison, name_of, figure)
+    parts = [
+        '<h2>Images</h2><p class="note">First column: the image with the boxes of the 3 patches with '
+        "the most evidence for the true class (BagNet). Red: evidence for the class, blue: against; "
+        "other maps are scaled to [0, 1].</p>",
+        *gallery.figures(gallery.kept(range(min(max_images, len(gallery.labels)))), "images", "maps of images"),
+    ]
+    bagnet = comparison.evidence.get("model")
+    if bagnet is not None:
+        parts.append(f"<h2>Most informative patches per class ({html.escape(bagnet)})</h2>")
+        for c, best in sorted(comparison.patches.items()):
+            fig = plot_patches(best, title=f"{name_of[c]}: most evidence for the class")
+            parts.append(figure(fig, f"patches_{c:03d}", f"patches of {name_of[c]}"))
+    wrong = gallery.wrong()
+    parts.append(f"<h2>Misclassified ({len(wrong)})</h2>")
+    if not wrong:
+        parts.append("<p>Every image was classified correctly by every model.</p>")
+    parts += gallery.figures(gallery.kept(wrong)[:24], "misclassified", "misclassified images")
+    return parts
 
 
 def write_report(
@@ -228,120 +330,23 @@ def write_report(
     """
     output_dir = os.fspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
-    figure = _Figures(output_dir)
+    figure = Figures(output_dir)
     if comparison.images is None or comparison.labels is None:
         raise ValueError("This comparison holds no images; make it with bagnet_keras.compare (it keeps them).")
-    display = comparison.images / 255.0
-    position = {int(image): p for p, image in enumerate(comparison.shown)}
-    labels = np.asarray(comparison.labels).astype(int)
     name_of = list(class_names)
     models = list(comparison.summary["accuracy"])
-    predicted = {
-        name: np.array([r["predicted"] for r in comparison.model_rows if r["model"] == name]) for name in models
-    }
-    parts = [f"<h1>{html.escape(title)}</h1>"]
-    parts.append(
-        f'<p class="note">{len(labels)} images, {len(name_of)} classes, models: {html.escape(", ".join(models))}.</p>'
-    )
+    parts = [
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p class="note">{len(comparison.labels)} images, {len(name_of)} classes, models: '
+        f"{html.escape(', '.join(models))}.</p>",
+    ]
     if findings:
         parts.append("<h2>Findings</h2>" + "".join(f'<p class="finding">{html.escape(f)}</p>' for f in findings))
-
-    per_class = comparison.summary["per_class_accuracy"]
-    header = ["model", "accuracy", "kept top class when tiles are shuffled", *name_of]
-    rows = [
-        [
-            name,
-            comparison.summary["accuracy"][name],
-            comparison.summary["shuffle_kept"][name],
-            *[float(v) if v is not None else float("nan") for v in per_class[name][: len(name_of)]],
-        ]
-        for name in models
-    ]
-    parts.append("<h2>Models</h2>" + _table(header, rows, "accuracy on these images, overall and per class"))
-
-    rows = [
-        [a["model"], a["method"], a["metric"], a["mean"], a["low"], a["high"], a["n"]]
-        for a in comparison.aggregates
-        if a["metric"] != "spearman"
-    ]
-    parts.append(
-        "<h2>Faithfulness</h2>"
-        '<p class="note">deletion_area: mean probability of the true class while the map\'s highest-ranked '
-        "8x8 cells are masked with the image mean (lower: the map found what the model uses); deletion_on_X: "
-        "the same cells masked for model X; insertion_area: cells restored from a masked image (higher is "
-        "better); linearity_sum / linearity_joint: logit drop summed over single cells vs all at once; "
-        "pointing, energy: agreement with the ground-truth masks. Intervals: 95 % bootstrap.</p>"
-        + _table(["model", "method", "metric", "mean", "low", "high", "n"], rows)
-    )
-    used = sorted({method for _, method in comparison.maps}, key=lambda m: (list(METHODS).index(m.split("@")[0]), m))
-    parts.append('<p class="note">Methods: ' + "; ".join(html.escape(_describe(m)) for m in used) + ".</p>")
-    deletion = {f"{m}/{meth}": c["deletion"] for (m, meth), c in comparison.curves.items()}
-    insertion = {f"{m}/{meth}": c["insertion"] for (m, meth), c in comparison.curves.items()}
-    deletion_fig = plot_curves(deletion, "deletion (on the explained model)")
-    insertion_fig = plot_curves(insertion, "insertion", "cells restored")
-    parts.append(
-        "<h2>Deletion and insertion curves</h2>"
-        + figure(deletion_fig, "deletion", "deletion curves")
-        + figure(insertion_fig, "insertion", "insertion curves")
-    )
+    parts.append(_models_section(comparison, name_of))
+    parts += _faithfulness_section(comparison)
+    parts.append(_curves_section(comparison, figure))
     parts += _spatial_sensitivity(comparison, figure)
     parts += _trust(comparison.sanity, figure)
-    rows = [
-        [a["model"], a["method"], a["mean"], a["low"], a["high"], a["n"]]
-        for a in comparison.aggregates
-        if a["metric"] == "spearman"
-    ]
-    parts.append(
-        "<h2>Agreement between maps</h2>"
-        + _table(
-            ["map", "map", "Spearman mean", "low", "high", "n"],
-            rows,
-            "rank correlation of the maps over 8x8 cells, per image",
-        )
-    )
-
-    columns = {f"{m}/{meth}": maps for (m, meth), maps in comparison.maps.items()}
-    boxes: dict[int, np.ndarray] = {}
-    bagnet = comparison.evidence.get("model")
-    if bagnet is not None:
-        columns[f"{bagnet}/evidence, predicted class"] = comparison.evidence["predicted"]
-        boxes = dict(enumerate(comparison.evidence["boxes"]))
-
-    def titles(indices):
-        return [
-            f"#{i} {name_of[labels[i]]}\n" + "\n".join(f"{m}: {name_of[predicted[m][i]]}" for m in models)
-            for i in indices
-        ]
-
-    def overlays(indices):
-        return _overlays(display, [position[i] for i in indices], columns, boxes, titles(indices))
-
-    shown = [i for i in range(min(max_images, len(labels))) if i in position]
-    parts.append(
-        '<h2>Images</h2><p class="note">First column: the image with the boxes of the 3 patches with '
-        "the most evidence for the true class (BagNet). Red: evidence for the class, blue: against; "
-        "other maps are scaled to [0, 1].</p>"
-    )
-    for start in range(0, len(shown), 6):
-        chunk = shown[start : start + 6]
-        parts.append(figure(overlays(chunk), f"images_{start:03d}", "maps of images"))
-
-    if bagnet is not None:
-        parts.append(f"<h2>Most informative patches per class ({html.escape(bagnet)})</h2>")
-        for c, best in sorted(comparison.patches.items()):
-            fig = plot_patches(best, title=f"{name_of[c]}: most evidence for the class")
-            parts.append(figure(fig, f"patches_{c:03d}", f"patches of {name_of[c]}"))
-
-    wrong = [i for i in range(len(labels)) if any(predicted[m][i] != labels[i] for m in models)]
-    parts.append(f"<h2>Misclassified ({len(wrong)})</h2>")
-    if not wrong:
-        parts.append("<p>Every image was classified correctly by every model.</p>")
-    kept = [i for i in wrong if i in position][:24]
-    for start in range(0, len(kept), 6):
-        parts.append(figure(overlays(kept[start : start + 6]), f"misclassified_{start:03d}", "misclassified images"))
-
-    document = (
-        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}'
-        f"</title><style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>"
-    )
-    return write_atomic(os.path.join(output_dir, "report.html"), document)
+    parts.append(_agreement_section(comparison))
+    parts += _images_sections(comparison, name_of, figure, max_images)
+    return write_atomic(os.path.join(output_dir, "report.html"), html_document(title, parts))
