@@ -29,6 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bagnet_keras.core.commit import Transaction, disk_full_errors, file_sha256, folder_lock, recover
+from bagnet_keras.core.validation import check_number, check_positive_int
 from data_tools.dedupe import DEFAULT_THRESHOLD, check_threshold, duplicate_groups, perceptual_hash
 from data_tools.images import MAX_PIXELS, Rejected, load_clean
 from data_tools.manifest import MANIFEST, manifest_text, read_manifest
@@ -141,10 +142,8 @@ def clean(
     >>> report.kept, report.duplicates, dict(report.reasons)  # doctest: +SKIP
     (3812, 241, {'too small': 17, 'truncated or corrupt': 4})
     """
-    if not isinstance(min_size, int) or min_size < 1:
-        raise ValueError(f"`min_size` must be a positive integer. Received: min_size={min_size!r}")
-    if not max_aspect >= 1:
-        raise ValueError(f"`max_aspect` must be at least 1. Received: max_aspect={max_aspect!r}")
+    min_size = check_positive_int(min_size, "min_size")
+    check_number(max_aspect, "max_aspect", low=1)
     check_threshold(threshold)  # before any file is touched
     class_folders(root)  # the folder must exist before its lock can
     options = dict(min_size=min_size, max_aspect=max_aspect, max_pixels=max_pixels, crop_borders=crop_borders)

@@ -52,6 +52,7 @@ from bagnet_keras.core.commit import (
     FULL_DISK_ERRNOS,
     append_lines,
     disk_full_errors,
+    file_sha256,
     finish_staged,
     folder_lock,
     read_lines,
@@ -60,6 +61,7 @@ from bagnet_keras.core.commit import (
     repair_lines,
     staged_path,
 )
+from bagnet_keras.core.validation import check_int, check_number, check_positive_int
 from data_tools.engines import ENGINES, SEARCH_LIMIT, check_filters, finish_crawler, make_crawler
 from data_tools.fetch import LimitedSession
 from data_tools.images import MAX_PIXELS, Rejected, load_clean
@@ -247,57 +249,78 @@ def _reconcile(root: str, labels: Sequence[str], options: dict) -> tuple[_State,
     file goes. Valid files nobody recorded (added by hand) are adopted.
     Returns the state and the valid images per class.
     """
-    manifest = manifest_path(root)
-    repair_lines(manifest)
+    repair_lines(manifest_path(root))
     repair_lines(os.path.join(root, CRAWL_LOG))
     records = read_manifest(root)
-    changed = False
     for label in labels:
         os.makedirs(os.path.join(root, label), exist_ok=True)
+    changed = _roll_forward(root, records)
+    recover(root)
+    changed = _adopt_unrecorded(root, labels, records, options) or changed
+    if changed:
+        write_manifest(root, records)
+    return _read_state(root, labels, records)
+
+
+def _roll_forward(root: str, records: dict[str, dict]) -> bool:
+    """Finish or drop the records whose file is missing (in place); True if any changed."""
+    changed = False
     for rel, record in list(records.items()):
-        if record.get("status") != "ok" or os.path.exists(os.path.join(root, rel)):
-            continue
         final = os.path.join(root, rel)
-        if os.path.exists(staged_path(final)):
-            if not finish_staged(final, record["sha256"]):
-                del records[rel]  # recorded, but its bytes never reached the disk whole: fetch it again
-                changed = True
-        else:
+        if record.get("status") != "ok" or os.path.exists(final):
+            continue
+        if not os.path.exists(staged_path(final)):
             record.update(status="missing", reason="missing: the file is not in the dataset (removed)")
             changed = True
-    recover(root)
+        elif not finish_staged(final, record["sha256"]):
+            del records[rel]  # recorded, but its bytes never reached the disk whole: fetch it again
+            changed = True
+    return changed
+
+
+def _adopt_unrecorded(root: str, labels: Sequence[str], records: dict[str, dict], options: dict) -> bool:
+    """Record the valid files of the class folders that no record names (added by hand); True if any."""
+    changed = False
     for label in labels:
         for name in sorted(os.listdir(os.path.join(root, label))):
             rel = f"{label}/{name}"
             if rel in records and records[rel].get("status") == "ok" or name.startswith("."):
                 continue
-            path = os.path.join(root, rel)
-            if not os.path.isfile(path):
-                continue
-            try:
-                image = load_clean(path, options["min_size"], options["max_aspect"], options["max_pixels"], False)
-            except Rejected as reason:
-                logger.warning("%s is not counted: %s (clean will quarantine it)", rel, reason)
-                continue
-            with open(path, "rb") as f:
-                sha256 = hashlib.sha256(f.read()).hexdigest()
-            width, height = image.original_size
-            records[rel] = {
-                "path": rel,
-                "class": label,
-                "status": "ok",
-                "engine": None,
-                "url": None,
-                "sha256": sha256,
-                "width": width,
-                "height": height,
-                "format": image.format,
-                "crawled": _now(),
-                "source": "found in the class folder",
-            }
-            changed = True
-    if changed:
-        write_manifest(root, records)
+            record = _found_record(root, rel, label, options)
+            if record is not None:
+                records[rel] = record
+                changed = True
+    return changed
+
+
+def _found_record(root: str, rel: str, label: str, options: dict) -> dict | None:
+    """The manifest record of a file found in a class folder, or None if it is not a valid image."""
+    path = os.path.join(root, rel)
+    if not os.path.isfile(path):
+        return None
+    try:
+        image = load_clean(path, options["min_size"], options["max_aspect"], options["max_pixels"], False)
+    except Rejected as reason:
+        logger.warning("%s is not counted: %s (clean will quarantine it)", rel, reason)
+        return None
+    width, height = image.original_size
+    return {
+        "path": rel,
+        "class": label,
+        "status": "ok",
+        "engine": None,
+        "url": None,
+        "sha256": file_sha256(path),
+        "width": width,
+        "height": height,
+        "format": image.format,
+        "crawled": _now(),
+        "source": "found in the class folder",
+    }
+
+
+def _read_state(root: str, labels: Sequence[str], records: dict[str, dict]) -> tuple[_State, dict[str, int]]:
+    """What the dataset holds (tried URLs, hashes, next file numbers) and the valid images per class."""
     state = _State()
     counts = Counter()
     for rel, record in records.items():
@@ -363,6 +386,11 @@ def load_classes(
         classes = _read_class_file(os.fspath(classes))
     if isinstance(queries, str):
         queries = [queries]
+    return {label: _class_queries(label, value, queries, urls, base) for label, value in _class_items(classes)}
+
+
+def _class_items(classes) -> list[tuple]:
+    """``(label, queries or None)`` pairs of a mapping or a list of labels, or a ValueError."""
     if isinstance(classes, Mapping):
         items = list(classes.items())
     elif isinstance(classes, Sequence) and not isinstance(classes, str):
@@ -373,28 +401,29 @@ def load_classes(
         )
     if not items:
         raise ValueError("`classes` is empty: give at least one class label.")
-    result = {}
-    for label, value in items:
-        check_label(label)
-        if (value is None or value == [] or value == "") and urls:
-            raise ValueError(f"Class {label!r} has no URLs; give a list of URLs or a file of them.")
-        if value is None or value == [] or value == "":
-            value = list(queries)
-        elif isinstance(value, str):
-            value = [value]
-        if not isinstance(value, Sequence) or not all(isinstance(q, str) and q.strip() for q in value):
-            raise ValueError(f"Queries of class {label!r} must be non-empty strings. Received: {value!r}")
+    return items
+
+
+def _class_queries(label, value, queries: Sequence[str], urls: bool, base: str) -> list[str]:
+    """The queries (or URLs) of one class: ``value`` as given, or ``queries`` when it is empty."""
+    check_label(label)
+    if value is None or value == [] or value == "":
         if urls:
-            result[label] = [os.path.join(base, v) if os.path.isfile(os.path.join(base, v)) else v for v in value]
-            continue
-        try:
-            result[label] = [template.format(label=label) for template in value]
-        except (KeyError, IndexError, ValueError):
-            raise ValueError(
-                f"A query template of class {label!r} in {value!r} has a placeholder other than {{label}}; "
-                "double other braces ({{ }})."
-            ) from None
-    return result
+            raise ValueError(f"Class {label!r} has no URLs; give a list of URLs or a file of them.")
+        value = list(queries)
+    elif isinstance(value, str):
+        value = [value]
+    if not isinstance(value, Sequence) or not all(isinstance(q, str) and q.strip() for q in value):
+        raise ValueError(f"Queries of class {label!r} must be non-empty strings. Received: {value!r}")
+    if urls:
+        return [os.path.join(base, v) if os.path.isfile(os.path.join(base, v)) else v for v in value]
+    try:
+        return [template.format(label=label) for template in value]
+    except (KeyError, IndexError, ValueError):
+        raise ValueError(
+            f"A query template of class {label!r} in {value!r} has a placeholder other than {{label}}; "
+            "double other braces ({{ }})."
+        ) from None
 
 
 def _read_class_file(path: str):
@@ -427,8 +456,7 @@ def _url_list(queries: Sequence[str]) -> list[str]:
 
 
 def _check_options(n_per_class, engine, filters, threads, timeout, deadline, max_bytes, retries, backoff):
-    if not isinstance(n_per_class, int) or isinstance(n_per_class, bool) or n_per_class < 1:
-        raise ValueError(f"`n_per_class` must be a positive integer. Received: n_per_class={n_per_class!r}")
+    check_positive_int(n_per_class, "n_per_class")
     if engine not in ENGINES:
         raise ValueError(f"Unknown engine {engine!r}; choose one of {sorted(ENGINES)}.")
     if filters is not None and not isinstance(filters, Mapping):
@@ -438,15 +466,11 @@ def _check_options(n_per_class, engine, filters, threads, timeout, deadline, max
     check_filters(engine, filters)
     if engine == "flickr" and not os.environ.get(FLICKR_KEY_VARIABLE):
         raise ValueError(f"The Flickr engine needs an API key in the environment variable {FLICKR_KEY_VARIABLE}.")
-    if not isinstance(threads, int) or not 1 <= threads <= 32:
-        raise ValueError(f"`threads` must be an integer from 1 to 32. Received: threads={threads!r}")
+    check_int(threads, "threads", low=1, high=32)
     for name, value in (("timeout", timeout), ("deadline", deadline), ("max_bytes", max_bytes)):
-        if not isinstance(value, int | float) or not value > 0:
-            raise ValueError(f"`{name}` must be a positive number. Received: {name}={value!r}")
-    if not isinstance(retries, int) or retries < 0:
-        raise ValueError(f"`retries` must be a non-negative integer. Received: retries={retries!r}")
-    if not isinstance(backoff, int | float) or backoff < 0:
-        raise ValueError(f"`backoff` must be a non-negative number. Received: backoff={backoff!r}")
+        check_number(value, name, low=0, low_open=True)
+    check_int(retries, "retries", low=0)
+    check_number(backoff, "backoff", low=0)
 
 
 def crawl(

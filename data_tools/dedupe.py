@@ -25,6 +25,8 @@ from math import comb
 
 import numpy as np
 
+from bagnet_keras.core.validation import check_int
+
 #: Bits of difference within which two images count as near-duplicates by default.
 DEFAULT_THRESHOLD = 8
 
@@ -73,9 +75,7 @@ def check_threshold(threshold) -> int:
     >>> check_threshold(8)
     8
     """
-    if isinstance(threshold, bool) or not isinstance(threshold, int) or not 0 <= threshold <= 16:
-        raise ValueError(f"`threshold` must be an int from 0 to 16 bits. Received: threshold={threshold!r}")
-    return threshold
+    return check_int(threshold, "threshold", low=0, high=16)  # bits that differ, of the 64-bit hash
 
 
 def close_pairs(hashes, threshold: int = DEFAULT_THRESHOLD) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import numpy as np
 
 from bagnet_keras.core.files import fit_image, read_image
+from bagnet_keras.core.validation import check_positive_int
 from data_tools.clean import class_folders
 from data_tools.manifest import read_manifest
 
@@ -94,12 +95,14 @@ def image_dataset(
     """
     import tensorflow as tf
 
-    if len(image_size) != 2 or not all(isinstance(v, int) and v > 0 for v in image_size):
-        raise ValueError(f"`image_size` must be (height, width) positive ints. Received: image_size={image_size!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
+    try:
+        height, width = (check_positive_int(v, "image_size") for v in image_size)
+    except ValueError:  # the whole value says more than its first bad entry
+        raise ValueError(
+            f"`image_size` must be (height, width) positive ints. Received: image_size={image_size!r}"
+        ) from None
+    batch_size = check_positive_int(batch_size, "batch_size")
     paths, labels, names = _files(root, split)
-    height, width = image_size
 
     def decode(path):
         # No size warnings while training: `clean` has already refused images too small or too oddly shaped.

@@ -99,9 +99,20 @@ def split(
     ratios = _check_ratios(ratios)
     if not os.path.isdir(root):
         raise ValueError(f"Dataset folder {root!r} does not exist.")
+    if copy_to is not None and _inside(copy_to, root):
+        raise ValueError(
+            f"`copy_to` must lie outside the dataset folder {root!r}: a copy inside it would later be read as a "
+            f"class. Received: copy_to={copy_to!r}"
+        )
     with folder_lock(root, "split"), disk_full_errors(copy_to or root):
         recover(root)
         return _split(root, ratios, seed, threshold, copy_to)
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it (links resolved)."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([path, folder]) == folder
 
 
 def _split(root: str, ratios: np.ndarray, seed: int, threshold: int, copy_to: str | None) -> dict[str, Counter]:

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 from conftest import TINY, build_tiny, fixture_path, tiny_config, tiny_outputs
 
-from bagnet_keras import BagNet, BagNet9, BagNet17, BagNet33, bagnet_geometry, evidence_model, preprocess_input
+from bagnet_keras import BagNet, BagNet9, BagNet17, BagNet33, preprocess_input
+from bagnet_keras.models import bagnet_geometry, evidence_model
 
 EXPECTED_PATCH = {"tiny33": 33, "tiny9": 9, "tiny21": 21}
 

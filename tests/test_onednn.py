@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bagnet_keras import BagNet, OneDNNCrashWarning, fit_classifier
-from bagnet_keras.transfer import onednn
+from bagnet_keras import BagNet, fit_classifier
+from bagnet_keras.transfer import OneDNNCrashWarning, onednn
 from bagnet_keras.transfer.heads import build_classifier
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -220,6 +220,29 @@ def test_bad_arguments(call, match):
         call()
 
 
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(learning_rate=float("nan")), "learning_rate=nan"),
+        (dict(learning_rate=0), "learning_rate=0"),
+        (dict(finetune_learning_rate=float("inf")), "finetune_learning_rate=inf"),
+        (dict(epochs=-1), "epochs=-1"),
+        (dict(head_epochs=2.0), "head_epochs=2.0"),
+    ],
+)
+def test_fit_refuses_bad_numbers_before_touching_the_model(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fit_classifier(None, None, **kwargs)
+
+
+def test_numpy_integers_count_as_integers():
+    from bagnet_keras.models.imagenet import decode_predictions
+    from bagnet_keras.transfer.heads import _check_heads
+
+    assert _check_heads({"city": np.int64(3)}) == {"city": 3} and _check_heads(np.int64(2)) == {"predictions": 2}
+    assert len(decode_predictions(np.eye(1, 1000), top=np.int64(2))[0]) == 2
+
+
 def test_images_of_the_wrong_size_for_a_fixed_size_backbone():
     model = build_classifier("vgg16", 3, weights=None, input_shape=(32, 32, 3))
     data = tf.data.Dataset.from_tensor_slices((np.zeros((2, 48, 48, 3), "float32"), [0, 1])).batch(2)

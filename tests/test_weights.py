@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from conftest import build_tiny, fixture_path, tiny_config, tiny_outputs
 
-from bagnet_keras import BagNet9, load_imagenet_weights
+from bagnet_keras import BagNet9
+from bagnet_keras.models import load_imagenet_weights
 from bagnet_keras.models import weights as weights_module
 
 

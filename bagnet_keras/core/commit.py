@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import uuid
@@ -248,9 +249,16 @@ def append_lines(path: str | os.PathLike, objects: Iterable[dict]) -> None:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """The sha256 of a file's bytes, read in blocks."""
-    import hashlib
+    """The sha256 of a file's bytes (hex), read in blocks: the one hash of files in the package.
 
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "f.bin")
+    >>> _ = write_atomic(path, b"abc")
+    >>> file_sha256(path)[:16]
+    'ba7816bf8f01cfea'
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

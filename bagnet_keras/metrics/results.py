@@ -168,55 +168,87 @@ def assemble(
 
     ``keys`` are the run's (model, method) maps in the order the parts number them.
     """
-    result = Comparison()
-    curves: dict = {key: {"deletion": [], "insertion": []} for key in keys}
-    others = {key: [(m, other) for m, other in enumerate(models) if other != key[0]] for key in keys}
-    labels, seconds, passes = [], Counter(), Counter()
-    shown: list = []  # (image, pixels, maps, evidence, boxes) for the report
-    candidates: dict[int, list] = {}  # class -> best patches so far: (score, image, box, pixels)
-    wrong_kept = 0
+    parts = _Parts(keys, models, report_images, patches_per_class, bagnet)
     for index in store.indices():
-        arrays, meta = store.read(index)
-        result.rows += meta["rows"]
-        result.correlations += meta["correlations"]
-        result.model_rows += meta["model_rows"]
-        labels += meta["labels"]
-        seconds.update(meta["seconds"])
-        passes.update(meta["passes"])
-        for j, key in enumerate(keys):
+        parts.add(*store.read(index))
+    if not parts.labels:
+        raise ValueError("The comparison holds no images (no batch was measured).")
+    result = parts.result
+    result.labels = np.asarray(parts.labels, dtype=int)
+    result.curves = {
+        key: {kind: np.concatenate(c) for kind, c in curves.items() if sum(map(len, c)) == len(parts.labels)}
+        for key, curves in parts.curves.items()
+    }
+    _set_shown(result, parts.shown, keys, bagnet)
+    result.patches = _top_patches(parts.candidates)
+    result.aggregates = _aggregate(result.rows, result.correlations, result.model_rows)
+    result.summary = _summary(result, models, n_classes, dict(parts.seconds), dict(parts.passes))
+    return result
+
+
+class _Parts:
+    """What `assemble` gathers from the parts: their rows, curves, the images shown and the best patches."""
+
+    def __init__(self, keys: list, models: list[str], report_images: int, patches_per_class: int, bagnet):
+        self.keys, self.bagnet = keys, bagnet
+        self.report_images, self.patches_per_class = report_images, patches_per_class
+        self.result = Comparison()
+        self.curves: dict = {key: {"deletion": [], "insertion": []} for key in keys}
+        self.others = {key: [(m, other) for m, other in enumerate(models) if other != key[0]] for key in keys}
+        self.labels, self.seconds, self.passes = [], Counter(), Counter()
+        self.shown: list = []  # (image, pixels, maps, (evidence, boxes) or None) for the report
+        self.candidates: dict[int, list] = {}  # class -> best patches so far: (score, image, box, pixels)
+        self.wrong_kept = 0
+
+    def add(self, arrays, meta: dict) -> None:
+        self.result.rows += meta["rows"]
+        self.result.correlations += meta["correlations"]
+        self.result.model_rows += meta["model_rows"]
+        self.labels += meta["labels"]
+        self.seconds.update(meta["seconds"])
+        self.passes.update(meta["passes"])
+        self._add_curves(arrays)
+        self._add_shown(arrays, meta)
+        if self.bagnet is not None:
+            self._add_patches(arrays)
+
+    def _add_curves(self, arrays) -> None:
+        for j, key in enumerate(self.keys):
             for kind in ("deletion", "insertion"):
-                curves[key][kind].append(arrays[f"{kind}_{j}"])
-            for m, other in others[key]:
+                self.curves[key][kind].append(arrays[f"{kind}_{j}"])
+            for m, other in self.others[key]:
                 if f"deletion_{j}_on_{m}" in arrays:  # parts written before these curves were kept have none
-                    curves[key].setdefault(f"deletion_on_{other}", []).append(arrays[f"deletion_{j}_on_{m}"])
+                    self.curves[key].setdefault(f"deletion_on_{other}", []).append(arrays[f"deletion_{j}_on_{m}"])
+
+    def _add_shown(self, arrays, meta: dict) -> None:
+        """Keep the first ``report_images`` images and the first `MISCLASSIFIED_SHOWN` misclassified ones."""
         for p, image in enumerate(arrays["shown_index"].tolist()):
             wrong = any(not r["correct"] for r in meta["model_rows"] if r["image"] == image)
-            first = image < report_images
-            if not first and not (wrong and wrong_kept < MISCLASSIFIED_SHOWN):
+            first = image < self.report_images
+            if not first and not (wrong and self.wrong_kept < MISCLASSIFIED_SHOWN):
                 continue
-            wrong_kept += wrong
-            maps = [arrays[f"shown_map_{j}"][p] for j in range(len(keys))]
-            ev = (arrays["shown_evidence"][p], arrays["shown_boxes"][p]) if bagnet is not None else None
-            shown.append((image, arrays["shown_images"][p], maps, ev))
-        if bagnet is not None:
-            for q, c in enumerate(arrays["patch_class"].tolist()):
-                candidates.setdefault(c, []).append(
-                    (
-                        float(arrays["patch_score"][q]),
-                        int(arrays["patch_image"][q]),
-                        arrays["patch_boxes"][q],
-                        arrays["patch_pixels"][q],
-                    )
+            self.wrong_kept += wrong
+            maps = [arrays[f"shown_map_{j}"][p] for j in range(len(self.keys))]
+            ev = (arrays["shown_evidence"][p], arrays["shown_boxes"][p]) if self.bagnet is not None else None
+            self.shown.append((image, arrays["shown_images"][p], maps, ev))
+
+    def _add_patches(self, arrays) -> None:
+        for q, c in enumerate(arrays["patch_class"].tolist()):
+            self.candidates.setdefault(c, []).append(
+                (
+                    float(arrays["patch_score"][q]),
+                    int(arrays["patch_image"][q]),
+                    arrays["patch_boxes"][q],
+                    arrays["patch_pixels"][q],
                 )
-            for c in candidates:  # keep the best k: what later parts can still be compared with
-                candidates[c] = sorted(candidates[c], key=lambda item: (-item[0], item[1]))[:patches_per_class]
-    if not labels:
-        raise ValueError("The comparison holds no images (no batch was measured).")
-    result.labels = np.asarray(labels, dtype=int)
-    result.curves = {
-        key: {kind: np.concatenate(parts) for kind, parts in c.items() if sum(map(len, parts)) == len(labels)}
-        for key, c in curves.items()
-    }
+            )
+        k = self.patches_per_class
+        for c in self.candidates:  # keep the best k: what later parts can still be compared with
+            self.candidates[c] = sorted(self.candidates[c], key=lambda item: (-item[0], item[1]))[:k]
+
+
+def _set_shown(result: Comparison, shown: list, keys: list, bagnet: str | None) -> None:
+    """The report's images, their maps and the BagNet's evidence and boxes, stacked."""
     result.shown = np.array([item[0] for item in shown], dtype=int)
     result.images = np.stack([item[1] for item in shown]) if shown else None
     result.maps = {key: np.stack([item[2][j] for item in shown]) for j, key in enumerate(keys)} if shown else {}
@@ -226,21 +258,24 @@ def assemble(
             "predicted": np.stack([item[3][0] for item in shown]),
             "boxes": np.stack([item[3][1] for item in shown]),
         }
-    if candidates:
-        from bagnet_keras.explain.evidence import TopPatches
 
-        for c in sorted(candidates):
-            best = candidates[c]
-            result.patches[c] = TopPatches(
-                scores=np.array([b[0] for b in best], dtype="float32"),
-                image_index=np.array([b[1] for b in best]),
-                boxes=np.stack([b[2] for b in best]),
-                patches=np.stack([b[3] for b in best]),
-                class_index=c,
-            )
-    result.aggregates = _aggregate(result.rows, result.correlations, result.model_rows)
-    result.summary = _summary(result, models, n_classes, dict(seconds), dict(passes))
-    return result
+
+def _top_patches(candidates: dict[int, list]) -> dict:
+    """Class index -> `TopPatches` of the best patches gathered; empty without a BagNet."""
+    if not candidates:
+        return {}
+    from bagnet_keras.explain.evidence import TopPatches
+
+    return {
+        c: TopPatches(
+            scores=np.array([b[0] for b in candidates[c]], dtype="float32"),
+            image_index=np.array([b[1] for b in candidates[c]]),
+            boxes=np.stack([b[2] for b in candidates[c]]),
+            patches=np.stack([b[3] for b in candidates[c]]),
+            class_index=c,
+        )
+        for c in sorted(candidates)
+    }
 
 
 def merge_shards(folders, output_dir: str | os.PathLike | None = None) -> Comparison:
@@ -309,6 +344,16 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _aggregate(rows: list[dict], correlations: list[dict], model_rows: list[dict]) -> list[dict]:
+    """Mean and 95 % bootstrap interval of every metric: per map, per pair of maps, per model."""
+    return _map_aggregates(rows) + _correlation_aggregates(correlations) + _model_aggregates(model_rows)
+
+
+def _aggregate_row(model: str, method: str, metric: str, values, n: int) -> dict:
+    mean, low, high = mean_ci(values)
+    return {"model": model, "method": method, "metric": metric, "mean": mean, "low": low, "high": high, "n": n}
+
+
+def _map_aggregates(rows: list[dict]) -> list[dict]:
     out = []
     groups: dict = {}
     for row in rows:
@@ -318,47 +363,26 @@ def _aggregate(rows: list[dict], correlations: list[dict], model_rows: list[dict
         metrics += sorted({k for r in group for k in r if k.startswith("deletion_on_")})
         for metric in metrics:
             values = [float(r[metric]) for r in group if metric in r]
-            mean, low, high = mean_ci(values)
-            out.append(
-                {
-                    "model": model,
-                    "method": method,
-                    "metric": metric,
-                    "mean": mean,
-                    "low": low,
-                    "high": high,
-                    "n": len(values),
-                }
-            )
+            out.append(_aggregate_row(model, method, metric, values, len(values)))
+    return out
+
+
+def _correlation_aggregates(correlations: list[dict]) -> list[dict]:
+    """Spearman correlation of each pair of maps (``model`` and ``method`` hold the two maps' names)."""
     pairs: dict = {}
     for row in correlations:
         pairs.setdefault((row["map_a"], row["map_b"]), []).append(row["spearman"])
+    out = []
     for (a, b), values in pairs.items():
         values = np.asarray(values, dtype="float64")
-        mean, low, high = mean_ci(values)
-        out.append(
-            {
-                "model": a,
-                "method": b,
-                "metric": "spearman",
-                "mean": mean,
-                "low": low,
-                "high": high,
-                "n": int(np.sum(~np.isnan(values))),
-            }
-        )
+        out.append(_aggregate_row(a, b, "spearman", values, int(np.sum(~np.isnan(values)))))
+    return out
+
+
+def _model_aggregates(model_rows: list[dict]) -> list[dict]:
+    out = []
     for model in dict.fromkeys(r["model"] for r in model_rows):
         for metric in ("correct", "shuffle_kept"):
-            mean, low, high = mean_ci([float(r[metric]) for r in model_rows if r["model"] == model])
-            out.append(
-                {
-                    "model": model,
-                    "method": "",
-                    "metric": metric,
-                    "mean": mean,
-                    "low": low,
-                    "high": high,
-                    "n": sum(r["model"] == model for r in model_rows),
-                }
-            )
+            values = [float(r[metric]) for r in model_rows if r["model"] == model]
+            out.append(_aggregate_row(model, "", metric, values, sum(r["model"] == model for r in model_rows)))
     return out

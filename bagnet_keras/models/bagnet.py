@@ -15,7 +15,6 @@ names and error messages stay readable.
 
 from __future__ import annotations
 
-import numbers
 import os
 from collections.abc import Sequence
 
@@ -26,6 +25,7 @@ from bagnet_keras.core.geometry import Geometry, receptive_field
 from bagnet_keras.core.graph import producing_layer
 from bagnet_keras.core.inputs import output_index
 from bagnet_keras.core.layers import StemConv
+from bagnet_keras.core.validation import check_int, check_positive_int
 from bagnet_keras.models.inference import BagNetModel
 from bagnet_keras.models.weights import PRETRAINED, imagenet_weights_file, load_weights
 
@@ -34,12 +34,22 @@ BN_EPSILON = 1e-5
 EXPANSION = 4
 
 
+def _all_ints(values, allow_none: bool = False) -> bool:
+    """Whether every entry is an integer by `check_int`'s rule (NumPy integers count, bools do not)."""
+    try:
+        for v in values:
+            check_int(v, "entry", allow_none=allow_none)
+    except ValueError:
+        return False
+    return True
+
+
 def _check_int_tuple(value, name: str, length: int, allowed=None, minimum=0) -> tuple:
     if (
         isinstance(value, (str, bytes))
         or not isinstance(value, Sequence)
         or len(value) != length
-        or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value)
+        or not _all_ints(value)
     ):
         raise ValueError(f"`{name}` must be a sequence of {length} integers. Received: {name}={value!r}")
     for v in value:
@@ -47,10 +57,6 @@ def _check_int_tuple(value, name: str, length: int, allowed=None, minimum=0) -> 
             what = f"one of {sorted(allowed)}" if allowed else f">= {minimum}"
             raise ValueError(f"Every entry of `{name}` must be {what}. Received: {name}={tuple(value)!r}")
     return tuple(int(v) for v in value)
-
-
-def _conv_out(size: int | None, kernel: int, stride: int) -> int | None:
-    return None if size is None else (size - kernel) // stride + 1
 
 
 def _min_input_size(kernel3: tuple, strides: tuple) -> int:
@@ -73,9 +79,8 @@ def _validate_input_shape(input_shape, min_size: int):
         raise ValueError(
             f"`input_shape` must have rank 3 (height, width, channels), channels last. Received: input_shape={shape!r}"
         )
-    for dim in shape:
-        if dim is not None and (not isinstance(dim, numbers.Integral) or isinstance(dim, bool)):
-            raise ValueError(f"`input_shape` entries must be integers or None. Received: input_shape={shape!r}")
+    if not _all_ints(shape, allow_none=True):
+        raise ValueError(f"`input_shape` entries must be integers or None. Received: input_shape={shape!r}")
     if shape[2] != 3:
         raise ValueError(
             f"BagNets take RGB images: `input_shape` must have 3 channels (last axis). Received: input_shape={shape!r}"
@@ -190,17 +195,32 @@ def BagNet(
     >>> model.predict(np.zeros((1, 64, 64, 3)), verbose=0).shape
     (1, 10)
     """
+    blocks, kernel3, strides, base_width, stem_width = _check_arguments(
+        blocks, kernel3, strides, base_width, stem_width, include_top, weights, pooling, classes
+    )
+    input_shape = _validate_input_shape(input_shape, _min_input_size(kernel3, strides))
+    img_input = _image_input(input_tensor, input_shape)
+    x = _stem(img_input, stem_width)
+    x = _stages(x, blocks, kernel3, strides, base_width, stem_width)
+    x = _top(x, include_top, pooling, classes, classifier_activation)
+    inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img_input
+    model = BagNetModel(inputs, x, name=name)
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+def _check_arguments(blocks, kernel3, strides, base_width, stem_width, include_top, weights, pooling, classes):
+    """`BagNet`'s arguments checked: ``(blocks, kernel3, strides, base_width, stem_width)`` as ints, or a ValueError."""
     blocks = _check_int_tuple(blocks, "blocks", 4, minimum=1)
     kernel3 = _check_int_tuple(kernel3, "kernel3", 4, minimum=0)
     strides = _check_int_tuple(strides, "strides", 4, allowed={1, 2})
-    stem_width = base_width if stem_width is None else stem_width
-    for value, label in ((base_width, "base_width"), (stem_width, "stem_width")):
-        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"`{label}` must be a positive integer. Received: {label}={value!r}")
+    base_width = check_positive_int(base_width, "base_width")
+    stem_width = base_width if stem_width is None else check_positive_int(stem_width, "stem_width")
     if pooling not in (None, "avg", "max"):
         raise ValueError(f"`pooling` must be None, 'avg' or 'max'. Received: pooling={pooling!r}")
-    if include_top and (not isinstance(classes, numbers.Integral) or isinstance(classes, bool) or classes < 1):
-        raise ValueError(f"`classes` must be a positive integer. Received: classes={classes!r}")
+    if include_top:
+        check_positive_int(classes, "classes")
     if weights == "imagenet":
         raise ValueError(
             "ImageNet weights exist only for the published models: use BagNet9, "
@@ -212,21 +232,26 @@ def BagNet(
             "`weights` must be None, 'imagenet' or the path of an existing weights "
             f"file. Received: weights={weights!r} (no such file)."
         )
+    return blocks, kernel3, strides, base_width, stem_width
 
-    input_shape = _validate_input_shape(input_shape, _min_input_size(kernel3, strides))
+
+def _image_input(input_tensor, input_shape: tuple):
     if input_tensor is None:
-        img_input = layers.Input(shape=input_shape)
-    elif not keras.backend.is_keras_tensor(input_tensor):
-        img_input = layers.Input(tensor=input_tensor, shape=input_shape)
-    else:
-        img_input = input_tensor
+        return layers.Input(shape=input_shape)
+    if not keras.backend.is_keras_tensor(input_tensor):
+        return layers.Input(tensor=input_tensor, shape=input_shape)
+    return input_tensor
 
-    x = StemConv(stem_width, name="conv1_conv")(img_input)
+
+def _stem(x, width: int):
+    x = StemConv(width, name="conv1_conv")(x)
     # The authors' stem BatchNorm has torch momentum 0.001 (Keras 0.999).
     x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=0.999, name="conv1_bn")(x)
-    x = layers.Activation("relu", name="conv1_relu")(x)
+    return layers.Activation("relu", name="conv1_relu")(x)
 
-    in_channels = stem_width
+
+def _stages(x, blocks: tuple, kernel3: tuple, strides: tuple, base_width: int, in_channels: int):
+    """The four stages of bottlenecks, named ``conv{stage + 2}_block{i + 1}`` as in keras.applications."""
     for stage in range(4):
         planes = base_width * 2**stage
         for i in range(blocks[stage]):
@@ -241,22 +266,19 @@ def BagNet(
                 name=f"conv{stage + 2}_block{i + 1}",
             )
             in_channels = planes * EXPANSION
+    return x
 
+
+def _top(x, include_top: bool, pooling: str | None, classes: int, classifier_activation: str | None):
     if include_top:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
         x = layers.Dense(classes, name="logits")(x)
-        x = layers.Activation(classifier_activation, name="predictions")(x)
-    elif pooling == "avg":
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    elif pooling == "max":
-        x = layers.GlobalMaxPooling2D(name="max_pool")(x)
-
-    inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img_input
-    model = BagNetModel(inputs, x, name=name)
-
-    if weights is not None:
-        load_weights(model, weights)
-    return model
+        return layers.Activation(classifier_activation, name="predictions")(x)
+    if pooling == "avg":
+        return layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if pooling == "max":
+        return layers.GlobalMaxPooling2D(name="max_pool")(x)
+    return x
 
 
 def load_imagenet_weights(model: keras.Model, variant: str, base_url: str | None = None) -> None:

@@ -8,6 +8,7 @@ from importlib import resources
 import keras
 import numpy as np
 
+from bagnet_keras.core.validation import check_int
 from bagnet_keras.models.weights import PRETRAINED
 
 MEAN = np.asarray(PRETRAINED["bagnet33"].mean, dtype="float32")
@@ -122,8 +123,7 @@ def decode_predictions(preds, top: int = 5) -> list[list[tuple[str, str, float]]
             "`decode_predictions` expects a batch of ImageNet predictions of shape (N, 1000). "
             f"Received shape {preds.shape}."
         )
-    if not isinstance(top, int) or not 1 <= top <= 1000:
-        raise ValueError(f"`top` must be an integer in [1, 1000]. Received: top={top!r}")
+    top = check_int(top, "top", low=1, high=1000)
     classes = imagenet_classes()
     results = []
     for row in preds:

@@ -9,7 +9,6 @@ file name, renamed, and converted once to a ``.weights.h5`` file beside it
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from typing import NamedTuple
 import keras
 import numpy as np
 
-from bagnet_keras.core.commit import atomic_target
+from bagnet_keras.core.commit import atomic_target, file_sha256
 from bagnet_keras.core.layers import StemConv
 from bagnet_keras.models.torch_checkpoint import load_checkpoint, state_dict_from_checkpoint
 
@@ -52,14 +51,6 @@ PRETRAINED = {
     "bagnet17": PretrainedConfig("bagnet16-105524de.pth.tar", "105524de", kernel3=(1, 1, 1, 0)),
     "bagnet33": PretrainedConfig("bagnet32-2ddd53ed.pth.tar", "2ddd53ed", kernel3=(1, 1, 1, 1)),
 }
-
-
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _cache_dir(cache_dir: str | None) -> str:
@@ -119,7 +110,7 @@ def fetch_file(
     final = os.path.join(folder, filename)
 
     if os.path.exists(final):
-        actual = _file_sha256(final) if sha256_prefix else ""
+        actual = file_sha256(final) if sha256_prefix else ""
         if not actual.startswith(sha256_prefix or ""):
             raise ValueError(
                 f"The cached file {final} has sha256 {actual[:16]}..., not the expected "
@@ -141,7 +132,7 @@ def fetch_file(
             f"by hand and place it at {final}, or pass weights=<path of the file>."
         ) from e
     if sha256_prefix:
-        actual = _file_sha256(downloaded)
+        actual = file_sha256(downloaded)
         if not actual.startswith(sha256_prefix):
             _remove(downloaded)
             raise ValueError(

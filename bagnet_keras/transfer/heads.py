@@ -21,12 +21,14 @@ names), and the mode only sets which layers train:
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 from collections.abc import Mapping
 
 import keras
 
 from bagnet_keras.core.graph import output_names
+from bagnet_keras.core.validation import check_int
 from bagnet_keras.models.bagnet import bagnet_top
 from bagnet_keras.transfer.backbones import Backbone, build_backbone, get_backbone
 
@@ -35,7 +37,7 @@ POOL, DROPOUT = "avg_pool", "head_dropout"
 
 
 def _check_heads(heads) -> dict[str, int]:
-    if isinstance(heads, int) and not isinstance(heads, bool):
+    if isinstance(heads, numbers.Integral) and not isinstance(heads, bool):
         heads = {"predictions": heads}
     if not isinstance(heads, Mapping) or not heads:
         raise ValueError(f"`heads` must map output names to class counts, e.g. {{'city': 10}}. Received: {heads!r}")
@@ -45,9 +47,12 @@ def _check_heads(heads) -> dict[str, int]:
             raise ValueError(
                 f"Head name {name!r} must be a Python identifier other than {POOL!r}, {DROPOUT!r} and '*_logits'."
             )
-        if isinstance(size, bool) or not isinstance(size, int) or size < 2:
-            raise ValueError(f"Head {name!r} needs at least 2 classes. Received: {name}={size!r}")
-        checked[name] = size
+        try:
+            checked[name] = check_int(size, name, low=2)
+        except ValueError:
+            raise ValueError(
+                f"Head {name!r} needs at least 2 classes (an integer). Received: {name}={size!r}"
+            ) from None
     return checked
 
 

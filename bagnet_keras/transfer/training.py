@@ -16,13 +16,16 @@ import os
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import keras
 import numpy as np
 
 from bagnet_keras.core.commit import atomic_target, check_arguments
-from bagnet_keras.core.graph import output_names
+from bagnet_keras.core.graph import build_training_state, output_names
 from bagnet_keras.core.inputs import check_image_size
+from bagnet_keras.core.validation import check_int, check_number
 from bagnet_keras.transfer.heads import head_layers
 from bagnet_keras.transfer.onednn import warn_if_onednn_crash_risk
 from bagnet_keras.transfer.resume import EpochBackup, ResumableEarlyStopping, model_signature, read_arrays
@@ -151,6 +154,49 @@ def is_chief(strategy) -> bool:
     return resolver.task_type == "worker" and resolver.task_id == 0
 
 
+class _WorkerSteps:
+    """The distributed train and test steps of `_fit_multi_worker`, and the epoch they make up."""
+
+    def __init__(self, model: keras.Model, strategy, train, validation):
+        import tensorflow as tf
+
+        with strategy.scope():
+            build_training_state(model, next(iter(train)))
+        self.model, self.strategy = model, strategy
+        self.train_step = tf.function(lambda batch: strategy.run(model.train_step, args=(batch,)))
+        self.test_step = tf.function(lambda batch: strategy.run(model.test_step, args=(batch,)))
+        self.train = strategy.experimental_distribute_dataset(train)
+        self.validation = strategy.experimental_distribute_dataset(validation) if validation is not None else None
+        self.statistics = [v for v in model.non_trainable_variables if "float" in str(v.dtype)]
+
+        @tf.function
+        def average():
+            local = [tf.identity(v.value) for v in self.statistics]
+            return tf.distribute.get_replica_context().all_reduce("MEAN", local)
+
+        self.average = average
+
+    def epoch(self) -> dict[str, float]:
+        """Train on every batch, average BatchNorm's statistics over the workers, validate; the epoch's logs."""
+        self.model.reset_metrics()
+        for batch in self.train:
+            self.train_step(batch)
+        if self.statistics:
+            mean = self.strategy.run(self.average)
+            for variable, value in zip(self.statistics, self.strategy.experimental_local_results(mean)[0], strict=True):
+                variable.assign(value)
+        logs = self._metrics()
+        if self.validation is not None:
+            self.model.reset_metrics()
+            for batch in self.validation:
+                self.test_step(batch)
+            logs.update({f"val_{name}": value for name, value in self._metrics().items()})
+        return logs
+
+    def _metrics(self) -> dict[str, float]:
+        return {name: float(value) for name, value in self.model.get_metrics_result().items()}
+
+
 def _fit_multi_worker(model, strategy, train, validation, start: int, end: int, callbacks: list) -> int:
     """Keras' epoch loop with its own train and test steps, run by every worker; returns the epochs run.
 
@@ -162,47 +208,180 @@ def _fit_multi_worker(model, strategy, train, validation, start: int, end: int, 
     (early stopping). BatchNorm's moving statistics follow each worker's own batches (Keras updates them
     locally); they are averaged over the workers after every epoch, so all end with the same weights.
     """
-    import tensorflow as tf
-
-    with strategy.scope():
-        # What fit does before its first step: create the optimizer's and metrics' variables from a batch's shapes.
-        model._symbolic_build(data_batch=next(iter(train)))
-    train_step = tf.function(lambda batch: strategy.run(model.train_step, args=(batch,)))
-    test_step = tf.function(lambda batch: strategy.run(model.test_step, args=(batch,)))
-    distributed = strategy.experimental_distribute_dataset(train)
-    validation = strategy.experimental_distribute_dataset(validation) if validation is not None else None
-    statistics = [v for v in model.non_trainable_variables if "float" in str(v.dtype)]
-
-    @tf.function
-    def average():
-        local = [tf.identity(v.value) for v in statistics]
-        return tf.distribute.get_replica_context().all_reduce("MEAN", local)
-
+    steps = _WorkerSteps(model, strategy, train, validation)
     hooks = keras.callbacks.CallbackList(callbacks, model=model)
     model.stop_training = False
     hooks.on_train_begin()
     epochs = 0
     for epoch in range(start, end):
         hooks.on_epoch_begin(epoch)
-        model.reset_metrics()
-        for batch in distributed:
-            train_step(batch)
-        if statistics:
-            mean = strategy.run(average)
-            for variable, value in zip(statistics, strategy.experimental_local_results(mean)[0], strict=True):
-                variable.assign(value)
-        logs = {name: float(value) for name, value in model.get_metrics_result().items()}
-        if validation is not None:
-            model.reset_metrics()
-            for batch in validation:
-                test_step(batch)
-            logs.update({f"val_{name}": float(value) for name, value in model.get_metrics_result().items()})
-        hooks.on_epoch_end(epoch, logs)
+        hooks.on_epoch_end(epoch, steps.epoch())
         epochs += 1
         if model.stop_training:
             break
     hooks.on_train_end()
     return epochs
+
+
+class _Phase(NamedTuple):
+    name: str  # "heads", "finetune" or "train": recorded in the backup's state, so resumed runs find it
+    epochs: int
+    learning_rate: float
+
+
+@dataclass
+class _Run:
+    """What every phase of one `fit_classifier` call shares."""
+
+    model: keras.Model
+    train: object
+    validation: object
+    heads: list
+    backbone: list  # the backbone's layers with weights
+    trainable: dict  # layer name -> trainable as the model's mode left it
+    monitor: str
+    patience: int | None
+    checkpoint: BestCheckpoint | None
+    backup: EpochBackup
+    strategy: object
+    epoch_lines: bool
+    verbose: int | str
+    jit_compile: bool | str
+
+
+def _verbosity(verbose: int | str) -> tuple[int | str, bool]:
+    """Keras' ``fit`` verbosity, and whether `EpochLine` prints instead (``"auto"`` off a terminal)."""
+    epoch_lines = verbose == "auto" and not sys.stdout.isatty()
+    if verbose == "auto":
+        verbose = 0 if epoch_lines else 1
+    return verbose, epoch_lines
+
+
+def _plan(model: keras.Model, epochs: int, head_epochs: int, learning_rate, finetune_learning_rate):
+    """The backbone's layers with weights, their trainability as the model's mode left it, and the phases.
+
+    Fine-tuning (some backbone layers trainable, not all) trains the heads
+    alone first; transfer and scratch train in one phase.
+    """
+    backbone = [layer for layer in model.layers if layer.name not in head_layers(model) and layer.weights]
+    trainable = {layer.name: layer.trainable for layer in backbone}
+    if any(trainable.values()) and not all(trainable.values()):
+        phases = [_Phase("heads", head_epochs, learning_rate), _Phase("finetune", epochs, finetune_learning_rate)]
+    else:
+        phases = [_Phase("train", epochs, learning_rate)]
+    return backbone, trainable, phases
+
+
+def _prepare_data(model: keras.Model, train, validation, heads: list[str], class_weight):
+    """The datasets with labels by head and sample weights, and the class weights as used (or None)."""
+    n_classes = {head: int(t.shape[-1]) for head, t in zip(heads, model.outputs, strict=True)}
+    train = _targets_as_dict(model, train, heads)
+    if validation is not None:
+        validation = _targets_as_dict(model, validation, heads)
+    if class_weight == "balanced":
+        class_weight = balanced_class_weights(train, n_classes)
+    if class_weight is not None:
+        train = _with_sample_weights(train, {h: np.asarray(class_weight[h], "float32") for h in heads})
+    return train, validation, class_weight
+
+
+def _open_output(output_dir, arguments: dict, monitor: str) -> BestCheckpoint:
+    """Check the run's arguments against ``output_dir``'s (refusing another run's) and the checkpoint to keep."""
+    os.makedirs(output_dir, exist_ok=True)
+    check_arguments(output_dir, arguments)
+    return BestCheckpoint(os.path.join(output_dir, "best.keras"), monitor=monitor)
+
+
+def _phase_callbacks(run: _Run, phase: _Phase, done: int) -> tuple[list, ResumableEarlyStopping | None]:
+    """The callbacks of one phase, the backup last (it saves the others' state), and its early stopping."""
+    callbacks = [run.checkpoint] if run.checkpoint is not None else []
+    early = None
+    if run.patience is not None:
+        early = ResumableEarlyStopping(monitor=run.monitor, patience=run.patience, restore_best_weights=True)
+        callbacks.append(early)
+    if run.epoch_lines:
+        callbacks.append(EpochLine(done + phase.epochs, phase.name))
+    run.backup.start_phase(phase.name, done, run.checkpoint, early)
+    callbacks.append(run.backup)
+    return callbacks, early
+
+
+def _compile(run: _Run, learning_rate: float) -> None:
+    with run.strategy.scope() if run.strategy is not None else contextlib.nullcontext():
+        run.model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate),
+            loss={h: "sparse_categorical_crossentropy" for h in run.heads},
+            metrics={h: ["accuracy"] for h in run.heads},
+            jit_compile=run.jit_compile,
+        )
+
+
+def _restore_epoch(run: _Run, state: dict, early: ResumableEarlyStopping | None) -> None:
+    """The epoch state of a killed run: weights, the optimizer's moments and step count, early stopping's state."""
+    folder = run.backup.folder
+    run.model.optimizer.build(run.model.trainable_variables)
+    run.model.load_weights(os.path.join(folder, state["weights"]))
+    if early is not None and state.get("early"):
+        carried = dict(state["early"])
+        if carried.get("file"):
+            carried["weights"] = read_arrays(os.path.join(folder, carried["file"]))
+        early.carried = carried
+
+
+def _fit(run: _Run, start: int, end: int, callbacks: list) -> int:
+    """Train epochs ``start`` to ``end`` (Keras' count); returns how many ran (early stopping may cut them)."""
+    if _is_multi_worker(run.strategy):
+        return _fit_multi_worker(run.model, run.strategy, run.train, run.validation, start, end, callbacks)
+    result = run.model.fit(
+        run.train,
+        validation_data=run.validation,
+        epochs=end,
+        initial_epoch=start,
+        callbacks=callbacks,
+        shuffle=False,  # a tf.data pipeline shuffles itself (data_tools.loader does)
+        verbose=run.verbose,
+    )
+    return len(result.epoch)
+
+
+def _train_phase(run: _Run, phase: _Phase, done: int, state: dict | None) -> int:
+    """Run one phase after ``done`` epochs, or resume it from ``state``; returns the epochs done after it."""
+    start, end = done, done + phase.epochs
+    if state is not None:
+        done, start = state["start"], state["epoch"]
+        end = start if state["stopped"] else done + phase.epochs
+    callbacks, early = _phase_callbacks(run, phase, done)
+    _compile(run, phase.learning_rate)
+    if state is not None:
+        _restore_epoch(run, state, early)
+    done = start + _fit(run, start, end, callbacks)
+    run.backup.complete_phase(done)
+    return done
+
+
+def _train_phases(run: _Run, phases: list[_Phase]) -> None:
+    """The phases in turn, skipping what the committed state (`EpochBackup.load`) says is done.
+
+    Phases before the committed one are done; a complete committed phase
+    gives the weights it left, and training continues with the next one; an
+    incomplete one resumes at its last committed epoch.
+    """
+    state = run.backup.load()
+    if state is not None and state.get("best") is not None and run.checkpoint is not None:
+        run.checkpoint.best = state["best"]
+    resumed = [phase.name for phase in phases].index(state["phase"]) if state is not None else -1
+    done = 0  # epochs before the phase, as Keras counts them (both phases share one count)
+    for index, phase in enumerate(phases):
+        for layer in run.backbone:
+            layer.trainable = run.trainable[layer.name] and phase.name != "heads"
+        if index < resumed:
+            continue
+        here = state if index == resumed else None
+        if here is not None and here["complete"]:  # the weights this phase left, for the next one
+            run.model.set_weights(read_arrays(os.path.join(run.backup.folder, here["weights"])))
+            done = here["epoch"]
+        elif phase.epochs > 0:
+            done = _train_phase(run, phase, done, here)
 
 
 def fit_classifier(
@@ -281,117 +460,53 @@ def fit_classifier(
     >>> model = build_classifier("bagnet33", {"city": 10}, mode="finetune")  # doctest: +SKIP
     >>> history = fit_classifier(model, train, val, epochs=10, output_dir="runs/bagnet33")  # doctest: +SKIP
     """
-    for value, name in ((epochs, "epochs"), (head_epochs, "head_epochs")):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"`{name}` must be a non-negative integer. Received: {name}={value!r}")
-    epoch_lines = verbose == "auto" and not sys.stdout.isatty()
-    if verbose == "auto":
-        verbose = 0 if epoch_lines else 1
+    epochs, head_epochs = check_int(epochs, "epochs", low=0), check_int(head_epochs, "head_epochs", low=0)
+    # Checked, not converted: the values as given are the run's recorded arguments.
+    check_number(learning_rate, "learning_rate", low=0, low_open=True)
+    check_number(finetune_learning_rate, "finetune_learning_rate", low=0, low_open=True)
+    verbose, epoch_lines = _verbosity(verbose)
     # Before any training step: a crash there would kill the process without a traceback.
     warn_if_onednn_crash_risk(model)
     if seed is not None:
         keras.utils.set_random_seed(seed)
     heads = output_names(model)
-    n_classes = {head: int(t.shape[-1]) for head, t in zip(heads, model.outputs, strict=True)}
-    train = _targets_as_dict(model, train, heads)
-    if validation is not None:
-        validation = _targets_as_dict(model, validation, heads)
-    if class_weight == "balanced":
-        class_weight = balanced_class_weights(train, n_classes)
-    if class_weight is not None:
-        train = _with_sample_weights(train, {h: np.asarray(class_weight[h], "float32") for h in heads})
+    train, validation, class_weight = _prepare_data(model, train, validation, heads, class_weight)
     monitor = "val_loss" if validation is not None else "loss"
-    backbone = [layer for layer in model.layers if layer.name not in head_layers(model) and layer.weights]
-    trainable = {layer.name: layer.trainable for layer in backbone}
-    finetune = any(trainable.values()) and not all(trainable.values())
-    phases = [("heads", head_epochs, learning_rate), ("finetune", epochs, finetune_learning_rate)]
-    if not finetune:
-        phases = [("train", epochs, learning_rate)]
+    backbone, trainable, phases = _plan(model, epochs, head_epochs, learning_rate, finetune_learning_rate)
+    finetune = len(phases) == 2
+    writer = not _is_multi_worker(strategy) or is_chief(strategy)
+    output_dir = os.fspath(output_dir) if output_dir is not None else None
     checkpoint = None
-    multi_worker = _is_multi_worker(strategy)
-    writer = not multi_worker or is_chief(strategy)
-    if output_dir is not None:
-        output_dir = os.fspath(output_dir)
     if output_dir is not None and writer:
-        os.makedirs(output_dir, exist_ok=True)
-        weights_of = {h: np.asarray(class_weight[h]).tolist() for h in heads} if class_weight is not None else None
-        check_arguments(
-            output_dir,
-            dict(
-                epochs=epochs,
-                head_epochs=head_epochs if finetune else None,
-                learning_rate=learning_rate,
-                finetune_learning_rate=finetune_learning_rate if finetune else None,
-                class_weight=weights_of,
-                patience=patience,
-                seed=seed,
-                model=model_signature(model),
-                data=str(train.element_spec),
-            ),
+        arguments = dict(
+            epochs=epochs,
+            head_epochs=head_epochs if finetune else None,
+            learning_rate=learning_rate,
+            finetune_learning_rate=finetune_learning_rate if finetune else None,
+            class_weight={h: np.asarray(class_weight[h]).tolist() for h in heads} if class_weight is not None else None,
+            patience=patience,
+            seed=seed,
+            model=model_signature(model),
+            data=str(train.element_spec),
         )
-        checkpoint = BestCheckpoint(os.path.join(output_dir, "best.keras"), monitor=monitor)
-    backup = EpochBackup(output_dir, write=writer)
-    state = backup.load()
-    if state is not None and state.get("best") is not None and checkpoint is not None:
-        checkpoint.best = state["best"]
-    resumed = [phase for phase, _, _ in phases].index(state["phase"]) if state is not None else -1
-    done = 0  # epochs before the phase, as Keras counts them (both phases share one count)
-    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
-    for index, (phase, phase_epochs, rate) in enumerate(phases):
-        for layer in backbone:
-            layer.trainable = trainable[layer.name] and phase != "heads"
-        if index < resumed:
-            continue
-        if index == resumed and state["complete"]:  # the weights this phase left, for the next one
-            model.set_weights(read_arrays(os.path.join(backup.folder, state["weights"])))
-            done = state["epoch"]
-            continue
-        if phase_epochs == 0:
-            continue
-        start, end = done, done + phase_epochs
-        if index == resumed:
-            done, start = state["start"], state["epoch"]
-            end = start if state["stopped"] else done + phase_epochs
-        callbacks = [checkpoint] if checkpoint is not None else []
-        early = None
-        if patience is not None:
-            early = ResumableEarlyStopping(monitor=monitor, patience=patience, restore_best_weights=True)
-            callbacks.append(early)
-        if epoch_lines:
-            callbacks.append(EpochLine(done + phase_epochs, phase))
-        backup.start_phase(phase, done, checkpoint, early)
-        callbacks.append(backup)
-        with scope:
-            model.compile(
-                optimizer=keras.optimizers.Adam(rate),
-                loss={h: "sparse_categorical_crossentropy" for h in heads},
-                metrics={h: ["accuracy"] for h in heads},
-                jit_compile=jit_compile,
-            )
-        if index == resumed:
-            # The epoch state of a killed run: weights and the optimizer's moments and step count.
-            model.optimizer.build(model.trainable_variables)
-            model.load_weights(os.path.join(backup.folder, state["weights"]))
-            if early is not None and state.get("early"):
-                carried = dict(state["early"])
-                if carried.get("file"):
-                    carried["weights"] = read_arrays(os.path.join(backup.folder, carried["file"]))
-                early.carried = carried
-        if multi_worker:
-            done = start + _fit_multi_worker(model, strategy, train, validation, start, end, callbacks)
-        else:
-            result = model.fit(
-                train,
-                validation_data=validation,
-                epochs=end,
-                initial_epoch=start,
-                callbacks=callbacks,
-                shuffle=False,  # a tf.data pipeline shuffles itself (data_tools.loader does)
-                verbose=verbose,
-            )
-            done = start + len(result.epoch)
-        backup.complete_phase(done)
-    history = backup.history
+        checkpoint = _open_output(output_dir, arguments, monitor)
+    run = _Run(
+        model=model,
+        train=train,
+        validation=validation,
+        heads=heads,
+        backbone=backbone,
+        trainable=trainable,
+        monitor=monitor,
+        patience=patience,
+        checkpoint=checkpoint,
+        backup=EpochBackup(output_dir, write=writer),
+        strategy=strategy,
+        epoch_lines=epoch_lines,
+        verbose=verbose,
+        jit_compile=jit_compile,
+    )
+    _train_phases(run, phases)
     for layer in backbone:
         layer.trainable = trainable[layer.name]
-    return history
+    return run.backup.history
