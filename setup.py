@@ -32,8 +32,10 @@ setup(
         "scipy",
         # structural_similarity, for the sanity checks of the maps (bagnet_keras.metrics.sanity)
         "scikit-image",
+        # lazy subpackage exports (a function may share its module's name: explain.cam); 0.6 guards that case
+        "lazy_loader>=0.6",
     ],
     # selenium drives Debian's chromium (apt: chromium chromium-driver) for the report's browser test.
-    extras_require={"dev": ["pytest", "pytest-xdist", "ruff==0.17.6", "selenium"]},
+    extras_require={"dev": ["pytest", "pytest-xdist", "ruff==0.17.6", "selenium", "hypothesis"]},
     entry_points={"console_scripts": ["bagnet-keras=bagnet_keras.app.cli:main"]},
 )

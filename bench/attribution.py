@@ -3,7 +3,7 @@
     python bench/attribution.py [--images 16] [--batch 16] [--steps 32] [--samples 25] [--rounds 1]
 
 keras.applications.ResNet50 (random weights, 224x224) explains its top class
-for ``--images`` images with every method of `bagnet_keras.attribution`,
+for ``--images`` images with every method of `bagnet_keras.explain.attribution`,
 ``batch_size=--batch``, in one process. The unit is one batched forward +
 backward pass (the gradient of the class score, `BaseAttribution.gradients`)
 per image, timed in the same rounds. Expected: saliency and gradient x input

@@ -35,7 +35,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bagnet_keras import BagNet33, cam, evidence_map  # noqa: E402
+from bagnet_keras import BagNet33, evidence_map  # noqa: E402
+from bagnet_keras.explain import cam  # noqa: E402
 
 PATCH_BATCH = 256
 

@@ -66,22 +66,9 @@ def main() -> None:
         runners[f"BagNet-33, {args.dtype_policy}"] = lambda: mixed.predict(x, batch_size=args.batch, verbose=0)
     elif args.jit_compile:
         bagnet.jit_compile = True
-    try:
-        import torch
-
-        from tools.torch_bagnet import BagNet as TorchBagNet
-
-        torch_model = TorchBagNet([3, 4, 6, 3], kernel3=(1, 1, 1, 1)).eval()
-        xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
-
-        def run_torch():
-            with torch.no_grad():
-                for i in range(0, len(xt), args.batch):
-                    torch_model(xt[i : i + args.batch])
-
-        runners[f"BagNet-33 (authors' PyTorch, torch {torch.__version__})"] = run_torch
-    except ImportError:
-        print("torch not importable: the PyTorch model is not timed")
+    torch_runner = _torch_runner(x, args.batch)
+    if torch_runner is not None:
+        runners.update(torch_runner)
 
     for run in runners.values():  # warm-up: tracing, allocation
         run()
@@ -113,18 +100,42 @@ def main() -> None:
         if "PyTorch" in name:
             print(f"ratio BagNet-33 (ours) / authors' PyTorch: {ours / median[name]:.2f}; target >= 2")
     if args.dtype_policy:
-        from bagnet_keras import evidence_map
+        _policy_errors(
+            f"BagNet-33, {args.dtype_policy}", bagnet, mixed, x[:4], median[f"BagNet-33, {args.dtype_policy}"] / ours
+        )
 
-        name = f"BagNet-33, {args.dtype_policy}"
-        print(f"ratio {name} / float32: {median[name] / ours:.2f}")
-        # How far the policy moves the numbers (issue 13: evidence within 1e-2 of float32's range).
-        sample = x[:4]
-        for what, exact, approx in (
-            ("logits", bagnet.predict(sample, verbose=0), mixed.predict(sample, verbose=0)),
-            ("evidence maps", evidence_map(bagnet, sample).maps, evidence_map(mixed, sample).maps),
-        ):
-            error = np.abs(np.asarray(approx, "float64") - exact).max() / np.abs(exact).max()
-            print(f"{name}: {what} max |error| / max |float32 value| = {error:.2e} (4 images)")
+
+def _torch_runner(x: np.ndarray, batch: int) -> dict | None:
+    """The authors' PyTorch BagNet-33 as a runner, or None (said) where torch is not importable."""
+    try:
+        import torch
+
+        from tools.torch_bagnet import BagNet as TorchBagNet
+    except ImportError:
+        print("torch not importable: the PyTorch model is not timed")
+        return None
+    torch_model = TorchBagNet([3, 4, 6, 3], kernel3=(1, 1, 1, 1)).eval()
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+
+    def run_torch():
+        with torch.no_grad():
+            for i in range(0, len(xt), batch):
+                torch_model(xt[i : i + batch])
+
+    return {f"BagNet-33 (authors' PyTorch, torch {torch.__version__})": run_torch}
+
+
+def _policy_errors(name: str, bagnet, mixed, sample: np.ndarray, ratio: float) -> None:
+    """How far the dtype policy moves the numbers (issue 13: evidence within 1e-2 of float32's range)."""
+    from bagnet_keras import evidence_map
+
+    print(f"ratio {name} / float32: {ratio:.2f}")
+    for what, exact, approx in (
+        ("logits", bagnet.predict(sample, verbose=0), mixed.predict(sample, verbose=0)),
+        ("evidence maps", evidence_map(bagnet, sample).maps, evidence_map(mixed, sample).maps),
+    ):
+        error = np.abs(np.asarray(approx, "float64") - exact).max() / np.abs(exact).max()
+        print(f"{name}: {what} max |error| / max |float32 value| = {error:.2e} ({len(sample)} images)")
 
 
 if __name__ == "__main__":

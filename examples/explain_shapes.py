@@ -22,7 +22,8 @@ import cv2
 import keras
 import numpy as np
 
-from bagnet_keras import BagNet, cam, evidence_map, guided_gradcam, occlusion, top_patches
+from bagnet_keras import BagNet, evidence_map
+from bagnet_keras.explain import cam, guided_gradcam, occlusion, top_patches
 from bagnet_keras.report.plot import plot_grid, plot_patches, save_figure
 
 CLASSES = ("disc", "square", "cross")

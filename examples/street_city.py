@@ -59,7 +59,7 @@ def prepare(args) -> str:
 
 
 def datasets(root: str, backbone, size: int, batch_size: int):
-    from bagnet_keras import with_heads
+    from bagnet_keras.transfer import with_heads
     from data_tools.loader import image_dataset
 
     out = {}
@@ -93,8 +93,9 @@ def run_svm(backbone_name, data, names, weights, size):
 
 
 def run_network(backbone_name, mode, data, names, args, folder):
-    from bagnet_keras import build_classifier, evaluate_classifier, fit_classifier
+    from bagnet_keras import build_classifier, fit_classifier
     from bagnet_keras.report.plot import plot_confusion, save_figure
+    from bagnet_keras.transfer import evaluate_classifier
 
     weights = None if mode == "scratch" else args.weights
     model = build_classifier(

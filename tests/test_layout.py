@@ -1,9 +1,11 @@
 """The package's layout: public names, import direction, a light command line, old .keras files (issue 14)."""
 
 import ast
+import importlib
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -71,9 +73,15 @@ ALLOWED = {
 
 @pytest.mark.parametrize("name", PUBLIC_BEFORE)
 def test_every_public_name_is_still_importable(name):
-    value = getattr(bagnet_keras, name)
+    """A newcomer's name stays at the top; the rest resolve there with a DeprecationWarning (issue 28)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        value = getattr(bagnet_keras, name)
     assert not isinstance(value, type(bagnet_keras)), f"bagnet_keras.{name} is a module"
-    assert name in bagnet_keras.__all__ and name in dir(bagnet_keras)
+    if name in bagnet_keras._MOVED:
+        assert name in importlib.import_module(bagnet_keras._MOVED[name]).__all__
+    else:
+        assert name in bagnet_keras.__all__ and name in dir(bagnet_keras)
 
 
 def test_entry_points_are_functions_at_the_top():
@@ -81,7 +89,9 @@ def test_entry_points_are_functions_at_the_top():
     from bagnet_keras.report.html import write_report
 
     assert bagnet_keras.compare is compare and bagnet_keras.write_report is write_report
-    assert callable(bagnet_keras.cam) and callable(bagnet_keras.occlusion)
+    from bagnet_keras.explain import cam, occlusion
+
+    assert callable(cam) and callable(occlusion)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         bagnet_keras.nope  # noqa: B018
 
@@ -141,7 +151,7 @@ def test_a_keras_file_saved_before_the_move_still_loads():
     bagnet_keras.layers and bagnet_keras.inference; their registered names did not change."""
     import keras
 
-    from bagnet_keras import BagNetModel
+    from bagnet_keras.models import BagNetModel
 
     model = keras.saving.load_model(os.path.join(FIXTURES, "pre_layout_bagnet.keras"), safe_mode=True)
     assert isinstance(model, BagNetModel)
@@ -157,6 +167,7 @@ PRIVATE_KERAS = (
     "_nodes_by_depth",
     "_run_through_graph",
     "._functional",
+    "_symbolic_build",
 )
 
 
