@@ -29,7 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bagnet_keras.core.commit import Transaction, disk_full_errors, file_sha256, folder_lock, recover
-from bagnet_keras.core.validation import check_number, check_positive_int
+from bagnet_keras.core.validation import check_int, check_number, check_positive_int
 from data_tools.dedupe import DEFAULT_THRESHOLD, check_threshold, duplicate_groups, perceptual_hash
 from data_tools.images import MAX_PIXELS, Rejected, load_clean
 from data_tools.manifest import MANIFEST, manifest_text, read_manifest
@@ -144,6 +144,7 @@ def clean(
     """
     min_size = check_positive_int(min_size, "min_size")
     check_number(max_aspect, "max_aspect", low=1)
+    check_int(workers, "workers", low=1, allow_none=True)
     check_threshold(threshold)  # before any file is touched
     class_folders(root)  # the folder must exist before its lock can
     options = dict(min_size=min_size, max_aspect=max_aspect, max_pixels=max_pixels, crop_borders=crop_borders)

@@ -384,6 +384,14 @@ def _train_phases(run: _Run, phases: list[_Phase]) -> None:
             done = _train_phase(run, phase, done, here)
 
 
+def _check_dataset(data, name: str) -> None:
+    if not hasattr(data, "element_spec"):
+        raise ValueError(
+            f"`{name}` must be a tf.data.Dataset of (images, labels) batches, e.g. "
+            f"data_tools.loader.image_dataset(root, split='train'). Received an object of type {type(data).__name__}."
+        )
+
+
 def fit_classifier(
     model: keras.Model,
     train,
@@ -464,6 +472,11 @@ def fit_classifier(
     # Checked, not converted: the values as given are the run's recorded arguments.
     check_number(learning_rate, "learning_rate", low=0, low_open=True)
     check_number(finetune_learning_rate, "finetune_learning_rate", low=0, low_open=True)
+    _check_dataset(train, "train")
+    if validation is not None:
+        _check_dataset(validation, "validation")
+    check_int(patience, "patience", low=1, allow_none=True)
+    check_int(seed, "seed", low=0, allow_none=True)
     verbose, epoch_lines = _verbosity(verbose)
     # Before any training step: a crash there would kill the process without a traceback.
     warn_if_onednn_crash_risk(model)
