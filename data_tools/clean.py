@@ -102,6 +102,7 @@ def _plan(tx: Transaction, rel: str, result: dict) -> dict:
 
 def clean(
     root: str,
+    *,
     min_size: int = 64,
     max_aspect: float = 3.0,
     max_pixels: int = MAX_PIXELS,

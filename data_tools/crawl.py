@@ -477,6 +477,7 @@ def crawl(
     root: str,
     classes: str | Mapping[str, str | Sequence[str] | None] | Sequence[str],
     n_per_class: int,
+    *,
     engine: str = "bing",
     queries: Sequence[str] = ("{label}",),
     filters: Mapping[str, object] | None = None,

@@ -46,6 +46,7 @@ def _files(root: str, split: str | None) -> tuple[list[str], list[int], list[str
 def image_dataset(
     root: str,
     image_size: tuple[int, int] = (224, 224),
+    *,
     batch_size: int = 32,
     split: str | None = None,
     crop_to_aspect_ratio: bool = True,

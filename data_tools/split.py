@@ -70,6 +70,7 @@ def assign_splits(labels, groups, ratios=(0.8, 0.1, 0.1), seed: int = 0) -> np.n
 def split(
     root: str,
     ratios=(0.8, 0.1, 0.1),
+    *,
     seed: int = 0,
     threshold: int = DEFAULT_THRESHOLD,
     copy_to: str | None = None,

@@ -67,7 +67,7 @@ def datasets(root: str, backbone, size: int, batch_size: int):
         data = image_dataset(
             root,
             (size, size),
-            batch_size,
+            batch_size=batch_size,
             split=name,
             preprocess=backbone.preprocess,
             augment=name == "train",

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bagnet_keras import attribution
+from bagnet_keras.explain import attribution
 from bagnet_keras.explain.attribution import BaseAttribution, DeepLIFT, EpsilonLRP, baseline_images
 
 SIZE = 16

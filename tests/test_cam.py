@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bagnet_keras import GradCAM, cam, guided_backprop, guided_gradcam, occlusion
+from bagnet_keras.explain import GradCAM, cam, guided_backprop, guided_gradcam, occlusion
 
 
 def _chain(name="backbone"):

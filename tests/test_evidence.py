@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 from conftest import TINY, build_tiny, fixture_path, tiny_outputs
 
-from bagnet_keras import BagNet, bagnet_geometry, evidence_map, evidence_maps
+from bagnet_keras import BagNet, evidence_map
+from bagnet_keras.explain import evidence_maps
+from bagnet_keras.models import bagnet_geometry
 
 REFERENCE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference")
 
@@ -152,7 +154,7 @@ def test_bad_images_and_models():
 def test_top_patches_ranks_the_whole_dataset():
     import tensorflow as tf
 
-    from bagnet_keras import top_patches
+    from bagnet_keras.explain import top_patches
 
     model = _model("tiny9")
     rng = np.random.default_rng(5)
@@ -185,7 +187,7 @@ def test_top_patches_reads_image_files_by_slices(tmp_path):
     # ImageFiles are read by slices only (files[a:b]): top_patches batches them as compare and the atlas do
     from PIL import Image
 
-    from bagnet_keras import top_patches
+    from bagnet_keras.explain import top_patches
     from data_tools.loader import ImageFiles
     from data_tools.synthetic import scene
 

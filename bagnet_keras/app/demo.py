@@ -482,8 +482,8 @@ def _train(setup: DemoSetup, data: str, output_dir: str, say: _Say, epochs: int,
     from data_tools.loader import image_dataset
 
     size = (setup.image_size, setup.image_size)
-    train = image_dataset(data, size, 32, split="train", preprocess=setup.preprocess, cache=True, seed=seed)
-    val = image_dataset(data, size, 64, split="val", preprocess=setup.preprocess, cache=True)
+    train = image_dataset(data, size, batch_size=32, split="train", preprocess=setup.preprocess, cache=True, seed=seed)
+    val = image_dataset(data, size, batch_size=64, split="val", preprocess=setup.preprocess, cache=True)
     names = train.class_names
     models = {}
     for name, backbone in setup.backbones.items():

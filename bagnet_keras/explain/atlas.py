@@ -343,6 +343,7 @@ def feature_atlas(
     model: keras.Model,
     data,
     layers: str | Sequence[str],
+    *,
     units: int | Sequence[int] | Mapping[str, Sequence[int]] | None = None,
     k: int = 9,
     batch_size: int = 32,
@@ -429,6 +430,7 @@ def feature_atlas(
 def merge_atlas(
     model: keras.Model,
     folders: Sequence[str | os.PathLike],
+    *,
     units: int | Sequence[int] | Mapping[str, Sequence[int]] | None = None,
 ) -> FeatureAtlas:
     """The atlas of all the data from the folders of finished `feature_atlas` shards (or of one finished run).

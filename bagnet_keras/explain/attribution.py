@@ -182,7 +182,7 @@ class BaseAttribution:
     name = "gradient"
 
     def __init__(
-        self, model: keras.Model, output: int | str | None = None, batch_size: int = 32, target: str = "logit"
+        self, model: keras.Model, *, output: int | str | None = None, batch_size: int = 32, target: str = "logit"
     ):
         self.model = model
         self.target = check_target(target)
@@ -305,7 +305,7 @@ class IntegratedGradients(BaseAttribution):
 
     name = "integrated_gradients"
 
-    def __init__(self, model, steps: int = 32, baseline="zeros", **kwargs):
+    def __init__(self, model, *, steps: int = 32, baseline="zeros", **kwargs):
         super().__init__(model, **kwargs)
         self.steps = check_positive_int(steps, "steps")
         self.baseline = baseline
@@ -330,7 +330,7 @@ class EpsilonLRP(BaseAttribution):
     rule = "lrp"
     name = "epsilon_lrp"
 
-    def __init__(self, model, epsilon: float = 1e-4, **kwargs):
+    def __init__(self, model, *, epsilon: float = 1e-4, **kwargs):
         self.epsilon = check_number(epsilon, "epsilon", low=0, low_open=True)
         super().__init__(model, **kwargs)
 
@@ -344,7 +344,7 @@ class DeepLIFT(BaseAttribution):
     rule = "deeplift"
     name = "deeplift"
 
-    def __init__(self, model, baseline="zeros", **kwargs):
+    def __init__(self, model, *, baseline="zeros", **kwargs):
         super().__init__(model, **kwargs)
         self.baseline = baseline
 
@@ -367,6 +367,7 @@ class SmoothGrad(BaseAttribution):
     def __init__(
         self,
         model,
+        *,
         noise: float = 0.15,
         samples: int = 25,
         base: str = "gradient",
@@ -403,6 +404,7 @@ def attribution(
     model: keras.Model,
     images,
     class_index=None,
+    *,
     method: str = "saliency",
     output: int | str | None = None,
     batch_size: int = 32,
@@ -441,7 +443,7 @@ def attribution(
     Examples
     --------
     >>> import keras, numpy as np
-    >>> from bagnet_keras import attribution
+    >>> from bagnet_keras.explain import attribution
     >>> model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, activation="relu"),
     ...                           keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
     >>> x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")

@@ -106,6 +106,7 @@ class BaseCAM:
     def __init__(
         self,
         model: keras.Model,
+        *,
         layer: str | None = None,
         output: int | str | None = None,
         batch_size: int = 32,
@@ -220,7 +221,7 @@ class ScoreCAM(BaseCAM):
 
     uses_gradients = False
 
-    def __init__(self, model: keras.Model, layer: str | None = None, progress: bool = False, **kwargs):
+    def __init__(self, model: keras.Model, *, layer: str | None = None, progress: bool = False, **kwargs):
         super().__init__(model, layer=layer, **kwargs)
         self.progress = progress
 
@@ -273,6 +274,7 @@ def cam(
     model: keras.Model,
     images,
     class_index=None,
+    *,
     method: str = "gradcam",
     layer: str | None = None,
     output: int | str | None = None,
@@ -311,7 +313,7 @@ def cam(
     Examples
     --------
     >>> import keras, numpy as np
-    >>> from bagnet_keras import cam
+    >>> from bagnet_keras.explain import cam
     >>> backbone = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(4, 3, name="conv")])
     >>> model = keras.Sequential([backbone, keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
     >>> cam(model, np.ones((2, 16, 16, 3)), method="layercam", layer="conv").shape

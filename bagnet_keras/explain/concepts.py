@@ -91,6 +91,7 @@ def class_concepts(
     data,
     labels: Sequence[int] | None = None,
     classes: Sequence[int] | None = None,
+    *,
     n_concepts: int = 4,
     patches: int = 200,
     examples: int = 8,
@@ -243,7 +244,7 @@ class _ConceptTops:
 
 
 def merge_concepts(
-    model: keras.Model, folders: Sequence[str | os.PathLike], n_concepts: int = 4, examples: int = 8, seed: int = 0
+    model: keras.Model, folders: Sequence[str | os.PathLike], *, n_concepts: int = 4, examples: int = 8, seed: int = 0
 ) -> ClassConcepts:
     """The `ClassConcepts` of all the data from the folders of finished `class_concepts` shards (or of one run).
 

@@ -230,6 +230,7 @@ def evidence_map(
     model: keras.Model,
     images,
     class_index: int | Sequence[int] | None = None,
+    *,
     stride: int = 8,
     batch_size: int = 16,
     output: int | str | None = None,
@@ -296,6 +297,7 @@ def evidence_maps(
     model: keras.Model,
     images,
     classes: Sequence[int] | None = None,
+    *,
     stride: int = 8,
     batch_size: int = 16,
     output: int | str | None = None,
@@ -325,7 +327,8 @@ def evidence_maps(
     Examples
     --------
     >>> import numpy as np
-    >>> from bagnet_keras import BagNet, evidence_maps
+    >>> from bagnet_keras import BagNet
+    >>> from bagnet_keras.explain import evidence_maps
     >>> model = BagNet(blocks=(1, 1, 1, 1), base_width=8, classes=10, classifier_activation=None)
     >>> evidence_maps(model, np.zeros((1, 64, 64, 3)), classes=[2, 7]).maps.shape
     (1, 4, 4, 2)
@@ -369,6 +372,7 @@ def top_patches(
     model: keras.Model,
     images,
     class_index: int,
+    *,
     k: int = 16,
     max_per_image: int | None = 1,
     batch_size: int = 16,
@@ -406,7 +410,8 @@ def top_patches(
     Examples
     --------
     >>> import numpy as np
-    >>> from bagnet_keras import BagNet, top_patches
+    >>> from bagnet_keras import BagNet
+    >>> from bagnet_keras.explain import top_patches
     >>> model = BagNet(blocks=(1, 1, 1, 1), base_width=8, classes=10, classifier_activation=None)
     >>> images = np.random.default_rng(0).normal(size=(6, 48, 48, 3))
     >>> best = top_patches(model, images, class_index=3, k=4)

@@ -47,6 +47,7 @@ class FeatureEvolution(keras.callbacks.Callback):
         data,
         layer: str,
         units: Sequence[int],
+        *,
         epochs: Sequence[int] = (1, 2, 5, 10, 20, 30, 40, 64),
         mode: str = "guided",
         batch_size: int = 32,

@@ -124,6 +124,7 @@ def factorize(
     model: keras.Model,
     data,
     layer: str,
+    *,
     n_groups: int = 6,
     sample_images: int = 256,
     k: int = 9,

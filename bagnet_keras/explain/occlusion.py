@@ -32,6 +32,7 @@ def occlusion(
     model: keras.Model,
     images,
     class_index=None,
+    *,
     patch_size: int = 16,
     stride: int = 8,
     value: float | np.ndarray = 0.0,

@@ -106,6 +106,7 @@ def explain(
     images,
     method: str,
     class_index=None,
+    *,
     output: int | str | None = None,
     target: str = "logit",
     **options,
@@ -144,7 +145,7 @@ def explain(
     return np.asarray(maps, dtype="float32")
 
 
-def explainer(model, method: str, output: int | str | None = None, target: str = "logit", **options) -> Callable:
+def explainer(model, method: str, *, output: int | str | None = None, target: str = "logit", **options) -> Callable:
     """``f(images, class_index=None) -> maps (N, H, W)``: `explain` with the model, method and score fixed.
 
     The method and target are checked here, before any image is seen.

@@ -541,6 +541,7 @@ def compare(
     images,
     labels: Sequence[int] | None = None,
     masks: np.ndarray | None = None,
+    *,
     methods: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
     output: int | str | None = None,
     steps: int = 20,
@@ -622,7 +623,7 @@ def compare(
     shard : (index, count), optional
         Measure only the batches whose number is ``index`` modulo ``count``: one of ``count`` processes,
         machines or cluster jobs sharing the data, each with its own ``output_dir``.
-        `bagnet_keras.merge_shards` joins the finished shards into the comparison of the whole run.
+        `bagnet_keras.metrics.merge_shards` joins the finished shards into the comparison of the whole run.
     jit_compile : bool
         Compile the models' forward passes (the masked copies, the shuffle test) with XLA: faster on
         GPUs; the numbers equal those without it up to float rounding (tests/test_compare.py checks 1e-4).

@@ -53,6 +53,7 @@ def correspondence(
     images,
     masks,
     layers: str | Sequence[str],
+    *,
     fill=0.0,
     trials: int = 5,
     seed: int = 0,

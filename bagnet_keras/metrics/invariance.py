@@ -84,6 +84,7 @@ def invariance(
     images,
     layers: str | Sequence[str],
     labels=None,
+    *,
     translate: Sequence = (),
     scale: Sequence[float] = (),
     rotate: Sequence[float] = (),

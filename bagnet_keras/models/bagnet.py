@@ -415,7 +415,8 @@ def evidence_model(model: keras.Model, output: int | str | None = None) -> keras
     Examples
     --------
     >>> import numpy as np
-    >>> from bagnet_keras import BagNet, evidence_model
+    >>> from bagnet_keras import BagNet
+    >>> from bagnet_keras.models import evidence_model
     >>> model = BagNet(blocks=(1, 1, 1, 1), base_width=8, classes=10)
     >>> evidence_model(model).predict(np.zeros((1, 64, 64, 3)), verbose=0).shape
     (1, 4, 4, 10)
@@ -470,7 +471,8 @@ def bagnet_geometry(model: keras.Model) -> Geometry:
 
     Examples
     --------
-    >>> from bagnet_keras import BagNet, bagnet_geometry
+    >>> from bagnet_keras import BagNet
+    >>> from bagnet_keras.models import bagnet_geometry
     >>> bagnet_geometry(BagNet(blocks=(1, 1, 1, 1), base_width=8))
     Geometry(patch_size=33, stride=8, offset=0)
     """

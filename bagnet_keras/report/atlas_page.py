@@ -133,6 +133,7 @@ def write_atlas(
     data,
     output_dir: str | os.PathLike,
     class_names: Sequence[str] = (),
+    *,
     preprocess: Callable | None = None,
     deprocess: Callable | None = None,
     title: str = "Feature atlas",

@@ -295,6 +295,7 @@ def write_report(
     comparison: Comparison,
     class_names: Sequence[str],
     output_dir: str | os.PathLike,
+    *,
     title: str = "Grad-CAM and BagNet evidence",
     findings: Sequence[str] = (),
     max_images: int = 12,

@@ -54,6 +54,7 @@ def _check_map(heatmap, image) -> np.ndarray:
 def plot_heatmap(
     heatmap,
     image=None,
+    *,
     ax: Axes | None = None,
     percentile: float = 99,
     cmap: str = "RdBu_r",
@@ -88,6 +89,7 @@ def plot_heatmap(
 def plot_overlay(
     heatmap,
     image,
+    *,
     ax: Axes | None = None,
     cmap: str = "jet",
     alpha: float = 0.5,
@@ -133,6 +135,7 @@ def plot_evidence(result: EvidenceMap, images, index: int = 0, **kwargs) -> Figu
 def plot_grid(
     images,
     maps: Mapping[str, np.ndarray],
+    *,
     deprocess: Callable | None = None,
     size: float = 2.2,
     row_titles: list[str] | None = None,
@@ -181,6 +184,7 @@ def plot_grid(
 
 def plot_patches(
     patches: TopPatches,
+    *,
     deprocess: Callable | None = None,
     cols: int = 8,
     size: float = 1.2,

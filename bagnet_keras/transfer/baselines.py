@@ -95,7 +95,7 @@ class SVMBaseline(ClassifierMixin, BaseEstimator):
     1.0
     """
 
-    def __init__(self, Cs: Sequence[float] = (0.001, 0.01, 0.1, 1.0, 10.0), cv: int = 5, random_state: int = 0):
+    def __init__(self, *, Cs: Sequence[float] = (0.001, 0.01, 0.1, 1.0, 10.0), cv: int = 5, random_state: int = 0):
         self.Cs = Cs
         self.cv = cv
         self.random_state = random_state
@@ -128,6 +128,7 @@ def svm_baseline(
     train,
     test,
     class_names: Sequence[str],
+    *,
     weights: str | os.PathLike | None = "pretrained",
     input_shape: tuple | None = None,
     **svm_options,

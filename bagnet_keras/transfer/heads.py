@@ -59,6 +59,7 @@ def _check_heads(heads) -> dict[str, int]:
 def build_classifier(
     backbone: str | Backbone | keras.Model,
     heads: Mapping[str, int] | int,
+    *,
     mode: str = "transfer",
     trainable_from: str | None = None,
     dropout: float = 0.0,

@@ -396,6 +396,7 @@ def fit_classifier(
     model: keras.Model,
     train,
     validation=None,
+    *,
     epochs: int = 10,
     head_epochs: int = 5,
     learning_rate: float = 1e-3,
