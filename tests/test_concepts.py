@@ -6,7 +6,7 @@ import pytest
 
 from bagnet_keras import BagNet
 from bagnet_keras.explain.concepts import class_concepts
-from bagnet_keras.explain.evidence import _evidence_for
+from bagnet_keras.explain.evidence import evidence_for
 
 SIZE = 32
 
@@ -25,7 +25,7 @@ def _data(n=10, seed=0):
 def test_top_patches_and_their_features_equal_brute_force(batch_size):
     model, (x, y) = _bagnet(), _data()
     found = class_concepts(model, x, y, n_concepts=3, patches=12, batch_size=batch_size, progress=False)
-    ev = _evidence_for(model, None)
+    ev = evidence_for(model, None)
     features = np.asarray(ev.native(x, 32))  # (N, h, w, D)
     n, h, w, _ = features.shape
     image, row, col = np.meshgrid(np.arange(n), np.arange(h), np.arange(w), indexing="ij")

@@ -27,7 +27,7 @@ from bagnet_keras.core.stream import merged_pass, model_arguments, stream_state
 from bagnet_keras.core.topk import TopK, entries
 from bagnet_keras.core.validation import check_positive_int
 from bagnet_keras.explain.atlas import crop_boxes, gather
-from bagnet_keras.explain.evidence import _evidence_for
+from bagnet_keras.explain.evidence import evidence_for
 
 
 @dataclass
@@ -140,7 +140,7 @@ def class_concepts(
     >>> round(sum(c.share for c in found.concepts[0]), 6)
     1.0
     """
-    ev = _evidence_for(model, output)
+    ev = evidence_for(model, output)
     patches = check_positive_int(patches, "patches")
     n_concepts = check_positive_int(n_concepts, "n_concepts")
     examples = check_positive_int(examples, "examples")
@@ -267,7 +267,7 @@ def merge_concepts(
     examples = check_positive_int(examples, "examples")
     store, _ = merged_pass(folders, "concepts", model)
     arguments = store.arguments
-    state = _ConceptTops(_evidence_for(model, arguments["output"]), arguments["classes"], arguments["patches"])
+    state = _ConceptTops(evidence_for(model, arguments["output"]), arguments["classes"], arguments["patches"])
     for index in store.indices():
         state.absorb(*store.read(index))
     return state.result(n_concepts, examples, seed)

@@ -197,7 +197,8 @@ class _BagNetEvidence:
         return dense
 
 
-def _evidence_for(model: keras.Model, output: int | str | None) -> _BagNetEvidence:
+def evidence_for(model: keras.Model, output: int | str | None) -> _BagNetEvidence:
+    """The cached evidence computation of a BagNet's ``output`` (its feature extractor and linear head)."""
     if not isinstance(model, keras.Model):
         raise ValueError(f"`model` must be a keras.Model (a BagNet). Received: {type(model).__name__}")
     index = output_index(model, output)
@@ -206,7 +207,7 @@ def _evidence_for(model: keras.Model, output: int | str | None) -> _BagNetEviden
 
 def _compute(model, images, stride, batch_size, choose, output):
     """Maps (N, H', W', K) for the classes ``choose(n_classes, logits, n)`` returns, and their context."""
-    ev = _evidence_for(model, output)
+    ev = evidence_for(model, output)
     q, native = ev.geometry.patch_size, ev.geometry.stride
     if isinstance(stride, bool) or stride not in (1, native):
         raise ValueError(
@@ -422,7 +423,7 @@ def top_patches(
     check_positive_int(batch_size, "batch_size")
     if max_per_image is not None:
         check_positive_int(max_per_image, "max_per_image")
-    class_index = int(check_classes(class_index, _evidence_for(model, output).n_classes, "class_index")[0])
+    class_index = int(check_classes(class_index, evidence_for(model, output).n_classes, "class_index")[0])
     per_image = k if max_per_image is None else min(k, max_per_image)
     best: list = []  # (score, -order, image, box, patch): a min-heap of the k best so far
     seen = order = 0

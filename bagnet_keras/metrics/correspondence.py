@@ -20,7 +20,8 @@ import numpy as np
 
 from bagnet_keras.core.inputs import check_images
 from bagnet_keras.core.validation import check_positive_int
-from bagnet_keras.metrics.invariance import _layers, flat_features
+from bagnet_keras.explain.atlas import spatial_layers
+from bagnet_keras.metrics.invariance import flat_features
 
 
 @dataclass
@@ -104,7 +105,7 @@ def correspondence(
     trials = check_positive_int(trials, "trials")
     if isinstance(layers, str):
         layers = [layers]
-    found = _layers(model, layers)
+    found = spatial_layers(model, layers, spatial=False)  # outputs of any rank, flattened
     features = flat_features(model, found, batch_size)
     filled = _fill(x, fill)
 

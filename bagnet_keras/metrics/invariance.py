@@ -130,7 +130,7 @@ def invariance(
     if isinstance(layers, str):
         layers = [layers]
     index = output_index(model, output)
-    found = _layers(model, layers)
+    found = spatial_layers(model, layers, spatial=False)  # outputs of any rank, flattened
     features = flat_features(model, found, batch_size)
     probability = score_function(model, index, "probability")
     wanted = {"translate": list(translate), "scale": list(scale), "rotate": list(rotate)}
@@ -172,8 +172,3 @@ def flat_features(model: keras.Model, layers: dict, batch_size: int):
         return dict(zip(layers, parts, strict=True))
 
     return features
-
-
-def _layers(model: keras.Model, layers) -> dict:
-    """Layers by name or path; unlike the atlas's, outputs of any rank are welcome (flattened)."""
-    return spatial_layers(model, layers, spatial=False)
