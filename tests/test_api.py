@@ -75,21 +75,21 @@ def test_unknown_names_still_raise_attribute_error():
         bagnet_keras.no_such_name  # noqa: B018
 
 
-SAVE = """
-import keras
-from bagnet_keras.models import BagNet
-BagNet(blocks=(1, 1, 1, 1), base_width=8, stem_width=8, classes=3, input_shape=(40, 40, 3)).save("m.keras")
-"""
+@pytest.fixture(scope="module")
+def saved_bagnet(tmp_path_factory) -> str:
+    from bagnet_keras.models import BagNet
+
+    path = str(tmp_path_factory.mktemp("saved") / "m.keras")
+    BagNet(blocks=(1, 1, 1, 1), base_width=8, stem_width=8, classes=3, input_shape=(40, 40, 3)).save(path)
+    return path
 
 
 @pytest.mark.parametrize("imports", ["import keras; import bagnet_keras", "import bagnet_keras; import keras"])
-def test_import_bagnet_keras_is_enough_to_load_a_saved_model(tmp_path, imports):
+def test_import_bagnet_keras_is_enough_to_load_a_saved_model(saved_bagnet, imports):
+    """In a fresh process: nothing of the package is used before load_model, in either order of imports."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    subprocess.run([sys.executable, "-c", SAVE], cwd=tmp_path, env=env, check=True, timeout=300)
-    load = f"{imports}; m = keras.saving.load_model('m.keras'); print(type(m).__name__)"
-    done = subprocess.run(
-        [sys.executable, "-c", load], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
+    load = f"{imports}; m = keras.saving.load_model({saved_bagnet!r}); print(type(m).__name__)"
+    done = subprocess.run([sys.executable, "-c", load], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "BagNetModel"
 
