@@ -34,6 +34,19 @@ def tree(folder) -> dict[str, bytes]:
     return found
 
 
+def _one_class_dataset(root) -> None:
+    """A cleaned, split dataset of one class (rings): the models score three."""
+    from data_tools.clean import clean
+    from data_tools.split import split
+    from data_tools.synthetic import motif_scene
+
+    (root / "ring").mkdir(parents=True)
+    for i in range(8):
+        Image.fromarray(motif_scene("ring", seed=i, size=48)[0]).save(root / "ring" / f"{i}.png")
+    clean(str(root), min_size=32, progress=False)
+    split(str(root), ratios=(0.5, 0.25, 0.25))
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A small cleaned dataset, two tiny saved models and the odd files the cases give."""
@@ -52,6 +65,7 @@ def world(tmp_path_factory):
     pooled = keras.layers.GlobalAveragePooling2D()(a)
     keras.Model([a, b], keras.layers.Dense(3)(keras.layers.Concatenate()([pooled, b]))).save(root / "two.keras")
     keras.Sequential([keras.Input((48, 48, 3)), keras.layers.Conv2D(2, 3)]).save(root / "features.keras")
+    _one_class_dataset(root / "one")
     Image.new("RGB", (1, 1)).save(root / "dot.png")
     Image.new("1", (20_000, 10_000)).save(root / "bomb.png")
     (root / "page.pth.tar").write_text("<!DOCTYPE html><html>Sign in</html>")
@@ -130,6 +144,11 @@ COMMAND_CASES = [
         "compare gradcam@no_such_layer",
         lambda w, o: _compare(w, "--out", o, "--methods", "gradcam@no_such_layer"),
         r"no_such_layer",
+    ),
+    (
+        "compare a dataset of one class",
+        lambda w, o: ["compare", "--model", f"cnn={w / 'cnn.keras'}", "--data", str(w / "one"), "--out", o],
+        r"scores 3 classes but the dataset .* has 1 \(ring\)",
     ),
     ("compare --max-images -3", lambda w, o: _compare(w, "--out", o, "--max-images", "-3"), r"--max-images=-3"),
     ("compare --batch-size 0", lambda w, o: _compare(w, "--out", o, "--batch-size", "0"), r"--batch-size=0"),

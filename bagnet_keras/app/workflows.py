@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from bagnet_keras.core.commit import write_atomic
-from bagnet_keras.core.inputs import check_image_model
+from bagnet_keras.core.inputs import check_image_model, n_classes_of, output_index
 from bagnet_keras.core.validation import check_int
 from bagnet_keras.metrics.comparison import compare
 from bagnet_keras.metrics.faithfulness import logit_fn
@@ -49,6 +49,17 @@ def load_model(spec: str, weights: str | None = None) -> tuple[keras.Model, obje
     else:
         model = record.builder(weights=weights)
     return model, record.preprocess
+
+
+def _check_classes(models: dict, output, data: str, class_names: Sequence[str]) -> None:
+    """The dataset's classes are the models' classes, in folder order: anything else mislabels every image."""
+    for name, model in models.items():
+        n = n_classes_of(model, output_index(model, output))
+        if n != len(class_names):
+            raise ValueError(
+                f"Model {name!r} scores {n} classes but the dataset {data!r} has {len(class_names)} "
+                f"({', '.join(class_names)}): give the dataset the model was trained on, with one folder per class."
+            )
 
 
 def _class_names(model: keras.Model, names: Sequence[str] | None) -> list[str]:
@@ -188,6 +199,7 @@ def compare_models(
     loaded = {name: load_model(path)[0] for name, path in models.items()}
     size = (image_size, image_size)
     files = ImageFiles(data, size, split=split, max_images=max_images)
+    _check_classes(loaded, output, data, files.class_names)
     mask_files = ImageFiles(data, size, split=split, masks_root=masks, max_images=max_images) if masks else None
     prep = get_backbone(preprocess).preprocess
     result = compare(
