@@ -100,6 +100,12 @@ COMMAND_CASES = [
         lambda w, o: _explain(w, "--data", str(w / "data"), "--out", o, "--batch-size", "0"),
         r"--batch-size=0",
     ),
+    ("explain a fake image", lambda w, o: _explain(w, "--images", str(w / "fake.png"), "--out", o), r"fake\.png"),
+    (
+        "explain a bomb",
+        lambda w, o: _explain(w, "--images", str(w / "bomb.png"), "--out", o),
+        r"bomb\.png.*bomb",
+    ),
     (
         "explain a missing model",
         lambda w, o: ["explain", "--model", str(w / "no.keras"), "--images", str(w / "dot.png"), "--out", o],
