@@ -257,6 +257,7 @@ def api_cases(world):
     )
     from bagnet_keras.core.graph import iter_layers
     from bagnet_keras.explain import cam, factorize, occlusion, top_patches
+    from bagnet_keras.metrics import input_invariance, invariance
     from data_tools.clean import clean
     from data_tools.loader import image_dataset
     from data_tools.split import split
@@ -289,6 +290,14 @@ def api_cases(world):
         ("image_dataset batch_size=0", lambda: image_dataset(data, (48, 48), batch_size=0), "batch_size=0"),
         ("clean workers=0", lambda: clean(data, workers=0), "workers=0"),
         ("split copy_to inside the dataset", lambda: split(data, copy_to=os.path.join(data, "copy")), "copy_to"),
+        ("cam normalize='x'", lambda: cam(cnn, x, normalize="x"), "normalize='x'"),
+        ("occlusion stride=1.5", lambda: occlusion(cnn, x, stride=1.5), "stride=1.5"),
+        (
+            "input_invariance shift=nan",
+            lambda: input_invariance(cnn, x, ["gradcam"], shift=float("nan")),
+            "shift=nan",
+        ),
+        ("invariance translate=nan", lambda: invariance(cnn, x, [conv], translate=[float("nan")]), "translate=nan"),
     ]
     return {case[0]: case[1:] for case in cases}
 
@@ -312,6 +321,10 @@ API_NAMES = [
     "image_dataset batch_size=0",
     "clean workers=0",
     "split copy_to inside the dataset",
+    "cam normalize='x'",
+    "occlusion stride=1.5",
+    "input_invariance shift=nan",
+    "invariance translate=nan",
 ]
 
 

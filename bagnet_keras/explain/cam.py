@@ -119,6 +119,8 @@ class BaseCAM:
         self.output = output_index(model, output)
         self.n_classes = n_classes_of(model, self.output)
         self.batch_size = check_positive_int(batch_size, "batch_size")
+        if not isinstance(normalize, (bool, np.bool_)):
+            raise ValueError(f"`normalize` must be True or False. Received: normalize={normalize!r}")
         self.normalize = bool(normalize)
         try:
             self.geometry: Geometry | None = layer_geometry(model, self.layer_path)

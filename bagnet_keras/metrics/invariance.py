@@ -20,7 +20,7 @@ import numpy as np
 
 from bagnet_keras.core.graph import score_function
 from bagnet_keras.core.inputs import check_images, in_batches, output_index
-from bagnet_keras.core.validation import check_positive_int
+from bagnet_keras.core.validation import check_number, check_positive_int
 from bagnet_keras.explain.atlas import activation_function, spatial_layers
 
 KINDS = ("translate", "scale", "rotate")
@@ -136,6 +136,10 @@ def invariance(
     wanted = {"translate": list(translate), "scale": list(scale), "rotate": list(rotate)}
     if not any(wanted.values()):
         raise ValueError("Give at least one transformation: translate=[...], scale=[...] or rotate=[...].")
+    for kind, values in wanted.items():
+        for value in values:
+            for number in np.ravel(np.asarray(value, dtype=object)):  # a translation may be a (down, right) pair
+                check_number(number, kind)
 
     base = features(x)
     scores = in_batches(probability, batch_size, x)

@@ -31,7 +31,7 @@ from bagnet_keras.core.inputs import (
 )
 from bagnet_keras.core.layers import StemConv
 from bagnet_keras.core.scaling import minmax_scale
-from bagnet_keras.core.validation import check_positive_int
+from bagnet_keras.core.validation import check_number, check_positive_int
 from bagnet_keras.explain.registry import explain, parse_method
 
 #: Below this mean rank correlation with the original maps, with every layer re-initialised, a method passes
@@ -396,6 +396,8 @@ def input_invariance(
     methods = _methods(methods)
     index = output_index(model, output)
     classes = classes_or_predicted(model, x, class_index, index)
+    for value in np.ravel(np.asarray(shift, dtype=object)):
+        check_number(value, "shift")
     twin = shifted_model(model, shift)
     moved = (x + np.broadcast_to(np.asarray(shift, "float32"), (x.shape[-1],))).astype("float32")
     # Called directly: `predict` would trace a function for the one call on the fresh twin (and the model).
