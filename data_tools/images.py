@@ -9,14 +9,13 @@ converts CMYK, grayscale, palette, alpha and 16-bit images to 8-bit RGB
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-from bagnet_keras.core.files import MAX_PIXELS, to_rgb
+from bagnet_keras.core.files import MAX_PIXELS, ImageBombError, decode_file
 
 
 class Rejected(Exception):
@@ -86,28 +85,15 @@ def load_clean(
     >>> load_clean("street.jpg").image.mode  # doctest: +SKIP
     'RGB'
     """
-    with warnings.catch_warnings():
-        # The pixel count is checked below against max_pixels before anything is decoded.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            with Image.open(path) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise Rejected(f"decompression bomb: {width}x{height} pixels exceeds {max_pixels}")
-                fmt = image.format or "unknown"
-                image.load()
-                changes: list[str] = []
-                if _has_orientation(image):
-                    changes.append("EXIF orientation")
-                rgb = to_rgb(ImageOps.exif_transpose(image), changes)
-        except Rejected:
-            raise
-        except UnidentifiedImageError:
-            raise Rejected("not an image (undecodable bytes)") from None
-        except Image.DecompressionBombError as error:
-            raise Rejected(f"decompression bomb: {error}") from None
-        except (OSError, SyntaxError, ValueError) as error:
-            raise Rejected(f"truncated or corrupt: {error}") from None
+    changes: list[str] = []
+    try:
+        rgb, fmt, (width, height) = decode_file(path, max_pixels, changes)
+    except ImageBombError as error:
+        raise Rejected(f"decompression bomb: {error.reason}") from None
+    except UnidentifiedImageError:
+        raise Rejected("not an image (undecodable bytes)") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise Rejected(f"truncated or corrupt: {error}") from None
     if crop_borders:
         box = crop_uniform_borders(np.asarray(rgb))
         if box != (0, 0, rgb.height, rgb.width):
@@ -120,10 +106,3 @@ def load_clean(
     if aspect > max_aspect:
         raise Rejected(f"extreme aspect ratio {aspect:.2f} (more than {max_aspect})")
     return CleanImage(rgb, fmt, changes, (width, height))
-
-
-def _has_orientation(image: Image.Image) -> bool:
-    try:
-        return image.getexif().get(0x0112, 1) != 1
-    except Exception:  # malformed EXIF: Pillow ignored it too
-        return False

@@ -50,7 +50,17 @@ _ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
 class ImageBombError(ValueError):
-    """An image whose header claims more pixels than `MAX_PIXELS`: refused before decoding."""
+    """An image whose header claims more pixels than `MAX_PIXELS`: refused before decoding.
+
+    ``reason`` says why without the file's name (``"20000x10000 pixels exceeds 178956970"``), as
+    ``data_tools.clean`` records it in its manifest.
+    """
+
+    def __init__(self, path, reason: str) -> None:
+        self.reason = reason
+        # a downloaded image is checked from memory (a file object) before it has a name
+        name = repr(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else "An image"
+        super().__init__(f"{name} is refused as a decompression bomb: {reason}")
 
 
 def to_rgb(image, changes: list[str] | None = None):
@@ -98,21 +108,20 @@ def check_pixels(path, size: tuple[int, int], max_pixels: int = MAX_PIXELS) -> N
     >>> check_pixels("huge.png", (20_000, 20_000))
     Traceback (most recent call last):
     ...
-    bagnet_keras.core.files.ImageBombError: 'huge.png' claims 20000x20000 pixels, more than the 178956970 ...
+    bagnet_keras.core.files.ImageBombError: 'huge.png' is refused as a decompression bomb: 20000x20000 pixels ...
     """
     width, height = size
     if width * height > max_pixels:
-        raise ImageBombError(
-            f"{os.fspath(path)!r} claims {width}x{height} pixels, more than the {max_pixels} any reader of "
-            "this package decodes (a decompression bomb, or an image to downscale first)."
-        )
+        raise ImageBombError(path, f"{width}x{height} pixels exceeds {max_pixels}")
 
 
-def decode_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, changes: list[str] | None = None):
-    """A file as a fully decoded 8-bit RGB Pillow image, EXIF orientation applied (`to_rgb`).
+def decode_file(path, max_pixels: int = MAX_PIXELS, changes: list[str] | None = None):
+    """``(rgb, format, (width, height))``: a file fully decoded to 8-bit RGB, EXIF orientation applied.
 
-    The header's pixel count is checked before decoding (`check_pixels`). Raises
-    ValueError (`ImageBombError` for bombs) naming the file when it cannot be used.
+    The one decoder of the package (`decode_image`, and ``data_tools.images.load_clean`` which
+    turns its errors into the reasons of a manifest). The header's pixel count is checked before
+    decoding (`ImageBombError`, also for Pillow's own refusal); Pillow's other errors propagate.
+    ``changes``, when given, receives one line per conversion made.
 
     Examples
     --------
@@ -120,8 +129,9 @@ def decode_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, changes:
     >>> from PIL import Image
     >>> path = os.path.join(tempfile.mkdtemp(), "gray.png")
     >>> Image.new("L", (8, 4), 7).save(path)
-    >>> decode_image(path).mode, decode_image(path).size
-    ('RGB', (8, 4))
+    >>> rgb, fmt, size = decode_file(path)
+    >>> rgb.mode, fmt, size
+    ('RGB', 'PNG', (8, 4))
     """
     import warnings
 
@@ -133,14 +143,42 @@ def decode_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, changes:
         try:
             with Image.open(path) as image:
                 check_pixels(path, image.size, max_pixels)
+                size, fmt = image.size, image.format or "unknown"
                 image.load()
-                return to_rgb(ImageOps.exif_transpose(image), changes)
-        except ImageBombError:
-            raise
+                if changes is not None and _has_orientation(image):
+                    changes.append("EXIF orientation")
+                return to_rgb(ImageOps.exif_transpose(image), changes), fmt, size
         except Image.DecompressionBombError as error:  # Pillow's own refusal, in Image.open, above MAX_PIXELS
-            raise ImageBombError(f"{os.fspath(path)!r} is refused as a decompression bomb: {error}") from None
-        except (OSError, SyntaxError, ValueError) as error:
-            raise ValueError(f"Cannot read {os.fspath(path)!r} as an image ({error}).") from None
+            raise ImageBombError(path, str(error)) from None
+
+
+def _has_orientation(image) -> bool:
+    try:
+        return image.getexif().get(0x0112, 1) != 1
+    except Exception:  # malformed EXIF: Pillow ignored it too
+        return False
+
+
+def decode_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, changes: list[str] | None = None):
+    """A file as a fully decoded 8-bit RGB Pillow image (`decode_file`), or a ValueError naming the file.
+
+    Bombs raise `ImageBombError`, a ValueError.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from PIL import Image
+    >>> path = os.path.join(tempfile.mkdtemp(), "gray.png")
+    >>> Image.new("L", (8, 4), 7).save(path)
+    >>> decode_image(path).mode, decode_image(path).size
+    ('RGB', (8, 4))
+    """
+    try:
+        return decode_file(path, max_pixels, changes)[0]
+    except ImageBombError:
+        raise
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"Cannot read {os.fspath(path)!r} as an image ({error}).") from None
 
 
 def warn_if_unfit(path, size: tuple[int, int], image_size: tuple[int, int], max_aspect: float = MAX_ASPECT) -> None:
