@@ -62,18 +62,7 @@ def integer(option: str, *, low: int | None = None, high: int | None = None) -> 
     ...
     argparse.ArgumentTypeError: `--batch-size` must be an integer >= 1. Received: --batch-size=0
     """
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = text  # check_int names the text as received
-        try:
-            return check_int(value, option, low=low, high=high)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
-
-    return parse
+    return _checked(int, lambda value: check_int(value, option, low=low, high=high))
 
 
 def number(
@@ -99,14 +88,22 @@ def number(
     ...
     argparse.ArgumentTypeError: `--timeout` must be a finite number > 0. Received: --timeout=0.0
     """
+    return _checked(float, lambda value: check_number(value, option, low=low, high=high, low_open=low_open))
 
-    def parse(text: str) -> float:
+
+def _checked(convert: Callable[[str], object], check: Callable[[object], object]) -> Callable[[str], object]:
+    """An argparse ``type=``: ``check(convert(text))``, or the text itself checked when it does not convert.
+
+    The check's ValueError (it names the option and the value) becomes argparse's one usage line.
+    """
+
+    def parse(text: str):
         try:
-            value = float(text)
+            value = convert(text)
         except ValueError:
-            value = text
+            value = text  # named in the error as the user typed it
         try:
-            return check_number(value, option, low=low, high=high, low_open=low_open)
+            return check(value)
         except ValueError as error:
             raise argparse.ArgumentTypeError(str(error)) from None
 

@@ -396,8 +396,7 @@ def _check_demo_arguments(data, weights, per_class, image_size, epochs, width, s
     """Refuse a bad argument before anything is written: a refused demo leaves its output folder as it was."""
     if data is not None and not os.path.isdir(data):
         raise ValueError(f"`data` must be a dataset folder (one sub-folder per class). Received: data={data!r}")
-    if weights not in (None, "imagenet"):
-        raise ValueError(f"`weights` must be None (small models from scratch) or 'imagenet'. Received: {weights!r}")
+    _check_weights(weights)
     check_int(per_class, "per_class", low=1)
     check_int(image_size, "image_size", low=32)
     check_int(epochs, "epochs", low=1)
@@ -453,6 +452,7 @@ def demo_setup(weights: str | None, image_size: int, width: int) -> DemoSetup:
     >>> setup.fine_layer, setup.image_size, sorted(setup.backbones)
     ('conv3_relu', 64, ['bagnet', 'cnn'])
     """
+    _check_weights(weights)
     if weights == "imagenet":
         from bagnet_keras.transfer.backbones import get_backbone
 
@@ -463,12 +463,15 @@ def demo_setup(weights: str | None, image_size: int, width: int) -> DemoSetup:
         _check_one_preprocessing(preprocess)
         # 14 x 14 at 224, where the last dense block's 7 x 7 is coarse
         return DemoSetup(backbones, preprocess["bagnet"], "conv4_block24_concat", 224)
-    if weights is None:
-        shape = (image_size, image_size, 3)
-        backbones = {"bagnet": small_bagnet(shape, width), "cnn": small_cnn(shape, 2 * width)}
-        # a quarter of the input's side: 16 x 16 at 64 px, against conv5's 4 x 4
-        return DemoSetup(backbones, preprocess_input, "conv3_relu", image_size)
-    raise ValueError(f"`weights` must be None (small models from scratch) or 'imagenet'. Received: {weights!r}")
+    shape = (image_size, image_size, 3)
+    backbones = {"bagnet": small_bagnet(shape, width), "cnn": small_cnn(shape, 2 * width)}
+    # a quarter of the input's side: 16 x 16 at 64 px, against conv5's 4 x 4
+    return DemoSetup(backbones, preprocess_input, "conv3_relu", image_size)
+
+
+def _check_weights(weights) -> None:
+    if weights not in (None, "imagenet"):
+        raise ValueError(f"`weights` must be None (small models from scratch) or 'imagenet'. Received: {weights!r}")
 
 
 def _check_one_preprocessing(preprocess: dict) -> None:
