@@ -1,7 +1,8 @@
 """The explanations: BagNet evidence maps and top patches (`evidence`), the Grad-CAM family (`cam`),
 gradient attributions (`attribution`), guided backprop and deconvnet (`guided`), occlusion
 (`occlusion`), and the dataset-level views: the feature atlas (`atlas`), NMF groups (`factorize`), a
-BagNet's class concepts (`concepts`) and the feature-evolution callback (`evolution`).
+BagNet's class concepts (`concepts`), the feature-evolution callback (`evolution`), and feature
+visualisation by optimisation (`visualization`, maximising `objectives`).
 
 ``explain(model, images, method)`` runs any registered method by name (the table of methods is
 `methods`, readable without TensorFlow); ``explainer`` returns the same as a reusable function.
@@ -35,5 +36,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "factorize": ["LayerGroups", "factorize", "merge_groups"],
         "concepts": ["ClassConcepts", "class_concepts", "merge_concepts"],
         "evolution": ["FeatureEvolution"],
+        "visualization": ["Visualization", "feature_visualization"],
+        "objectives": ["Objective", "channel", "class_logit", "diversity", "direction", "unit"],
     },
 )
