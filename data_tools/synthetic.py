@@ -129,6 +129,20 @@ def _draw(canvas: np.ndarray, kind: str, cy: int, cx: int, colour) -> None:
         raise ValueError(f"Unknown motif {kind!r}")
 
 
+def motif_template(kind: str) -> np.ndarray:
+    """The motif ``kind`` (a name of `MOTIF_CLASSES`, or "dot" or "bar") as the scenes draw it: a float32
+    13 x 13 mask (1 on the motif), for template matching against what a model makes of a class.
+
+    Examples
+    --------
+    >>> motif_template("cross").astype(int)[6].tolist()
+    [0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0]
+    """
+    canvas = np.zeros((13, 13), np.uint8)
+    _draw(canvas, kind, 6, 6, 1)
+    return canvas.astype("float32")
+
+
 def motif_scene(label: str, seed: int, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """An RGB uint8 scene of class ``label`` and its ground-truth mask (H, W) of the motif pixels.
 

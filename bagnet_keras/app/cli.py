@@ -76,6 +76,16 @@ Each pass over the data commits its batches under OUT/passes, so the same comman
 run. Shared by N jobs: --shard I/N in each (OUT a folder per shard), then bagnet-keras merge OUT SHARD_OUTS...
 """
 
+EXPLORE_EPILOG = """example (the demo's trained models on its test scenes):
+  bagnet-keras explore --model cnn=runs/demo/models/cnn/best.keras --model bagnet=runs/demo/models/bagnet/best.keras \\
+      --data runs/demo/data --image-size 64 --out runs/explore
+
+Writes OUT/explorer.html beside OUT/atlas.html: click a position of an image to see the CNN's NMF groups
+there (activation, attribution to each class, feature visualisation, strongest crops) and the BagNet
+patch's exact class evidence and concept. Its passes are the atlas's: they resume after a kill, and
+--shard I/N then bagnet-keras merge OUT SHARD_OUTS... work as for atlas.
+"""
+
 PREDICT_EPILOG = """example:
   bagnet-keras predict                       # BagNet-33, random weights, a generated image, offline
   bagnet-keras predict --weights imagenet    # the authors' ImageNet weights (downloads once)
@@ -167,7 +177,8 @@ def _done(path: str | None, args: argparse.Namespace) -> None:
             f"done: bagnet-keras merge OUT SHARD_OUT_FOLDERS..."
         )
     else:
-        print(f"{'atlas' if path.endswith('atlas.html') else 'report'}: {os.path.abspath(path)}")
+        page = os.path.basename(path).removesuffix(".html")
+        print(f"{page if page in ('atlas', 'explorer') else 'report'}: {os.path.abspath(path)}")
 
 
 def _shard(text: str):
@@ -267,11 +278,12 @@ ATLAS_BATCH_SIZE = 32
 
 
 def atlas(args: argparse.Namespace) -> int:
-    """Run ``bagnet-keras atlas`` (`bagnet_keras.app.workflows.atlas_models`)."""
+    """Run ``bagnet-keras atlas`` or ``explore`` (`bagnet_keras.app.workflows.atlas_models`, `explore_models`)."""
     start_tensorflow(args.verbose)
-    from bagnet_keras.app.workflows import atlas_models
+    from bagnet_keras.app.workflows import atlas_models, explore_models
 
-    path = atlas_models(
+    run = explore_models if args.command == "explore" else atlas_models
+    path = run(
         _models(args.model),
         args.data,
         args.out,
@@ -469,20 +481,27 @@ def _compare_parser(sub) -> None:
     p.set_defaults(func=compare)
 
 
-def _atlas_parser(sub) -> None:
+def _atlas_parser(sub, command: str = "atlas") -> None:
+    about = {
+        "atlas": ("what models learned across a dataset: units, groups, concepts, as HTML", ATLAS_EPILOG),
+        "explore": ("point at a position: what a CNN and a BagNet see there, in one HTML page", EXPLORE_EPILOG),
+    }
     p = _command(
         sub,
-        "atlas",
-        "what models learned across a dataset: units, groups, concepts, as HTML",
-        ATLAS_EPILOG,
+        command,
+        *about[command],
         [_dataset_options(), _batch_options(f"images per forward pass (default: {ATLAS_BATCH_SIZE})")],
     )
     p.add_argument("--layers", nargs="+", help="layers with spatial outputs (default: each model's last one)")
     p.add_argument("--units", type=integer("--units", low=1), default=16, help="the strongest units shown per layer")
     p.add_argument("--k", type=integer("--k", low=1), default=9, help="top activations per unit")
     p.add_argument("--groups", type=integer("--groups", low=1), default=6, help="NMF groups of the last layer")
-    p.add_argument("--out", default="runs/atlas")
+    p.add_argument("--out", default=f"runs/{command}")
     p.set_defaults(func=atlas)
+
+
+def _explore_parser(sub) -> None:
+    _atlas_parser(sub, "explore")
 
 
 def _merge_parser(sub) -> None:
@@ -510,7 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
     """
     parser = argparse.ArgumentParser(prog="bagnet-keras", description="BagNets in Keras: see what a CNN looks at.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_demo_parser, _explain_parser, _compare_parser, _atlas_parser, _merge_parser, _predict_parser):
+    parsers = (_demo_parser, _explain_parser, _compare_parser, _atlas_parser, _explore_parser, _merge_parser)
+    for add in (*parsers, _predict_parser):
         add(sub)
     add_commands(sub)
     return parser

@@ -267,6 +267,7 @@ def atlas_models(
     batch_size: int = 32,
     progress: bool = True,
     shard: tuple[int, int] | None = None,
+    explore: bool = False,
 ) -> str | None:
     """The feature atlas of trained models (``.keras`` files) over a dataset split, as ``output_dir/atlas.html``.
 
@@ -275,6 +276,7 @@ def atlas_models(
     layers, and for a BagNet its class concepts. Every pass over the data commits its batches under
     ``output_dir/passes``, so the same call after a kill resumes. With ``shard=(i, n)`` only that shard's
     batches are measured and no page is written (returns None); `merge` joins the shards' folders.
+    With ``explore``, the same passes also make ``output_dir/explorer.html`` (`explore_models`).
     """
     from bagnet_keras.core.graph import last_spatial_layer
 
@@ -295,6 +297,8 @@ def atlas_models(
         "max_images": max_images,
         "batch_size": batch_size,
     }
+    if explore:  # only then: an atlas run folder of an earlier version has no such key, and merges as before
+        settings["explore"] = True
     files, prep = _atlas_data(settings)
     entries = {}
     for name, path in models.items():
@@ -305,7 +309,50 @@ def atlas_models(
     write_atomic(os.path.join(output_dir, ATLAS_FILE), json.dumps({**settings, "shard": shard}, indent=1))
     if shard is not None:
         return None
-    return _write_atlas_page(entries, files, prep, output_dir)
+    return _write_pages(entries, files, prep, output_dir, settings)
+
+
+def explore_models(models: Mapping[str, str], data: str, output_dir: str, **options) -> str | None:
+    """``output_dir/explorer.html`` (and ``atlas.html``) of a CNN and a BagNet (``.keras`` files) over a dataset.
+
+    The explorer joins, at every position of a few test images, the CNN's NMF groups (their activation,
+    their attribution to each class, their feature visualisation and strongest crops) and the BagNet's
+    exact patch evidence and class concepts (`bagnet_keras.report.explorer`). Its passes over the data are
+    the atlas's (`atlas_models`, whose ``options`` it takes): committed, resumable and sharded alike.
+    """
+    path = atlas_models(models, data, output_dir, explore=True, **options)
+    return None if path is None else os.path.join(output_dir, "explorer.html")
+
+
+def _write_pages(entries: dict, files, prep, output_dir: str, settings: dict) -> str:
+    """The atlas page and, for an explore run, the explorer page beside it."""
+    path = _write_atlas_page(entries, files, prep, output_dir)
+    if settings.get("explore"):
+        _write_explorer_page(entries, files, prep, output_dir)
+    return path
+
+
+def _write_explorer_page(entries: dict, files, prep, output_dir: str) -> str:
+    from bagnet_keras.report.explorer import write_explorer
+
+    bagnet = next((name for name, entry in entries.items() if entry.concepts is not None), None)
+    cnn = next((name for name, entry in entries.items() if entry.groups is not None and name != bagnet), None)
+    if cnn is None and bagnet is None:
+        raise ValueError("The explorer needs a CNN whose last layer factorises (after a ReLU) or a BagNet.")
+    chosen = [name for name in (cnn, bagnet) if name is not None]
+    return write_explorer(
+        {name: entries[name].atlas._model for name in chosen},
+        files,
+        files.labels,
+        output_dir,
+        files.class_names,
+        groups=entries[cnn].groups if cnn else None,
+        concepts=entries[bagnet].concepts if bagnet else None,
+        preprocess=prep,
+        cnn=cnn,
+        bagnet=bagnet,
+        title="What the models see, position by position",
+    )
 
 
 def _atlas_data(settings: dict):
@@ -426,7 +473,7 @@ def merge_atlas_shards(output_dir: str, shard_dirs: Sequence[str]) -> str:
             )
         entries[name] = entry
     _write_classes(output_dir, files.class_names)
-    return _write_atlas_page(entries, files, prep, output_dir)
+    return _write_pages(entries, files, prep, output_dir, settings)
 
 
 #: The class names of a run's output folder, for `merge` (written once the comparison is done).

@@ -38,6 +38,7 @@ class Concept:
     evidence: float
     n_patches: int
     examples: list  # (image_index, row, column, evidence), strongest first
+    centroid: np.ndarray | None = None  # the mean direction of its patches' features (unit length)
 
 
 @dataclass
@@ -72,6 +73,25 @@ class ClassConcepts:
             for j, concept in enumerate(concepts):
                 rows.append({"class": name, "concept": j, "share": concept.share, "patches": concept.n_patches})
         return rows
+
+    def assign(self, features: np.ndarray, class_index: int) -> np.ndarray:
+        """The concept of class ``class_index`` (index into ``concepts[class_index]``) nearest to each feature
+        vector by direction (cosine), as k-means grouped the class's top patches; -1 where the class has none.
+
+        Examples
+        --------
+        >>> found = ClassConcepts(concepts={0: [Concept(0.7, 7.0, 3, [], np.array([1.0, 0.0])),
+        ...                                     Concept(0.3, 3.0, 1, [], np.array([0.0, 1.0]))]})
+        >>> found.assign(np.array([[0.2, 0.9], [3.0, 1.0]]), 0).tolist(), found.assign(np.ones((1, 2)), 1).tolist()
+        ([1, 0], [-1])
+        """
+        features = np.asarray(features, dtype="float64")
+        concepts = self.concepts.get(int(class_index), [])
+        if not concepts:
+            return np.full(features.shape[:-1], -1, dtype=int)
+        centroids = np.stack([c.centroid for c in concepts])
+        directions = features / np.maximum(np.linalg.norm(features, axis=-1, keepdims=True), 1e-12)
+        return np.argmax(directions @ centroids.T, axis=-1)
 
     def boxes(self, examples: Sequence[tuple]) -> np.ndarray:
         """(n, 4) ``top, left, bottom, right`` of the patches of ``examples`` on the input."""
@@ -231,12 +251,14 @@ class _ConceptTops:
             for j in range(clusters):
                 members = [t for t, a in zip(top, assignment, strict=True) if a == j]  # strongest first, as `top`
                 mass = float(sum(t[3] for t in members))
+                centroid = directions[assignment == j].mean(axis=0)
                 concepts.append(
                     Concept(
                         share=mass / total if total else float("nan"),
                         evidence=mass,
                         n_patches=len(members),
                         examples=members[:examples],
+                        centroid=centroid / max(float(np.linalg.norm(centroid)), 1e-12),
                     )
                 )
             found.concepts[c] = sorted(concepts, key=lambda concept: -concept.share)

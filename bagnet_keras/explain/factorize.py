@@ -83,13 +83,20 @@ class LayerGroups:
         )
 
     def attribution(
-        self, images, class_index=None, output: int | str | None = None, batch_size: int = 32
+        self,
+        images,
+        class_index=None,
+        output: int | str | None = None,
+        batch_size: int = 32,
+        spatial: bool = False,
     ) -> np.ndarray:
         """(N, K, n) each group's attribution to each class logit (K: every class, or the one per image given).
 
         Gradient x activation of the layer, summed over positions and channels, split between the
         groups by their share of each activation's reconstruction (W_pg H_gc / sum_g W_pg H_gc; evenly
         where the reconstruction is 0): the groups add up to the layer's total for every image and class.
+        With ``spatial``, (N, K, h, w, n): the same per position of the layer's grid (Building Blocks'
+        spatial attribution), summed over channels only.
         """
         x = check_images(images)
         index = output_index(self._model, output)
@@ -106,18 +113,19 @@ class LayerGroups:
                 a, g, _ = layer_gradients(
                     self._model, xb, chosen, layer=self.layer, output=index, target="logit", batch_size=batch_size
                 )
-                per_class.append(self._split(a, g))
+                per_class.append(self._split(a, g, spatial))
             out.append(np.stack(per_class, axis=1))
         return np.concatenate(out)
 
-    def _split(self, activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
+    def _split(self, activations: np.ndarray, gradients: np.ndarray, spatial: bool = False) -> np.ndarray:
         n_img, h, w, c = activations.shape
         weights = self.transform(activations).reshape(n_img, h * w, -1)  # (N, P, n)
         parts = weights[..., :, None] * self.components[None, None]  # (N, P, n, C)
         total = parts.sum(axis=2, keepdims=True)
         share = np.where(total > 0, parts / np.where(total > 0, total, 1), 1.0 / parts.shape[2])
         contribution = (activations * gradients).reshape(n_img, h * w, 1, c)
-        return (share * contribution).sum(axis=(1, 3))
+        per_position = (share * contribution).sum(axis=3)  # (N, P, n)
+        return per_position.reshape(n_img, h, w, -1) if spatial else per_position.sum(axis=1)
 
 
 def factorize(

@@ -15,7 +15,11 @@ Lucid's defaults, the three small pieces of lucent's ``optvis``:
 - Adam on the parameters, all objectives as one batch.
 
 Images are made in pixel space (0-255, as the data) and pass through the
-model's own ``preprocess``. Each image draws its start and its random
+model's own ``preprocess`` (which must take tensors, as keras.applications'
+``preprocess_input`` does). An objective on a ReLU layer is optimised through
+the ReLU's input, as Lucid's ``_pre_relu`` layers are, so a unit that is
+silent on the starting image still has a gradient; values are reported
+after the ReLU. Each image draws its start and its random
 transformations from its own stream of the seed, so a run is repeatable on
 a CPU and an image does not depend on which others share its batch.
 
@@ -234,9 +238,11 @@ class _Problem:
         return (self.index, self.uses_logits, id(self.preprocess), *(id(layer) for layer in self.layers), diverse)
 
     def values(self, model, x, logits, spread, groups, weights):
-        """Each image's objective (B,) for model inputs ``x`` (pixels 0..255), as weighted sums of one pass."""
+        """Each image's objective (B,) for model inputs ``x`` (pixels 0..255), and the same with every ReLU layer
+        read before its ReLU (what is optimised: Lucid's ``pre_relu`` layers, so that a unit silent on the
+        starting image still has a gradient)."""
         ops = keras.ops
-        tap, taps = layer_tap(self.layers)
+        tap, taps, before = _relu_tap(self.layers)
         if self.preprocess is not None:
             x = self.preprocess(x)
         total = 0.0
@@ -245,12 +251,15 @@ class _Problem:
             total = ops.sum(ops.cast(scores, "float32") * logits, axis=1)
         else:
             run_graph(model, x, tap)
+        optimised = total
         for i, layer in enumerate(self.layers):
             acts = ops.cast(taps[layer], "float32")
             total = total + ops.sum(acts * weights[i], axis=(1, 2, 3))
+            optimised = optimised + ops.sum(ops.cast(before.get(layer, acts), "float32") * weights[i], axis=(1, 2, 3))
             if np.any(self.spread[:, i]):
-                total = total + spread[:, i] * _gram_similarity(acts, groups)
-        return total
+                similarity = spread[:, i] * _gram_similarity(acts, groups)
+                total, optimised = total + similarity, optimised + similarity
+        return total, optimised
 
     def shapes(self, model, size) -> dict:
         """Each layer's activation shape (h, w, C) at the optimised image's size, from one pass on a grey image."""
@@ -268,6 +277,31 @@ class _Problem:
                 )
             shapes[path] = shape
         return shapes
+
+
+def _relu_tap(layers) -> tuple[Callable, dict, dict]:
+    """`layer_tap`'s ``(operation_fn, taps)``, and the inputs of the ReLU layers among ``layers``."""
+    outputs, before = {}, {}
+
+    def operation_fn(op):
+        if not any(op is layer for layer in layers):
+            return op
+
+        def call(*args, **kwargs):
+            outputs[op] = out = op(*args, **kwargs)
+            if _is_relu_layer(op):
+                before[op] = args[0]
+            return out
+
+        return call
+
+    return operation_fn, outputs, before
+
+
+def _is_relu_layer(layer) -> bool:
+    if isinstance(layer, keras.layers.ReLU):
+        return layer.max_value is None and not layer.negative_slope and not layer.threshold
+    return isinstance(layer, keras.layers.Activation) and layer.activation is keras.activations.relu
 
 
 def _at_centre(objective: Objective) -> Objective:
@@ -291,8 +325,8 @@ def _step_function(model: keras.Model, problem: _Problem, image: _Image, transfo
                 images = image(params)
                 if transforms:
                     images = warp(images, matrices)
-                values = problem.values(model_ref(), images * 255.0, logits, spread, groups, weights)
-                total = keras.ops.sum(values)
+                values, optimised = problem.values(model_ref(), images * 255.0, logits, spread, groups, weights)
+                total = keras.ops.sum(optimised)
             return values, tape.gradient(total, params)
 
         return step
