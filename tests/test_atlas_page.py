@@ -6,12 +6,18 @@ import re
 import shutil
 
 import keras
+import numpy as np
+import pytest
 from browser import page, screenshot
 from PIL import Image
 
 from bagnet_keras import BagNet
 from bagnet_keras.app.cli import main
 from bagnet_keras.app.demo import small_cnn
+from bagnet_keras.explain.atlas import feature_atlas
+from bagnet_keras.explain.factorize import factorize
+from bagnet_keras.report import atlas_page
+from bagnet_keras.report.plot import projection_display
 from bagnet_keras.transfer.heads import build_classifier
 from data_tools.clean import clean
 from data_tools.split import split
@@ -74,6 +80,9 @@ def test_atlas_command_writes_a_page_that_renders(tmp_path, capsys):
         # units, groups and concepts of the BagNet; units and groups of the CNN
         assert len(images) == 5 and all(done and width > 0 for done, width in images), images
         assert driver.execute_script("return document.querySelectorAll('table').length;") >= 3
+        # every figure at its own size, not scaled down (its tiles stay at least 96 px)
+        sizes = driver.execute_script("return Array.from(document.images).map(i => [i.width, i.naturalWidth]);")
+        assert all(width == natural for width, natural in sizes), sizes
         shot = screenshot(driver, tmp_path / "atlas_screenshot.png")
         assert shot.stat().st_size > 10_000
         print(f"\nscreenshot of the atlas: {shot}")
@@ -91,3 +100,58 @@ def test_atlas_command_writes_a_page_that_renders(tmp_path, capsys):
     (other / "atlas.json").write_text(json.dumps({**settings, "k": 3}))
     assert main(["merge", str(tmp_path / "bad"), shards[0], str(other)]) == 2
     assert "not shards of the same atlas run (differing: k)" in capsys.readouterr().err
+
+
+def test_projections_show_their_pattern_not_one_grey():
+    # a guided-backprop projection is sparse: most pixels small, a few very large
+    rng = np.random.default_rng(0)
+    projection = rng.normal(scale=0.01, size=(1, 32, 32, 3))
+    projection[0, 16, 16] = 5.0
+    shown = projection_display(projection)
+    assert shown.min() >= 0 and shown.max() <= 1 and shown[0, 16, 16].tolist() == [1.0, 1.0, 1.0]
+    assert np.mean(np.abs(shown - 0.5) > 0.1) > 0.3  # not one grey
+    assert projection_display(np.zeros((1, 4, 4, 3))).tolist() == np.full((1, 4, 4, 3), 0.5).tolist()
+
+
+def test_visualisations_come_first_and_every_tile_is_large(tmp_path, monkeypatch):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((12, 12, 3)), keras.layers.Conv2D(4, 3, activation="relu", name="conv")])
+    x = np.random.default_rng(0).uniform(size=(6, 12, 12, 3)).astype("float32")
+    atlas = feature_atlas(model, x, ["conv"], units=2, k=3, progress=False)
+    groups = factorize(model, x, "conv", n_groups=2, k=3, progress=False)
+    visual = np.zeros((8, 8, 3))
+    visual[..., 0] = 1.0
+    unit = int(atlas.units[atlas.layers[0]][1])
+    entry = atlas_page.ModelAtlas(
+        atlas=atlas, groups=groups, visualizations={("conv", unit): visual}, group_visualizations={1: visual}
+    )
+    drawn = {}
+
+    class Recording(atlas_page.Figures):
+        def __call__(self, fig, name, alt):
+            html = super().__call__(fig, name, alt)  # rendered first: the tiles' places are final
+            drawn[name] = fig
+            return html
+
+    monkeypatch.setattr(atlas_page, "Figures", Recording)
+    text = open(atlas_page.write_atlas({"m": entry}, x, tmp_path), encoding="utf-8").read()
+    assert "feature visualisation" in text
+    assert sorted(drawn) == ["m_groups", "m_units_conv"]
+    for name, fig in drawn.items():
+        titled = [ax for ax in fig.axes if ax.get_title(loc="left") == "visualisation"]
+        assert len(titled) == 1, name  # one unit (group) has a visualisation: the first tile of its line
+        assert np.array_equal(np.asarray(titled[0].images[0].get_array()), visual)
+        first_line = sorted(
+            (ax for ax in fig.axes if abs(ax.get_position().y0 - titled[0].get_position().y0) < 1e-6),
+            key=lambda ax: ax.get_position().x0,
+        )
+        assert first_line[0] is titled[0]
+        assert first_line[1].get_title(loc="left") in (f"conv unit {unit}", "group 1")
+        # every tile at least 96 px on the page (figures at 100 dpi, no wider than the page's 1100 px)
+        assert fig.get_figwidth() * 100 <= 1100
+        assert min(ax.get_position().width * fig.get_figwidth() * 100 for ax in fig.axes) >= 96
+    wrong = atlas_page.ModelAtlas(atlas=atlas, visualizations={("conv", unit): np.zeros((8, 8))})
+    with pytest.raises(
+        ValueError, match=r"images \(h, w, 3\) in \[0, 1\]; the one of \('conv', \d+\) has shape \(8, 8\)"
+    ):
+        atlas_page.write_atlas({"m": wrong}, x, tmp_path / "wrong")

@@ -26,6 +26,9 @@ def test_demo_command_writes_the_report(tmp_path, capsys):
         "Sanity checks on",
         "Atlas of the CNN's last conv layer",
         "BagNet class concepts",
+        "The cnn's unit visualisations excite their units",
+        "The bagnet's unit visualisations excite their units",
+        "class visualisation of each motif class contains",
     ):
         assert claim in printed
     assert sorted(os.listdir(out)) == [
@@ -33,17 +36,21 @@ def test_demo_command_writes_the_report(tmp_path, capsys):
         "atlas_findings.json",
         "comparison",
         "data",
+        "explorer.html",
         "figures",
         "masks",
         "models",
         "report.html",
         "run.json",
         "stages.json",
+        "visualizations.npz",
     ]
     summary = json.loads((out / "comparison" / "comparison.json").read_text())["summary"]
     assert set(summary["accuracy"]) == {"bagnet", "cnn"} and summary["n_images"] > 0
     text = (out / "report.html").read_text()
-    assert "<h2>Findings</h2>" in text and re.search(r": (holds|does not hold)\.", text)
+    assert "<h2>Findings</h2>" in text and re.search(r'<span class="(holds|fails)">[✓✗]</span>', text)
+    explorer = (out / "explorer.html").read_text()
+    assert '"maps"' in explorer and "http://" not in explorer and "https://" not in explorer
 
     # The same command again skips what is done: no scenes generated, nothing cleaned, no epoch trained.
     data = {p: os.path.getmtime(p) for p in (out / "data").rglob("*") if p.is_file()}
@@ -92,11 +99,13 @@ def test_demo_on_a_dataset_folder(tmp_path):
         "atlas.html",
         "atlas_findings.json",
         "comparison",
+        "explorer.html",
         "figures",
         "models",
         "report.html",
         "run.json",
         "stages.json",
+        "visualizations.npz",
     ]
 
 

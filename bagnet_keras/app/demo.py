@@ -28,6 +28,7 @@ from bagnet_keras.core.validation import check_int
 from bagnet_keras.metrics.comparison import Comparison, compare
 from bagnet_keras.models.bagnet import BagNet
 from bagnet_keras.models.imagenet import deprocess_input, preprocess_input
+from bagnet_keras.report.findings import Finding, percent
 from bagnet_keras.report.html import write_report
 from bagnet_keras.transfer.heads import build_classifier
 from bagnet_keras.transfer.training import fit_classifier
@@ -109,11 +110,7 @@ def _mean(values) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def _verdict(holds: bool) -> str:
-    return "holds" if holds else "does not hold"
-
-
-def _pointing_finding(result: Comparison, motif: set, bagnet: str, cnn: str, cnn_maps: list) -> str:
+def _pointing_finding(result: Comparison, motif: set, bagnet: str, cnn: str, cnn_maps: list) -> Finding:
     """The pointing game on the local-motif classes: BagNet evidence against each of the CNN's maps."""
 
     def pointing(model, method):
@@ -126,34 +123,36 @@ def _pointing_finding(result: Comparison, motif: set, bagnet: str, cnn: str, cnn
     ev, cam_bag = pointing(bagnet, "evidence"), pointing(bagnet, "gradcam")
     scores = {method: pointing(cnn, method) for method in cnn_maps}
     best = max(scores, key=lambda m: (scores[m], m == "gradcam"))
-    listing = ", ".join(f"{m} {v:.0%}" for m, v in scores.items())
+    numbers = f"BagNet evidence {percent(ev)}; best CNN map {best} {percent(scores[best])}"
     trusted = [m for m in cnn_maps if _passes_sanity(result, cnn, m)]
-    trusted_note = ""
     if result.sanity and trusted:
         second = max(trusted, key=lambda m: scores[m])
-        trusted_note = f"; of the CNN's maps that pass both sanity checks, the best is {second} ({scores[second]:.0%})"
-    return (
-        f"Pointing game on the local-motif classes: BagNet evidence {ev:.0%}; the CNN's maps: {listing} "
-        f"(Grad-CAM of the BagNet itself: {cam_bag:.0%}). BagNet evidence points into the motifs at least as "
-        f"often as the CNN's best map ({best}, {scores[best]:.0%}): "
-        f"{_verdict(ev >= scores[best])}{trusted_note}."
+        numbers += f"; best passing both sanity checks {second} {percent(scores[second])}"
+    listing = ", ".join(f"{m} {percent(v)}" for m, v in scores.items())
+    numbers += f"; all CNN maps: {listing}; Grad-CAM of the BagNet {percent(cam_bag)}"
+    return Finding(
+        "Pointing game on the local-motif classes: BagNet evidence hits the motif at least as often as the "
+        "CNN's best map",
+        ev >= scores[best],
+        numbers,
     )
 
 
-def _arrangement_finding(result: Comparison, pair: set, class_names: Sequence[str], bagnet: str, cnn: str) -> str:
+def _arrangement_finding(result: Comparison, pair: set, class_names: Sequence[str], bagnet: str, cnn: str) -> Finding:
     """The arrangement-only pair: out of a bag of local features' reach, within a CNN's."""
     accuracy = {
         m: _mean(r["correct"] for r in result.model_rows if r["model"] == m and r["label"] in pair)
         for m in (bagnet, cnn)
     }
-    return (
-        f"On the arrangement-only pair ({', '.join(class_names[c] for c in sorted(pair))}) the BagNet is right on "
-        f"{accuracy[bagnet]:.0%} (chance 50%), the CNN on {accuracy[cnn]:.0%}: a bag of local features cannot "
-        f"see the arrangement, a CNN can: {_verdict(accuracy[bagnet] < 0.75 <= accuracy[cnn])}."
+    return Finding(
+        "On the arrangement-only pair only the CNN sees the arrangement (BagNet below 75 %, CNN at least)",
+        accuracy[bagnet] < 0.75 <= accuracy[cnn],
+        f"{' vs '.join(class_names[c] for c in sorted(pair))}: BagNet {percent(accuracy[bagnet])}, "
+        f"CNN {percent(accuracy[cnn])} (chance 50 %)",
     )
 
 
-def _deletion_finding(result: Comparison, bagnet: str, cnn: str, cnn_maps: list) -> str:
+def _deletion_finding(result: Comparison, bagnet: str, cnn: str, cnn_maps: list) -> Finding:
     """Deletion on the BagNet: its own maps against the CNN's best map's cells."""
     own = {
         method: result.aggregate(bagnet, method, "deletion_area")["mean"]
@@ -162,44 +161,48 @@ def _deletion_finding(result: Comparison, bagnet: str, cnn: str, cnn_maps: list)
     }
     on_bagnet = {method: result.aggregate(cnn, method, f"deletion_on_{bagnet}")["mean"] for method in cnn_maps}
     best = min(on_bagnet, key=on_bagnet.get)
-    own[f"the CNN's best map ({best})"] = on_bagnet[best]
+    own[f"CNN's best map ({best})"] = on_bagnet[best]
     lowest = min(own, key=own.get)
-    listing = ", ".join(f"{k} {v:.3f}" for k, v in own.items())
-    return (
-        f"Deletion area on the BagNet (lower: masking the map's top cells hurts the BagNet more): {listing}; "
-        f"BagNet evidence is the lowest: {_verdict(lowest == 'evidence')}."
+    return Finding(
+        "Deletion area on the BagNet (lower: its top cells matter more) is lowest for BagNet evidence",
+        lowest == "evidence",
+        ", ".join(f"{k} {v:.3f}" for k, v in own.items()),
     )
 
 
-def _masking_finding(result: Comparison, bagnet: str, cnn: str, white: list) -> str:
+def _masking_finding(result: Comparison, bagnet: str, cnn: str, white: list) -> Finding:
     """The BagNet paper's masking experiment: the BagNet's cells masked for the CNN, against its own attributions'."""
     crossed = result.aggregate(bagnet, "evidence", f"deletion_on_{cnn}")["mean"]
     theirs = {m: result.aggregate(cnn, m, "deletion_area")["mean"] for m in white}
     strongest = min(theirs, key=theirs.get)
     listing = ", ".join(f"{m} {v:.3f}" for m, v in theirs.items())
-    return (
-        f"Masking the cells the BagNet finds most informative leaves the CNN a mean true-class probability "
-        f"(deletion area) of {crossed:.3f}; masking the cells of the CNN's own white-box attributions: "
-        f"{listing}. The BagNet's cells hurt the CNN at least as much as its own best attribution's "
-        f"({strongest}), as in the BagNet paper: {_verdict(crossed <= theirs[strongest])}."
+    return Finding(
+        "Masking the cells the BagNet finds most informative hurts the CNN at least as much as its own best "
+        "attribution's (as in the BagNet paper)",
+        crossed <= theirs[strongest],
+        f"CNN's deletion area: BagNet's cells {crossed:.3f}; best own attribution {strongest} "
+        f"{theirs[strongest]:.3f}; all its white-box attributions: {listing}",
     )
 
 
-def _sanity_finding(sanity: dict) -> str:
-    """Which maps failed which sanity check."""
+def _sanity_finding(sanity: dict) -> Finding:
+    """Which maps failed which sanity check (a plain statement: some maps are expected to fail)."""
     failed = []
     for e, s in zip(sanity["randomization"], sanity["invariance"], strict=True):
         why = [w for w, bad in (("randomisation", e["passed"] is False), ("input shift", not s["passed"])) if bad]
         if why:
             failed.append(f"{e['model']} {e['method']} ({' and '.join(why)})")
     checked = len(sanity["randomization"])
-    return f"Sanity checks on {sanity['images']} test images ({checked} maps): " + (
-        f"failed by {', '.join(failed)}." if failed else "every map passed both."
+    claim = f"Sanity checks on {sanity['images']} test images: " + (
+        f"{len(failed)} of {checked} maps fail one or both" if failed else f"all {checked} maps pass both"
     )
+    return Finding(claim, None, f"failed: {', '.join(failed)}" if failed else "")
 
 
-def demo_findings(result: Comparison, labels: np.ndarray, class_names: Sequence[str], bagnet: str, cnn: str) -> list:
-    """The demo's claims, each stated with its numbers and whether it holds.
+def demo_findings(
+    result: Comparison, labels: np.ndarray, class_names: Sequence[str], bagnet: str, cnn: str
+) -> list[Finding]:
+    """The demo's claims, each with its verdict and its numbers (`bagnet_keras.report.findings.Finding`).
 
     BagNet evidence is compared with the CNN's best map by each measure (named), not with one chosen map.
 
@@ -207,7 +210,7 @@ def demo_findings(result: Comparison, labels: np.ndarray, class_names: Sequence[
     --------
     >>> for finding in demo_findings(result, files.labels, names, "bagnet", "cnn"):  # doctest: +SKIP
     ...     print(finding)
-    Pointing game on the local-motif classes: BagNet evidence 91%; ...: holds.
+    ✓ Pointing game on the local-motif classes: BagNet evidence hits ... — BagNet evidence 91 %; ...
     """
     from data_tools.synthetic import ARRANGEMENT_CLASSES, MOTIF_CLASSES
 
@@ -226,32 +229,18 @@ def demo_findings(result: Comparison, labels: np.ndarray, class_names: Sequence[
     if result.sanity:
         findings.append(_sanity_finding(result.sanity))
     accuracy = result.summary["accuracy"]
-    findings.append(f"Test accuracy: BagNet {accuracy[bagnet]:.0%}, CNN {accuracy[cnn]:.0%}.")
+    findings.append(Finding("Test accuracy", None, f"BagNet {percent(accuracy[bagnet])}, CNN {percent(accuracy[cnn])}"))
     return findings
 
 
-def _atlas(models, files, masks, names, output_dir: str, preprocess, progress: bool) -> list[str]:
-    """The atlas page (``atlas.html``) of both models, and, with masks, its findings."""
+def _atlas(models, entries, files, masks, names, output_dir: str, preprocess) -> list[Finding]:
+    """The atlas page (``atlas.html``) of both models with their units' visualisations, and its findings."""
     from bagnet_keras.app.demo_atlas import atlas_findings
-    from bagnet_keras.core.graph import last_spatial_layer
-    from bagnet_keras.explain.atlas import feature_atlas
-    from bagnet_keras.explain.concepts import class_concepts
-    from bagnet_keras.explain.factorize import factorize
-    from bagnet_keras.report.atlas_page import ModelAtlas, write_atlas
+    from bagnet_keras.app.demo_visualization import demo_visualizations
+    from bagnet_keras.report.atlas_page import write_atlas
 
-    options = dict(preprocess=preprocess, progress=progress, batch_size=64)
-    layer = last_spatial_layer(models["cnn"])[0]
-    atlas = feature_atlas(models["cnn"], files, [layer], k=9, **options)
-    groups = factorize(models["cnn"], files, layer, n_groups=6, k=9, **options)
-    concepts = class_concepts(models["bagnet"], files, files.labels, n_concepts=4, patches=100, **options)
-    bagnet_units = feature_atlas(
-        models["bagnet"], files, [last_spatial_layer(models["bagnet"])[0]], units=8, k=9, **options
-    )
-    sample = np.asarray(preprocess(np.asarray(files[:64], dtype="float32")))
-    entries = {
-        "cnn": ModelAtlas(atlas=atlas, groups=groups, group_images=sample),
-        "bagnet": ModelAtlas(atlas=bagnet_units, concepts=concepts),
-    }
+    seen = demo_visualizations(models, entries, names, preprocess)
+    seen.save(os.path.join(output_dir, VISUALIZATIONS_FILE))
     write_atlas(
         entries,
         files,
@@ -262,9 +251,65 @@ def _atlas(models, files, masks, names, output_dir: str, preprocess, progress: b
         title="What the demo's CNN and BagNet learned",
         max_units=12,
     )
+    findings = seen.findings()
     if masks is None:
-        return []
-    return atlas_findings(atlas, groups, concepts, np.asarray(masks[: len(masks)], dtype=bool), files.labels, names)
+        return findings
+    atlas, groups, concepts = entries["cnn"].atlas, entries["cnn"].groups, entries["bagnet"].concepts
+    return findings + atlas_findings(
+        atlas, groups, concepts, np.asarray(masks[: len(masks)], dtype=bool), files.labels, names
+    )
+
+
+#: The demo's feature visualisations (units of both models, the CNN's NMF groups), kept for the explorer.
+VISUALIZATIONS_FILE = "visualizations.npz"
+
+
+def _dataset_passes(models, files, preprocess, progress: bool) -> dict:
+    """The passes over the test images: the CNN's units and NMF groups, the BagNet's units and class concepts."""
+    from bagnet_keras.core.graph import last_spatial_layer
+    from bagnet_keras.explain.atlas import feature_atlas
+    from bagnet_keras.explain.concepts import class_concepts
+    from bagnet_keras.explain.factorize import factorize
+    from bagnet_keras.report.atlas_page import ModelAtlas
+
+    options = dict(preprocess=preprocess, progress=progress, batch_size=64)
+    layer = last_spatial_layer(models["cnn"])[0]
+    atlas = feature_atlas(models["cnn"], files, [layer], k=9, **options)
+    groups = factorize(models["cnn"], files, layer, n_groups=6, k=9, **options)
+    concepts = class_concepts(models["bagnet"], files, files.labels, n_concepts=4, patches=100, **options)
+    bagnet_units = feature_atlas(
+        models["bagnet"], files, [last_spatial_layer(models["bagnet"])[0]], units=8, k=9, **options
+    )
+    sample = np.asarray(preprocess(np.asarray(files[:64], dtype="float32")))
+    return {
+        "cnn": ModelAtlas(atlas=atlas, groups=groups, group_images=sample),
+        "bagnet": ModelAtlas(atlas=bagnet_units, concepts=concepts),
+    }
+
+
+def _explorer(models, entries, files, names, output_dir: str, preprocess, result: Comparison, progress: bool) -> str:
+    """``explorer.html``: the atlas's groups and concepts and the comparison's verdicts, at every position of a
+    few test images."""
+    from bagnet_keras.app.demo_visualization import DemoVisualizations
+    from bagnet_keras.report.explorer import write_explorer
+
+    seen = DemoVisualizations.load(os.path.join(output_dir, VISUALIZATIONS_FILE))
+    return write_explorer(
+        models,
+        files,
+        files.labels,
+        output_dir,
+        names,
+        groups=entries["cnn"].groups,
+        concepts=entries["bagnet"].concepts,
+        comparison=result,
+        preprocess=preprocess,
+        visualizations=None if seen is None else seen.groups,
+        cnn="cnn",
+        bagnet="bagnet",
+        title="What the demo's CNN and BagNet see, position by position",
+        progress=progress,
+    )
 
 
 class _Stages:
@@ -302,8 +347,9 @@ def run_demo(
     Parameters
     ----------
     output_dir : str
-        Output folder: ``data/`` and ``masks/`` (generated), ``models/``, ``comparison/``, ``report.html`` and
-        ``atlas.html`` (the units, groups and class concepts of both models),
+        Output folder: ``data/`` and ``masks/`` (generated), ``models/``, ``comparison/``, ``report.html``,
+        ``atlas.html`` (the units, groups and class concepts of both models, with their feature
+        visualisations) and ``explorer.html`` (what both models see at each position of a few images),
         with ``run.json`` (the arguments) and ``stages.json`` (the stages done). Running the demo again into
         it goes on where it stopped: finished stages are skipped, training resumes from its last epoch;
         other arguments into the same folder are refused.
@@ -372,7 +418,9 @@ def run_demo(
         output_dir=os.path.join(output_dir, "comparison"),
     )
     findings = demo_findings(result, files.labels, names, "bagnet", "cnn")
-    findings += _atlas_stage(models, files, masks, names, output_dir, setup.preprocess, stages, say)
+    atlas_findings, entries = _atlas_stage(models, files, masks, names, output_dir, setup.preprocess, stages, say)
+    findings += atlas_findings
+    _explorer_stage(models, entries, files, names, output_dir, setup.preprocess, result, stages, say)
     for finding in findings:
         say(finding)
     path = write_report(result, names, output_dir, title="What a BagNet and a CNN look at", findings=findings)
@@ -511,12 +559,25 @@ def _train(setup: DemoSetup, data: str, output_dir: str, say: _Say, epochs: int,
     return models, names
 
 
-def _atlas_stage(models, files, masks, names, output_dir: str, preprocess, stages: _Stages, say: _Say) -> list[str]:
-    """The atlas page, made once (``stages.json``), and its findings, kept in ``atlas_findings.json``."""
+def _atlas_stage(models, files, masks, names, output_dir: str, preprocess, stages: _Stages, say: _Say):
+    """The atlas page, made once (``stages.json``), and its findings, kept in ``atlas_findings.json``; and the
+    passes over the data when they were made here (else None)."""
     atlas_file = os.path.join(output_dir, "atlas_findings.json")
+    entries = None
     if not stages.done("atlas"):
         say("the atlas: what the CNN's last conv layer and the BagNet's classes are made of, over the test images")
-        write_atomic(atlas_file, json.dumps(_atlas(models, files, masks, names, output_dir, preprocess, say.progress)))
+        entries = _dataset_passes(models, files, preprocess, say.progress)
+        findings = _atlas(models, entries, files, masks, names, output_dir, preprocess)
+        write_atomic(atlas_file, json.dumps([f.to_json() for f in findings]))
         stages.mark("atlas")
     with open(atlas_file, encoding="utf-8") as f:
-        return json.load(f)
+        return [Finding.from_json(value) for value in json.load(f)], entries
+
+
+def _explorer_stage(models, entries, files, names, output_dir: str, preprocess, result, stages, say) -> None:
+    """The explorer page, made once (a demo folder of an earlier version gains it when run again)."""
+    if not stages.done("explorer"):
+        say("the explorer: what both models see at each position of a few test images")
+        entries = entries or _dataset_passes(models, files, preprocess, say.progress)
+        _explorer(models, entries, files, names, output_dir, preprocess, result, say.progress)
+        stages.mark("explorer")

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from bagnet_keras.report.findings import Finding, percent
+
 
 def _hits(masks, labels, motif: dict, entries, geometry) -> list[int | None]:
     """Per ``(image, row, column, ...)``: the image's motif class where the footprint meets its mask, else None."""
@@ -64,7 +66,7 @@ def random_purity(
     return float(np.mean(values)), float(np.percentile(values, 95))
 
 
-def _units_finding(atlas, groups, masks: np.ndarray, labels: np.ndarray, motif: dict) -> str:
+def _units_finding(atlas, groups, masks: np.ndarray, labels: np.ndarray, motif: dict) -> Finding:
     """How pure the purest unit or NMF group of the CNN's last layer is, against random positions."""
     layer = atlas.layers[-1]
     geometry, k = atlas.geometry[layer], atlas.k
@@ -80,12 +82,13 @@ def _units_finding(atlas, groups, masks: np.ndarray, labels: np.ndarray, motif: 
     grid = (int(atlas.row[layer].max()) + 1, int(atlas.column[layer].max()) + 1)
     mean, high = random_purity(masks, labels, motif, grid, geometry, k)
     pure = sum(p >= 8 / 9 for (p, _), _ in scored)
-    return (
-        f"Atlas of the CNN's last conv layer ({layer.split('/')[-1]}): the purest of its units and NMF groups "
-        f"is {name}, whose top {k} regions fall on the {motif.get(cls, '?')} motif {best * k:.0f} of {k} "
-        f"times ({pure} units or groups reach 8 of 9; {k} random positions: {mean * k:.1f} of {k} on average, "
-        f"{high * k:.0f} at the 95th percentile). At least one unit or group falls on one motif class at least "
-        f"8 of 9 times: {'holds' if best >= 8 / 9 else 'does not hold'}."
+    return Finding(
+        f"Atlas of the CNN's last conv layer ({layer.split('/')[-1]}): a unit or NMF group falls on one motif "
+        "class at least 8 of 9 times",
+        best >= 8 / 9,
+        f"purest {name}: top {k} regions on the {motif.get(cls, '?')} motif {best * k:.0f} of {k}; "
+        f"{pure} units or groups reach 8 of 9; {k} random positions: {mean * k:.1f} of {k} on average, "
+        f"{high * k:.0f} at the 95th percentile",
     )
 
 
@@ -107,7 +110,7 @@ def _on_motif(concepts, masks: np.ndarray, labels: np.ndarray, c: int, name: str
     return on, sum(h is not None for h in hits) / max(len(hits), 1)
 
 
-def _concepts_finding(concepts, masks: np.ndarray, labels: np.ndarray, motif: dict) -> str | None:
+def _concepts_finding(concepts, masks: np.ndarray, labels: np.ndarray, motif: dict) -> Finding | None:
     """Whether each motif class's BagNet concepts lie on its motif; None when no motif class has concepts."""
     shares, baselines = {}, {}
     for c, name in motif.items():
@@ -115,19 +118,19 @@ def _concepts_finding(concepts, masks: np.ndarray, labels: np.ndarray, motif: di
             shares[name], baselines[name] = _on_motif(concepts, masks, labels, c, name)
     if not shares:
         return None
-    listing = ", ".join(f"{n} {s:.0%} (positions on the motif: {baselines[n]:.0%})" for n, s in shares.items())
-    verdict = "holds" if all(s >= 0.7 for s in shares.values()) else "does not hold"
-    return (
-        f"BagNet class concepts: share of each motif class's top-patch evidence in concepts whose example "
-        f"patches lie on the motif: {listing}. Every motif class is dominated (>= 70 %) by such concepts: "
-        f"{verdict}."
+    listing = ", ".join(f"{n} {percent(s)} ({percent(baselines[n])})" for n, s in shares.items())
+    return Finding(
+        "BagNet class concepts: every motif class's top-patch evidence lies mostly (at least 70 %) in concepts "
+        "on its motif",
+        all(s >= 0.7 for s in shares.values()),
+        f"share in concepts whose example patches lie on the motif (share of positions on the motif): {listing}",
     )
 
 
 def atlas_findings(
     atlas, groups, concepts, masks: np.ndarray, labels: np.ndarray, class_names: Sequence[str]
-) -> list[str]:
-    """The demo's claims about its atlas, with their numbers and whether they hold.
+) -> list[Finding]:
+    """The demo's claims about its atlas, with their verdicts and numbers (`bagnet_keras.report.findings.Finding`).
 
     Examples
     --------

@@ -30,7 +30,12 @@ from bagnet_keras.report.plot import plot_evolution, plot_invariance, projection
 
 @dataclass
 class ModelAtlas:
-    """What the atlas page shows of one model; every part is optional."""
+    """What the atlas page shows of one model; every part is optional.
+
+    ``visualizations`` maps ``(layer, unit)`` (the layer's path in ``atlas.layers``, or its name) to a feature
+    visualisation of that unit, an image (h, w, 3) of floats in [0, 1]; ``group_visualizations`` maps a group's
+    index in ``groups`` to one. Each is shown as the first tile of its unit's (group's) row.
+    """
 
     atlas: object = None  # FeatureAtlas
     groups: object = None  # LayerGroups
@@ -38,37 +43,104 @@ class ModelAtlas:
     concepts: object = None  # ClassConcepts
     evolution: list = field(default_factory=list)  # FeatureEvolution.records
     invariance: object = None  # InvarianceCurves
+    visualizations: dict = field(default_factory=dict)  # (layer, unit) -> image (h, w, 3) in [0, 1]
+    group_visualizations: dict = field(default_factory=dict)  # group index -> image (h, w, 3) in [0, 1]
 
 
-def _grid(rows: Sequence[tuple[str, np.ndarray]], columns: int) -> Figure:
-    """One row of small images per entry: ``(title, images (n, h, w, 3) in 0..1)``."""
-    fig = Figure(figsize=(1.1 * columns, 1.2 * len(rows)), layout="constrained")
-    axes = fig.subplots(len(rows), columns, squeeze=False)
-    for r, (title, images) in enumerate(rows):
-        for c in range(columns):
-            ax = axes[r, c]
+#: A tile's side in inches: 100 px in the pages' 100-dpi figures, each image upscaled without smoothing.
+TILE = 1.0
+#: The space between tiles, and above a line whose tiles have titles, in inches.
+GAP, TITLE = 0.06, 0.16
+#: Tiles in one line of a figure: about the page's width (1100 px), so the page shows them at full size.
+LINE = 10
+
+
+@dataclass
+class _Line:
+    """One line of tiles: images (h, w, 3) in 0..1 or None (an empty tile), and titles by tile index."""
+
+    tiles: list
+    labels: dict = field(default_factory=dict)
+
+
+def _grid(lines: Sequence[_Line]) -> Figure:
+    """Lines of ``TILE``-inch tiles, placed by hand (exact sizes, and quicker than a layout engine).
+
+    Examples
+    --------
+    >>> fig = _grid([_Line([np.zeros((4, 4, 3)), None], {0: "unit 3"}), _Line([None, np.ones((4, 4, 3))])])
+    >>> [(ax.get_title(loc="left"), round(float(ax.get_position().width * fig.get_figwidth()), 3)) for ax in fig.axes]
+    [('unit 3', 1.0), ('', 1.0)]
+    """
+    columns = max((len(line.tiles) for line in lines), default=1) or 1
+    heights = [TILE + GAP + (TITLE if line.labels else 0) for line in lines]
+    width, height = columns * (TILE + GAP) + GAP, sum(heights) + GAP
+    fig = Figure(figsize=(width, height))
+    top = height
+    for line, h in zip(lines, heights, strict=True):
+        top -= h
+        for c, image in enumerate(line.tiles):
+            if image is None and c not in line.labels:
+                continue
+            left = GAP + c * (TILE + GAP)
+            ax = fig.add_axes((left / width, top / height, TILE / width, TILE / height))
             ax.set_axis_off()
-            if c < len(images):
-                ax.imshow(images[c], interpolation="nearest")
-        axes[r, 0].set_title(title, fontsize=7, loc="left")
+            if image is not None:
+                ax.imshow(np.clip(image, 0, 1), interpolation="nearest")
+            if c in line.labels:
+                ax.set_title(line.labels[c], fontsize=7, loc="left", pad=2)
     return fig
+
+
+def _block(title: str, rows: Sequence[Sequence[np.ndarray]], visual: np.ndarray | None, lead: bool) -> list[_Line]:
+    """The lines of one unit, group or concept: ``rows`` of tiles (its crops, and the projections beneath them),
+    cut into pieces of at most `LINE` tiles, each after a lead tile (its visualisation, first) when ``lead``."""
+    per_line = LINE - int(lead)
+    lines = []
+    for start in range(0, max(1, max(len(row) for row in rows)), per_line):
+        for k, row in enumerate(rows):
+            first = start == 0 and k == 0
+            labels = {int(lead): title} if first else {}
+            if first and visual is not None:
+                labels[0] = "visualisation"
+            head = [visual if first else None] if lead else []
+            lines.append(_Line(head + list(row[start : start + per_line]), labels))
+    return lines
+
+
+def _visual(image, key, field_name: str) -> np.ndarray:
+    """A feature visualisation checked: an image (h, w, 3) of numbers (shown clipped to [0, 1])."""
+    array = np.asarray(image, dtype="float64")
+    if array.ndim != 3 or array.shape[-1] != 3:
+        raise ValueError(
+            f"`ModelAtlas.{field_name}` holds images (h, w, 3) in [0, 1]; the one of {key!r} has shape {array.shape}."
+        )
+    return array
 
 
 def _units_section(name: str, entry: ModelAtlas, data, figure, deprocess, preprocess, max_units: int) -> list[str]:
     atlas = entry.atlas
+    visuals = {
+        (atlas.path(layer), int(unit)): _visual(image, (layer, unit), "visualizations")
+        for (layer, unit), image in entry.visualizations.items()
+    }
     parts = [
         f"<h3>Units: strongest activations over {atlas.n_images} images</h3>"
-        '<p class="note">Each row: one unit (channel), its top activations\' receptive fields (left) and the '
-        "guided-backprop projection of each single activation (right, grey = 0).</p>"
+        '<p class="note">Each unit (channel): a line of its top activations\' receptive fields and, beneath each, '
+        "the guided-backprop projection of that single activation (grey = 0; each scaled by the 99th percentile "
+        "of its own magnitudes, so its pattern shows and its strongest pixels saturate)"
+        + (", after the unit's feature visualisation" if visuals else "")
+        + ".</p>"
     ]
     for layer in atlas.layers:
-        rows = []
+        lead = any(key[0] == layer for key in visuals)
+        lines = []
         for unit in atlas.units[layer][:max_units]:
             crops, projections = atlas.examples(data, layer, int(unit), preprocess=preprocess)
             shown = display_images(crops, deprocess) / 255.0
-            both = np.concatenate([shown, projection_display(projections)])
-            rows.append((f"{layer.split('/')[-1]} unit {unit}", both))
-        parts.append(figure(_grid(rows, 2 * atlas.k), f"{name}_units_{layer.replace('/', '_')}", f"units of {layer}"))
+            title = f"{layer.split('/')[-1]} unit {unit}"
+            lines += _block(title, [shown, projection_display(projections)], visuals.get((layer, int(unit))), lead)
+        parts.append(figure(_grid(lines), f"{name}_units_{layer.replace('/', '_')}", f"units of {layer}"))
     return parts
 
 
@@ -80,6 +152,7 @@ def _groups_section(
     groups = entry.groups
     n = len(groups.components)
     rows, boxes_ok = [], groups.geometry is not None
+    lead = bool(entry.group_visualizations)
     for g in range(n):
         top = groups.top(g)
         if not top or not boxes_ok:
@@ -87,16 +160,18 @@ def _groups_section(
         images = gather(data, sorted({t[0] for t in top}), preprocess=preprocess)
         boxes = position_boxes(groups.geometry, np.array([t[1] for t in top]), np.array([t[2] for t in top]))
         crops = crop_boxes(np.stack([images[t[0]] for t in top]), boxes)
-        rows.append((f"group {g}", display_images(crops, deprocess) / 255.0))
+        visual = entry.group_visualizations.get(g)
+        visual = None if visual is None else _visual(visual, g, "group_visualizations")
+        rows += _block(f"group {g}", [display_images(crops, deprocess) / 255.0], visual, lead)
     parts = [
         f"<h3>Building blocks: {n} groups of {html.escape(groups.layer)}</h3>"
         "<p class=\"note\">Non-negative matrix factorisation of the layer's activations; each row: a group's "
         "strongest regions over the data. The table: each group's mean attribution to each class logit "
         "(gradient x activation, split by the group's share; the groups add up to the layer's "
-        "total).</p>"
+        "total)." + (" A group's feature visualisation comes first." if lead else "") + "</p>"
     ]
     if rows:
-        parts.append(figure(_grid(rows, groups.values.shape[1]), f"{name}_groups", "factorised groups"))
+        parts.append(figure(_grid(rows), f"{name}_groups", "factorised groups"))
     if entry.group_images is not None:
         mean = groups.attribution(entry.group_images).mean(axis=0)  # (classes, groups)
         header = ["class", *[f"group {g}" for g in range(n)]]
@@ -117,14 +192,15 @@ def _concepts_section(
         table_rows.append([label, *shares, *[""] * (max_concepts - len(shares))])
         for j, concept in enumerate(concepts[:max_concepts]):
             crops = found.crops(data, concept.examples, preprocess=preprocess)
-            rows.append((f"{label}, concept {j}: {concept.share:.0%}", display_images(crops, deprocess) / 255.0))
-    width = max((len(k.examples) for concepts in found.concepts.values() for k in concepts), default=1)
+            rows += _block(
+                f"{label}, concept {j}: {concept.share:.0%}", [display_images(crops, deprocess) / 255.0], None, False
+            )
     return [
         "<h3>Class concepts (BagNet)</h3>"
         '<p class="note">Each class\'s patches with the most evidence for it, clustered by their features; '
         "a concept's share of the class's top-patch evidence, and (patches).</p>",
         html_table(header, table_rows, "class x concept"),
-        figure(_grid(rows, width), f"{name}_concepts", "concept examples"),
+        figure(_grid(rows), f"{name}_concepts", "concept examples"),
     ]
 
 

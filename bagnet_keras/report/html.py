@@ -1,8 +1,10 @@
 """A self-contained HTML report of a `Comparison` (bagnet_keras.metrics): one file, figures embedded, PNGs beside it.
 
-`write_report` draws, from the comparison alone (no model runs): the models'
-accuracies, the faithfulness table with confidence intervals, the mean
-deletion and insertion curves, the agreement between maps, per-image rows
+`write_report` draws, from the comparison alone (no model runs): the study's
+findings with their verdicts, the models' accuracies, one matrix of every
+map's faithfulness measures (mean and interval, the best of each marked)
+with its sanity checks, the mean deletion and insertion curves, the
+masking experiment, the sanity checks' numbers, the agreement between maps, per-image rows
 of overlays (image with the boxes of the BagNet's most predictive patches,
 then every map, then the BagNet's evidence for the predicted class),
 per-class galleries of the BagNet's most informative patches, and the
@@ -24,7 +26,8 @@ from bagnet_keras.core.commit import write_atomic
 from bagnet_keras.explain.methods import method_names
 from bagnet_keras.explain.registry import parse_method
 from bagnet_keras.metrics.comparison import Comparison
-from bagnet_keras.report.page import Figures, html_document, html_table
+from bagnet_keras.report.findings import MEASURE_DIRECTIONS, Finding, higher_is_better
+from bagnet_keras.report.page import Figures, Raw, html_document, html_table
 from bagnet_keras.report.plot import (
     plot_curves,
     plot_heatmap,
@@ -159,40 +162,193 @@ def _trust(sanity: Mapping, figure) -> list[str]:
     ]
 
 
+def _findings_section(findings: Sequence[Finding | str | Mapping]) -> str:
+    """The findings as a table: each one's verdict mark, its claim, and the numbers behind it in small print."""
+    css = {True: "holds", False: "fails", None: "neutral"}
+    rows = []
+    for finding in findings:
+        finding = finding if isinstance(finding, Finding) else Finding.from_json(finding)
+        rows.append(
+            [
+                Raw(f'<span class="{css[finding.holds]}">{finding.mark}</span>'),
+                finding.claim,
+                Raw(f'<span class="numbers">{html.escape(finding.numbers)}</span>'),
+            ]
+        )
+    return "<h2>Findings</h2>" + html_table(["", "finding", "numbers"], rows, css_class="findings")
+
+
 def _models_section(comparison: Comparison, name_of: list[str]) -> str:
     """The models' accuracies: overall, with tiles shuffled, and per class."""
     summary = comparison.summary
     per_class = summary["per_class_accuracy"]
     header = ["model", "accuracy", "kept top class when tiles are shuffled", *name_of]
+    # overall: with the half-width of the 95 % interval where the models' aggregates (method "") hold it
+    overall = {(a["model"], a["metric"]): a for a in comparison.aggregates if not a["method"]}
     rows = [
         [
             name,
-            summary["accuracy"][name],
-            summary["shuffle_kept"][name],
+            *[
+                _measure_cell(overall[name, metric], False) if (name, metric) in overall else summary[key][name]
+                for key, metric in (("accuracy", "correct"), ("shuffle_kept", "shuffle_kept"))
+            ],
             *[float(v) if v is not None else float("nan") for v in per_class[name][: len(name_of)]],
         ]
         for name in summary["accuracy"]
     ]
-    return "<h2>Models</h2>" + html_table(header, rows, "accuracy on these images, overall and per class")
+    return "<h2>Models</h2>" + html_table(
+        header, rows, "accuracy on these images (overall: mean ± half-width of the 95 % interval) and per class"
+    )
+
+
+def _map_measures(comparison: Comparison) -> dict[tuple[str, str], dict[str, dict]]:
+    """``(model, method)`` -> measure -> its aggregate row, for every map (not the models' or pairs' rows)."""
+    table: dict = {}
+    for a in comparison.aggregates:
+        if a["method"] and a["metric"] != "spearman":
+            table.setdefault((a["model"], a["method"]), {})[a["metric"]] = a
+    return table
+
+
+def _measure_order(measures) -> list[str]:
+    """The known measures in their `MEASURE_DIRECTIONS` order, then the others (``deletion_on_*``) sorted."""
+    measures = set(measures)
+    return [m for m in MEASURE_DIRECTIONS if m in measures] + sorted(measures - set(MEASURE_DIRECTIONS))
+
+
+def _best_maps(table: Mapping[tuple, Mapping[str, Mapping]], metric: str) -> set:
+    """The maps with the best mean of ``metric`` (`higher_is_better`); ties all count, and a column where every
+    map ties, or whose direction is unknown, has none.
+
+    Examples
+    --------
+    >>> table = {("cnn", "gradcam"): {"pointing": {"mean": 0.5}}, ("bagnet", "evidence"): {"pointing": {"mean": 0.9}}}
+    >>> _best_maps(table, "pointing"), _best_maps(table, "linearity_sum")
+    ({('bagnet', 'evidence')}, set())
+    """
+    direction = higher_is_better(metric)
+    means = {key: float(row[metric]["mean"]) for key, row in table.items() if metric in row}
+    means = {key: value for key, value in means.items() if np.isfinite(value)}
+    if direction is None or not means or (len(means) > 1 and len(set(means.values())) == 1):
+        return set()
+    best = max(means.values()) if direction else min(means.values())
+    return {key for key, value in means.items() if value == best}
+
+
+def _significant(value: float, digits: int = 3) -> str:
+    """``value`` with ``digits`` significant digits, never in exponent notation (``"0"`` for zero).
+
+    Examples
+    --------
+    >>> [_significant(v) for v in (0.0123456, 0.038, 0.59999, 1234.5, -0.0000341, 0.0)], _significant(0.0236, 2)
+    (['0.0123', '0.0380', '0.600', '1230', '-0.0000341', '0'], '0.024')
+    """
+    if not np.isfinite(value):
+        return "n/a"
+    if value == 0:
+        return "0"
+    text = f"{value:#.{digits}g}"  # "#": trailing zeros kept (0.600)
+    if "e" in text:  # written out instead: 1230, 0.0000341
+        text = np.format_float_positional(float(text), trim="-")
+    return text.rstrip(".")
+
+
+def _measure_cell(row: Mapping | None, best: bool) -> Raw | str:
+    """``mean ± half-width of the 95 % interval`` (3 and 2 significant digits), bold with a star where best, the
+    interval itself in the tooltip; ``–`` where the measure was not computed for the map."""
+    if row is None or not np.isfinite(row["mean"]):
+        return "–" if row is None else "n/a"
+    half = (row["high"] - row["low"]) / 2
+    mean = _significant(row["mean"]) + (" ★" if best else "")
+    tip = f"95 % interval {_significant(row['low'])} to {_significant(row['high'])}, n = {row['n']}"
+    text = f"<b>{mean}</b>" if best else mean
+    if np.isfinite(half):  # beneath the mean, in small print: the columns stay narrow
+        text += f'<br><span class="pm">± {_significant(half, 2)}</span>'
+    return Raw(f'<span title="{html.escape(tip)}">{text}</span>')
+
+
+_CHECK = {True: ("✓", "holds", "passed"), False: ("✗", "fails", "failed"), None: ("–", "neutral", "undecided")}
+
+
+def _sanity_verdicts(sanity: Mapping) -> dict[tuple[str, str], dict[str, bool | None]]:
+    """``(model, method)`` -> ``{"randomisation": passed, "input shift": passed}`` (None: constant maps)."""
+    verdicts: dict = {}
+    for check, key in (("randomisation", "randomization"), ("input shift", "invariance")):
+        for e in (sanity or {}).get(key, []):
+            passed = None if e["passed"] is None else bool(e["passed"])
+            verdicts.setdefault((e["model"], e["method"]), {})[check] = passed
+    return verdicts
+
+
+def _check_cell(verdicts: Mapping | None, check: str) -> Raw:
+    if verdicts is None or check not in verdicts:
+        return Raw('<span class="neutral" title="not checked">–</span>')
+    mark, css, word = _CHECK[verdicts[check]]
+    return Raw(f'<span class="{css}" title="{check}: {word}">{mark}</span>')
+
+
+def _sanity_phrase(verdicts: Mapping | None) -> str:
+    if not verdicts:
+        return "not sanity-checked"
+    failed = [check for check, passed in verdicts.items() if passed is False]
+    if failed:
+        return f"fails the {' and the '.join(failed)} check"
+    undecided = [check for check, passed in verdicts.items() if passed is None]
+    if undecided:
+        return f"{' and '.join(undecided)} check undecided (constant maps)"
+    return "passes both sanity checks" if len(verdicts) == 2 else f"passes the {next(iter(verdicts))} check"
+
+
+def _lead_sentence(best: Mapping[str, set], verdicts: Mapping) -> str:
+    """Which map is best by which measure, and how it fares in the sanity checks."""
+    wins: dict = {}
+    for metric, keys in best.items():
+        for key in sorted(keys):
+            wins.setdefault(key, []).append(metric)
+    if not wins:
+        return "No measure tells the maps apart."
+    said = []
+    for key in sorted(wins, key=lambda key: -len(wins[key])):
+        names = [metric.replace("_", " ") for metric in wins[key]]
+        listing = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
+        said.append(f"{'/'.join(key)} is best by {listing} ({_sanity_phrase(verdicts.get(key))})")
+    return "Best maps: " + "; ".join(said) + "."
 
 
 def _faithfulness_section(comparison: Comparison) -> list[str]:
-    """The faithfulness table with its confidence intervals, and what each method is."""
+    """One matrix of the maps' measures (best of each marked) with their sanity checks, and what each method is."""
+    table = _map_measures(comparison)
+    measures = _measure_order({metric for row in table.values() for metric in row})
+    best = {metric: _best_maps(table, metric) for metric in measures}
+    verdicts = _sanity_verdicts(comparison.sanity)
+    arrow = {True: " ↑", False: " ↓", None: ""}
+    # the measures' names as in aggregates.csv, with spaces so that the headers wrap
+    named = [m.replace("_", " ") + arrow[higher_is_better(m)] for m in measures]
+    header = ["model", "method", *named, "random\u00adisation", "input shift"]  # a soft hyphen: a narrow column
     rows = [
-        [a["model"], a["method"], a["metric"], a["mean"], a["low"], a["high"], a["n"]]
-        for a in comparison.aggregates
-        if a["metric"] != "spearman"
+        [
+            model,
+            method,
+            *[_measure_cell(table[model, method].get(m), (model, method) in best[m]) for m in measures],
+            *[_check_cell(verdicts.get((model, method)), check) for check in ("randomisation", "input shift")],
+        ]
+        for model, method in table
     ]
     order = method_names()
     used = sorted({method for _, method in comparison.maps}, key=lambda m: (order.index(m.split("@")[0]), m))
     return [
         "<h2>Faithfulness</h2>"
-        '<p class="note">deletion_area: mean probability of the true class while the map\'s highest-ranked '
-        "8x8 cells are masked with the image mean (lower: the map found what the model uses); deletion_on_X: "
-        "the same cells masked for model X; insertion_area: cells restored from a masked image (higher is "
-        "better); linearity_sum / linearity_joint: logit drop summed over single cells vs all at once; "
-        "pointing, energy: agreement with the ground-truth masks. Intervals: 95 % bootstrap.</p>"
-        + html_table(["model", "method", "metric", "mean", "low", "high", "n"], rows),
+        f'<p class="lead">{html.escape(_lead_sentence(best, verdicts))}</p>'
+        + '<div class="wide">'
+        + html_table(header, rows, "each map's measures: mean ± half-width of the 95 % interval", "matrix")
+        + "</div>"
+        + '<p class="note">↓ lower is better, ↑ higher; ★ the best of a column. Deletion area: mean probability '
+        "of the true class while the map's highest-ranked 8x8 cells are masked with the image mean; "
+        "deletion on X: the same cells masked for model X; insertion area: cells restored into a masked image; "
+        "linearity sum / joint: logit drop summed over single cells vs all at once (equal for a bag of local "
+        "features; neither is better); pointing, energy: agreement with the ground-truth masks. "
+        "Randomisation and input shift: the sanity checks below (✓ passed, ✗ failed, – not run or "
+        "undecided).</p>",
         '<p class="note">Methods: ' + "; ".join(html.escape(_describe(m)) for m in used) + ".</p>",
     ]
 
@@ -297,7 +453,7 @@ def write_report(
     output_dir: str | os.PathLike,
     *,
     title: str = "Grad-CAM and BagNet evidence",
-    findings: Sequence[str] = (),
+    findings: Sequence[Finding | str] = (),
     max_images: int = 12,
 ) -> str:
     """Write ``report.html`` (and ``figures/*.png``) into ``output_dir``; returns the report's path.
@@ -315,8 +471,9 @@ def write_report(
     output_dir : path
         Output folder; nothing is written outside it.
     title : str
-    findings : sequence of str
-        Sentences stated at the top (e.g. the numbers a study checks).
+    findings : sequence of Finding or str
+        What a study concludes, shown at the top with their verdicts (`bagnet_keras.report.findings.Finding`;
+        a string is a claim without a verdict, a dict is read by ``Finding.from_json``).
     max_images : int
         Images shown with all their maps (misclassified ones come in addition).
 
@@ -342,7 +499,7 @@ def write_report(
         f"{html.escape(', '.join(models))}.</p>",
     ]
     if findings:
-        parts.append("<h2>Findings</h2>" + "".join(f'<p class="finding">{html.escape(f)}</p>' for f in findings))
+        parts.append(_findings_section(findings))
     parts.append(_models_section(comparison, name_of))
     parts += _faithfulness_section(comparison)
     parts.append(_curves_section(comparison, figure))

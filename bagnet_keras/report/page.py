@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from bagnet_keras.core.commit import write_atomic
 from bagnet_keras.report.plot import render_figure
 
-__all__ = ["STYLE", "Figures", "html_document", "html_table"]
+__all__ = ["STYLE", "Figures", "Raw", "html_document", "html_table"]
 
 #: The pages' stylesheet, inlined in each page.
 STYLE = """
@@ -28,6 +28,14 @@ table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 img { max-width: 100%; } .finding { margin: 0.3em 0; } .note { color: #555; font-size: 0.9em; }
+table.findings td { text-align: left; vertical-align: top; } table.findings td:first-child { text-align: center; }
+.numbers { color: #555; font-size: 0.85em; } .holds { color: #1a7f37; font-weight: bold; }
+.fails { color: #c62828; font-weight: bold; } .neutral { color: #888; } p.lead { margin: 0.5em 0; }
+table.findings th { text-align: left; } .wide { overflow-x: auto; }
+table.matrix td { white-space: nowrap; } table.matrix th { vertical-align: bottom; }
+table.matrix td, table.matrix th { padding: 0.2em 0.4em; } table.findings { width: 100%; }
+table.findings td:nth-child(2) { width: 45%; }
+.pm { color: #666; font-size: 0.8em; }
 """
 
 
@@ -57,14 +65,27 @@ class Figures:
         return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
 
 
+class Raw(str):
+    """A cell's HTML that `html_table` puts in as it is (escape any text in it yourself).
+
+    Examples
+    --------
+    >>> html_table(["mark"], [[Raw('<b>x</b>')], ["<b>"]]).partition("<tbody>")[2]
+    '<tr><td><b>x</b></td></tr><tr><td>&lt;b&gt;</td></tr></tbody></table>'
+    """
+
+
 def _cell(value) -> str:
+    if isinstance(value, Raw):
+        return value
     if isinstance(value, float):
         return "n/a" if not np.isfinite(value) else f"{value:.3f}"
     return html.escape(str(value))
 
 
-def html_table(header: Sequence[str], rows: Sequence[Sequence], caption: str = "") -> str:
-    """An HTML table; floats with three decimals (``n/a`` where not finite), everything else escaped.
+def html_table(header: Sequence[str], rows: Sequence[Sequence], caption: str = "", css_class: str = "") -> str:
+    """An HTML table; floats with three decimals (``n/a`` where not finite), `Raw` cells as they are, everything
+    else escaped; ``css_class`` names the table's class in the `STYLE`.
 
     Examples
     --------
@@ -74,7 +95,8 @@ def html_table(header: Sequence[str], rows: Sequence[Sequence], caption: str = "
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in rows)
     caption = f"<caption>{html.escape(caption)}</caption>" if caption else ""
-    return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    table = f'<table class="{html.escape(css_class)}">' if css_class else "<table>"
+    return f"{table}{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def html_document(title: str, parts: Sequence[str]) -> str:

@@ -335,17 +335,28 @@ def plot_invariance(curves) -> Figure:
     return fig
 
 
-def projection_display(projections: np.ndarray) -> np.ndarray:
-    """Projections (N, h, w, C) shown as Zeiler & Fergus do: grey for zero, each scaled by its largest magnitude.
+def projection_display(projections: np.ndarray, percentile: float = 99.0) -> np.ndarray:
+    """Projections (N, h, w, C) shown as Zeiler & Fergus do: grey for zero, each scaled symmetrically by its own
+    magnitude, positive values brighter and negative darker per channel.
+
+    Each projection is divided by the ``percentile`` of its absolute values (its largest where that is zero)
+    and clipped: a guided-backprop projection is sparse, and scaled by its single largest value nine tenths of
+    its pixels would show as one grey. ``percentile=100`` scales by the largest magnitude.
 
     Examples
     --------
-    >>> projection_display(np.array([[[[-2.0, 0.0, 1.0]]]])).ravel().tolist()
-    [0.0, 0.5, 0.75]
+    >>> p = np.array([[[[-8.0, 0.0, 1.0, 1.0, 1.0]]]])
+    >>> projection_display(p, percentile=100).ravel().tolist()
+    [0.0, 0.5, 0.5625, 0.5625, 0.5625]
+    >>> projection_display(p, percentile=50).ravel().tolist()
+    [0.0, 0.5, 1.0, 1.0, 1.0]
     """
     projections = np.asarray(projections, dtype="float64")
-    span = np.abs(projections).max(axis=(1, 2, 3), keepdims=True)
-    return np.clip(0.5 + 0.5 * projections / np.where(span > 0, span, 1), 0, 1)
+    magnitude = np.abs(projections).reshape(len(projections), -1)
+    span = np.percentile(magnitude, percentile, axis=1) if magnitude.size else np.zeros(len(projections))
+    span = np.where(span > 0, span, magnitude.max(axis=1, initial=0.0))
+    span = np.where(span > 0, span, 1.0).reshape(-1, *[1] * (projections.ndim - 1))
+    return np.clip(0.5 + 0.5 * projections / span, 0, 1)
 
 
 def plot_evolution(records: Sequence[Mapping]) -> Figure:
