@@ -10,7 +10,7 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
 @contextmanager
-def page(path, profile):
+def page(path, profile, logged=False):
     """A webdriver showing ``path``; skips (fails where BAGNET_KERAS_REQUIRE_BROWSER=1) without Chromium."""
     required = os.environ.get("BAGNET_KERAS_REQUIRE_BROWSER") == "1"
     if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
@@ -36,6 +36,8 @@ def page(path, profile):
         "--window-size=1200,900",
     ):
         options.add_argument(flag)
+    if logged:
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
     try:
         driver.get(f"file://{path}")
@@ -52,40 +54,9 @@ def screenshot(driver, path):
     return path
 
 
-@contextmanager
 def logged_page(path, profile):
     """Like `page`, with the console (``driver.get_log('browser')``) and network (``get_log('performance')``) logged."""
-    required = os.environ.get("BAGNET_KERAS_REQUIRE_BROWSER") == "1"
-    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-        if required:
-            pytest.fail(f"{CHROMIUM} and {CHROMEDRIVER} are required (apt-get install chromium chromium-driver)")
-        pytest.skip("Chromium is not installed (apt-get install chromium chromium-driver)")
-    if required:
-        from selenium import webdriver
-    else:
-        webdriver = pytest.importorskip("selenium.webdriver")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-        "--window-size=1200,900",
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
-    try:
-        driver.get(f"file://{path}")
-        yield driver
-    finally:
-        driver.quit()
+    return page(path, profile, logged=True)
 
 
 def requested_urls(driver):
