@@ -291,6 +291,30 @@ def gather(data, indices: Sequence[int], batch_size: int = 32, preprocess: Calla
     return found
 
 
+def example_crops(
+    data, geometry, examples: Sequence[tuple], preprocess: Callable | None = None, batch_size: int = 32
+) -> np.ndarray:
+    """The input pixels of each ``(image_index, row, column, ...)`` position's receptive field, (n, p, p, C).
+
+    ``data`` is read again at those images alone (`gather`); ``geometry`` places the layer's positions.
+
+    Examples
+    --------
+    >>> from bagnet_keras.core.geometry import Geometry
+    >>> x = np.arange(16.0).reshape(1, 4, 4, 1)
+    >>> example_crops(x, Geometry(2, 2, 0), [(0, 1, 0, 9.0)])[0, ..., 0].tolist()
+    [[8.0, 9.0], [12.0, 13.0]]
+    """
+    images = gather(data, sorted({e[0] for e in examples}), batch_size, preprocess)
+    return crop_boxes(np.stack([images[e[0]] for e in examples]), example_boxes(geometry, examples))
+
+
+def example_boxes(geometry, examples: Sequence[tuple]) -> np.ndarray:
+    """(n, 4) ``top, left, bottom, right`` on the input of each ``(image_index, row, column, ...)`` position."""
+    rows, columns = np.array([e[1] for e in examples], dtype=int), np.array([e[2] for e in examples], dtype=int)
+    return position_boxes(geometry, rows, columns).reshape(-1, 4)
+
+
 def crop_boxes(images: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """Each image's box (``top, left, bottom, right``, all of one size), zero-padded where it passes the image's edge.
 

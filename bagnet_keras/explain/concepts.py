@@ -21,12 +21,11 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
-from bagnet_keras.core.geometry import position_boxes
 from bagnet_keras.core.inputs import check_images
 from bagnet_keras.core.stream import merged_pass, model_arguments, stream_state
 from bagnet_keras.core.topk import TopK, entries
 from bagnet_keras.core.validation import check_positive_int
-from bagnet_keras.explain.atlas import crop_boxes, gather
+from bagnet_keras.explain.atlas import example_boxes, example_crops
 from bagnet_keras.explain.evidence import evidence_for
 
 
@@ -95,15 +94,13 @@ class ClassConcepts:
 
     def boxes(self, examples: Sequence[tuple]) -> np.ndarray:
         """(n, 4) ``top, left, bottom, right`` of the patches of ``examples`` on the input."""
-        rows, cols = np.array([e[1] for e in examples], dtype=int), np.array([e[2] for e in examples], dtype=int)
-        return position_boxes(self.geometry, rows, cols).reshape(-1, 4)
+        return example_boxes(self.geometry, examples)
 
     def crops(
         self, data, examples: Sequence[tuple], preprocess: Callable | None = None, batch_size: int = 32
     ) -> np.ndarray:
         """The input pixels of the patches of ``examples`` (reads ``data`` again up to the last image needed)."""
-        images = gather(data, sorted({e[0] for e in examples}), batch_size, preprocess)
-        return crop_boxes(np.stack([images[e[0]] for e in examples]), self.boxes(examples))
+        return example_crops(data, self.geometry, examples, preprocess, batch_size)
 
 
 def class_concepts(

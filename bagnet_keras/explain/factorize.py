@@ -26,7 +26,13 @@ from bagnet_keras.core.inputs import check_images, n_classes_of, output_index
 from bagnet_keras.core.stream import digest, merged_pass, model_arguments, stream_state
 from bagnet_keras.core.topk import TopK, entries
 from bagnet_keras.core.validation import check_positive_int
-from bagnet_keras.explain.atlas import activation_function, geometry_or_none, image_batches, spatial_layers
+from bagnet_keras.explain.atlas import (
+    activation_function,
+    example_crops,
+    geometry_or_none,
+    image_batches,
+    spatial_layers,
+)
 from bagnet_keras.explain.cam import layer_gradients
 
 
@@ -61,6 +67,14 @@ class LayerGroups:
     def top(self, group: int) -> list[tuple[int, int, int, float]]:
         """``(image_index, row, column, value)`` of the group's strongest positions, strongest first."""
         return entries(self.values[group], self.image_index[group], self.row[group], self.column[group])
+
+    def crops(
+        self, data, group: int, count: int | None = None, preprocess: Callable | None = None, batch_size: int = 32
+    ) -> np.ndarray:
+        """The input pixels of the group's ``count`` strongest positions (all kept, by default), strongest first."""
+        if self.geometry is None:
+            raise ValueError(f"The receptive field of layer {self.layer!r} is not known; its crops cannot be placed.")
+        return example_crops(data, self.geometry, self.top(group)[:count], preprocess, batch_size)
 
     def transform(self, activations: np.ndarray) -> np.ndarray:
         """(N, h, w, n) each group's weight at every position of the layer's activations (N, h, w, C)."""

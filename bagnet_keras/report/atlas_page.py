@@ -23,7 +23,6 @@ from matplotlib.figure import Figure
 
 from bagnet_keras.core.commit import write_atomic
 from bagnet_keras.core.files import display_images
-from bagnet_keras.core.geometry import position_boxes
 from bagnet_keras.report.page import Figures, html_document, html_table
 from bagnet_keras.report.plot import plot_evolution, plot_invariance, projection_display
 
@@ -147,8 +146,6 @@ def _units_section(name: str, entry: ModelAtlas, data, figure, deprocess, prepro
 def _groups_section(
     name: str, entry: ModelAtlas, data, figure, deprocess, preprocess, class_names: Sequence[str]
 ) -> list[str]:
-    from bagnet_keras.explain.atlas import crop_boxes, gather
-
     groups = entry.groups
     n = len(groups.components)
     rows, boxes_ok = [], groups.geometry is not None
@@ -157,9 +154,7 @@ def _groups_section(
         top = groups.top(g)
         if not top or not boxes_ok:
             continue
-        images = gather(data, sorted({t[0] for t in top}), preprocess=preprocess)
-        boxes = position_boxes(groups.geometry, np.array([t[1] for t in top]), np.array([t[2] for t in top]))
-        crops = crop_boxes(np.stack([images[t[0]] for t in top]), boxes)
+        crops = groups.crops(data, g, preprocess=preprocess)
         visual = entry.group_visualizations.get(g)
         visual = None if visual is None else _visual(visual, g, "group_visualizations")
         rows += _block(f"group {g}", [display_images(crops, deprocess) / 255.0], visual, lead)

@@ -30,9 +30,8 @@ from collections.abc import Callable, Mapping, Sequence
 import keras
 import numpy as np
 
-from bagnet_keras.core.geometry import position_boxes
 from bagnet_keras.core.graph import score_function
-from bagnet_keras.explain.atlas import crop_boxes, gather
+from bagnet_keras.explain.atlas import gather
 from bagnet_keras.metrics.comparison import is_bagnet
 
 
@@ -91,12 +90,7 @@ def _cnn_part(model, groups, x: np.ndarray, data, preprocess, visualizations, ba
     """The CNN's groups at every position of ``x``, their visualisations and their strongest crops."""
     activation = groups.maps(x, batch_size=batch_size)  # (N, h, w, G)
     attribution = groups.attribution(x, batch_size=batch_size, spatial=True)  # (N, K, h, w, G)
-    crops = []
-    for g in range(len(groups.components)):
-        top = groups.top(g)[:4]
-        images = gather(data, [t[0] for t in top], batch_size)
-        boxes = position_boxes(groups.geometry, np.array([t[1] for t in top]), np.array([t[2] for t in top]))
-        crops.append(crop_boxes(np.stack([images[t[0]] for t in top]), boxes.reshape(-1, 4)))
+    crops = [groups.crops(data, g, count=4, batch_size=batch_size) for g in range(len(groups.components))]
     return {
         "name": model.name,
         "layer": groups.layer,
