@@ -98,10 +98,8 @@ def demo_methods(fine_layer: str) -> dict[str, list[str]]:
 
 def _passes_sanity(result: Comparison, model: str, method: str) -> bool:
     """Whether a map passed both sanity checks (False where they were not run)."""
-    checks = result.sanity or {}
-    randomised = [e["passed"] for e in checks.get("randomization", []) if (e["model"], e["method"]) == (model, method)]
-    shifted = [e["passed"] for e in checks.get("invariance", []) if (e["model"], e["method"]) == (model, method)]
-    return bool(randomised and shifted and randomised[0] is True and shifted[0])
+    checks = result.sanity_verdicts().get((model, method), {})
+    return checks.get("randomization") is True and bool(checks.get("invariance"))
 
 
 def _mean(values) -> float:

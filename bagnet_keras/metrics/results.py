@@ -97,6 +97,23 @@ class Comparison:
                 return row
         raise KeyError((model, method, metric))
 
+    def sanity_verdicts(self) -> dict[tuple[str, str], dict[str, bool | None]]:
+        """``(model, method)`` -> ``{"randomization": passed, "invariance": passed}`` of the checks that were run
+        (None: undecided, the maps were constant); empty without sanity checks.
+
+        Examples
+        --------
+        >>> sanity = {"randomization": [{"model": "m", "method": "gradcam", "passed": None}], "invariance": []}
+        >>> Comparison(sanity=sanity).sanity_verdicts()
+        {('m', 'gradcam'): {'randomization': None}}
+        """
+        verdicts: dict = {}
+        for check in ("randomization", "invariance"):
+            for e in (self.sanity or {}).get(check, []):
+                passed = None if e["passed"] is None else bool(e["passed"])
+                verdicts.setdefault((e["model"], e["method"]), {})[check] = passed
+        return verdicts
+
     def save(self, output_dir: str | os.PathLike) -> list[str]:
         """Write ``rows.csv``, ``correlations.csv``, ``models.csv``, ``aggregates.csv``, ``comparison.json``
         and, with sanity checks, ``sanity.json``.

@@ -166,15 +166,8 @@ def _verdicts(comparison, model: str, method: str, indices: Sequence[int]) -> tu
     measures = [m for m in ("pointing", "deletion_area") if any(m in r for r in rows.values())]
     scores = {m: [rows.get(i, {}).get(m) for i in indices] for m in measures}
     summary = {m: comparison.aggregate(model, method, m)["mean"] for m in measures}
-    sanity = {}
-    for check in ("randomization", "invariance"):
-        found = [
-            e["passed"]
-            for e in (comparison.sanity or {}).get(check, [])
-            if (e["model"], e["method"]) == (model, method)
-        ]
-        sanity[check] = None if not found or found[0] is None else bool(found[0])
-    return scores, summary, sanity
+    checks = comparison.sanity_verdicts().get((model, method), {})
+    return scores, summary, {check: checks.get(check) for check in ("randomization", "invariance")}
 
 
 def _maps_part(models: Mapping, specs, x: np.ndarray, n_classes: int, comparison, indices) -> list[dict]:

@@ -270,14 +270,16 @@ def _measure_cell(row: Mapping | None, best: bool) -> Raw | str:
 _CHECK = {True: ("✓", "holds", "passed"), False: ("✗", "fails", "failed"), None: ("–", "neutral", "undecided")}
 
 
-def _sanity_verdicts(sanity: Mapping) -> dict[tuple[str, str], dict[str, bool | None]]:
+#: The sanity checks' names on the page.
+_CHECK_NAMES = {"randomization": "randomisation", "invariance": "input shift"}
+
+
+def _sanity_verdicts(comparison: Comparison) -> dict[tuple[str, str], dict[str, bool | None]]:
     """``(model, method)`` -> ``{"randomisation": passed, "input shift": passed}`` (None: constant maps)."""
-    verdicts: dict = {}
-    for check, key in (("randomisation", "randomization"), ("input shift", "invariance")):
-        for e in (sanity or {}).get(key, []):
-            passed = None if e["passed"] is None else bool(e["passed"])
-            verdicts.setdefault((e["model"], e["method"]), {})[check] = passed
-    return verdicts
+    return {
+        key: {_CHECK_NAMES[check]: passed for check, passed in checks.items()}
+        for key, checks in comparison.sanity_verdicts().items()
+    }
 
 
 def _check_cell(verdicts: Mapping | None, check: str) -> Raw:
@@ -320,7 +322,7 @@ def _faithfulness_section(comparison: Comparison) -> list[str]:
     table = _map_measures(comparison)
     measures = _measure_order({metric for row in table.values() for metric in row})
     best = {metric: _best_maps(table, metric) for metric in measures}
-    verdicts = _sanity_verdicts(comparison.sanity)
+    verdicts = _sanity_verdicts(comparison)
     arrow = {True: " ↑", False: " ↓", None: ""}
     # the measures' names as in aggregates.csv, with spaces so that the headers wrap
     named = [m.replace("_", " ") + arrow[higher_is_better(m)] for m in measures]
