@@ -39,6 +39,20 @@ def activation_of(layer) -> Callable | None:
     return fn
 
 
+def is_plain_relu(layer) -> bool:
+    """Whether ``layer`` ends in max(x, 0): a plain ``ReLU`` layer (no cap, slope or threshold), or a layer whose
+    activation is ``relu`` (``Activation("relu")``, ``Conv2D(..., activation="relu")``).
+
+    Examples
+    --------
+    >>> is_plain_relu(keras.layers.ReLU()), is_plain_relu(keras.layers.ReLU(max_value=6.0))
+    (True, False)
+    """
+    if isinstance(layer, keras.layers.ReLU):
+        return (layer.max_value is None) and not layer.negative_slope and not layer.threshold
+    return getattr(layer, "activation", None) is keras.activations.relu
+
+
 def replace_activations(select: Callable, modify: Callable) -> Callable:
     """``operation_fn`` for `run_graph`: where ``select(layer)``, compute ``modify(f)(z)`` in place of ``f(z)``.
 

@@ -26,16 +26,10 @@ from bagnet_keras.core.inputs import (
     top_class_scores,
 )
 from bagnet_keras.core.validation import check_int, check_positive_int
-from bagnet_keras.explain.backward import replace_activations
+from bagnet_keras.explain.backward import is_plain_relu, replace_activations
 from bagnet_keras.explain.cam import GradCAM
 
 _MODES = ("guided", "deconvnet")
-
-
-def _is_plain_relu(layer) -> bool:
-    if isinstance(layer, keras.layers.ReLU):
-        return (layer.max_value is None) and not layer.negative_slope and not layer.threshold
-    return getattr(layer, "activation", None) is keras.activations.relu
 
 
 def _modified_relu(mode: str):
@@ -117,7 +111,7 @@ def guided_backprop(
         # A unit's activation does not depend on the head: any output runs the graph through its layer.
         index = 0 if output is None else output_index(model, output)
         grads = _unit_gradients(model, x, mode, layer, unit, position, index, score, batch_size)
-    if not any(_is_plain_relu(found) for _, found in iter_layers(model)):
+    if not any(is_plain_relu(found) for _, found in iter_layers(model)):
         warnings.warn(
             f"Model {model.name!r} has no plain ReLU: guided backpropagation is the ordinary gradient here.",
             stacklevel=2,
@@ -202,7 +196,7 @@ def _flat_positions(position, n: int, grid: tuple, layer: str) -> np.ndarray:
 def _modified_relus(mode: str):
     """``operation_fn`` for `run_graph`: every plain ReLU with ``mode``'s backward rule."""
     relu = _modified_relu(mode)
-    return replace_activations(_is_plain_relu, lambda f: relu)
+    return replace_activations(is_plain_relu, lambda f: relu)
 
 
 def guided_gradcam(

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from bagnet_keras.core.graph import find_layer, layer_tap, run_graph, target_scores, traced
 from bagnet_keras.core.inputs import n_classes_of, output_index
 from bagnet_keras.core.validation import check_int, check_number, check_positive_int
+from bagnet_keras.explain.backward import is_plain_relu, replace_activations
 from bagnet_keras.explain.objectives import Objective, Term, linear_weights
 
 # ImageNet's colour correlation, square root of its covariance (Lucid's ``color_correlation_svd_sqrt``)
@@ -212,13 +213,12 @@ def _gram_similarity(acts, groups):
 class _Problem:
     """The objectives as arrays for one traced pass: the layers read, and each image's weights."""
 
-    def __init__(self, model, objectives: list[Objective], copies: int, size, patch: bool, preprocess, index: int):
+    def __init__(self, model, objectives: list[Objective], copies: int, shapes: dict, patch: bool, preprocess, index):
         self.preprocess, self.index = preprocess, index
         self.objectives = [_at_centre(o) for o in objectives] if patch else list(objectives)
-        self.paths = list(dict.fromkeys(p for o in self.objectives for p in o.layers()))
+        self.paths = _layer_paths(self.objectives)
         self.layers = [find_layer(model, p)[1] for p in self.paths]
-        self.uses_logits = any(t.kind == "logit" for o in self.objectives for _, t in o.terms)
-        shapes = self.shapes(model, size)
+        self.uses_logits = _reads_logits(self.objectives)
         # a model without class scores (a feature extractor) is visualised by its layers alone
         n_classes = n_classes_of(model, index) if self.uses_logits else 1
         per_image = [linear_weights(o, shapes, n_classes) for o in self.objectives for _ in range(copies)]
@@ -242,7 +242,8 @@ class _Problem:
         read before its ReLU (what is optimised: Lucid's ``pre_relu`` layers, so that a unit silent on the
         starting image still has a gradient)."""
         ops = keras.ops
-        tap, taps, before = _relu_tap(self.layers)
+        inner, before = _pre_relu(self.layers)
+        tap, taps = layer_tap(self.layers, inner=inner)
         if self.preprocess is not None:
             x = self.preprocess(x)
         total = 0.0
@@ -261,47 +262,54 @@ class _Problem:
                 total, optimised = total + similarity, optimised + similarity
         return total, optimised
 
-    def shapes(self, model, size) -> dict:
-        """Each layer's activation shape (h, w, C) at the optimised image's size, from one pass on a grey image."""
-        if not self.layers:
-            return {}
-        tap, taps = layer_tap(self.layers)
-        x = np.full((1, *size, 3), 127.5, "float32")
-        run_graph(model, self.preprocess(x) if self.preprocess else x, tap)
-        shapes = {}
-        for path, layer in zip(self.paths, self.layers, strict=True):
-            shape = tuple(int(d) for d in taps[layer].shape[1:])
-            if len(shape) != 3:
-                raise ValueError(
-                    f"Layer {path!r} has output shape {shape}; objectives need a (height, width, channels) layer."
-                )
-            shapes[path] = shape
-        return shapes
+
+def _layer_paths(objectives: list[Objective]) -> list[str]:
+    return list(dict.fromkeys(p for o in objectives for p in o.layers()))
 
 
-def _relu_tap(layers) -> tuple[Callable, dict, dict]:
-    """`layer_tap`'s ``(operation_fn, taps)``, and the inputs of the ReLU layers among ``layers``."""
-    outputs, before = {}, {}
+def _reads_logits(objectives: list[Objective]) -> bool:
+    return any(o.outputs() for o in objectives)
 
-    def operation_fn(op):
-        if not any(op is layer for layer in layers):
+
+def _layer_shapes(model, paths: list[str], size, preprocess) -> dict:
+    """Each layer's activation shape (h, w, C) at the optimised image's size, from one pass on a grey image."""
+    if not paths:
+        return {}
+    layers = [find_layer(model, p)[1] for p in paths]
+    tap, taps = layer_tap(layers)
+    x = np.full((1, *size, 3), 127.5, "float32")
+    run_graph(model, preprocess(x) if preprocess else x, tap)
+    shapes = {}
+    for path, layer in zip(paths, layers, strict=True):
+        shape = tuple(int(d) for d in taps[layer].shape[1:])
+        if len(shape) != 3:
+            raise ValueError(
+                f"Layer {path!r} has output shape {shape}; objectives need a (height, width, channels) layer."
+            )
+        shapes[path] = shape
+    return shapes
+
+
+def _pre_relu(layers) -> tuple[Callable, dict]:
+    """An ``inner`` operation_fn for `layer_tap` that keeps the input of each ReLU layer among ``layers`` (through
+    `replace_activations`, the one place activations are intercepted), and where it keeps them."""
+    before = {}
+
+    def inner(op):
+        is_relu_layer = isinstance(op, (keras.layers.ReLU, keras.layers.Activation)) and is_plain_relu(op)
+        if not is_relu_layer or not any(op is layer for layer in layers):
             return op
 
-        def call(*args, **kwargs):
-            outputs[op] = out = op(*args, **kwargs)
-            if _is_relu_layer(op):
-                before[op] = args[0]
-            return out
+        def keep(relu):
+            def call(z):
+                before[op] = z
+                return relu(z)
 
-        return call
+            return call
 
-    return operation_fn, outputs, before
+        return replace_activations(lambda layer: layer is op, keep)(op)
 
-
-def _is_relu_layer(layer) -> bool:
-    if isinstance(layer, keras.layers.ReLU):
-        return layer.max_value is None and not layer.negative_slope and not layer.threshold
-    return isinstance(layer, keras.layers.Activation) and layer.activation is keras.activations.relu
+    return inner, before
 
 
 def _at_centre(objective: Objective) -> Objective:
@@ -411,10 +419,11 @@ def feature_visualization(
     image = _Image(parametrization, size, bool(decorrelate))
     per_batch = max(1, options.batch_size // options.copies)
     chunks = [objectives[i : i + per_batch] for i in range(0, len(objectives), per_batch)]
+    shapes = _layer_shapes(model, _layer_paths(objectives), size, preprocess)  # one pass serves every batch
     bar = tqdm(total=len(chunks) * options.steps, desc="feature visualisation", disable=not progress)
     images, values = [], []
     for number, chunk in enumerate(chunks):
-        problem = _Problem(model, chunk, options.copies, size, bool(patch_size), preprocess, index)
+        problem = _Problem(model, chunk, options.copies, shapes, bool(patch_size), preprocess, index)
         first = number * per_batch * options.copies
         made, reached = _optimise(model, problem, image, options, first, bar)
         images.append(made)
@@ -510,8 +519,7 @@ def _patch_size(model: keras.Model, objectives: list[Objective], index: int, pat
         if patch:
             raise ValueError(f"patch=True needs a BagNet, whose units see one patch alone: {error}") from None
         return None
-    uses_logits = any(t.kind == "logit" for o in objectives for _, t in o.terms)
-    return max(sizes + [evidence.geometry.patch_size] * uses_logits)
+    return max(sizes + [evidence.geometry.patch_size] * _reads_logits(objectives))
 
 
 def _check_unpadded(features: keras.Model) -> None:
