@@ -22,7 +22,6 @@ Only the chosen images go through the models here; the dataset-level parts
 
 from __future__ import annotations
 
-import base64
 import io
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +32,7 @@ import numpy as np
 from bagnet_keras.core.graph import score_function
 from bagnet_keras.explain.atlas import gather
 from bagnet_keras.metrics.comparison import is_bagnet
+from bagnet_keras.report.page import png_url
 
 
 def image_url(pixels: np.ndarray) -> str:
@@ -48,7 +48,7 @@ def image_url(pixels: np.ndarray) -> str:
     array = np.clip(np.round(np.asarray(pixels, dtype="float64")), 0, 255).astype("uint8")
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return png_url(buffer.getvalue())
 
 
 def heat_url(heatmap: np.ndarray) -> str:

@@ -39,6 +39,17 @@ table.findings td:nth-child(2) { width: 45%; }
 """
 
 
+def png_url(png: bytes) -> str:
+    """A ``data:`` URL of PNG bytes: the image inside the page, no request.
+
+    Examples
+    --------
+    >>> png_url(b"PNG")
+    'data:image/png;base64,UE5H'
+    """
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
 class Figures:
     """Saves each figure as a PNG under ``output_dir/figures`` and returns its ``<img>`` tag with the PNG embedded.
 
@@ -61,8 +72,7 @@ class Figures:
     def __call__(self, fig: Figure, name: str, alt: str) -> str:
         png = render_figure(fig, "png")  # rendered once, for the file and for the page
         write_atomic(os.path.join(self.folder, f"{name}.png"), png)
-        data = base64.b64encode(png).decode("ascii")
-        return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+        return f'<img src="{png_url(png)}" alt="{html.escape(alt)}">'
 
 
 class Raw(str):
