@@ -14,7 +14,9 @@ from data_tools.synthetic import ARRANGEMENT_CLASSES, motif_scene
 
 def test_demo_command_writes_the_report(tmp_path, capsys):
     out = tmp_path / "demo"
-    argv = ["demo", "--out", str(out), "--per-class", "12", "--image-size", "48", "--epochs", "1"]
+    # 16 visualisation steps keep the test short; its checks are stated with their numbers either way
+    argv = ["demo", "--visualization-steps", "16", "--out", str(out), "--per-class", "12", "--image-size", "48"]
+    argv += ["--epochs", "1"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert f"report: {out / 'report.html'}" in printed
@@ -92,7 +94,14 @@ def test_demo_on_a_dataset_folder(tmp_path):
             Image.fromarray(motif_scene(label, seed=100 + 10 * k + i, size=48)[0]).save(
                 tmp_path / "streets" / label / f"{i}.jpg", quality=95
             )
-    path = run_demo(str(tmp_path / "out"), data=str(tmp_path / "streets"), image_size=48, epochs=1, progress=False)
+    path = run_demo(
+        str(tmp_path / "out"),
+        data=str(tmp_path / "streets"),
+        image_size=48,
+        epochs=1,
+        visualization_steps=16,
+        progress=False,
+    )
     text = open(path, encoding="utf-8").read()
     assert "Deletion area on the BagNet" in text and "Pointing game" not in text  # no masks given
     assert sorted(os.listdir(tmp_path / "out")) == [

@@ -217,6 +217,8 @@ def demo(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         epochs=args.epochs,
         seed=args.seed,
+        # run_demo's own default when not given
+        **({} if args.visualization_steps is None else {"visualization_steps": args.visualization_steps}),
     )
     return 0
 
@@ -438,6 +440,11 @@ def _demo_parser(sub) -> None:
     p.add_argument("--image-size", type=integer("--image-size", low=1), default=64, help="side of the generated scenes")
     p.add_argument("--epochs", type=integer("--epochs", low=1), default=30)
     p.add_argument("--seed", type=integer("--seed", low=0), default=0)
+    p.add_argument(
+        "--visualization-steps",
+        type=integer("--visualization-steps", low=1),
+        help="optimisation steps of each feature visualisation (default: the demo's 128; fewer: a quicker look)",
+    )
     p.set_defaults(func=demo)
 
 

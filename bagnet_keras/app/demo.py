@@ -76,6 +76,9 @@ def small_bagnet(input_shape: tuple, width: int = 16) -> keras.Model:
     )
 
 
+#: Optimisation steps of the demo's feature visualisations.
+VISUALIZATION_STEPS = 128
+
 #: The white-box attributions of the BagNet paper's masking experiment (and two more gradient maps).
 WHITE_BOX = ("saliency", "gradient_x_input", "integrated_gradients", "smoothgrad", "epsilon_lrp", "deeplift")
 
@@ -231,13 +234,13 @@ def demo_findings(
     return findings
 
 
-def _atlas(models, entries, files, masks, names, output_dir: str, preprocess) -> list[Finding]:
+def _atlas(models, entries, files, masks, names, output_dir: str, preprocess, steps: int) -> list[Finding]:
     """The atlas page (``atlas.html``) of both models with their units' visualisations, and its findings."""
     from bagnet_keras.app.demo_atlas import atlas_findings
     from bagnet_keras.app.demo_visualization import demo_visualizations
     from bagnet_keras.report.atlas_page import write_atlas
 
-    seen = demo_visualizations(models, entries, names, preprocess)
+    seen = demo_visualizations(models, entries, names, preprocess, steps=steps)
     seen.save(os.path.join(output_dir, VISUALIZATIONS_FILE))
     write_atlas(
         entries,
@@ -338,6 +341,7 @@ def run_demo(
     width: int = 8,
     seed: int = 0,
     patience: int | None = None,
+    visualization_steps: int = VISUALIZATION_STEPS,
     progress: bool = True,
 ) -> str:
     """Generate (or take) a dataset, train a BagNet and a CNN, compare their explanations, write the report.
@@ -361,6 +365,8 @@ def run_demo(
     patience : int, optional
         Early stopping on validation loss; default none (the small BagNet's validation loss rises while
         its accuracy still improves).
+    visualization_steps : int
+        Optimisation steps of each feature visualisation of the atlas and the explorer.
     progress : bool
 
     Returns
@@ -376,6 +382,7 @@ def run_demo(
     from data_tools.loader import ImageFiles
 
     _check_demo_arguments(data, weights, per_class, image_size, epochs, width, seed, patience)
+    check_int(visualization_steps, "visualization_steps", low=1)
     say = _Say(progress)
     os.makedirs(output_dir, exist_ok=True)
     # A rerun of the same demo goes on where it stopped (each stage below resumes or is skipped when done);
@@ -391,6 +398,8 @@ def run_demo(
             width=width,
             seed=seed,
             patience=patience,
+            # recorded only when not the default, so that the run folders of earlier versions still resume
+            **({} if visualization_steps == VISUALIZATION_STEPS else {"visualization_steps": visualization_steps}),
         ),
     )
     stages = _Stages(output_dir)
@@ -416,7 +425,9 @@ def run_demo(
         output_dir=os.path.join(output_dir, "comparison"),
     )
     findings = demo_findings(result, files.labels, names, "bagnet", "cnn")
-    atlas_findings, entries = _atlas_stage(models, files, masks, names, output_dir, setup.preprocess, stages, say)
+    atlas_findings, entries = _atlas_stage(
+        models, files, masks, names, output_dir, setup.preprocess, stages, say, visualization_steps
+    )
     findings += atlas_findings
     _explorer_stage(models, entries, files, names, output_dir, setup.preprocess, result, stages, say)
     for finding in findings:
@@ -557,7 +568,7 @@ def _train(setup: DemoSetup, data: str, output_dir: str, say: _Say, epochs: int,
     return models, names
 
 
-def _atlas_stage(models, files, masks, names, output_dir: str, preprocess, stages: _Stages, say: _Say):
+def _atlas_stage(models, files, masks, names, output_dir: str, preprocess, stages: _Stages, say: _Say, steps: int):
     """The atlas page, made once (``stages.json``), and its findings, kept in ``atlas_findings.json``; and the
     passes over the data when they were made here (else None)."""
     atlas_file = os.path.join(output_dir, "atlas_findings.json")
@@ -565,7 +576,7 @@ def _atlas_stage(models, files, masks, names, output_dir: str, preprocess, stage
     if not stages.done("atlas"):
         say("the atlas: what the CNN's last conv layer and the BagNet's classes are made of, over the test images")
         entries = _dataset_passes(models, files, preprocess, say.progress)
-        findings = _atlas(models, entries, files, masks, names, output_dir, preprocess)
+        findings = _atlas(models, entries, files, masks, names, output_dir, preprocess, steps)
         write_atomic(atlas_file, json.dumps([f.to_json() for f in findings]))
         stages.mark("atlas")
     with open(atlas_file, encoding="utf-8") as f:
