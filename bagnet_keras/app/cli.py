@@ -443,7 +443,7 @@ def _demo_parser(sub) -> None:
     p.add_argument(
         "--visualization-steps",
         type=integer("--visualization-steps", low=1),
-        help="optimisation steps of each feature visualisation (default: the demo's 128; fewer: a quicker look)",
+        help="optimisation steps of each feature visualisation (default: 256; fewer: a quicker look)",
     )
     p.set_defaults(func=demo)
 
