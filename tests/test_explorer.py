@@ -101,3 +101,11 @@ def test_the_page_shows_the_api_numbers_at_a_clicked_position(setup, tmp_path):
             assert text == js_precision(float(expected))
         assert len(patch) == 3 and sum(kind == "cnn-attribution" for kind, *_ in cells) == 9
         quiet(driver)
+
+
+def test_float32_numbers_reach_the_page_exactly():
+    """Rounded once only, by the page: a float32 survives the JSON unchanged."""
+    from bagnet_keras.report.explorer import _round
+
+    x = np.random.default_rng(0).normal(scale=[[1e-6], [1.0], [1e4]], size=(3, 1000)).astype("float32")
+    assert np.array_equal(np.asarray(_round(x), dtype="float32"), x)

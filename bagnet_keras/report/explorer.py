@@ -77,16 +77,20 @@ def choose_images(
     return sorted(chosen)
 
 
-def _round(array, digits: int = 6) -> list:
-    """Nested lists of floats with ``digits`` significant digits (the page shows 3)."""
-    return np.vectorize(lambda v: float(f"{v:.{digits}g}"), otypes=[float])(np.asarray(array, "float64")).tolist()
+def _round(array) -> list:
+    """Nested lists of floats for the page: a float32 to 9 significant digits (read back exactly), anything else to
+    12, so that the page's 3 digits are those of the Python value (rounding to few digits here and to 3 there
+    would now and then show another last digit)."""
+    values = np.asarray(array)
+    digits = 9 if values.dtype == np.float32 else 12
+    return np.vectorize(lambda v: float(f"{v:.{digits}g}"), otypes=[float])(values.astype("float64")).tolist()
 
 
 def _geometry(g) -> dict:
     return {"patch_size": int(g.patch_size), "stride": int(g.stride), "offset": int(g.offset)}
 
 
-def _cnn_part(model, groups, x: np.ndarray, data, preprocess, visualizations, batch_size: int) -> dict:
+def _cnn_part(model, groups, x: np.ndarray, data, visualizations, batch_size: int) -> dict:
     """The CNN's groups at every position of ``x``, their visualisations and their strongest crops."""
     activation = groups.maps(x, batch_size=batch_size)  # (N, h, w, G)
     attribution = groups.attribution(x, batch_size=batch_size, spatial=True)  # (N, K, h, w, G)
@@ -286,7 +290,7 @@ def explorer_data(
             "src": image_url(pixels[n]),
             "size": list(pixels.shape[1:3]),
             "models": {
-                m: {"predicted": int(np.argmax(p[n])), "probabilities": _round(p[n], 4)} for m, p in scores.items()
+                m: {"predicted": int(np.argmax(p[n])), "probabilities": _round(p[n])} for m, p in scores.items()
             },
         }
         for n, i in enumerate(indices)
@@ -297,7 +301,7 @@ def explorer_data(
         "title": title,
         "class_names": list(class_names),
         "images": images,
-        "cnn": None if cnn is None else _cnn_part(models[cnn], groups, x, data, preprocess, visualizations, batch_size),
+        "cnn": None if cnn is None else _cnn_part(models[cnn], groups, x, data, visualizations, batch_size),
         "bagnet": None if bagnet is None else _bagnet_part(models[bagnet], concepts, x, data, batch_size),
         "maps": _maps_part(
             models, _map_specs(models, cnn, bagnet, comparison), x, len(class_names), comparison, indices
