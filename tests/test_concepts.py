@@ -37,7 +37,10 @@ def test_top_patches_and_their_features_equal_brute_force(batch_size):
         assert [p[:3] for p in found.patches[c]] == expected
         np.testing.assert_allclose([p[3] for p in found.patches[c]], evidence[order], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(
-            found.features[c], features[image.ravel()[order], row.ravel()[order], col.ravel()[order]], rtol=1e-6
+            found.features[c],
+            features[image.ravel()[order], row.ravel()[order], col.ravel()[order]],
+            rtol=1e-5,
+            atol=1e-6,
         )
         concepts = found.concepts[c]
         assert len(concepts) == 3 and sum(k.n_patches for k in concepts) == 12

@@ -90,13 +90,15 @@ def test_class_selection():
     assert everything.maps.shape[-1] == 5 and list(everything.class_index) == [0, 1, 2, 3, 4]
     top = evidence_map(model, x)
     np.testing.assert_array_equal(top.class_index, everything.logits.argmax(axis=1))
+    scale = np.abs(everything.maps).max()  # float32 noise, which differs between a batch of one class and of all
     for n, c in enumerate(top.class_index):
-        np.testing.assert_allclose(top.maps[n], everything.maps[n, ..., c], atol=1e-6)
+        np.testing.assert_allclose(top.maps[n], everything.maps[n, ..., c], atol=1e-6 * scale)
     one = evidence_map(model, x, class_index=4)
-    np.testing.assert_allclose(one.maps, everything.maps[..., 4], atol=1e-6)
+    np.testing.assert_allclose(one.maps, everything.maps[..., 4], atol=1e-6 * scale)
     two = evidence_maps(model, x, classes=[3, 0], stride=1)
     assert two.maps.shape == x.shape[:3] + (2,)
-    np.testing.assert_allclose(two.maps[..., 1], evidence_map(model, x, class_index=0, stride=1).maps, atol=1e-6)
+    one_class = evidence_map(model, x, class_index=0, stride=1).maps
+    np.testing.assert_allclose(two.maps[..., 1], one_class, atol=1e-6 * np.abs(one_class).max())
 
 
 def test_geometry_boxes_and_upsampling():

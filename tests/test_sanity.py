@@ -100,7 +100,8 @@ def trained():
             optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
         )
         assert model.fit(x, labels, epochs=8, batch_size=16, verbose=0).history["accuracy"][-1] > 0.9
-    return bagnet, cnn, x[:4], labels[:4]
+    # 16 images: the mean correlation of 4 small maps swings past the threshold with the CPU's rounding
+    return bagnet, cnn, x[:16], labels[:16]
 
 
 def test_cascading_randomization_decorrelates_evidence_and_gradient(trained):
@@ -112,7 +113,7 @@ def test_cascading_randomization_decorrelates_evidence_and_gradient(trained):
     weighted = [layer.name for layer in reversed(bagnet.layers) if layer.weights]
     assert sum(result.groups, []) == weighted
     assert result.passed("evidence"), result.spearman["evidence"].mean(axis=1)
-    assert result.ssim["evidence"].shape == (len(result.layers), 4)
+    assert result.ssim["evidence"].shape == (len(result.layers), 16)
     for a, b in zip(before, bagnet.get_weights(), strict=True):  # the model is as it was
         np.testing.assert_array_equal(a, b)
     rows = result.rows()
