@@ -15,9 +15,10 @@ $(STAMP): setup.py
 
 # Two pytest workers (pytest-xdist): most of a test's time is single-threaded tracing and Python, so two
 # processes on two cores take about half the time of one. A fixed 2, not "auto": each worker holds its own
-# TensorFlow (about 1 GB).
+# TensorFlow (about 1 GB). --dist worksteal: a worker that runs out of tests takes half of the other's
+# queue, so both finish together (tests/conftest.py starts the longest modules first).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 tests --doctest-modules bagnet_keras data_tools
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal tests --doctest-modules bagnet_keras data_tools
 
 demo: $(STAMP)
 	$(BIN)/bagnet-keras demo
@@ -29,7 +30,7 @@ test-latest-keras:
 	.venv-latest-keras/bin/python -m pip install --quiet -e ".[dev]"
 	.venv-latest-keras/bin/python -m pip install --quiet --upgrade keras
 	.venv-latest-keras/bin/python -m pip show keras | grep ^Version
-	.venv-latest-keras/bin/python -m pytest -q -n 2 tests --doctest-modules bagnet_keras data_tools
+	.venv-latest-keras/bin/python -m pytest -q -n 2 --dist worksteal tests --doctest-modules bagnet_keras data_tools
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -35,3 +35,29 @@ def build_tiny(name: str, **kwargs):
 def _isolated_keras_home(tmp_path, monkeypatch):
     """No test reads or writes the user's Keras cache."""
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+
+
+# The modules with the longest tests, longest first (`pytest --durations=0` tells). They run first and the
+# short tests fill in around them (`make test` has pytest-xdist's workers steal each other's queued tests);
+# collected last, they left one worker running alone for minutes. Each module stays in one piece, so its
+# module fixtures are built once per worker.
+SLOW_FIRST = (
+    "test_demo.py",
+    "test_transfer.py",
+    "test_killpoints.py",
+    "test_compare_stream.py",
+    "test_atlas_page.py",
+    "test_cli.py",
+    "test_sanity.py",
+    "test_models.py",
+    "test_registry.py",
+    "test_compare.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = os.path.basename(str(item.fspath))
+        return SLOW_FIRST.index(name) if name in SLOW_FIRST else len(SLOW_FIRST)
+
+    items.sort(key=rank)  # stable: the collection order within each rank
