@@ -68,13 +68,17 @@ def test_atlas_command_writes_a_page_that_renders(tmp_path, capsys):
         "--batch-size",
         "4",
     ]
-    assert main([*argv, "--out", str(out)]) == 0
+    # `explore` is `atlas` with the explorer page beside it: the same passes, the same atlas page
+    assert main(["explore", *argv[1:], "--out", str(out)]) == 0
+    assert f"explorer: {out / 'explorer.html'}" in capsys.readouterr().out
+    explorer = (out / "explorer.html").read_text()
+    assert '"maps"' in explorer and '"groups"' in explorer and "https://" not in explorer
     text = (out / "atlas.html").read_text()
     assert not re.search(r'src="(?!data:image/png;base64,)', text), "an image is not embedded"
     for section in ("Units: strongest activations", "Building blocks", "Class concepts (BagNet)"):
         assert section in text, section
     assert text.count("<img ") == len(os.listdir(out / "figures"))
-    assert sorted(os.listdir(out)) == ["atlas.html", "atlas.json", "classes.json", "figures", "passes"]
+    assert sorted(os.listdir(out)) == ["atlas.html", "atlas.json", "classes.json", "explorer.html", "figures", "passes"]
     with page(out / "atlas.html", tmp_path / "profile") as driver:
         images = driver.execute_script("return Array.from(document.images).map(i => [i.complete, i.naturalWidth]);")
         # units, groups and concepts of the BagNet; units and groups of the CNN
@@ -100,6 +104,17 @@ def test_atlas_command_writes_a_page_that_renders(tmp_path, capsys):
     (other / "atlas.json").write_text(json.dumps({**settings, "k": 3}))
     assert main(["merge", str(tmp_path / "bad"), shards[0], str(other)]) == 2
     assert "not shards of the same atlas run (differing: k)" in capsys.readouterr().err
+
+    # A model the explorer cannot show (no BagNet, no ReLU before the last layer to factorise): refused before
+    # either page is written
+    inputs = keras.Input((SIZE, SIZE, 3))
+    features = keras.layers.Conv2D(4, 3, strides=4, name="conv")(inputs)
+    build_classifier(keras.Model(inputs, features), {"label": 3}, mode="scratch").save(tmp_path / "plain.keras")
+    refused = tmp_path / "refused"
+    plain = ["explore", "--model", f"plain={tmp_path / 'plain.keras'}", *argv[5:], "--out", str(refused)]
+    assert main(plain) == 2
+    assert "The explorer needs a CNN whose last layer factorises" in capsys.readouterr().err
+    assert not {"atlas.html", "explorer.html"} & set(os.listdir(refused))
 
 
 def test_projections_show_their_pattern_not_one_grey():
@@ -129,7 +144,7 @@ def test_visualisations_come_first_and_every_tile_is_large(tmp_path, monkeypatch
 
     class Recording(atlas_page.Figures):
         def __call__(self, fig, name, alt):
-            html = super().__call__(fig, name, alt)  # rendered first: the tiles' places are final
+            html = super().__call__(fig, name, alt)
             drawn[name] = fig
             return html
 
@@ -137,19 +152,16 @@ def test_visualisations_come_first_and_every_tile_is_large(tmp_path, monkeypatch
     text = open(atlas_page.write_atlas({"m": entry}, x, tmp_path), encoding="utf-8").read()
     assert "feature visualisation" in text
     assert sorted(drawn) == ["m_groups", "m_units_conv"]
-    for name, fig in drawn.items():
-        titled = [ax for ax in fig.axes if ax.get_title(loc="left") == "visualisation"]
+    for name, grid in drawn.items():
+        titled = [(top, left) for top, left, title in grid.tiles if title == "visualisation"]
         assert len(titled) == 1, name  # one unit (group) has a visualisation: the first tile of its line
-        assert np.array_equal(np.asarray(titled[0].images[0].get_array()), visual)
-        first_line = sorted(
-            (ax for ax in fig.axes if abs(ax.get_position().y0 - titled[0].get_position().y0) < 1e-6),
-            key=lambda ax: ax.get_position().x0,
-        )
-        assert first_line[0] is titled[0]
-        assert first_line[1].get_title(loc="left") in (f"conv unit {unit}", "group 1")
-        # every tile at least 96 px on the page (figures at 100 dpi, no wider than the page's 1100 px)
-        assert fig.get_figwidth() * 100 <= 1100
-        assert min(ax.get_position().width * fig.get_figwidth() * 100 for ax in fig.axes) >= 96
+        top, left = titled[0]
+        assert np.array_equal(grid.tile(top, left), np.broadcast_to([255, 0, 0], (100, 100, 3)))
+        first_line = sorted((t for t in grid.tiles if t[0] == top), key=lambda t: t[1])
+        assert first_line[0][:2] == (top, left)
+        assert first_line[1][2] in (f"conv unit {unit}", "group 1")
+        # every tile 100 px on the page (no figure wider than the page's 1100 px, so none is scaled down)
+        assert grid.pixels.shape[1] <= 1100 and atlas_page.TILE == 100
     wrong = atlas_page.ModelAtlas(atlas=atlas, visualizations={("conv", unit): np.zeros((8, 8))})
     with pytest.raises(
         ValueError, match=r"images \(h, w, 3\) in \[0, 1\]; the one of \('conv', \d+\) has shape \(8, 8\)"

@@ -11,6 +11,7 @@ import base64
 import html
 import os
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -50,6 +51,12 @@ def png_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
+class PNGFigure(Protocol):
+    """A figure drawn without Matplotlib (the atlas's tile grids) that gives its PNG bytes."""
+
+    def png(self) -> bytes: ...
+
+
 class Figures:
     """Saves each figure as a PNG under ``output_dir/figures`` and returns its ``<img>`` tag with the PNG embedded.
 
@@ -69,8 +76,8 @@ class Figures:
         self.folder = os.path.join(output_dir, "figures")
         os.makedirs(self.folder, exist_ok=True)
 
-    def __call__(self, fig: Figure, name: str, alt: str) -> str:
-        png = render_figure(fig, "png")  # rendered once, for the file and for the page
+    def __call__(self, fig: Figure | PNGFigure, name: str, alt: str) -> str:
+        png = fig.png() if hasattr(fig, "png") else render_figure(fig, "png")  # once, for the file and the page
         write_atomic(os.path.join(self.folder, f"{name}.png"), png)
         return f'<img src="{png_url(png)}" alt="{html.escape(alt)}">'
 
