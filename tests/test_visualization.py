@@ -129,6 +129,20 @@ def test_a_template_unit_is_visualised_as_its_template(parametrization, transfor
     assert correlation > bar
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_unit_silent_on_the_start_image_is_optimised_before_its_relu(fused):
+    """27 inputs in [0, 1] and a bias of -20: the unit is 0 on a grey image, where max(z, 0) has no gradient."""
+    inputs = keras.Input((8, 8, 3))
+    conv = keras.layers.Conv2D(1, 3, activation="relu" if fused else None, name="c")
+    outputs = conv(inputs) if fused else keras.layers.ReLU(name="c_relu")(conv(inputs))
+    model = keras.Model(inputs, outputs)
+    conv.set_weights([np.ones((3, 3, 3, 1), "float32"), np.array([-20.0], "float32")])
+    found = feature_visualization(
+        model, unit("c" if fused else "c_relu", 0), steps=32, preprocess=lambda x: x / 255.0, progress=False
+    )
+    assert found.values[0] > 0
+
+
 def test_the_visualisation_beats_every_image_of_random_data():
     model = _small_cnn()
     x = np.random.default_rng(0).uniform(0, 255, (32, 16, 16, 3)).astype("float32")

@@ -296,8 +296,8 @@ def _pre_relu(layers) -> tuple[Callable, dict]:
     before = {}
 
     def inner(op):
-        is_relu_layer = isinstance(op, (keras.layers.ReLU, keras.layers.Activation)) and is_plain_relu(op)
-        if not is_relu_layer or not any(op is layer for layer in layers):
+        # a ReLU layer, Activation("relu"), or a layer with activation="relu" (VGG16's convolutions)
+        if not is_plain_relu(op) or not any(op is layer for layer in layers):
             return op
 
         def keep(relu):
