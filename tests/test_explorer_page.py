@@ -231,8 +231,11 @@ def quiet(driver):
 
 
 def open_page(driver, path):
+    from selenium.webdriver.support.wait import WebDriverWait
+
     driver.get(f"file://{path}")
-    assert driver.execute_script("return document.readyState") == "complete"
+    # get() waits for the load event, but a busy machine can answer it while the page is still 'interactive'
+    WebDriverWait(driver, 60).until(lambda d: d.execute_script("return document.readyState") == "complete")
 
 
 def click(driver, element_id):

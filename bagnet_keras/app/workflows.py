@@ -326,19 +326,29 @@ def explore_models(models: Mapping[str, str], data: str, output_dir: str, **opti
 
 def _write_pages(entries: dict, files, prep, output_dir: str, settings: dict) -> str:
     """The atlas page and, for an explore run, the explorer page beside it."""
+    # The explorer's models are checked first: a refused explore run writes neither page.
+    explored = _explored_models(entries) if settings.get("explore") else None
     path = _write_atlas_page(entries, files, prep, output_dir)
-    if settings.get("explore"):
-        _write_explorer_page(entries, files, prep, output_dir)
+    if explored is not None:
+        _write_explorer_page(entries, files, prep, output_dir, *explored)
     return path
 
 
-def _write_explorer_page(entries: dict, files, prep, output_dir: str) -> str:
-    from bagnet_keras.report.explorer import write_explorer
-
+def _explored_models(entries: dict) -> tuple[str | None, str | None]:
+    """The explorer's CNN (its last layer factorised into groups) and BagNet (with class concepts)."""
     bagnet = next((name for name, entry in entries.items() if entry.concepts is not None), None)
     cnn = next((name for name, entry in entries.items() if entry.groups is not None and name != bagnet), None)
     if cnn is None and bagnet is None:
-        raise ValueError("The explorer needs a CNN whose last layer factorises (after a ReLU) or a BagNet.")
+        raise ValueError(
+            f"The explorer needs a CNN whose last layer factorises (after a ReLU) or a BagNet; none of "
+            f"{sorted(entries)} is either. Give such a model with --model NAME=PATH, or run `bagnet-keras atlas`."
+        )
+    return cnn, bagnet
+
+
+def _write_explorer_page(entries: dict, files, prep, output_dir: str, cnn: str | None, bagnet: str | None) -> str:
+    from bagnet_keras.report.explorer import write_explorer
+
     chosen = [name for name in (cnn, bagnet) if name is not None]
     return write_explorer(
         {name: entries[name].atlas._model for name in chosen},
