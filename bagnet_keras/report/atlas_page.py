@@ -22,7 +22,7 @@ import numpy as np
 
 from bagnet_keras.core.commit import write_atomic
 from bagnet_keras.core.files import display_images
-from bagnet_keras.report.page import Figures, html_document, html_table
+from bagnet_keras.report.page import Figures, html_document, html_table, png_bytes
 from bagnet_keras.report.plot import plot_evolution, plot_invariance, projection_display
 
 
@@ -73,13 +73,8 @@ class Grid:
     tiles: list
 
     def png(self) -> bytes:
-        import io
-
-        from PIL import Image
-
-        buffer = io.BytesIO()
-        Image.fromarray(self.pixels).save(buffer, format="png")
-        return buffer.getvalue()
+        # not optimised: on a page-wide grid that takes 8 times as long for 0.5 % fewer bytes
+        return png_bytes(self.pixels)
 
     def tile(self, top: int, left: int) -> np.ndarray:
         return self.pixels[top : top + TILE, left : left + TILE]

@@ -22,7 +22,6 @@ Only the chosen images go through the models here; the dataset-level parts
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Callable, Mapping, Sequence
 
@@ -32,7 +31,7 @@ import numpy as np
 from bagnet_keras.core.graph import score_function
 from bagnet_keras.explain.atlas import gather
 from bagnet_keras.metrics.comparison import is_bagnet
-from bagnet_keras.report.page import png_url
+from bagnet_keras.report.page import png_bytes, png_url
 
 
 def image_url(pixels: np.ndarray) -> str:
@@ -43,12 +42,8 @@ def image_url(pixels: np.ndarray) -> str:
     >>> image_url(np.zeros((2, 2, 3))).startswith("data:image/png;base64,")
     True
     """
-    from PIL import Image
-
     array = np.clip(np.round(np.asarray(pixels, dtype="float64")), 0, 255).astype("uint8")
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", optimize=True)
-    return png_url(buffer.getvalue())
+    return png_url(png_bytes(array, optimize=True))
 
 
 def heat_url(heatmap: np.ndarray) -> str:
