@@ -69,6 +69,8 @@ def test_bad_arguments_are_refused():
         feature_visualization(model, channel("c", 0), parametrization="wavelet", progress=False)
     with pytest.raises(ValueError, match="steps"):
         feature_visualization(model, channel("c", 0), steps=0, progress=False)
+    with pytest.raises(ValueError, match="`transforms` must be True, False or None.*'yes'"):
+        feature_visualization(model, channel("c", 0), transforms="yes", progress=False)
     with pytest.raises(ValueError, match="patch=True needs a BagNet"):
         feature_visualization(model, channel("c", 0), patch=True, steps=1, progress=False)
 
@@ -175,6 +177,19 @@ def test_a_bagnet_unit_is_optimised_in_its_patch_alone_exactly():
     np.testing.assert_allclose(evidence[0, 1, 2], found.values[1], rtol=1e-4, atol=1e-4)
     whole = feature_visualization(model, unit(layer, 5), steps=2, patch=False, progress=False)
     assert not whole.patch and whole.images.shape == (1, 32, 32, 3)
+
+
+def test_transformations_are_on_for_images_and_off_for_patches_by_default():
+    keras.utils.set_random_seed(0)
+    model = BagNet(blocks=(1, 1, 1, 1), kernel3=(1, 1, 0, 0), base_width=4, classes=3, input_shape=(32, 32, 3))
+    objective = unit("conv5_block1_out", 5)
+    for patch, default_transforms in ((True, False), (False, True)):
+        made = {
+            t: feature_visualization(model, objective, steps=4, patch=patch, transforms=t, progress=False).images
+            for t in (None, True, False)
+        }
+        np.testing.assert_array_equal(made[None], made[default_transforms])
+        assert not np.array_equal(made[True], made[False])
 
 
 def test_diversity_makes_copies_of_one_objective_differ():

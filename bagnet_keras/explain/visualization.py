@@ -352,7 +352,7 @@ def feature_visualization(
     size: tuple[int, int] | None = None,
     parametrization: str = "fourier",
     decorrelate: bool = True,
-    transforms: bool = True,
+    transforms: bool | None = None,
     copies: int = 1,
     patch: bool | None = None,
     preprocess: Callable | None = None,
@@ -378,8 +378,11 @@ def feature_visualization(
         Lucid's default, the 1/f-scaled Fourier spectrum, or the pixels themselves.
     decorrelate : bool
         Optimise in decorrelated colour (ImageNet's colour correlation), as Lucid does.
-    transforms : bool
-        Random jitter, scale and rotation at each step (transformation robustness).
+    transforms : bool, optional
+        Random jitter, scale and rotation at each step (transformation robustness). None: for whole
+        images, not for a patch. A patch is all its unit sees, so a shifted or rotated patch loses part
+        of the pattern, and grey fills its corners; the demo BagNet's units reached 0.6 to 3.7 times
+        their best dataset activation with transformations and 1.4 to 10.5 without.
     copies : int
         Images per objective (Lucid's batch); `diversity` pushes them apart.
     patch : bool, optional
@@ -415,6 +418,8 @@ def feature_visualization(
     options = _Options(steps, learning_rate, parametrization, decorrelate, transforms, copies, batch_size, seed)
     index = _head(model, objectives, output)
     patch_size = _patch_size(model, objectives, index, patch)
+    if transforms is None:
+        options.transforms = not patch_size
     size = (patch_size, patch_size) if patch_size else _image_size(model, size)
     image = _Image(parametrization, size, bool(decorrelate))
     per_batch = max(1, options.batch_size // options.copies)
@@ -438,7 +443,7 @@ class _Options:
     learning_rate: float
     parametrization: str
     decorrelate: bool
-    transforms: bool
+    transforms: bool | None
     copies: int
     batch_size: int
     seed: int
@@ -448,6 +453,8 @@ class _Options:
         self.learning_rate = check_number(self.learning_rate, "learning_rate", low=0, low_open=True)
         if self.parametrization not in PARAMETRIZATIONS:
             raise ValueError(f"`parametrization` must be one of {PARAMETRIZATIONS}. Received: {self.parametrization!r}")
+        if self.transforms not in (None, True, False):
+            raise ValueError(f"`transforms` must be True, False or None (automatic). Received: {self.transforms!r}")
         self.copies = check_positive_int(self.copies, "copies")
         self.batch_size = check_positive_int(self.batch_size, "batch_size")
         self.seed = check_int(self.seed, "seed", low=0)
