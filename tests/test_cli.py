@@ -80,21 +80,27 @@ def test_explain_and_compare_commands_write_reports(tmp_path, capsys):
 
 
 def test_tensorflow_start_up_lines_only_with_verbose():
+    import logging
     import subprocess
     import sys
 
     def stderr(*args):
         # `explain` starts TensorFlow first, then names what is missing (no image to explain): no model is built.
-        code = "import sys; from bagnet_keras.app.cli import main; sys.exit(main(['explain', *sys.argv[1:]]))"
+        # It prints the level of TensorFlow's Python logger, which warns of retracing, after the command.
+        code = (
+            "import sys; from bagnet_keras.app.cli import main; code = main(['explain', *sys.argv[1:]]); "
+            "import tensorflow as tf; print(tf.get_logger().getEffectiveLevel()); sys.exit(code)"
+        )
         done = subprocess.run(
             [sys.executable, "-c", code, "--model", "bagnet33", *args], capture_output=True, text=True, timeout=300
         )
         assert done.returncode == 2 and "Give either --images" in done.stderr, done.stderr
-        return done.stderr
+        return done.stderr, int(done.stdout.split()[-1])
 
-    quiet = stderr()
-    assert "oneDNN" not in quiet and "I0000" not in quiet
-    assert "I0000" in stderr("--verbose")
+    quiet, level = stderr()
+    assert "oneDNN" not in quiet and "I0000" not in quiet and level == logging.ERROR
+    loud, level = stderr("--verbose")
+    assert "I0000" in loud and level < logging.ERROR
 
 
 @pytest.mark.parametrize(

@@ -128,7 +128,8 @@ def load_image(path: str, size: int = 224) -> np.ndarray:
 
 
 def start_tensorflow(verbose: bool = False) -> None:
-    """Import TensorFlow and Keras, with their native start-up log lines discarded unless ``verbose``.
+    """Import TensorFlow and Keras, with their native start-up log lines and Python warnings discarded unless
+    ``verbose``.
 
     TensorFlow's libraries log (oneDNN, CUDA, CPU features) through absl while
     they load, before any log level applies, so only the stderr file descriptor
@@ -149,6 +150,10 @@ def start_tensorflow(verbose: bool = False) -> None:
         import tensorflow as tf
 
         tf.config.list_physical_devices()  # CUDA's probe logs at the first device query
+        if not verbose:
+            # Its Python logger warns when many functions are traced, which an explanation does by design:
+            # one trace per model, target and input signature (`bagnet_keras.core.graph.traced`).
+            tf.get_logger().setLevel("ERROR")
     finally:
         if saved is not None:
             os.dup2(saved, 2)
