@@ -47,9 +47,9 @@ def child(args) -> None:
     from bagnet_keras.app.demo import small_cnn
     from bagnet_keras.explain.atlas import activation_function, feature_atlas, spatial_layers
     from bagnet_keras.models.imagenet import preprocess_input
-    from data_tools.synthetic import ARRANGEMENT_CLASSES, MOTIF_CLASSES, motif_scene
+    from data_tools.synthetic import CLASSES, motif_scene
 
-    classes = MOTIF_CLASSES + ARRANGEMENT_CLASSES
+    classes = CLASSES
     keras.utils.set_random_seed(0)
     model = small_cnn((args.size, args.size, 3), 16)
 

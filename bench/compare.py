@@ -101,9 +101,9 @@ def scale_child(args) -> None:
     from bagnet_keras.metrics.comparison import compare
     from bagnet_keras.models.imagenet import preprocess_input
     from bagnet_keras.transfer.heads import build_classifier
-    from data_tools.synthetic import ARRANGEMENT_CLASSES, MOTIF_CLASSES, motif_scene
+    from data_tools.synthetic import CLASSES, motif_scene
 
-    classes = MOTIF_CLASSES + ARRANGEMENT_CLASSES
+    classes = CLASSES
     shape = (args.size, args.size, 3)
     keras.utils.set_random_seed(0)
     models = {

@@ -83,6 +83,13 @@ def textures(n_per_class: int, size: int = 32, seed: int = 0) -> tuple[np.ndarra
 #: Classes told apart by a small local motif, and a pair told apart only by how a dot and a bar are arranged.
 MOTIF_CLASSES = ("cross", "ring", "triangle")
 ARRANGEMENT_CLASSES = ("dot_above_bar", "dot_left_of_bar")
+#: The ring's control: the ring with its hole filled, so that only its hole tells a ring. Without it the demo's
+#: CNN learned the ring as a round blob: its ring visualisation matched the triangle template as well as the ring's.
+CONTROL_CLASSES = ("disc",)
+#: Every class told by a local motif: the classes where a pointing game has a target.
+LOCAL_CLASSES = MOTIF_CLASSES + CONTROL_CLASSES
+#: The demo's classes, in the order their seeds are drawn (the control last: the other scenes are unchanged).
+CLASSES = MOTIF_CLASSES + ARRANGEMENT_CLASSES + CONTROL_CLASSES
 
 
 def _clutter(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -116,8 +123,10 @@ def _draw(canvas: np.ndarray, kind: str, cy: int, cx: int, colour) -> None:
     if kind == "cross":
         cv2.line(canvas, (cx - 4, cy), (cx + 4, cy), colour, 2)
         cv2.line(canvas, (cx, cy - 4), (cx, cy + 4), colour, 2)
-    elif kind == "ring":
+    elif kind in ("ring", "disc"):
         cv2.circle(canvas, (cx, cy), 3, colour, 2)
+        if kind == "disc":  # the ring's 3 x 3 hole filled: the same outline
+            cv2.circle(canvas, (cx, cy), 2, colour, -1)
     elif kind == "triangle":
         points = np.array([[cx, cy - 4], [cx - 4, cy + 4], [cx + 4, cy + 4]], dtype=np.int32)
         cv2.fillPoly(canvas, [points], colour)
@@ -130,7 +139,7 @@ def _draw(canvas: np.ndarray, kind: str, cy: int, cx: int, colour) -> None:
 
 
 def motif_template(kind: str) -> np.ndarray:
-    """The motif ``kind`` (a name of `MOTIF_CLASSES`, or "dot" or "bar") as the scenes draw it: a float32
+    """The motif ``kind`` (a name of `LOCAL_CLASSES`, or "dot" or "bar") as the scenes draw it: a float32
     13 x 13 mask (1 on the motif), for template matching against what a model makes of a class.
 
     Examples
@@ -146,8 +155,8 @@ def motif_template(kind: str) -> np.ndarray:
 def motif_scene(label: str, seed: int, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """An RGB uint8 scene of class ``label`` and its ground-truth mask (H, W) of the motif pixels.
 
-    ``MOTIF_CLASSES`` show two copies of their motif (a cross, a ring or a
-    triangle) on clutter. ``ARRANGEMENT_CLASSES`` both show one dot and one
+    ``LOCAL_CLASSES`` show two copies of their motif (a cross, a ring, a
+    triangle or a disc) on clutter. ``ARRANGEMENT_CLASSES`` both show one dot and one
     bar, 28 pixels apart (centre to centre), the dot above or left of the
     bar: no patch smaller than their 18-pixel gap can tell them apart.
 
@@ -164,7 +173,7 @@ def motif_scene(label: str, seed: int, size: int = 64) -> tuple[np.ndarray, np.n
     # Motif centres stay in [8, size - 12]: whole motifs then lie where a BagNet-17's valid grid of
     # patches reaches (pixels 0-56 of 64), so no class shows cut-off motifs more often than another.
     low, high = 8, size - 11
-    if label in MOTIF_CLASSES:
+    if label in LOCAL_CLASSES:
         placed: list[tuple[int, int]] = []
         while len(placed) < 2:
             cy, cx = (int(v) for v in rng.integers(low, high, 2))
@@ -181,7 +190,7 @@ def motif_scene(label: str, seed: int, size: int = 64) -> tuple[np.ndarray, np.n
             _draw(image, kind, y, x, colour)
             _draw(shapes, kind, y, x, 1)
     else:
-        raise ValueError(f"Unknown class {label!r}; choose from {MOTIF_CLASSES + ARRANGEMENT_CLASSES}.")
+        raise ValueError(f"Unknown class {label!r}; choose from {CLASSES}.")
     mask = cv2.dilate(shapes, np.ones((3, 3), np.uint8)) > 0
     return image, mask
 
@@ -198,7 +207,7 @@ def write_motif_dataset(root: str, masks_root: str, n_per_class: int, size: int 
     """
     from PIL import Image
 
-    for k, label in enumerate(MOTIF_CLASSES + ARRANGEMENT_CLASSES):
+    for k, label in enumerate(CLASSES):
         for folder in (root, masks_root):
             os.makedirs(os.path.join(folder, label), exist_ok=True)
         for i in range(n_per_class):

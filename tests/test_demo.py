@@ -9,7 +9,7 @@ import numpy as np
 from bagnet_keras.app.cli import main
 from bagnet_keras.app.demo import small_bagnet, small_cnn
 from bagnet_keras.core.geometry import receptive_field
-from data_tools.synthetic import ARRANGEMENT_CLASSES, motif_scene
+from data_tools.synthetic import ARRANGEMENT_CLASSES, motif_scene, motif_template
 
 
 def test_demo_command_writes_the_report(tmp_path, capsys):
@@ -81,6 +81,15 @@ def test_the_arrangement_pair_is_out_of_reach_of_the_bagnet_patches():
             gap = np.max(np.diff(values)) - 1
             assert gap > patch, (label, seed, gap, patch)
     assert receptive_field(small_cnn((64, 64, 3))).patch_size >= 64  # while the CNN sees the whole scene
+
+
+def test_the_disc_is_the_ring_with_its_hole_filled():
+    ring, disc = motif_template("ring") > 0, motif_template("disc") > 0
+    hole = np.zeros_like(ring)
+    hole[5:8, 5:8] = True  # the template's centre is (6, 6)
+    assert not (ring & hole).any() and np.array_equal(disc, ring | hole)
+    image, mask = motif_scene("disc", seed=3)
+    assert image.shape == (64, 64, 3) and 2 * disc.sum() <= mask.sum()  # two discs, dilated by one pixel
 
 
 def test_demo_on_a_dataset_folder(tmp_path):

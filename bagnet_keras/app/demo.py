@@ -1,15 +1,13 @@
 """The main job, offline: what a BagNet and an ordinary CNN look at, measured, on generated scenes with known answers.
 
-`run_demo` generates scenes of five classes with ground-truth masks
-(`data_tools.synthetic.motif_scene`): three told apart by a small motif,
-two that hold the same dot and bar and differ only in their arrangement. It
-cleans and splits them like a crawled dataset, trains a small BagNet and a
-small CNN from scratch on the CPU, compares their explanations
-(`bagnet_keras.metrics.comparison`: BagNet evidence against the CNN's Grad-CAM at two
-layers, Layer-CAM and the white-box attributions, with their sanity checks), states
-what the numbers say, and writes the HTML report. With ``data=`` it runs on a dataset folder instead (no masks), and
-with ``weights="imagenet"`` it fine-tunes BagNet-33 and DenseNet-121 (the
-same input preprocessing) instead of training small models.
+`run_demo` generates scenes of six classes with ground-truth masks (`data_tools.synthetic.motif_scene`): four
+told apart by a small motif (a disc among them, so that only its hole tells a ring), two that hold the same
+dot and bar and differ only in their arrangement. It cleans and splits them like a crawled dataset, trains a
+small BagNet and a small CNN from scratch on the CPU, compares their explanations
+(`bagnet_keras.metrics.comparison`: BagNet evidence against the CNN's Grad-CAM at two layers, Layer-CAM and
+the white-box attributions, with their sanity checks), states what the numbers say, and writes the HTML
+report. With ``data=`` it runs on a dataset folder instead (no masks), and with ``weights="imagenet"`` it
+fine-tunes BagNet-33 and DenseNet-121 (the same input preprocessing) instead of training small models.
 """
 
 from __future__ import annotations
@@ -214,10 +212,10 @@ def demo_findings(
     ...     print(finding)
     ✓ Pointing game on the local-motif classes: BagNet evidence hits ... — BagNet evidence 91 %; ...
     """
-    from data_tools.synthetic import ARRANGEMENT_CLASSES, MOTIF_CLASSES
+    from data_tools.synthetic import ARRANGEMENT_CLASSES, LOCAL_CLASSES
 
     cnn_maps = [method for model, method in result.maps if model == cnn]
-    motif = {class_names.index(c) for c in MOTIF_CLASSES if c in class_names}
+    motif = {class_names.index(c) for c in LOCAL_CLASSES if c in class_names}
     pair = {class_names.index(c) for c in ARRANGEMENT_CLASSES if c in class_names}
     findings = []
     if motif and any("pointing" in r for r in result.rows):

@@ -137,9 +137,9 @@ def atlas_findings(
     >>> atlas_findings(None, None, None, np.zeros((1, 8, 8), bool), np.zeros(1, int), ["cross"])
     []
     """
-    from data_tools.synthetic import MOTIF_CLASSES
+    from data_tools.synthetic import LOCAL_CLASSES
 
-    motif = {class_names.index(c): c for c in MOTIF_CLASSES if c in class_names}
+    motif = {class_names.index(c): c for c in LOCAL_CLASSES if c in class_names}
     findings = []
     if atlas is not None and motif:
         findings.append(_units_finding(atlas, groups, masks, labels, motif))

@@ -7,9 +7,15 @@ Two claims, each measured on the demo's own models and stated with its numbers:
   example (the atlas's top activation), for at least 90 % of the units.
 - *Known answer.* The CNN's class-logit visualisation of each motif class
   contains that class's motif: its largest normalised cross-correlation
-  with the generator's motif templates (`data_tools.synthetic.motif_template`)
-  is with its own class's motif. That the model classifies its own
-  visualisation as the class would prove nothing; the motif does.
+  with the generator's motif templates
+  (`data_tools.synthetic.motif_template`), averaged over 8 visualisations
+  from different starts, is with its own class's motif. That the model
+  classifies its own visualisation as the class would prove nothing; the
+  motif does. The scenes' disc class
+  (`data_tools.synthetic.CONTROL_CLASSES`, the ring with its hole filled)
+  is what makes the ring's hole the ring's only cue; it is not a motif of
+  the table, because a filled disc and a filled triangle are both blobs
+  that a template cannot tell apart in a visualisation.
 """
 
 from __future__ import annotations
@@ -88,9 +94,17 @@ def template_correlation(image: np.ndarray, template: np.ndarray) -> float:
 
 
 def motif_table(
-    model: keras.Model, class_names: Sequence[str], preprocess: Callable | None, steps: int = 256, seed: int = 0
+    model: keras.Model,
+    class_names: Sequence[str],
+    preprocess: Callable | None,
+    steps: int = 256,
+    seed: int = 0,
+    copies: int = 8,
 ) -> dict[str, dict[str, float]]:
-    """``{class: {motif: correlation}}``: each motif class's logit visualisation against every motif template."""
+    """``{class: {motif: correlation}}``: each motif class's logit visualisations against every motif template,
+    the mean over ``copies`` visualisations from different starts. One visualisation is a noisy measure: on
+    the demo's CNN the ring's template won on 6 of 8, and the three seeds of one each gave the ring 0.47,
+    0.71 and 0.62 against the triangle's 0.62, 0.53 and 0.57."""
     from data_tools.synthetic import MOTIF_CLASSES, motif_template
 
     classes = [c for c in MOTIF_CLASSES if c in class_names]
@@ -98,12 +112,14 @@ def motif_table(
         model,
         [class_logit(list(class_names).index(c)) for c in classes],
         steps=steps,
+        copies=copies,
         preprocess=preprocess,
         seed=seed,
         progress=False,
     )
+    images = found.images.reshape(len(classes), copies, *found.images.shape[1:])
     return {
-        c: {m: template_correlation(found.images[i], motif_template(m)) for m in MOTIF_CLASSES}
+        c: {m: float(np.mean([template_correlation(x, motif_template(m)) for x in images[i]])) for m in MOTIF_CLASSES}
         for i, c in enumerate(classes)
     }
 
@@ -127,7 +143,8 @@ def motif_finding(table: dict[str, dict[str, float]]) -> Finding:
     return Finding(
         claim="The CNN's class visualisation of each motif class contains that class's motif",
         holds=bool(own) and all(own.values()),
-        numbers=f"largest normalised cross-correlation with each motif template: {listing}",
+        numbers="largest normalised cross-correlation with each motif template, mean over each class's "
+        f"visualisations: {listing}",
     )
 
 
