@@ -35,7 +35,10 @@ setup(
         # lazy subpackage exports (a function may share its module's name: explain.cam); 0.6 guards that case
         "lazy_loader>=0.6",
     ],
-    # selenium drives Debian's chromium (apt: chromium chromium-driver) for the report's browser test.
-    extras_require={"dev": ["pytest", "pytest-xdist", "ruff==0.17.6", "selenium", "hypothesis"]},
+    # selenium drives Debian's chromium (apt: chromium chromium-driver) for the report's browser test; JAX and
+    # PyTorch's CPU build are the other Keras backends, for tests/test_backends.py (never needed to run).
+    extras_require={
+        "dev": ["pytest", "pytest-xdist", "ruff==0.17.6", "selenium", "hypothesis", "jax[cpu]", "torch==2.13.0"]
+    },
     entry_points={"console_scripts": ["bagnet-keras=bagnet_keras.app.cli:main"]},
 )

@@ -52,6 +52,7 @@ SLOW_FIRST = (
     "test_models.py",
     "test_registry.py",
     "test_compare.py",
+    "test_backends.py",
 )
 
 

@@ -28,6 +28,7 @@ import keras
 import numpy as np
 
 # TARGETS and check_target live in a light module (the command line offers them); they are this module's too.
+from bagnet_keras.core.backend import compile_function
 from bagnet_keras.core.targets import TARGETS as TARGETS
 from bagnet_keras.core.targets import check_target
 
@@ -161,7 +162,8 @@ def layer_tap(targets, inner: OperationFn | None = None, on_output: Callable | N
     inner : operation_fn, optional
         Computes every layer (a guided ReLU, a modified activation); the tap records what it returns.
     on_output : callable, optional
-        Called with each recorded output as it is made, e.g. ``tape.watch`` for its gradient.
+        ``on_output(layer, output)`` returns what the layer passes on and the tap records, e.g. the output
+        watched for its gradient (`bagnet_keras.core.backend.value_and_gradients`).
 
     Returns
     -------
@@ -186,9 +188,8 @@ def layer_tap(targets, inner: OperationFn | None = None, on_output: Callable | N
             return computed
 
         def call(*args, **kwargs):
-            taps[op] = out = computed(*args, **kwargs)
-            if on_output is not None:
-                on_output(out)
+            out = computed(*args, **kwargs)
+            taps[op] = out = on_output(op, out) if on_output is not None else out
             return out
 
         return call
@@ -370,49 +371,48 @@ def score_function(model: keras.Model, index: int, target: str, jit_compile: boo
     --------
     >>> import keras, numpy as np
     >>> m = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, activation="softmax")])
-    >>> score_function(m, 0, "logit")(np.ones((4, 2), "float32")).shape
-    TensorShape([4, 3])
+    >>> tuple(score_function(m, 0, "logit")(np.ones((4, 2), "float32")).shape)
+    (4, 3)
     """
-    import tensorflow as tf
-
     check_target(target)
 
     def build(model_ref):
-        return tf.function(
-            lambda x: target_scores(model_ref(), x, index, target),
-            reduce_retracing=True,
-            jit_compile=True if jit_compile else None,
+        return compile_function(
+            lambda x: target_scores(model_ref(), x, index, target), model_ref().variables, jit_compile=jit_compile
         )
 
     return compiled(model, ("scores", index, target, bool(jit_compile)), build)
 
 
 def traced(model: keras.Model, key: tuple, build: Callable[[Callable[[], keras.Model]], Callable]) -> Callable:
-    """``f(*arrays)``: the function ``build(model_ref)`` returns, as a `tf.function` traced once per signature.
+    """``f(*arrays)``: the function ``build(model_ref)`` returns, compiled (`compile_function`) once per signature.
 
-    The signature is each argument's dtype and shape with the first (batch) axis left open; the traced
-    function is `compiled` per model, ``key`` and signature. So every batch size, the last smaller
-    batch included, runs one trace, a second call of an explanation traces nothing, and a scalar
+    The signature is each argument's dtype and shape with the first (batch) axis left open; the compiled
+    function is `compiled` per model, ``key`` and signature. So on TensorFlow every batch size, the last
+    smaller batch included, runs one trace, a second call of an explanation traces nothing, and a scalar
     argument (a unit's index) is a tensor rather than a constant traced into the graph. Arguments are
     arrays or tensors with a batch axis, or scalars.
 
     Examples
     --------
-    >>> import keras, numpy as np, tensorflow as tf
+    >>> import keras, numpy as np
     >>> m = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     >>> f = traced(m, ("double",), lambda ref: lambda x, k: k * ref()(x))
     >>> [tuple(f(np.ones((n, 2), "float32"), np.float32(2)).shape) for n in (4, 3)]
     [(4, 1), (3, 1)]
-    >>> compiled(m, ("double", (tf.TensorSpec((None, 2)), tf.TensorSpec(()))), None).experimental_get_tracing_count()
-    1
+    >>> [key for key in _COMPILED[m] if key[0] == "double"]  # one function for both batch sizes
+    [('double', (((None, 2), 'float32'), ((), 'float32')))]
     """
-    import tensorflow as tf
 
     def call(*arrays):
         arrays = tuple(a if hasattr(a, "shape") and hasattr(a, "dtype") else np.asarray(a) for a in arrays)
-        signature = tuple(tf.TensorSpec((None, *a.shape[1:]) if len(a.shape) else (), a.dtype) for a in arrays)
+        signature = tuple(
+            ((None, *a.shape[1:]) if len(a.shape) else (), keras.backend.standardize_dtype(a.dtype)) for a in arrays
+        )
         function = compiled(
-            model, (*key, signature), lambda model_ref: tf.function(build(model_ref), input_signature=signature)
+            model,
+            (*key, signature),
+            lambda model_ref: compile_function(build(model_ref), model_ref().variables, signature=signature),
         )
         return function(*arrays)
 

@@ -108,10 +108,10 @@ def classes_or_predicted(
 
 def top_class_scores(scores, classes):
     """Inside a traced step: the classes with -1 replaced by each row's top class, and their scores."""
-    import tensorflow as tf
-
-    classes = tf.where(classes < 0, tf.argmax(scores, axis=-1, output_type=tf.int32), classes)
-    return classes, tf.gather(scores, classes, axis=1, batch_dims=1)
+    ops = keras.ops
+    classes = ops.cast(classes, "int32")
+    classes = ops.where(classes < 0, ops.cast(ops.argmax(scores, axis=-1), "int32"), classes)
+    return classes, ops.take_along_axis(scores, classes[:, None], axis=1)[:, 0]
 
 
 def check_image_model(model: keras.Model, channels: int | None = 3, source: str | None = None) -> None:
@@ -227,4 +227,5 @@ def in_batches(fn, batch_size: int, *arrays):
     array([1, 2, 3, 4, 5])
     """
     outputs = [fn(*(a[i : i + batch_size] for a in arrays)) for i in range(0, len(arrays[0]), batch_size)]
-    return keras.tree.map_structure(lambda *parts: np.concatenate([np.asarray(p) for p in parts]), *outputs)
+    as_numpy = keras.ops.convert_to_numpy
+    return keras.tree.map_structure(lambda *parts: np.concatenate([as_numpy(p) for p in parts]), *outputs)

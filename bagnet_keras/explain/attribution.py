@@ -28,6 +28,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from bagnet_keras.core.backend import custom_derivative, elementwise_derivative, value_and_gradients
 from bagnet_keras.core.graph import check_target, iter_layers, squashing_layer, target_scores, traced
 from bagnet_keras.core.inputs import (
     check_images,
@@ -127,31 +128,23 @@ def _elementwise(layer) -> bool:
 
 def _ratio_rule(rule: str, epsilon: float):
     """``modify(f)`` for `replace_activations`: f's value, with its derivative replaced by ``rule``'s ratio."""
-    import tensorflow as tf
+    ops = keras.ops
 
     def modify(fn):
-        @tf.custom_gradient
-        def activation(z):
+        def forward(z):
             y = fn(z)
             if rule == "lrp":
-                ones = tf.ones_like(z)
-                ratio = y / (z + epsilon * tf.where(z >= 0, ones, -ones))
+                ratio = y / (z + epsilon * ops.where(z >= 0, 1.0, -1.0))
             else:  # DeepLIFT: the batch holds the images, then their baselines
-                n = tf.shape(z)[0] // 2
+                n = ops.shape(z)[0] // 2
                 dz, dy_ = z[:n] - z[n:], y[:n] - y[n:]
-                with tf.GradientTape() as tape:  # f' where the image and the baseline agree
-                    tape.watch(z)
-                    slope = tape.gradient(fn(z), z)
-                close = tf.abs(dz) < 1e-6
-                ratio = tf.where(close, slope[:n], dy_ / tf.where(close, tf.ones_like(dz), dz))
-                ratio = tf.concat([ratio, slope[n:]], axis=0)
+                slope = elementwise_derivative(fn, z)  # f' where the image and the baseline agree
+                close = ops.abs(dz) < 1e-6
+                ratio = ops.where(close, slope[:n], dy_ / ops.where(close, ops.ones_like(dz), dz))
+                ratio = ops.concatenate([ratio, slope[n:]], axis=0)
+            return y, (ops.cast(ratio, y.dtype),)
 
-            def grad(upstream):
-                return upstream * ratio
-
-            return y, grad
-
-        return activation
+        return custom_derivative(forward, lambda saved, upstream: upstream * saved[0])
 
     return modify
 
@@ -193,22 +186,19 @@ class BaseAttribution:
             check_modified_layers(model, self.name)
 
     def _step(self):
-        import tensorflow as tf
-
         index, target, rule, epsilon = self.output, self.target, self.rule, getattr(self, "epsilon", 0.0)
 
         def build(model_ref):
             operation = None if rule is None else replace_activations(_elementwise, _ratio_rule(rule, epsilon))
 
-            def step(x, classes, reference):
-                with tf.GradientTape() as tape:
-                    tape.watch(x)
-                    inputs = x if rule != "deeplift" else tf.concat([x, reference], axis=0)
-                    scores = target_scores(model_ref(), inputs, index, target, operation)
-                    _, score = top_class_scores(scores[: tf.shape(x)[0]], classes)
-                return tape.gradient(score, x)
+            def objective(x, classes, reference, watch):
+                inputs = x if rule != "deeplift" else keras.ops.concatenate([x, reference], axis=0)
+                scores = target_scores(model_ref(), inputs, index, target, operation)
+                _, score = top_class_scores(scores[: keras.ops.shape(x)[0]], classes)
+                return score, ()
 
-            return step
+            gradients = value_and_gradients(objective, argnums=(0,))
+            return lambda x, classes, reference: gradients(x, classes, reference)[2][0]
 
         return traced(self.model, ("attribution", rule, epsilon, index, target), build)
 

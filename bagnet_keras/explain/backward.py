@@ -59,7 +59,7 @@ def replace_activations(select: Callable, modify: Callable) -> Callable:
     ``f`` is the layer's activation (`activation_of`) and ``z`` the output
     of its linear part (its input, for activation layers); ``modify(f)``
     returns a function with the same forward value and another gradient
-    (a ``tf.custom_gradient``).
+    (`bagnet_keras.core.backend.custom_derivative`).
 
     Examples
     --------
@@ -81,7 +81,8 @@ def replace_activations(select: Callable, modify: Callable) -> Callable:
             return lambda inputs, **kwargs: replaced(inputs)
 
         def call(*args, **kwargs):
-            # Runs while tf.function traces, so the traced graph holds the linear part and the replacement.
+            # Runs while the function is traced (on PyTorch, at each eager call), so the computation holds
+            # the linear part and the replacement.
             activation = layer.activation
             layer.activation = keras.activations.linear
             try:

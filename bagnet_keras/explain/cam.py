@@ -23,6 +23,7 @@ import keras
 import numpy as np
 from tqdm.auto import tqdm
 
+from bagnet_keras.core.backend import value_and_gradients
 from bagnet_keras.core.geometry import Geometry, layer_geometry, upsample
 from bagnet_keras.core.graph import (
     check_target,
@@ -130,20 +131,26 @@ class BaseCAM:
         self._step = traced(model, key, self._build_step)
 
     def _build_step(self, model_ref):
-        import tensorflow as tf
-
         layer, index, uses_gradients, target = self.layer, self.output, self.uses_gradients, self.target
 
+        def objective(x, classes, watch):
+            tap, taps = layer_tap([layer], on_output=lambda op, out: watch("activations", out))
+            scores = target_scores(model_ref(), x, index, target, tap)
+            classes, score = top_class_scores(scores, classes)
+            return score, (taps[layer], classes)
+
+        if not uses_gradients:
+
+            def forward(x, classes):
+                _, (activations, classes) = objective(x, classes, lambda key, out: out)
+                return activations, keras.ops.zeros_like(activations), classes
+
+            return forward
+        gradients = value_and_gradients(objective)
+
         def step(x, classes):
-            with tf.GradientTape() as tape:
-                tap, taps = layer_tap([layer], on_output=tape.watch)
-                scores = target_scores(model_ref(), x, index, target, tap)
-                classes, score = top_class_scores(scores, classes)
-            activations = taps[layer]
-            grads = tape.gradient(score, activations) if uses_gradients else tf.zeros_like(activations)
-            if grads is None:
-                grads = tf.zeros_like(activations)
-            return activations, grads, classes
+            _, (activations, classes), _, watched = gradients(x, classes)
+            return activations, watched["activations"], classes
 
         return step
 
@@ -168,7 +175,7 @@ class BaseCAM:
         wanted = classes_or_top(class_index, len(x), self.n_classes)
 
         def batch_maps(xb, wanted_b):
-            activations, grads, classes = (np.asarray(t) for t in self._step(xb, wanted_b))
+            activations, grads, classes = (keras.ops.convert_to_numpy(t) for t in self._step(xb, wanted_b))
             weights = self.channel_weights(xb, activations, grads, classes)
             return np.maximum((weights * activations).sum(axis=-1), 0), classes
 
@@ -267,7 +274,7 @@ def layer_gradients(
     wanted = classes_or_top(class_index, len(x), explainer.n_classes)
 
     def step(xb, cb):
-        return tuple(np.asarray(t) for t in explainer._step(xb, cb))
+        return tuple(keras.ops.convert_to_numpy(t) for t in explainer._step(xb, cb))
 
     return in_batches(step, explainer.batch_size, x, wanted)
 

@@ -22,6 +22,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from bagnet_keras.core.backend import compile_function
 from bagnet_keras.core.batches import batches
 from bagnet_keras.core.geometry import MERGE_LAYERS, Geometry, position_boxes, receptive_field, upsample
 from bagnet_keras.core.graph import compiled, run_graph
@@ -117,7 +118,7 @@ class _BagNetEvidence:
 
     def __init__(self, model: keras.Model, output: int | str | None):
         pool, logits = bagnet_top(model, output)
-        self.features = keras.Model(model.inputs, pool.input, name=model.name + "_features")
+        self.features = keras.Model(model.inputs[0], pool.input, name=model.name + "_features")
         self.kernel = logits.kernel
         self.bias = logits.bias
         self.n_classes = int(logits.units)
@@ -134,7 +135,7 @@ class _BagNetEvidence:
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         pooled = features.mean(axis=(1, 2))
-        return pooled @ np.asarray(self.kernel) + np.asarray(self.bias)
+        return pooled @ keras.ops.convert_to_numpy(self.kernel) + keras.ops.convert_to_numpy(self.bias)
 
     def dense(self, x: np.ndarray, classes: np.ndarray) -> np.ndarray:
         """Stride-1 evidence (N, H, W, K) of ``classes`` for every pixel of ``x``."""
@@ -149,12 +150,10 @@ class _BagNetEvidence:
         for i in range(n):
             for top in range(0, h, rows):
                 tile = padded[i : i + 1, top : top + rows + q - 1]
-                out[i, top : top + rows] = np.asarray(self._dense_fn(tile, classes))[0]
+                out[i, top : top + rows] = keras.ops.convert_to_numpy(self._dense_fn(tile, classes))[0]
         return out
 
     def _compile_dense(self):
-        import tensorflow as tf
-
         dilation = {}
         for layer in self.features.layers:
             if isinstance(layer, keras.layers.InputLayer):
@@ -190,11 +189,10 @@ class _BagNetEvidence:
                 return lambda x: x[:, d * t : -d * b or None, d * left : -d * r or None]
             return layer
 
-        @tf.function(reduce_retracing=True)
         def dense(tile, classes):
             return self.project(run_graph(self.features, tile, dilated), classes)
 
-        return dense
+        return compile_function(dense, [*self.features.variables, self.kernel, self.bias])
 
 
 def evidence_for(model: keras.Model, output: int | str | None) -> _BagNetEvidence:
@@ -222,7 +220,7 @@ def _compute(model, images, stride, batch_size, choose, output):
         maps = ev.dense(x, classes)
         geometry = Geometry(q, 1, -((q - 1) // 2))
     else:
-        maps = np.asarray(ev.project(features, classes))
+        maps = keras.ops.convert_to_numpy(ev.project(features, classes))
         geometry = ev.geometry
     return maps, classes, logits, geometry, tuple(x.shape[1:3])
 

@@ -16,6 +16,7 @@ import warnings
 import keras
 import numpy as np
 
+from bagnet_keras.core.backend import custom_derivative, value_and_gradients
 from bagnet_keras.core.graph import check_target, find_layer, iter_layers, layer_tap, target_scores, traced
 from bagnet_keras.core.inputs import (
     check_images,
@@ -33,18 +34,14 @@ _MODES = ("guided", "deconvnet")
 
 
 def _modified_relu(mode: str):
-    import tensorflow as tf
+    ops = keras.ops
 
-    @tf.custom_gradient
-    def relu(x):
-        def grad(dy):
-            if mode == "guided":
-                return dy * tf.cast(dy > 0, dy.dtype) * tf.cast(x > 0, dy.dtype)
-            return tf.nn.relu(dy)
+    def backward(saved, upstream):
+        if mode == "guided":
+            return upstream * ops.cast(upstream > 0, upstream.dtype) * ops.cast(saved[0] > 0, upstream.dtype)
+        return ops.relu(upstream)
 
-        return tf.nn.relu(x), grad
-
-    return relu
+    return custom_derivative(lambda x: (ops.relu(x), (x,)), backward)
 
 
 def guided_backprop(
@@ -121,20 +118,17 @@ def guided_backprop(
 
 def _class_gradients(model, x, class_index, mode: str, index: int, score: str, batch_size: int) -> np.ndarray:
     """The modified gradient of each image's class score (``class_index``, or the top class where None)."""
-    import tensorflow as tf
-
     classes = classes_or_top(class_index, len(x), n_classes_of(model, index))
 
     def build(model_ref):
         operation_fn = _modified_relus(mode)
 
-        def step(batch, wanted):
-            with tf.GradientTape() as tape:
-                tape.watch(batch)
-                _, class_score = top_class_scores(target_scores(model_ref(), batch, index, score, operation_fn), wanted)
-            return tape.gradient(class_score, batch)
+        def objective(batch, wanted, watch):
+            _, class_score = top_class_scores(target_scores(model_ref(), batch, index, score, operation_fn), wanted)
+            return class_score, ()
 
-        return step
+        gradients = value_and_gradients(objective, argnums=(0,))
+        return lambda batch, wanted: gradients(batch, wanted)[2][0]
 
     step = traced(model, ("guided", mode, index, score), build)
     return in_batches(step, batch_size, x, classes)
@@ -148,8 +142,7 @@ def _unit_gradients(
     The activation is the one at ``position`` (rows, columns on the layer's grid), or the channel's
     strongest where None.
     """
-    import tensorflow as tf
-
+    ops = keras.ops
     if layer is None or unit is None:
         raise ValueError(f"Pass both `layer` and `unit` to visualise a unit. Received: layer={layer!r}, unit={unit!r}")
     _, unit_layer = find_layer(model, layer)
@@ -159,18 +152,16 @@ def _unit_gradients(
     def build(model_ref):
         operation_fn = _modified_relus(mode)
 
-        def step(batch, flat_index, channel_index):
-            with tf.GradientTape() as tape:
-                tape.watch(batch)
-                tap, taps = layer_tap([unit_layer], inner=operation_fn)
-                target_scores(model_ref(), batch, index, score, tap)
-                channel = tf.gather(taps[unit_layer], channel_index, axis=-1)
-                activations = tf.reshape(channel, (tf.shape(batch)[0], -1))
-                picked = tf.gather(activations, tf.maximum(flat_index, 0), axis=1, batch_dims=1)
-                activation = tf.where(flat_index >= 0, picked, tf.reduce_max(activations, axis=1))
-            return tape.gradient(activation, batch)
+        def objective(batch, flat_index, channel_index, watch):
+            tap, taps = layer_tap([unit_layer], inner=operation_fn)
+            target_scores(model_ref(), batch, index, score, tap)
+            channel = ops.take(taps[unit_layer], channel_index, axis=-1)
+            activations = ops.reshape(channel, (ops.shape(batch)[0], -1))
+            picked = ops.take_along_axis(activations, ops.maximum(flat_index, 0)[:, None], axis=1)[:, 0]
+            return ops.where(flat_index >= 0, picked, ops.max(activations, axis=1)), ()
 
-        return step
+        gradients = value_and_gradients(objective, argnums=(0,))
+        return lambda batch, flat_index, channel_index: gradients(batch, flat_index, channel_index)[2][0]
 
     # The unit is an argument of the traced step, not part of it: one trace serves every unit of the layer.
     step = traced(model, ("guided-unit", mode, id(unit_layer), index, score), build)

@@ -38,6 +38,7 @@ import keras
 import numpy as np
 from tqdm.auto import tqdm
 
+from bagnet_keras.core.backend import value_and_gradients
 from bagnet_keras.core.graph import find_layer, layer_tap, run_graph, target_scores, traced
 from bagnet_keras.core.inputs import n_classes_of, output_index
 from bagnet_keras.core.validation import check_int, check_number, check_positive_int
@@ -118,9 +119,11 @@ class _Image:
 
     def __call__(self, params):
         ops = keras.ops
+        params = ops.convert_to_tensor(params)
         if self.kind == "fourier":
             er, ei, cr, ci = self.basis
-            real, imag = params[..., 0] * self.scale, params[..., 1] * self.scale  # (B, 3, H, W/2+1)
+            scale = ops.convert_to_tensor(self.scale)
+            real, imag = params[..., 0] * scale, params[..., 1] * scale  # (B, 3, H, W/2+1)
             rows_r = ops.einsum("hu,bcuv->bchv", er, real) - ops.einsum("hu,bcuv->bchv", ei, imag)
             rows_i = ops.einsum("hu,bcuv->bchv", er, imag) + ops.einsum("hu,bcuv->bchv", ei, real)
             image = ops.einsum("bchv,vw->bhwc", rows_r, cr) + ops.einsum("bchv,vw->bhwc", rows_i, ci)
@@ -178,7 +181,7 @@ def warp(images, matrices, fill: float = 0.5):
     ops = keras.ops
     b = ops.shape(images)[0]
     h, w, c = (int(d) for d in images.shape[1:])
-    rows, columns = np.mgrid[:h, :w].astype("float32")
+    rows, columns = (ops.convert_to_tensor(grid) for grid in np.mgrid[:h, :w].astype("float32"))
     m = [matrices[:, i][:, None, None] for i in range(6)]
     source_x = m[0] * columns + m[1] * rows + m[2]
     source_y = m[3] * columns + m[4] * rows + m[5]
@@ -324,18 +327,21 @@ def _at_centre(objective: Objective) -> Objective:
 
 def _step_function(model: keras.Model, problem: _Problem, image: _Image, transforms: bool) -> Callable:
     """``f(params, matrices, *arrays) -> (values, gradient of their sum with respect to params)``, traced."""
-    import tensorflow as tf
 
     def build(model_ref):
-        def step(params, matrices, logits, spread, groups, *weights):
-            with tf.GradientTape() as tape:
-                tape.watch(params)
-                images = image(params)
-                if transforms:
-                    images = warp(images, matrices)
-                values, optimised = problem.values(model_ref(), images * 255.0, logits, spread, groups, weights)
-                total = keras.ops.sum(optimised)
-            return values, tape.gradient(total, params)
+        def objective(params, matrices, logits, spread, groups, *rest):
+            weights, _ = rest[:-1], rest[-1]  # the last is `watch`: nothing inside is differentiated
+            images = image(params)
+            if transforms:
+                images = warp(images, matrices)
+            values, optimised = problem.values(model_ref(), images * 255.0, logits, spread, groups, weights)
+            return optimised, values
+
+        gradients = value_and_gradients(objective, argnums=(0,))
+
+        def step(*args):
+            _, values, (grad,), _ = gradients(*args)
+            return values, grad
 
         return step
 

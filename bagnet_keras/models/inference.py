@@ -18,6 +18,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from bagnet_keras.core.backend import compile_function
 from bagnet_keras.core.graph import (
     compiled,
     graph_walk_available,
@@ -93,15 +94,8 @@ def folded_forward(model: keras.Model, jit_compile: bool = False):
     >>> bool(np.allclose(folded_forward(model)(x), model(x), atol=1e-5))
     True
     """
-    import tensorflow as tf
-
     operation = folding(model)
-
-    @tf.function(reduce_retracing=True, jit_compile=True if jit_compile else None)
-    def forward(x):
-        return run_graph(model, x, operation)
-
-    return forward
+    return compile_function(lambda x: run_graph(model, x, operation), model.variables, jit_compile=jit_compile)
 
 
 def folded_score_function(model: keras.Model, index: int, target: str, jit_compile: bool = False):
@@ -123,14 +117,13 @@ def folded_score_function(model: keras.Model, index: int, target: str, jit_compi
     """
     if not foldable_pairs(model) or not graph_walk_available(model):
         return score_function(model, index, target, jit_compile)
-    import tensorflow as tf
 
     def build(model_ref):
         operation = folding(model_ref())
-        return tf.function(
+        return compile_function(
             lambda x: target_scores(model_ref(), x, index, target, operation),
-            reduce_retracing=True,
-            jit_compile=True if jit_compile else None,
+            model_ref().variables,
+            jit_compile=jit_compile,
         )
 
     return compiled(model, ("folded scores", index, target, bool(jit_compile)), build)
@@ -200,7 +193,7 @@ class BagNetModel(keras.Model):
         progress = keras.utils.Progbar(-(-len(x) // batch_size)) if verbose in ("auto", 1, True) else None
         outputs = []
         for i in range(0, len(x), batch_size):
-            outputs.append(keras.tree.map_structure(np.asarray, forward(x[i : i + batch_size])))
+            outputs.append(keras.tree.map_structure(keras.ops.convert_to_numpy, forward(x[i : i + batch_size])))
             if progress is not None:
                 progress.add(1)
         return keras.tree.map_structure(lambda *parts: np.concatenate(parts), *outputs)

@@ -1,0 +1,314 @@
+"""The one home of backend-specific code: compiled functions of a model's layers on TensorFlow, JAX and PyTorch.
+
+Keras 3 compiles a model's own ``call`` inside ``predict`` and ``fit``, but
+offers nothing backend-neutral for any other function of its layers (a score
+read through a replaced activation, a BagNet's dilated evidence pass), and
+no gradient API at all (keras-team/keras#20760, #19220). Each backend does it
+its own way:
+
+- TensorFlow: `tf.function`, which reads the variables by reference;
+- JAX: `jax.jit` of a pure function, so the variables' values are passed
+  in at each call through a ``keras.StatelessScope`` (a jitted closure over
+  them would keep the values it was traced with, and miss any later
+  ``assign``, as the sanity checks' randomised weights);
+- PyTorch: eager calls under ``torch.no_grad()``, whose results convert to
+  NumPy.
+
+Everything else in the package computes with `keras.ops` and converts results
+with ``keras.ops.convert_to_numpy``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import keras
+
+
+def backend() -> str:
+    """The Keras backend in use: "tensorflow", "jax" or "torch".
+
+    Examples
+    --------
+    >>> backend() in ("tensorflow", "jax", "torch")
+    True
+    """
+    return keras.backend.backend()
+
+
+def compile_function(
+    fn: Callable,
+    variables: Sequence = (),
+    *,
+    jit_compile: bool = False,
+    signature: Sequence[tuple[tuple, str]] | None = None,
+) -> Callable:
+    """``fn`` compiled for the backend: same arguments, same results (backend tensors), traced once per shape.
+
+    Parameters
+    ----------
+    fn : callable
+        A function of arrays that computes with Keras layers and `keras.ops`.
+    variables : sequence of keras.Variable
+        Every variable ``fn`` reads (``model.variables``). JAX passes their current values at each call.
+    jit_compile : bool
+        XLA on TensorFlow; JAX always compiles with XLA, PyTorch runs eagerly.
+    signature : sequence of (shape, dtype), optional
+        TensorFlow traces once for these argument shapes (None: any size, such as an open batch axis)
+        instead of once per new shape.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> layer = keras.layers.Dense(2, kernel_initializer="ones")
+    >>> layer.build((None, 3))
+    >>> f = compile_function(lambda x: layer(x) * 2.0, layer.variables, signature=[((None, 3), "float32")])
+    >>> keras.ops.convert_to_numpy(f(np.ones((1, 3), "float32"))).tolist()
+    [[6.0, 6.0]]
+    >>> _ = layer.kernel.assign(np.zeros((3, 2), "float32"))
+    >>> keras.ops.convert_to_numpy(f(np.ones((1, 3), "float32"))).tolist()  # the weights as they are now
+    [[0.0, 0.0]]
+    """
+    name = backend()
+    if name == "tensorflow":
+        return _tensorflow(fn, jit_compile, signature)
+    if name == "jax":
+        return _jax(fn, list(variables))
+    if name == "torch":
+        return _torch(fn)
+    raise ValueError(f"The Keras backend {name!r} is not supported; use tensorflow, jax or torch (KERAS_BACKEND).")
+
+
+def _tensorflow(fn, jit_compile, signature):
+    import tensorflow as tf
+
+    jit = True if jit_compile else None
+    if signature is None:
+        return tf.function(fn, reduce_retracing=True, jit_compile=jit)
+    specs = [tf.TensorSpec(shape, dtype) for shape, dtype in signature]
+    return tf.function(fn, input_signature=specs, jit_compile=jit)
+
+
+def _jax(fn, variables):
+    import jax
+
+    def pure(values, *args):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
+            return fn(*args)
+
+    jitted = jax.jit(pure)
+    return lambda *args: jitted([v.value for v in variables], *args)
+
+
+def _torch(fn):
+    import torch
+
+    def call(*args):
+        with torch.no_grad():
+            return fn(*_tensors(args))
+
+    return call
+
+
+def _tensors(args) -> list:
+    """NumPy arguments as tensors: PyTorch's operators would take a tensor times an array for NumPy's."""
+    import numpy as np
+
+    return [keras.ops.convert_to_tensor(a) if isinstance(a, np.ndarray | np.generic) else a for a in args]
+
+
+def value_and_gradients(fn: Callable, argnums: Sequence[int] = ()) -> Callable:
+    """``g(*args) -> (objective, aux, input gradients, watched gradients)``: ``fn`` and its gradients.
+
+    ``fn(*args, watch)`` returns ``(objective, aux)``: ``objective`` per image (B,) or a scalar, and any
+    structure of tensors. Its gradient is taken with respect to ``args[i]`` for each ``i`` in ``argnums``
+    (a tuple in that order), and with respect to every tensor ``fn`` passes through ``watch(key, tensor)``,
+    which returns the tensor to compute on (``{key: gradient}``). A gradient is the gradient of the
+    objective's sum: per image when the images are independent. A source the objective does not reach
+    gets zeros. On JAX a watched tensor is a zero "probe" added to it, whose gradient is the tensor's.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> def fn(x, watch):
+    ...     h = watch("h", 2.0 * x)
+    ...     return keras.ops.sum(h * h, axis=1), h
+    >>> _, h, (dx,), watched = value_and_gradients(fn, argnums=(0,))(np.ones((1, 2), "float32"))
+    >>> keras.ops.convert_to_numpy(dx).tolist(), keras.ops.convert_to_numpy(watched["h"]).tolist()
+    ([[8.0, 8.0]], [[4.0, 4.0]])
+    """
+    argnums = tuple(argnums)
+    name = backend()
+    if name == "tensorflow":
+        return _tensorflow_gradients(fn, argnums)
+    if name == "jax":
+        return _jax_gradients(fn, argnums)
+    if name == "torch":
+        return _torch_gradients(fn, argnums)
+    raise ValueError(f"The Keras backend {name!r} is not supported; use tensorflow, jax or torch (KERAS_BACKEND).")
+
+
+def _tensorflow_gradients(fn, argnums):
+    import tensorflow as tf
+
+    def call(*args):
+        args = [tf.convert_to_tensor(a) if i in argnums else a for i, a in enumerate(args)]
+        watched = {}
+        with tf.GradientTape() as tape:
+            for i in argnums:
+                tape.watch(args[i])
+
+            def watch(key, tensor):
+                tape.watch(tensor)
+                watched[key] = tensor
+                return tensor
+
+            objective, aux = fn(*args, watch)
+            total = tf.reduce_sum(objective)
+        sources = [args[i] for i in argnums] + list(watched.values())
+        grads = tape.gradient(total, sources)
+        grads = [tf.zeros_like(s) if g is None else g for s, g in zip(sources, grads, strict=True)]
+        return objective, aux, *_split(grads, len(argnums), watched)
+
+    return call
+
+
+def _jax_gradients(fn, argnums):
+    import jax
+    import jax.numpy as jnp
+
+    def call(*args):
+        shapes = {}
+
+        def record(key, tensor):
+            shapes[key] = jax.ShapeDtypeStruct(tensor.shape, tensor.dtype)
+            return tensor
+
+        jax.eval_shape(lambda *a: fn(*a, record)[0], *args)  # where the watched tensors are: no computation
+
+        def inner(wrt, probes):
+            full = list(args)
+            for i, value in zip(argnums, wrt, strict=True):
+                full[i] = value
+            objective, aux = fn(*full, lambda key, tensor: tensor + probes[key])
+            return jnp.sum(objective), (objective, aux)
+
+        probes = {key: jnp.zeros(s.shape, s.dtype) for key, s in shapes.items()}
+        wrt = [jnp.asarray(args[i]) for i in argnums]
+        (_, (objective, aux)), (grads, watched) = jax.value_and_grad(inner, argnums=(0, 1), has_aux=True)(wrt, probes)
+        return objective, aux, tuple(grads), watched
+
+    return call
+
+
+def _torch_gradients(fn, argnums):
+    import torch
+
+    def call(*args):
+        with torch.enable_grad():
+            args = [keras.ops.convert_to_tensor(a) if i in argnums else a for i, a in enumerate(_tensors(args))]
+            for i in argnums:
+                args[i] = args[i].detach().requires_grad_(True)
+            probes = {}
+
+            def watch(key, tensor):
+                probes[key] = torch.zeros_like(tensor, requires_grad=True)
+                return tensor + probes[key]
+
+            objective, aux = fn(*args, watch)
+            sources = [args[i] for i in argnums] + list(probes.values())
+            grads = torch.autograd.grad(torch.sum(objective), sources, allow_unused=True)
+        grads = [torch.zeros_like(s) if g is None else g.detach() for s, g in zip(sources, grads, strict=True)]
+        aux = keras.tree.map_structure(_detached, aux)
+        return _detached(objective), aux, *_split(grads, len(argnums), probes)
+
+    return call
+
+
+def _split(grads: list, n_inputs: int, keys) -> tuple[tuple, dict]:
+    """The gradients of the inputs (a tuple) and of the watched tensors (by key), from one list."""
+    return tuple(grads[:n_inputs]), dict(zip(keys, grads[n_inputs:], strict=True))
+
+
+def _detached(value):
+    import torch
+
+    return value.detach() if isinstance(value, torch.Tensor) else value
+
+
+def custom_derivative(forward: Callable, backward: Callable) -> Callable:
+    """``f(z)`` with the value ``forward(z)[0]`` and the derivative ``backward`` gives: a replaced derivative.
+
+    ``forward(z) -> (y, residuals)`` (a tuple of tensors), ``backward(residuals, upstream) -> dz``, both in
+    `keras.ops`. The rules of guided backprop, deconvnet, epsilon-LRP and DeepLIFT are of this kind.
+    (``keras.ops.custom_gradient`` has another signature on PyTorch and cannot hold a derivative that
+    is itself computed by differentiation, as DeepLIFT's is.)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> relu = custom_derivative(lambda z: (keras.ops.relu(z), (z,)), lambda saved, dy: dy * 3.0)
+    >>> _, _, (dx,), _ = value_and_gradients(lambda x, watch: (relu(x), ()), (0,))(np.array([-1.0, 2.0]))
+    >>> keras.ops.convert_to_numpy(dx).tolist()  # 3 everywhere, where ReLU's derivative is 0 and 1
+    [3.0, 3.0]
+    """
+    name = backend()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        @tf.custom_gradient
+        def function(z):
+            y, saved = forward(z)
+            return y, lambda upstream: backward(saved, upstream)
+
+        return function
+    if name == "jax":
+        import jax
+
+        function = jax.custom_vjp(lambda z: forward(z)[0])
+        function.defvjp(forward, lambda saved, upstream: (backward(saved, upstream),))
+        return function
+    import torch
+
+    class Function(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, z):
+            y, saved = forward(z)
+            ctx.save_for_backward(*saved)
+            return y
+
+        @staticmethod
+        def backward(ctx, upstream):
+            return backward(ctx.saved_tensors, upstream)
+
+    return Function.apply
+
+
+def elementwise_derivative(fn: Callable, z):
+    """The derivative of an elementwise ``fn`` at every element of ``z`` (usable inside `custom_derivative`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> keras.ops.convert_to_numpy(elementwise_derivative(lambda z: z * z, np.array([1.0, -2.0]))).tolist()
+    [2.0, -4.0]
+    """
+    name = backend()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        z = tf.convert_to_tensor(z)
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            y = fn(z)
+        return tape.gradient(y, z)
+    if name == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        return jax.grad(lambda v: jnp.sum(fn(v)))(jnp.asarray(z))
+    import torch
+
+    with torch.enable_grad():  # a custom derivative's forward runs with gradients off
+        v = keras.ops.convert_to_tensor(z).detach().requires_grad_(True)
+        return torch.autograd.grad(torch.sum(fn(v)), v)[0]

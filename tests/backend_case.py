@@ -1,0 +1,68 @@
+"""Test-only, run as ``KERAS_BACKEND=<name> python backend_case.py MODEL.keras IMAGES.npy OUT.npz``: what the
+package computes on one backend, saved for tests/test_backends.py to compare with TensorFlow's."""
+
+import sys
+
+#: The registered methods that run on every backend so far (issue 25 ports the rest).
+PORTED_METHODS = (
+    "evidence",
+    "gradcam",
+    "gradcam++",
+    "layercam",
+    "scorecam",
+    "occlusion",
+    "guided_backprop",
+    "guided_gradcam",
+    "saliency",
+    "gradient_x_input",
+    "integrated_gradients",
+    "smoothgrad",
+    "epsilon_lrp",
+    "deeplift",
+)
+
+
+def results(model, images) -> dict:
+    """The forward-only results that run on every backend, by name."""
+    import keras
+    import numpy as np
+
+    from bagnet_keras.core.graph import score_function
+    from bagnet_keras.explain.evidence import evidence_map
+    from bagnet_keras.explain.objectives import class_logit, unit
+    from bagnet_keras.explain.registry import explain
+    from bagnet_keras.explain.visualization import feature_visualization
+
+    as_numpy = keras.ops.convert_to_numpy
+    maps = {method: explain(model, images, method, class_index=1) for method in PORTED_METHODS}
+    return {
+        **maps,
+        "predict": model.predict(images, batch_size=2, verbose=0),
+        "call": as_numpy(model(images)),
+        "logits": as_numpy(score_function(model, 0, "logit")(images)),
+        "evidence": evidence_map(model, images, stride=8).maps,
+        "evidence_stride_1": evidence_map(model, images, stride=1).maps,
+        "top_class": np.asarray(evidence_map(model, images).class_index, "float32"),
+        # a BagNet unit in its patch, and a class logit on the whole image (transformed at each step)
+        "visualization_patch": feature_visualization(
+            model, [unit("conv5_block1_out", 3), class_logit(1)], steps=4, progress=False
+        ).images,
+        "visualization_image": feature_visualization(
+            model, class_logit(2), steps=4, patch=False, progress=False
+        ).images,
+    }
+
+
+def main(model_path: str, images_path: str, out_path: str) -> None:
+    import keras
+    import numpy as np
+
+    import bagnet_keras  # noqa: F401  (registers the package's layers for loading)
+
+    model = keras.models.load_model(model_path)
+    found = results(model, np.load(images_path))
+    np.savez(out_path, backend=keras.backend.backend(), **found)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
