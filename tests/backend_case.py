@@ -3,40 +3,29 @@ package computes on one backend, saved for tests/test_backends.py to compare wit
 
 import sys
 
-#: The registered methods that run on every backend so far (issue 25 ports the rest).
-PORTED_METHODS = (
-    "evidence",
-    "gradcam",
-    "gradcam++",
-    "layercam",
-    "scorecam",
-    "occlusion",
-    "guided_backprop",
-    "guided_gradcam",
-    "saliency",
-    "gradient_x_input",
-    "integrated_gradients",
-    "smoothgrad",
-    "epsilon_lrp",
-    "deeplift",
-)
-
 
 def results(model, images) -> dict:
-    """The forward-only results that run on every backend, by name."""
+    """Every registered method's maps, the models' outputs, evidence maps and feature visualisations, by name."""
     import keras
     import numpy as np
 
     from bagnet_keras.core.graph import score_function
+    from bagnet_keras.explain.atlas import feature_atlas
     from bagnet_keras.explain.evidence import evidence_map
+    from bagnet_keras.explain.methods import method_names
     from bagnet_keras.explain.objectives import class_logit, unit
     from bagnet_keras.explain.registry import explain
     from bagnet_keras.explain.visualization import feature_visualization
 
     as_numpy = keras.ops.convert_to_numpy
-    maps = {method: explain(model, images, method, class_index=1) for method in PORTED_METHODS}
+    maps = {method: explain(model, images, method, class_index=1) for method in method_names()}
+    atlas = feature_atlas(model, images, "conv5_block1_out", k=2, batch_size=2, progress=False)
+    path = atlas.layers[0]
     return {
         **maps,
+        "atlas_values": atlas.values[path],
+        "atlas_places": np.stack([atlas.image_index[path], atlas.row[path], atlas.column[path]]).astype("float32"),
+        "atlas_mean": atlas.mean[path],
         "predict": model.predict(images, batch_size=2, verbose=0),
         "call": as_numpy(model(images)),
         "logits": as_numpy(score_function(model, 0, "logit")(images)),

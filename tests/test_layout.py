@@ -185,10 +185,9 @@ def test_private_keras_internals_live_in_the_graph_module_alone():
 
 BACKEND_MODULE = os.path.join("core", "backend.py")
 # TensorFlow beyond the backend module: tf.data (the input format on every backend), tf.distribute and
-# TensorFlow's own start-up and oneDNN checks, and what issue 25 has yet to move (the atlas's top-k).
+# TensorFlow's own start-up and oneDNN checks.
 TENSORFLOW_ALLOWED = {
     os.path.join("app", "cli.py"),
-    os.path.join("explain", "atlas.py"),
     os.path.join("metrics", "faithfulness.py"),
     os.path.join("transfer", "heads.py"),
     os.path.join("transfer", "labels.py"),

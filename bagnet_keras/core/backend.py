@@ -312,3 +312,39 @@ def elementwise_derivative(fn: Callable, z):
     with torch.enable_grad():  # a custom derivative's forward runs with gradients off
         v = keras.ops.convert_to_tensor(z).detach().requires_grad_(True)
         return torch.autograd.grad(torch.sum(fn(v)), v)[0]
+
+
+def top_k(x, k: int):
+    """The ``k`` largest values along the last axis (all, where fewer) and their int32 indices, largest first;
+    equal values in index order, as an exact top-k over a stream needs (``torch.topk`` does not promise it).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> values, indices = top_k(np.array([[1.0, 3.0, 3.0, 0.0]], "float32"), 5)
+    >>> keras.ops.convert_to_numpy(indices).tolist()
+    [[1, 2, 0, 3]]
+    """
+    name = backend()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        return tf.math.top_k(x, tf.minimum(k, tf.shape(x)[-1]))
+    if name == "jax":
+        import jax
+
+        values, indices = jax.lax.top_k(x, min(k, x.shape[-1]))
+        return values, keras.ops.cast(indices, "int32")
+    import torch
+
+    values, indices = torch.sort(keras.ops.convert_to_tensor(x), dim=-1, descending=True, stable=True)
+    return values[..., :k], indices[..., :k].to(torch.int32)
+
+
+def wide_float() -> str:
+    """The widest float the backend computes in: "float64", or "float32" on JAX without ``jax_enable_x64``."""
+    if backend() == "jax":
+        import jax
+
+        return "float64" if jax.config.jax_enable_x64 else "float32"
+    return "float64"

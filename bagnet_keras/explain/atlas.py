@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
+from bagnet_keras.core.backend import top_k, wide_float
 from bagnet_keras.core.geometry import layer_geometry, position_boxes
 from bagnet_keras.core.graph import find_layer, layer_tap, run_graph, traced
 from bagnet_keras.core.inputs import check_images
@@ -100,17 +101,17 @@ def _candidate_function(model: keras.Model, layers: Mapping[str, keras.layers.La
     """``f(x) -> [(values, positions, sums, grid) of each layer]``: each channel's top-k over the batch, in the graph.
 
     The batch's activations never leave the device: per channel the ``k`` largest values and their
-    positions in the batch's flat order (``tf.math.top_k`` puts the lower index first among equal values,
-    so ties go to the earlier position, as the exact top-k needs), the channel's sum (float64) and the
-    layer's grid (h, w).
+    positions in the batch's flat order (ties go to the earlier position, as the exact top-k needs), the
+    channel's sum (float64 where the backend has it) and the layer's grid (h, w).
     """
-    import tensorflow as tf
+    ops = keras.ops
 
     def reduce(acts):
-        acts = tf.cast(acts, "float32")
-        per_channel = tf.transpose(tf.reshape(acts, (-1, tf.shape(acts)[-1])))  # (C, positions in the batch)
-        values, position = tf.math.top_k(per_channel, tf.minimum(k, tf.shape(per_channel)[1]))
-        return values, position, tf.reduce_sum(tf.cast(acts, "float64"), axis=(0, 1, 2)), tf.shape(acts)[1:3]
+        acts = ops.cast(acts, "float32")
+        per_channel = ops.transpose(ops.reshape(acts, (-1, acts.shape[-1])))  # (C, positions in the batch)
+        values, position = top_k(per_channel, k)
+        sums = ops.sum(ops.cast(acts, wide_float()), axis=(0, 1, 2))
+        return values, position, sums, ops.convert_to_tensor(ops.shape(acts)[1:3])
 
     return _layer_function(model, layers, ("atlas-top", k), reduce)
 
