@@ -1,6 +1,8 @@
-"""Test-only, run as ``KERAS_BACKEND=<name> python backend_case.py MODEL.keras IMAGES.npy OUT.npz``: what the
-package computes on one backend, saved for tests/test_backends.py to compare with TensorFlow's."""
+"""Test-only, run as ``KERAS_BACKEND=<name> python backend_case.py FOLDER``: what the package computes on one
+backend for the models and images in FOLDER (``bagnet.keras``, ``cnn.keras``, ``case.npz``), saved as
+``FOLDER/<backend>.npz`` for tests/test_backends.py to compare with TensorFlow's."""
 
+import os
 import sys
 
 
@@ -42,16 +44,36 @@ def results(model, images) -> dict:
     }
 
 
-def main(model_path: str, images_path: str, out_path: str) -> None:
+def comparison(models: dict, images, labels, masks, folder) -> dict:
+    """Every number of a committed comparison and its input-invariance verdicts, by (model, method, metric)."""
+    import keras
+    import numpy as np
+
+    from bagnet_keras.metrics.comparison import compare
+
+    out = os.path.join(folder, f"compare-{keras.backend.backend()}")
+    result = compare(models, images, labels, masks, steps=4, sanity=2, output_dir=out, progress=False)
+    found = {f"{a['model']}/{a['method']}/{a['metric']}": np.float64(a["mean"]) for a in result.aggregates}
+    # Model randomisation draws its weights from the layers' Keras initializers, whose random numbers
+    # differ by backend: its verdicts are alike in kind, not equal. Input invariance has no randomness.
+    found.update(
+        {f"{v['model']}/{v['method']}/invariance": np.float64(v["passed"]) for v in result.sanity["invariance"]}
+    )
+    return found
+
+
+def main(folder: str) -> None:
     import keras
     import numpy as np
 
     import bagnet_keras  # noqa: F401  (registers the package's layers for loading)
 
-    model = keras.models.load_model(model_path)
-    found = results(model, np.load(images_path))
-    np.savez(out_path, backend=keras.backend.backend(), **found)
+    models = {name: keras.models.load_model(os.path.join(folder, f"{name}.keras")) for name in ("bagnet", "cnn")}
+    case = np.load(os.path.join(folder, "case.npz"))
+    found = results(models["bagnet"], case["images"])
+    found.update(comparison(models, case["images"], case["labels"], case["masks"], folder))
+    np.savez(os.path.join(folder, f"{keras.backend.backend()}.npz"), backend=keras.backend.backend(), **found)
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(sys.argv[1])

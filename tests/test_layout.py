@@ -189,7 +189,6 @@ BACKEND_MODULE = os.path.join("core", "backend.py")
 TENSORFLOW_ALLOWED = {
     os.path.join("app", "cli.py"),
     os.path.join("metrics", "faithfulness.py"),
-    os.path.join("transfer", "heads.py"),
     os.path.join("transfer", "labels.py"),
     os.path.join("transfer", "onednn.py"),
     os.path.join("transfer", "training.py"),

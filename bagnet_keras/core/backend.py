@@ -348,3 +348,27 @@ def wide_float() -> str:
 
         return "float64" if jax.config.jax_enable_x64 else "float32"
     return "float64"
+
+
+def has_accelerator() -> bool:
+    """Whether the backend sees a GPU (or another accelerator) to compute on.
+
+    ``keras.distribution.list_devices`` would answer, but not on PyTorch.
+
+    Examples
+    --------
+    >>> isinstance(has_accelerator(), bool)
+    True
+    """
+    name = backend()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    if name == "jax":
+        import jax
+
+        return any(device.platform != "cpu" for device in jax.devices())
+    import torch
+
+    return bool(torch.cuda.is_available())

@@ -33,6 +33,7 @@ import keras
 import numpy as np
 from tqdm.auto import tqdm
 
+from bagnet_keras.core.backend import has_accelerator
 from bagnet_keras.core.batches import batches, is_array
 from bagnet_keras.core.files import display_images
 from bagnet_keras.core.graph import check_target, find_layer, iter_layers
@@ -88,8 +89,7 @@ def default_batch_size() -> int:
     core busy, and its activations stay near a gigabyte; a GPU needs larger
     batches to be busy.
     """
-    devices = keras.distribution.list_devices()
-    return 64 if any(not str(d).lower().startswith("cpu") for d in devices) else 16
+    return 64 if has_accelerator() else 16
 
 
 @dataclass

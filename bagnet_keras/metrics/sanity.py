@@ -306,9 +306,9 @@ def shifted_model(model: keras.Model, shift) -> keras.Model:
     first = _first_layer(model)
     kernel = None
     if isinstance(first, StemConv):
-        kernel = np.asarray(first.fused_kernel())
+        kernel = keras.ops.convert_to_numpy(first.fused_kernel())
     elif isinstance(first, keras.layers.Conv2D) and first.padding == "valid" and first.groups == 1:
-        kernel = np.asarray(first.kernel)
+        kernel = keras.ops.convert_to_numpy(first.kernel)
     followers = [
         layer
         for layer in model.layers
@@ -323,10 +323,10 @@ def shifted_model(model: keras.Model, shift) -> keras.Model:
         copy.set_weights(model.get_weights())
         if getattr(first, "use_bias", False):
             bias = copy.get_layer(first.name).bias
-            bias.assign(np.asarray(bias) - offset)
+            bias.assign(keras.ops.convert_to_numpy(bias) - offset)
         else:
             mean = copy.get_layer(followers[0].name).moving_mean
-            mean.assign(np.asarray(mean) + offset)
+            mean.assign(keras.ops.convert_to_numpy(mean) + offset)
         return copy
     inputs = keras.Input(model.inputs[0].shape[1:])
     return keras.Model(inputs, model(keras.layers.Rescaling(1.0, offset=-shift)(inputs)), name=f"{model.name}_shifted")
@@ -401,8 +401,8 @@ def input_invariance(
     twin = shifted_model(model, shift)
     moved = (x + np.broadcast_to(np.asarray(shift, "float32"), (x.shape[-1],))).astype("float32")
     # Called directly: `predict` would trace a function for the one call on the fresh twin (and the model).
-    a = [np.asarray(t) for t in keras.tree.flatten(model(x, training=False))]
-    b = [np.asarray(t) for t in keras.tree.flatten(twin(moved, training=False))]
+    a = [keras.ops.convert_to_numpy(t) for t in keras.tree.flatten(model(x, training=False))]
+    b = [keras.ops.convert_to_numpy(t) for t in keras.tree.flatten(twin(moved, training=False))]
     gap = max(float(np.abs(p - q).max() / max(np.abs(p).max(), 1e-12)) for p, q in zip(a, b, strict=True))
     if gap > INVARIANCE_TOLERANCE:
         raise RuntimeError(

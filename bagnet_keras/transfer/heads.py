@@ -27,6 +27,7 @@ from collections.abc import Mapping
 
 import keras
 
+from bagnet_keras.core.backend import has_accelerator
 from bagnet_keras.core.graph import output_names
 from bagnet_keras.core.validation import check_int
 from bagnet_keras.models.bagnet import bagnet_top
@@ -155,9 +156,7 @@ def build_classifier(
 @contextlib.contextmanager
 def _policy(name: str | None):
     if name == "auto":
-        import tensorflow as tf
-
-        name = "mixed_float16" if tf.config.list_physical_devices("GPU") else None
+        name = "mixed_float16" if has_accelerator() else None
     if name is None:
         yield
         return
