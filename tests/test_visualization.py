@@ -179,17 +179,27 @@ def test_a_bagnet_unit_is_optimised_in_its_patch_alone_exactly():
     assert not whole.patch and whole.images.shape == (1, 32, 32, 3)
 
 
-def test_transformations_are_on_for_images_and_off_for_patches_by_default():
+def test_transformations_are_full_for_images_and_a_one_pixel_shift_for_patches_by_default(monkeypatch):
+    from bagnet_keras.explain import visualization
+
     keras.utils.set_random_seed(0)
     model = BagNet(blocks=(1, 1, 1, 1), kernel3=(1, 1, 0, 0), base_width=4, classes=3, input_shape=(32, 32, 3))
     objective = unit("conv5_block1_out", 5)
-    for patch, default_transforms in ((True, False), (False, True)):
-        made = {
-            t: feature_visualization(model, objective, steps=4, patch=patch, transforms=t, progress=False).images
-            for t in (None, True, False)
-        }
-        np.testing.assert_array_equal(made[None], made[default_transforms])
-        assert not np.array_equal(made[True], made[False])
+
+    def made(patch, transforms):
+        return feature_visualization(model, objective, steps=4, patch=patch, transforms=transforms, progress=False)
+
+    whole = {t: made(False, t).images for t in (None, True, False)}
+    np.testing.assert_array_equal(whole[None], whole[True])
+    assert not np.array_equal(whole[True], whole[False])
+    patch = {t: made(True, t).images for t in (None, True, False)}
+    assert not np.array_equal(patch[None], patch[True]) and not np.array_equal(patch[None], patch[False])
+    shifts = []
+    monkeypatch.setattr(
+        visualization, "random_shift", lambda rng, size: shifts.append(size) or affine_matrix(size, 1.0, 0.0, (0, 0))
+    )
+    np.testing.assert_array_equal(made(True, None).images, patch[False])  # the shifts were all it added
+    assert shifts == [(9, 9)] * 4
 
 
 def test_diversity_makes_copies_of_one_objective_differ():
