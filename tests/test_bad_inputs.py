@@ -370,3 +370,27 @@ def test_check_number_accepts_exactly_the_finite_positive_numbers(value):
     else:
         with pytest.raises(ValueError, match=re.escape(f"Received: rate={value!r}")):
             check_number(value, "rate", low=0, low_open=True)
+
+
+def test_a_strategy_on_another_backend_is_refused_with_the_backend_named(monkeypatch):
+    import tensorflow as tf
+
+    from bagnet_keras.core import backend
+    from bagnet_keras.metrics.comparison import compare
+    from bagnet_keras.metrics.faithfulness import logit_fn
+    from bagnet_keras.transfer.heads import build_classifier
+    from bagnet_keras.transfer.training import fit_classifier
+
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(2, 3), keras.layers.GlobalAveragePooling2D()])
+    strategy = tf.distribute.get_strategy()
+    data = tf.data.Dataset.from_tensor_slices((np.zeros((2, 8, 8, 3), "float32"), np.zeros(2, "int32"))).batch(2)
+    monkeypatch.setattr(backend, "backend", lambda: "jax")  # as under KERAS_BACKEND=jax
+    calls = [
+        lambda: build_classifier(model, 2, mode="scratch", strategy=strategy),
+        lambda: logit_fn(model, strategy=strategy),
+        lambda: compare({"m": model}, np.zeros((1, 8, 8, 3), "float32"), [0], strategy=strategy, progress=False),
+        lambda: fit_classifier(model, data, epochs=1, strategy=strategy, verbose=0),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match="needs the TensorFlow backend; Keras runs on 'jax' here"):
+            call()

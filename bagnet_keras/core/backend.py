@@ -372,3 +372,19 @@ def has_accelerator() -> bool:
     import torch
 
     return bool(torch.cuda.is_available())
+
+
+def require_tensorflow(argument: str) -> None:
+    """Raise ValueError where ``argument`` (a `tf.distribute` strategy) is given on another backend.
+
+    Examples
+    --------
+    >>> require_tensorflow("strategy")  # on TensorFlow: nothing to say
+    """
+    name = backend()
+    if name != "tensorflow":
+        raise ValueError(
+            f"`{argument}` takes a tf.distribute strategy, which needs the TensorFlow backend; Keras runs on "
+            f"{name!r} here. Set KERAS_BACKEND=tensorflow, or leave `{argument}` out (on JAX, "
+            "keras.distribution.DataParallel spreads a model over devices)."
+        )

@@ -33,7 +33,7 @@ import keras
 import numpy as np
 from tqdm.auto import tqdm
 
-from bagnet_keras.core.backend import has_accelerator
+from bagnet_keras.core.backend import has_accelerator, require_tensorflow
 from bagnet_keras.core.batches import batches, is_array
 from bagnet_keras.core.files import display_images
 from bagnet_keras.core.graph import check_target, find_layer, iter_layers
@@ -126,6 +126,8 @@ class _Settings:
         self.report_images = check_int(self.report_images, "report_images", low=0)
         self.sanity = check_int(self.sanity, "sanity", low=0)
         self.sanity_shift = check_number(self.sanity_shift, "sanity_shift")
+        if self.strategy is not None:
+            require_tensorflow("strategy")
         self.shard = check_shard(self.shard)
         if self.shard is not None and self.output_dir is None:
             raise ValueError("A shard commits its batches for merge_shards to join: give it an output_dir.")

@@ -47,11 +47,13 @@ def logit_fn(
     ``strategy`` (a ``tf.distribute`` strategy, e.g. ``MirroredStrategy()`` on a machine with several
     GPUs, under whose scope the model was built) splits each batch across its replicas.
     """
+    from bagnet_keras.core.backend import require_tensorflow
     from bagnet_keras.core.inputs import in_batches, output_index
     from bagnet_keras.models.inference import folded_score_function
 
     forward = folded_score_function(model, output_index(model, output), "logit", jit_compile)
     if strategy is not None:
+        require_tensorflow("strategy")
         forward = _replicated(forward, strategy)
 
     def fn(x: np.ndarray) -> np.ndarray:

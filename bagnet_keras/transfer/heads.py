@@ -27,7 +27,7 @@ from collections.abc import Mapping
 
 import keras
 
-from bagnet_keras.core.backend import has_accelerator
+from bagnet_keras.core.backend import has_accelerator, require_tensorflow
 from bagnet_keras.core.graph import output_names
 from bagnet_keras.core.validation import check_int
 from bagnet_keras.models.bagnet import bagnet_top
@@ -121,6 +121,8 @@ def build_classifier(
         raise ValueError(f"`mode` must be one of {MODES}. Received: mode={mode!r}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
+    if strategy is not None:
+        require_tensorflow("strategy")
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     with scope, _policy(dtype_policy):
         if isinstance(backbone, keras.Model):

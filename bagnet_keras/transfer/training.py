@@ -22,6 +22,7 @@ from typing import NamedTuple
 import keras
 import numpy as np
 
+from bagnet_keras.core.backend import require_tensorflow
 from bagnet_keras.core.commit import atomic_target, check_arguments
 from bagnet_keras.core.graph import build_training_state, output_names
 from bagnet_keras.core.inputs import check_image_size
@@ -474,6 +475,8 @@ def fit_classifier(
     check_number(learning_rate, "learning_rate", low=0, low_open=True)
     check_number(finetune_learning_rate, "finetune_learning_rate", low=0, low_open=True)
     _check_dataset(train, "train")
+    if strategy is not None:
+        require_tensorflow("strategy")
     if validation is not None:
         _check_dataset(validation, "validation")
     check_int(patience, "patience", low=1, allow_none=True)
