@@ -36,6 +36,14 @@ def backend() -> str:
     return keras.backend.backend()
 
 
+def _supported_backend() -> str:
+    """The backend, where this module has code for it (Keras also has numpy and openvino backends)."""
+    name = backend()
+    if name not in ("tensorflow", "jax", "torch"):
+        raise ValueError(f"The Keras backend {name!r} is not supported; use tensorflow, jax or torch (KERAS_BACKEND).")
+    return name
+
+
 def compile_function(
     fn: Callable,
     variables: Sequence = (),
@@ -69,14 +77,12 @@ def compile_function(
     >>> keras.ops.convert_to_numpy(f(np.ones((1, 3), "float32"))).tolist()  # the weights as they are now
     [[0.0, 0.0]]
     """
-    name = backend()
+    name = _supported_backend()
     if name == "tensorflow":
         return _tensorflow(fn, jit_compile, signature)
     if name == "jax":
         return _jax(fn, list(variables))
-    if name == "torch":
-        return _torch(fn)
-    raise ValueError(f"The Keras backend {name!r} is not supported; use tensorflow, jax or torch (KERAS_BACKEND).")
+    return _torch(fn)
 
 
 def _tensorflow(fn, jit_compile, signature):
@@ -138,14 +144,12 @@ def value_and_gradients(fn: Callable, argnums: Sequence[int] = ()) -> Callable:
     ([[8.0, 8.0]], [[4.0, 4.0]])
     """
     argnums = tuple(argnums)
-    name = backend()
+    name = _supported_backend()
     if name == "tensorflow":
         return _tensorflow_gradients(fn, argnums)
     if name == "jax":
         return _jax_gradients(fn, argnums)
-    if name == "torch":
-        return _torch_gradients(fn, argnums)
-    raise ValueError(f"The Keras backend {name!r} is not supported; use tensorflow, jax or torch (KERAS_BACKEND).")
+    return _torch_gradients(fn, argnums)
 
 
 def _tensorflow_gradients(fn, argnums):
@@ -252,7 +256,7 @@ def custom_derivative(forward: Callable, backward: Callable) -> Callable:
     >>> keras.ops.convert_to_numpy(dx).tolist()  # 3 everywhere, where ReLU's derivative is 0 and 1
     [3.0, 3.0]
     """
-    name = backend()
+    name = _supported_backend()
     if name == "tensorflow":
         import tensorflow as tf
 
@@ -293,7 +297,7 @@ def elementwise_derivative(fn: Callable, z):
     >>> keras.ops.convert_to_numpy(elementwise_derivative(lambda z: z * z, np.array([1.0, -2.0]))).tolist()
     [2.0, -4.0]
     """
-    name = backend()
+    name = _supported_backend()
     if name == "tensorflow":
         import tensorflow as tf
 
@@ -325,7 +329,7 @@ def top_k(x, k: int):
     >>> keras.ops.convert_to_numpy(indices).tolist()
     [[1, 2, 0, 3]]
     """
-    name = backend()
+    name = _supported_backend()
     if name == "tensorflow":
         import tensorflow as tf
 
@@ -360,7 +364,7 @@ def has_accelerator() -> bool:
     >>> isinstance(has_accelerator(), bool)
     True
     """
-    name = backend()
+    name = _supported_backend()
     if name == "tensorflow":
         import tensorflow as tf
 
