@@ -5,7 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint bench clean test-latest-keras
+BACKENDS_STAMP := $(VENV)/.backends
+
+.PHONY: test test-backends demo lint bench clean test-latest-keras
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +21,18 @@ $(STAMP): setup.py
 # queue, so both finish together (tests/conftest.py starts the longest modules first).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal tests --doctest-modules bagnet_keras data_tools
+
+# JAX and PyTorch (CPU builds), the other Keras backends: test extras, never the package's own dependencies.
+$(BACKENDS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev,backends]"
+	touch $(BACKENDS_STAMP)
+
+# Every backend gives TensorFlow's answers: tests/test_backends.py (TensorFlow here, each other backend in a
+# subprocess on the same models and images), then the tests marked `backends` under each other backend.
+test-backends: $(BACKENDS_STAMP)
+	$(BIN)/python -m pytest -q -n 2 tests/test_backends.py
+	KERAS_BACKEND=jax $(BIN)/python -m pytest -q -n 2 --dist worksteal -m backends tests
+	KERAS_BACKEND=torch $(BIN)/python -m pytest -q -n 2 --dist worksteal -m backends tests
 
 demo: $(STAMP)
 	$(BIN)/bagnet-keras demo

@@ -35,10 +35,12 @@ setup(
         # lazy subpackage exports (a function may share its module's name: explain.cam); 0.6 guards that case
         "lazy_loader>=0.6",
     ],
-    # selenium drives Debian's chromium (apt: chromium chromium-driver) for the report's browser test; JAX and
-    # PyTorch's CPU build are the other Keras backends, for tests/test_backends.py (never needed to run).
+    # selenium drives Debian's chromium (apt: chromium chromium-driver) for the report's browser test. JAX and
+    # PyTorch's CPU build are the other Keras backends, for `make test-backends` (the package never needs them:
+    # a user installs the backend of their choice).
     extras_require={
-        "dev": ["pytest", "pytest-xdist", "ruff==0.17.6", "selenium", "hypothesis", "jax[cpu]", "torch==2.13.0"]
+        "dev": ["pytest", "pytest-xdist", "ruff==0.17.6", "selenium", "hypothesis"],
+        "backends": ["jax[cpu]", "torch==2.13.0"],
     },
     entry_points={"console_scripts": ["bagnet-keras=bagnet_keras.app.cli:main"]},
 )

@@ -144,6 +144,10 @@ def _register_keras_classes() -> None:
     importlib.import_module("bagnet_keras.models")
 
 
+def _initializing(name: str) -> bool:
+    return bool(getattr(getattr(sys.modules.get(name), "__spec__", None), "_initializing", False))
+
+
 class _AfterKerasImport(importlib.abc.MetaPathFinder):
     """Runs `_register_keras_classes` right after the module ``keras`` has executed, once.
 
@@ -165,7 +169,11 @@ class _AfterKerasImport(importlib.abc.MetaPathFinder):
 
         def exec_module(module):
             run(module)
-            _register_keras_classes()
+            # Keras imported by one of this package's modules as it loads: the registering modules import
+            # that half-made module back. They register themselves when they are imported, as the
+            # package's loaders do; only a plain keras.saving.load_model needs this hook.
+            if not any(_initializing(name) for name in list(sys.modules) if name.startswith("bagnet_keras.")):
+                _register_keras_classes()
 
         loader.exec_module = exec_module
         return spec

@@ -14,6 +14,16 @@ Targets (issue 2): BagNet-33 / ResNet-50 >= 0.27, BagNet-33 / PyTorch >= 2.
 (`bagnet_keras.models.inference.with_dtype_policy`; issue 13's GPU target: >= 1,000
 images/s with mixed_float16 on one H100) and prints how far it moves the logits and the
 evidence maps; ``--jit-compile`` compiles both BagNets with XLA.
+
+    python bench/forward.py --backend all [--rounds 3] [--repeats 2]
+
+Every Keras backend side by side (issue 25): each of TensorFlow, JAX and PyTorch runs
+in its own process (Keras picks its backend once, at import), one after the other and
+again in reverse order, ``--repeats`` times. Each process builds the same BagNet-33
+(weights drawn with NumPy, seed 0) and times its ``predict`` on ``--images`` images and
+the stride-1 evidence map of one image, after a warm-up call of each. Reported: the
+medians over every round of every process, and each backend's throughput over
+TensorFlow's. Target: JAX >= 0.9x TensorFlow. ``--backend NAME`` runs one backend alone.
 """
 
 from __future__ import annotations
@@ -25,6 +35,18 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def _chosen_backend() -> str | None:
+    """``--backend``, read before Keras is imported: Keras picks its backend once, at import."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--backend", choices=[*BACKENDS, "all"])
+    return early.parse_known_args()[0].backend
+
+
+if _chosen_backend() in BACKENDS:
+    os.environ["KERAS_BACKEND"] = _chosen_backend()
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
@@ -39,15 +61,29 @@ def images_per_second(fn, n_images: int) -> float:
     return n_images / (time.perf_counter() - start)
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--dtype-policy", choices=["mixed_float16", "mixed_bfloat16"])
     parser.add_argument("--jit-compile", action="store_true")
-    args = parser.parse_args()
+    parser.add_argument("--backend", choices=[*BACKENDS, "all"], help="time BagNet-33 on this Keras backend")
+    parser.add_argument("--repeats", type=int, default=2, help="with --backend all: processes per backend")
+    return parser.parse_args()
 
+
+def main() -> None:
+    args = _arguments()
+    if args.backend == "all":
+        return _side_by_side(args)
+    if args.backend:
+        return _one_backend(args)
+    return _against_resnet(args)
+
+
+def _against_resnet(args) -> None:
+    """BagNet-33 against ResNet-50 (and the authors' PyTorch model, and a dtype policy) in this process."""
     x = np.random.default_rng(0).uniform(-2, 2, size=(args.images, 224, 224, 3)).astype("float32")
     bagnet = BagNet33(weights=None)
     models = {
@@ -103,6 +139,62 @@ def main() -> None:
         _policy_errors(
             f"BagNet-33, {args.dtype_policy}", bagnet, mixed, x[:4], median[f"BagNet-33, {args.dtype_policy}"] / ours
         )
+
+
+def _one_backend(args) -> None:
+    """BagNet-33's predict and stride-1 evidence map on this process's backend; the rates as one JSON line."""
+    import json
+
+    from bagnet_keras import evidence_map
+    from bagnet_keras.core.initializers import initial_values
+
+    x = np.random.default_rng(0).uniform(-2, 2, size=(args.images, 224, 224, 3)).astype("float32")
+    bagnet = BagNet33(weights=None)
+    rng = np.random.default_rng(0)  # the same weights on every backend: Keras' random numbers differ by backend
+    for weight in bagnet.weights:
+        if weight.path.endswith("kernel"):
+            weight.assign(initial_values("glorot_uniform", weight.shape, weight.dtype, rng))
+    runs = {
+        "predict": (lambda: bagnet.predict(x, batch_size=args.batch, verbose=0), args.images),
+        "evidence_stride_1": (lambda: evidence_map(bagnet, x[:1], stride=1), 1),
+    }
+    rates = {name: [] for name in runs}
+    for run, _ in runs.values():  # warm-up: tracing, compiling, allocation
+        run()
+    for _ in range(args.rounds):
+        for name, (run, n) in runs.items():
+            rates[name].append(images_per_second(run, n))
+    print("RESULT " + json.dumps({"backend": keras.backend.backend(), **rates}))
+
+
+def _side_by_side(args) -> None:
+    """`_one_backend` in a process per backend, alternating order; medians and ratios to TensorFlow."""
+    import json
+    import subprocess
+
+    rates = {b: {"predict": [], "evidence_stride_1": []} for b in BACKENDS}
+    for repeat in range(args.repeats):
+        for backend in BACKENDS if repeat % 2 == 0 else BACKENDS[::-1]:
+            command = [sys.executable, os.path.abspath(__file__), "--backend", backend]
+            command += ["--rounds", str(args.rounds), "--images", str(args.images), "--batch", str(args.batch)]
+            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            line = next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))
+            for name, values in json.loads(line[len("RESULT ") :]).items():
+                if name != "backend":
+                    rates[backend][name] += values
+    print(
+        f"BagNet-33, {args.images} images of 224x224 (batch {args.batch}) and a stride-1 evidence map of one; "
+        f"{args.repeats} processes x {args.rounds} rounds per backend, {os.cpu_count()} CPUs, Keras {keras.__version__}"
+    )
+    tf_median = {name: statistics.median(values) for name, values in rates["tensorflow"].items()}
+    for backend in BACKENDS:
+        cells = []
+        for name, values in rates[backend].items():
+            median = statistics.median(values)
+            cells.append(f"{name} {median:7.3f} images/s ({min(values):.3f}-{max(values):.3f}), ")
+            cells.append(f"x{median / tf_median[name]:.2f} TensorFlow;  ")
+        print(f"  {backend:10s} " + "".join(cells))
+    print("target: JAX >= 0.9x TensorFlow")
 
 
 def _torch_runner(x: np.ndarray, batch: int) -> dict | None:

@@ -138,10 +138,34 @@ def image_dataset(
         dataset = dataset.map(jitter)
     dataset = dataset.batch(batch_size)
     if preprocess is not None:
-        dataset = dataset.map(lambda x, y: (preprocess(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.map(_in_pipeline(preprocess), num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     dataset.class_names = names
     return dataset
+
+
+def _in_pipeline(preprocess: Callable) -> Callable:
+    """``preprocess`` as a map function of a tf.data pipeline, on every Keras backend.
+
+    On TensorFlow it is traced into the pipeline. The other backends' ``keras.ops`` cannot take the
+    pipeline's TensorFlow tensors (nor can a NumPy preprocess), so there it runs on each batch as NumPy
+    (`tf.numpy_function`), which `bagnet_keras.preprocess_input` and keras.applications' take alike.
+    """
+    import keras
+    import tensorflow as tf
+
+    if keras.backend.backend() == "tensorflow":
+        return lambda x, y: (preprocess(x), y)
+
+    def on_numpy(x: np.ndarray) -> np.ndarray:
+        return np.asarray(keras.ops.convert_to_numpy(preprocess(x)), "float32")
+
+    def apply(x, y):
+        out = tf.numpy_function(on_numpy, [x], tf.float32, stateful=False)
+        out.set_shape(x.shape)  # preprocessing is per pixel: the batch keeps its shape
+        return out, y
+
+    return apply
 
 
 class ImageFiles:

@@ -45,7 +45,7 @@ def results(model, images) -> dict:
 
 
 def comparison(models: dict, images, labels, masks, folder) -> dict:
-    """Every number of a committed comparison and its input-invariance verdicts, by (model, method, metric)."""
+    """Every number of a committed comparison and of its sanity checks, by (model, method, measure)."""
     import keras
     import numpy as np
 
@@ -54,8 +54,11 @@ def comparison(models: dict, images, labels, masks, folder) -> dict:
     out = os.path.join(folder, f"compare-{keras.backend.backend()}")
     result = compare(models, images, labels, masks, steps=4, sanity=2, output_dir=out, progress=False)
     found = {f"{a['model']}/{a['method']}/{a['metric']}": np.float64(a["mean"]) for a in result.aggregates}
-    # Model randomisation draws its weights from the layers' Keras initializers, whose random numbers
-    # differ by backend: its verdicts are alike in kind, not equal. Input invariance has no randomness.
+    # both sanity checks: the re-initialised weights are drawn with NumPy, the same on every backend
+    for check in result.sanity["randomization"]:
+        for measure in ("spearman", "ssim", "passed"):
+            found[f"{check['model']}/{check['method']}/randomization_{measure}"] = np.float64(check[measure])
+    # an invariance difference is float noise where the check passes: its verdict is what must agree
     found.update(
         {f"{v['model']}/{v['method']}/invariance": np.float64(v["passed"]) for v in result.sanity["invariance"]}
     )

@@ -54,6 +54,7 @@ def _brute_force(acts, k):
     return tops
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize("batch_size", [1, 4, 32])
 def test_streamed_top_k_equals_brute_force(batch_size):
     model, x = _nested(), _data()
@@ -128,6 +129,7 @@ def _same_atlas(a, b):
             np.testing.assert_array_equal(getattr(a, field)[name], getattr(b, field)[name], err_msg=(name, field))
 
 
+@pytest.mark.backends
 def test_shards_merge_to_the_atlas_of_one_run(tmp_path):
     model, x = _nested(), _data()
     layers = ["c1", "c2_relu"]
@@ -147,6 +149,7 @@ def test_shards_merge_to_the_atlas_of_one_run(tmp_path):
     _same_atlas(merge_atlas(model, folders), whole)
 
 
+@pytest.mark.backends
 def test_a_killed_run_resumes_to_the_same_atlas(tmp_path):
     model, x = _nested(), _data()
     whole = feature_atlas(model, x, ["c1", "c2_relu"], k=5, batch_size=2, folder=tmp_path / "whole", progress=False)

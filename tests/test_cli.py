@@ -33,6 +33,7 @@ def test_predict_reports_a_bad_weights_argument_without_traceback(capsys):
     assert err.startswith("bagnet-keras: ") and "no/such/checkpoint.pth" in err and "Traceback" not in err
 
 
+@pytest.mark.backends
 def test_explain_and_compare_commands_write_reports(tmp_path, capsys):
     motif_dataset(tmp_path / "data")
     saved_models(tmp_path)

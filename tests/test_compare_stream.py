@@ -45,6 +45,7 @@ def _argv(case, out, *more):
     ]
 
 
+@pytest.mark.backends
 def test_compare_killed_mid_run_resumes_without_recomputing(case, tmp_path, capsys):
     parts = tmp_path / "killed" / "comparison" / PARTS
     env = {**os.environ, "PYTHONPATH": os.path.dirname(HERE)}

@@ -21,6 +21,7 @@ def _data(n=10, seed=0):
     return x, np.arange(n) % 3
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize("batch_size", [1, 3, 16])
 def test_top_patches_and_their_features_equal_brute_force(batch_size):
     model, (x, y) = _bagnet(), _data()
@@ -76,6 +77,7 @@ def test_only_bagnets_have_concepts():
         class_concepts(cnn, *_data(3), progress=False)
 
 
+@pytest.mark.backends
 def test_shards_and_a_resumed_run_give_the_concepts_of_one_run(tmp_path):
     import os
 

@@ -25,6 +25,7 @@ def _patch_loop(model, image, target, q):
     return model.predict(patches, batch_size=256, verbose=0)[:, target].reshape(h, w)
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize("name", TINY)
 def test_native_grid_is_the_logit_of_each_patch_alone(name):
     model = _model(name)
@@ -43,6 +44,7 @@ def test_native_grid_is_the_logit_of_each_patch_alone(name):
     np.testing.assert_allclose(result.logits, logits, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize("name", TINY)
 def test_stride_one_equals_the_patch_by_patch_algorithm(name):
     model = _model(name)
@@ -62,6 +64,7 @@ def test_stride_one_matches_the_authors_code(name):
     assert np.abs(result.maps[0] - ref["heatmap"]).max() <= 1e-4
 
 
+@pytest.mark.backends
 @pytest.mark.skipif(not os.path.isdir(REFERENCE), reason="../shared/reference is only on developer machines")
 @pytest.mark.parametrize("name", ["mini33", "mini9"])
 def test_stride_one_matches_the_shared_reference(name):
@@ -153,6 +156,7 @@ def test_bad_images_and_models():
         evidence_map(pooled_softmax, np.zeros((1, 48, 48, 3)))
 
 
+@pytest.mark.backends
 def test_top_patches_ranks_the_whole_dataset():
     import tensorflow as tf
 

@@ -24,6 +24,7 @@ def _x(n=9, seed=0):
     return np.random.default_rng(seed).normal(size=(n, SIZE, SIZE, 3)).astype("float32")
 
 
+@pytest.mark.backends
 def test_group_attributions_add_up_to_gradient_times_activation():
     model, x = _model(), _x()
     groups = factorize(model, x, "c2_relu", n_groups=4, sample_images=5, k=5, batch_size=4, progress=False)
@@ -68,6 +69,7 @@ def test_bad_arguments_name_the_value(kwargs, match):
         factorize(_model(), arguments.pop("data"), progress=False, **arguments)
 
 
+@pytest.mark.backends
 def test_shards_and_a_resumed_run_give_the_groups_of_one_run(tmp_path):
     import os
 

@@ -9,6 +9,7 @@ from bagnet_keras.models import bagnet_geometry, evidence_model
 EXPECTED_PATCH = {"tiny33": 33, "tiny9": 9, "tiny21": 21}
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize("name", TINY)
 @pytest.mark.parametrize("fmt", ["pth.tar", "dp.pth"])
 def test_parity_with_the_authors_model(name, fmt):
@@ -136,6 +137,7 @@ def test_checkpoint_of_another_configuration_is_rejected():
         BagNet(c["blocks"], c["kernel3"], base_width=8, classes=7, weights=fixture_path("tiny33.pth.tar"))
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize("name", ["tiny21"])
 def test_keras_save_and_load_round_trip(tmp_path, name):
     model = build_tiny(name, weights=fixture_path(f"{name}.pth.tar"))
@@ -163,6 +165,7 @@ def test_full_size_round_trip(tmp_path):
     assert bagnet_geometry(loaded).patch_size == 9
 
 
+@pytest.mark.backends
 def test_predict_folds_batchnorm_and_matches_keras_predict():
     from bagnet_keras.models.inference import BagNetModel, foldable_pairs
 
@@ -193,6 +196,7 @@ def test_predict_folds_batchnorm_and_matches_keras_predict():
     assert np.allclose(model.predict(x, verbose=0), plain, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize("policy, tolerance", [("mixed_float16", 1e-2), ("mixed_bfloat16", 2e-2)])
 def test_mixed_precision_keeps_logits_and_evidence(policy, tolerance):
     """Predictions and evidence maps of a mixed precision copy stay within `tolerance` of float32's range."""

@@ -40,6 +40,7 @@ def _x():
     return np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype("float32")
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_explains_the_logit_by_default_and_the_probability_when_asked(softmax_model, method):
     model, logits_model = softmax_model
@@ -114,6 +115,7 @@ def test_compare_and_the_command_line_read_the_registry(softmax_model, capsys):
     assert "invalid choice: 'nope'" in capsys.readouterr().err
 
 
+@pytest.mark.backends
 def test_explainer_fixes_model_method_and_target(softmax_model):
     import bagnet_keras
 

@@ -111,7 +111,7 @@ def test_two_head_bagnet_evidence_is_exact(pretrained):
     fit_classifier(model, train, epochs=1, head_epochs=1, verbose=0)
     x, _, _ = _data(2, seed=4)
     for head in ("texture", "region"):
-        logits = keras.Model(model.input, model.get_layer(f"{head}_logits").output)(x).numpy()
+        logits = keras.ops.convert_to_numpy(keras.Model(model.input, model.get_layer(f"{head}_logits").output)(x))
         result = evidence_map(model, x, output=head)
         mean = result.maps.mean(axis=(1, 2))
         chosen = logits[np.arange(len(x)), result.class_index]
@@ -399,6 +399,7 @@ def test_training_logs_one_line_per_epoch_off_a_terminal(capsys):
 # -- resumable training (issue 16)
 
 
+@pytest.mark.backends
 def test_training_killed_in_epoch_3_resumes_from_the_end_of_epoch_2(tmp_path, monkeypatch):
     from killpoint import train
 

@@ -201,7 +201,8 @@ class _ConceptTops:
 
     def __init__(self, ev, classes: list[int], patches: int, batch_size: int = 32, output=None):
         self.ev, self.classes, self.batch_size, self.output = ev, classes, batch_size, output
-        self.kernel, self.bias = np.asarray(ev.kernel)[:, classes], np.asarray(ev.bias)[classes]
+        as_numpy = keras.ops.convert_to_numpy
+        self.kernel, self.bias = as_numpy(ev.kernel)[:, classes], as_numpy(ev.bias)[classes]
         self.best = TopK(len(classes), patches, depth=self.kernel.shape[0])
         self.grid, self.n_images = (1, 1), 0  # the grid of the first batch (none in an empty shard)
 
@@ -213,7 +214,7 @@ class _ConceptTops:
                 raise ValueError(f"The dataset's labels are by head {sorted(labels)}; pass output=<head name>.")
             labels = labels[self.output]
         x = check_images(x, self.ev.geometry.patch_size, channels=3)
-        features = np.asarray(self.ev.native(x, self.batch_size))  # (B, h, w, D)
+        features = keras.ops.convert_to_numpy(self.ev.native(x, self.batch_size))  # (B, h, w, D)
         self.grid = features.shape[1:3]
         evidence = features @ self.kernel + self.bias  # (B, h, w, classes)
         own = np.asarray(labels).reshape(-1)[:, None] == np.asarray(self.classes)[None, :]  # the image's class

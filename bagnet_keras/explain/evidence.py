@@ -131,6 +131,9 @@ class _BagNetEvidence:
     def project(self, features, classes: np.ndarray):
         kernel = ops.take(self.kernel, classes, axis=1)
         bias = ops.take(self.bias, classes, axis=0)
+        # A mixed policy's float16 features meet its float32 variables, and PyTorch's einsum does not promote.
+        # Converted before the cast: Keras 3.15's PyTorch cast of a NumPy bfloat16 array keeps bfloat16.
+        features = ops.cast(ops.convert_to_tensor(features), self.kernel.dtype)
         return ops.einsum("nhwc,ck->nhwk", features, kernel) + bias
 
     def logits(self, features: np.ndarray) -> np.ndarray:

@@ -92,8 +92,9 @@ class LayerGroups:
         """(N, h, w, n) the groups' spatial maps on ``images`` (preprocessed as the model expects)."""
         forward = activation_function(self._model, spatial_layers(self._model, [self.layer]))
         x = check_images(images)
+        as_numpy = keras.ops.convert_to_numpy
         return np.concatenate(
-            [self.transform(np.asarray(forward(x[i : i + batch_size])[0])) for i in range(0, len(x), batch_size)]
+            [self.transform(as_numpy(forward(x[i : i + batch_size])[0])) for i in range(0, len(x), batch_size)]
         )
 
     def attribution(
@@ -237,7 +238,7 @@ def _activation_sample(forward: Callable, batches, sample_images: int) -> np.nda
     """The layer's activations (positions x channels, float64) at every position of the first images."""
     sample, seen = [], 0
     for x in batches:
-        acts = np.asarray(forward(check_images(x))[0])
+        acts = keras.ops.convert_to_numpy(forward(check_images(x))[0])
         sample.append(acts[: sample_images - seen].reshape(-1, acts.shape[-1]))
         seen += len(sample[-1]) // (acts.shape[1] * acts.shape[2])
         if seen >= sample_images:
@@ -287,7 +288,7 @@ class _GroupTops:
         self.grid, self.n_images = (1, 1), 0  # the grid of the first batch (none in an empty shard)
 
     def add(self, start: int, x: np.ndarray, labels=None) -> tuple[dict, dict]:
-        weights = self.groups.transform(np.asarray(self.forward(check_images(x))[0]))
+        weights = self.groups.transform(keras.ops.convert_to_numpy(self.forward(check_images(x))[0]))
         self.grid = weights.shape[1:3]
         increment = self.best.add(weights, start * self.grid[0] * self.grid[1])
         self.n_images += len(x)

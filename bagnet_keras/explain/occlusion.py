@@ -96,7 +96,7 @@ def occlusion(
     forward = score_function(model, index, target)
 
     def scores(batch):
-        return np.asarray(forward(batch))
+        return keras.ops.convert_to_numpy(forward(batch))
 
     base = in_batches(scores, batch_size, x)
     classes = classes_per_image(class_index, n, n_classes)

@@ -84,6 +84,17 @@ def _replicated(forward: Callable, strategy) -> Callable:
     return run
 
 
+def _scores(score_fn: ScoreFn, batch: np.ndarray) -> np.ndarray:
+    """``score_fn``'s class scores as float64 NumPy; a backend's tensor (a score_fn of one's own, a GPU's
+    PyTorch tensor) is converted by Keras, which NumPy cannot do alone."""
+    scores = score_fn(batch)
+    if not isinstance(scores, np.ndarray):
+        import keras
+
+        scores = keras.ops.convert_to_numpy(scores)
+    return np.asarray(scores, "float64")
+
+
 def probability_fn(score_fn: ScoreFn) -> ScoreFn:
     """``score_fn`` followed by a softmax: class probabilities, bounded, for deletion and insertion curves.
 
@@ -94,7 +105,7 @@ def probability_fn(score_fn: ScoreFn) -> ScoreFn:
     """
 
     def fn(x: np.ndarray) -> np.ndarray:
-        scores = np.asarray(score_fn(x), dtype="float64")
+        scores = _scores(score_fn, x)
         scores = np.exp(scores - scores.max(axis=1, keepdims=True))
         return scores / scores.sum(axis=1, keepdims=True)
 
@@ -161,7 +172,7 @@ def deletion_curve(
     order = _ranking(heatmap, cell)[:steps]
     fill = _fill(image, fill)
     batch = np.stack([_mask_cells(image, order[:k], cell, fill) for k in range(len(order) + 1)])
-    return np.asarray(score_fn(batch))[:, class_index].astype("float64")
+    return _scores(score_fn, batch)[:, class_index]
 
 
 def insertion_curve(
@@ -196,7 +207,7 @@ def insertion_curve(
             window = _window(index, image.shape[1], cell)
             restored[window] = image[window]
         batch.append(restored)
-    return np.asarray(score_fn(np.stack(batch)))[:, class_index].astype("float64")
+    return _scores(score_fn, np.stack(batch))[:, class_index]
 
 
 def curve_area(curve: np.ndarray, normalize: bool = False) -> float:
@@ -285,7 +296,7 @@ def masking_linearity(
     order = _ranking(heatmap, cell)[:k]
     fill = _fill(image, fill)
     batch = [image, _mask_cells(image, order, cell, fill)] + [_mask_cells(image, [c], cell, fill) for c in order]
-    scores = np.asarray(score_fn(np.stack(batch)))[:, class_index].astype("float64")
+    scores = _scores(score_fn, np.stack(batch))[:, class_index]
     return float(np.sum(scores[0] - scores[2:])), float(scores[0] - scores[1])
 
 
@@ -342,8 +353,8 @@ def shuffle_sensitivity(
     if predicted is not None and shuffled.shape == images.shape:
         before = np.asarray(predicted)
     else:
-        before = np.asarray(score_fn(images[:, : shuffled.shape[1], : shuffled.shape[2]])).argmax(axis=1)
-    after = np.asarray(score_fn(shuffled)).argmax(axis=1)
+        before = _scores(score_fn, images[:, : shuffled.shape[1], : shuffled.shape[2]]).argmax(axis=1)
+    after = _scores(score_fn, shuffled).argmax(axis=1)
     return (before == after).astype("float64")
 
 

@@ -159,7 +159,7 @@ def invariance(
             for path in found:
                 norm = np.maximum(np.linalg.norm(base[path], axis=1), 1e-12)
                 distances[path].append(np.linalg.norm(feats[path] - base[path], axis=1) / norm)
-            p = np.asarray(in_batches(probability, batch_size, moved))
+            p = in_batches(probability, batch_size, moved)
             probabilities.append(p[np.arange(len(x)), labels])
         for path in found:
             result.distance[kind, path] = np.stack(distances[path])
@@ -172,7 +172,8 @@ def flat_features(model: keras.Model, layers: dict, batch_size: int):
     forward = activation_function(model, layers)
 
     def features(images):
-        parts = in_batches(lambda b: tuple(np.asarray(a).reshape(len(b), -1) for a in forward(b)), batch_size, images)
+        as_numpy = keras.ops.convert_to_numpy
+        parts = in_batches(lambda b: tuple(as_numpy(a).reshape(len(b), -1) for a in forward(b)), batch_size, images)
         return dict(zip(layers, parts, strict=True))
 
     return features

@@ -24,6 +24,7 @@ import keras
 import numpy as np
 
 from bagnet_keras.core.graph import iter_layers, producing_layer
+from bagnet_keras.core.initializers import initial_values
 from bagnet_keras.core.inputs import (
     check_images,
     classes_or_predicted,
@@ -83,7 +84,8 @@ def _initializer(layer, variable):
 
 
 def _reinitialised(layer, rng: np.random.Generator) -> list[np.ndarray]:
-    """New values of ``layer``'s weights from its own initializers, seeded from ``rng``."""
+    """New values of ``layer``'s weights from its own initializers' distributions, drawn from ``rng`` (the same
+    numbers on every backend: `bagnet_keras.core.initializers`)."""
     values = []
     for variable in layer.weights:
         init = _initializer(layer, variable)
@@ -91,10 +93,7 @@ def _reinitialised(layer, rng: np.random.Generator) -> list[np.ndarray]:
             fan = max(1, int(np.prod(variable.shape[:-1])))
             values.append(rng.normal(0, 1 / np.sqrt(fan), variable.shape).astype(variable.dtype))
             continue
-        config = init.get_config()
-        if "seed" in config:
-            config["seed"] = int(rng.integers(2**31 - 1))
-        values.append(np.asarray(init.__class__.from_config(config)(variable.shape, dtype=variable.dtype)))
+        values.append(initial_values(init, variable.shape, variable.dtype, rng))
     return values
 
 

@@ -18,6 +18,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
+from bagnet_keras.core.batches import batches
 from bagnet_keras.core.inputs import check_image_size
 from bagnet_keras.transfer.backbones import Backbone, build_backbone, get_backbone
 from bagnet_keras.transfer.evaluation import classification_results
@@ -55,7 +56,8 @@ def extract_features(extractor: keras.Model, data) -> tuple[np.ndarray, np.ndarr
         check_image_size(extractor, data.shape)
         return np.asarray(extractor.predict(data, verbose=0)), None
     features, labels = [], []
-    for images, targets in data:
+    for batch in batches(data, 32):  # as NumPy: a tf.data batch is a TensorFlow tensor on every backend
+        images, targets = batch.images, batch.labels
         check_image_size(extractor, images.shape)
         features.append(np.asarray(extractor.predict_on_batch(images)))
         by_head = isinstance(targets, dict)

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from sklearn.metrics import classification_report, confusion_matrix
 
+from bagnet_keras.core.batches import batches
 from bagnet_keras.core.commit import write_atomic
 from bagnet_keras.core.graph import output_names
 from bagnet_keras.core.inputs import check_image_size
@@ -72,7 +73,11 @@ def evaluate_classifier(
         class_names = {heads[0]: class_names}
     labels = {head: [] for head in heads}
     scores = {head: [] for head in heads}
-    for images, targets in dataset:
+    # as NumPy: a tf.data batch is a TensorFlow tensor on every backend (32 cuts an array; batches come as they are)
+    for batch in batches(dataset, 32):
+        images, targets = batch.images, batch.labels
+        if targets is None:
+            raise ValueError("`dataset` must yield (images, labels) batches; these have no labels.")
         check_image_size(model, images.shape)
         if not isinstance(targets, Mapping):
             targets = {heads[0]: targets}
