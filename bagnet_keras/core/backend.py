@@ -131,7 +131,8 @@ def value_and_gradients(fn: Callable, argnums: Sequence[int] = ()) -> Callable:
     (a tuple in that order), and with respect to every tensor ``fn`` passes through ``watch(key, tensor)``,
     which returns the tensor to compute on (``{key: gradient}``). A gradient is the gradient of the
     objective's sum: per image when the images are independent. A source the objective does not reach
-    gets zeros. On JAX a watched tensor is a zero "probe" added to it, whose gradient is the tensor's.
+    gets zeros. On JAX a watched tensor is a zero "probe" added to it, whose gradient is the tensor's. A key
+    watched more than once (a shared layer's output) gives the gradient of its last tensor, on every backend.
 
     Examples
     --------
@@ -182,10 +183,11 @@ def _jax_gradients(fn, argnums):
     import jax.numpy as jnp
 
     def call(*args):
-        shapes = {}
+        shapes, calls = {}, {}
 
         def record(key, tensor):
             shapes[key] = jax.ShapeDtypeStruct(tensor.shape, tensor.dtype)
+            calls[key] = calls.get(key, 0) + 1
             return tensor
 
         jax.eval_shape(lambda *a: fn(*a, record)[0], *args)  # where the watched tensors are: no computation
@@ -194,7 +196,14 @@ def _jax_gradients(fn, argnums):
             full = list(args)
             for i, value in zip(argnums, wrt, strict=True):
                 full[i] = value
-            objective, aux = fn(*full, lambda key, tensor: tensor + probes[key])
+            seen = dict.fromkeys(calls, 0)
+
+            def watch(key, tensor):
+                # a key watched twice (a shared layer) is its last call's, as on TensorFlow and PyTorch
+                seen[key] += 1
+                return tensor + probes[key] if seen[key] == calls[key] else tensor
+
+            objective, aux = fn(*full, watch)
             return jnp.sum(objective), (objective, aux)
 
         probes = {key: jnp.zeros(s.shape, s.dtype) for key, s in shapes.items()}
