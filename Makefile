@@ -28,9 +28,10 @@ $(BACKENDS_STAMP): $(STAMP)
 	touch $(BACKENDS_STAMP)
 
 # Every backend gives TensorFlow's answers: tests/test_backends.py (TensorFlow here, each other backend in a
-# subprocess on the same models and images), then the tests marked `backends` under each other backend.
+# subprocess beside it, on the same models and images), then the tests marked `backends` under each other
+# backend.
 test-backends: $(BACKENDS_STAMP)
-	$(BIN)/python -m pytest -q -n 2 tests/test_backends.py
+	$(BIN)/python -m pytest -q tests/test_backends.py
 	KERAS_BACKEND=jax $(BIN)/python -m pytest -q -n 2 --dist worksteal -m backends tests
 	KERAS_BACKEND=torch $(BIN)/python -m pytest -q -n 2 --dist worksteal -m backends tests
 

@@ -1,9 +1,10 @@
 """The same answers on every Keras backend: what JAX and PyTorch compute equals TensorFlow's (issue 25 says
 what is ported so far; `backend_case.results` lists it).
 
-Each backend runs in a subprocess (Keras picks its backend once, at import) on models saved here and the
-same images; every map and every number of the comparison must equal this process's TensorFlow ones to 1e-4
-of their largest value (NaN where TensorFlow's is NaN).
+Each backend runs in a subprocess (Keras picks its backend once, at import), started as soon as the
+models are saved, on those models and the same images; every map and every number of the comparison must
+equal this process's TensorFlow ones to 1e-4 of their largest value (NaN where TensorFlow's is NaN).
+`make test-backends` runs this module, with JAX and PyTorch installed.
 """
 
 import importlib.util
@@ -21,6 +22,10 @@ BACKENDS = {"jax": "jax", "torch": "torch"}
 # apart on another rank differently. Spearman's rho of the randomised models' maps (2,304 pixels, many near
 # zero) moved by up to 1.2e-4 of its largest value between TensorFlow and JAX; every other number holds 1e-4.
 RANK_TOLERANCE = 1e-3
+pytestmark = pytest.mark.skipif(
+    not any(importlib.util.find_spec(module) for module in BACKENDS.values()),
+    reason="neither JAX nor PyTorch is installed (`make test-backends` installs them)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,20 +57,37 @@ def case(tmp_path_factory):
     images = np.stack([image for image, _ in scenes]).astype("float32") / 255.0
     masks, labels = np.stack([mask for _, mask in scenes]), np.array([0, 1, 2])
     np.savez(folder / "case.npz", images=images, masks=masks, labels=labels)
-    expected = results(bagnet, images)
-    expected.update(comparison(models, images, labels, masks, folder))
-    return folder, expected
+    # the other backends compute while this process computes TensorFlow's answers
+    running = {name: _start(folder, name) for name, module in BACKENDS.items() if importlib.util.find_spec(module)}
+    try:
+        expected = results(bagnet, images)
+        expected.update(comparison(models, images, labels, masks, folder))
+    except BaseException:
+        for process in running.values():
+            process.kill()
+        raise
+    return folder, expected, running
+
+
+def _start(folder, backend: str) -> subprocess.Popen:
+    """backend_case.py under ``backend``, its output in a file (a pipe nobody reads yet could fill and stall it)."""
+    script = os.path.join(os.path.dirname(__file__), "backend_case.py")
+    env = {**os.environ, "KERAS_BACKEND": backend, "KERAS_HOME": str(folder / f"keras_home_{backend}")}
+    with open(folder / f"{backend}.log", "w") as log:
+        return subprocess.Popen([sys.executable, script, str(folder)], stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
 def test_every_backend_gives_tensorflows_answers(case, backend):
     if importlib.util.find_spec(BACKENDS[backend]) is None:
-        pytest.skip(f"{backend} is not installed (pip install -e '.[dev]' installs it)")
-    folder, expected = case
-    script = os.path.join(os.path.dirname(__file__), "backend_case.py")
-    env = {**os.environ, "KERAS_BACKEND": backend, "KERAS_HOME": str(folder / "keras_home")}
-    done = subprocess.run([sys.executable, script, str(folder)], capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+        pytest.skip(f"{backend} is not installed (`make test-backends` installs it)")
+    folder, expected, running = case
+    process = running[backend]
+    try:
+        process.wait(timeout=600)
+    finally:
+        process.kill()
+    assert process.returncode == 0, (folder / f"{backend}.log").read_text()[-3000:]
     found = np.load(folder / f"{backend}.npz", allow_pickle=False)
     assert str(found["backend"]) == backend
     assert set(found.files) == {"backend", *expected}
