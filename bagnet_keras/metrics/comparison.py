@@ -118,6 +118,8 @@ class _Settings:
     sanity_shift: float = 1.0
 
     def __post_init__(self):
+        if self.strategy is not None:  # first: nothing of another backend is asked before it is refused
+            require_tensorflow("strategy")
         check_target(self.target)
         self.batch_size = default_batch_size() if self.batch_size is None else self.batch_size
         for name in ("batch_size", "steps", "cell", "linearity_k", "shuffle_grid", "patches_per_class"):
@@ -126,8 +128,6 @@ class _Settings:
         self.report_images = check_int(self.report_images, "report_images", low=0)
         self.sanity = check_int(self.sanity, "sanity", low=0)
         self.sanity_shift = check_number(self.sanity_shift, "sanity_shift")
-        if self.strategy is not None:
-            require_tensorflow("strategy")
         self.shard = check_shard(self.shard)
         if self.shard is not None and self.output_dir is None:
             raise ValueError("A shard commits its batches for merge_shards to join: give it an output_dir.")

@@ -51,9 +51,10 @@ def logit_fn(
     from bagnet_keras.core.inputs import in_batches, output_index
     from bagnet_keras.models.inference import folded_score_function
 
+    if strategy is not None:  # refused before anything is built or compiled
+        require_tensorflow("strategy")
     forward = folded_score_function(model, output_index(model, output), "logit", jit_compile)
     if strategy is not None:
-        require_tensorflow("strategy")
         forward = _replicated(forward, strategy)
 
     def fn(x: np.ndarray) -> np.ndarray:
