@@ -45,8 +45,9 @@ def _chosen_backend() -> str | None:
     return early.parse_known_args()[0].backend
 
 
-if _chosen_backend() in BACKENDS:
-    os.environ["KERAS_BACKEND"] = _chosen_backend()
+CHOSEN = _chosen_backend()
+if CHOSEN in BACKENDS:
+    os.environ["KERAS_BACKEND"] = CHOSEN
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402

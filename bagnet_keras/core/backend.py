@@ -387,15 +387,18 @@ def has_accelerator() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def require_tensorflow(argument: str) -> None:
-    """Raise ValueError where ``argument`` (a `tf.distribute` strategy) is given on another backend.
+def require_tensorflow(argument: str, value) -> None:
+    """Raise ValueError where ``value``, the argument named ``argument`` (a `tf.distribute` strategy), is
+    given (not None) on another backend than TensorFlow.
 
     Examples
     --------
-    >>> require_tensorflow("strategy")  # on TensorFlow: nothing to say
+    >>> import tensorflow as tf
+    >>> require_tensorflow("strategy", tf.distribute.get_strategy())  # on TensorFlow: nothing to say
+    >>> require_tensorflow("strategy", None)  # not given: nothing to say on any backend
     """
     name = backend()
-    if name != "tensorflow":
+    if value is not None and name != "tensorflow":
         raise ValueError(
             f"`{argument}` takes a tf.distribute strategy, which needs the TensorFlow backend; Keras runs on "
             f"{name!r} here. Set KERAS_BACKEND=tensorflow, or leave `{argument}` out (on JAX, "

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
-from bagnet_keras.core.inputs import check_images, n_classes_of, output_index
+from bagnet_keras.core.inputs import check_images, in_batches, n_classes_of, output_index
 from bagnet_keras.core.stream import digest, merged_pass, model_arguments, stream_state
 from bagnet_keras.core.topk import TopK, entries
 from bagnet_keras.core.validation import check_positive_int
@@ -91,10 +91,10 @@ class LayerGroups:
     def maps(self, images, batch_size: int = 32) -> np.ndarray:
         """(N, h, w, n) the groups' spatial maps on ``images`` (preprocessed as the model expects)."""
         forward = activation_function(self._model, spatial_layers(self._model, [self.layer]))
-        x = check_images(images)
-        as_numpy = keras.ops.convert_to_numpy
-        return np.concatenate(
-            [self.transform(as_numpy(forward(x[i : i + batch_size])[0])) for i in range(0, len(x), batch_size)]
+        return in_batches(
+            lambda batch: self.transform(keras.ops.convert_to_numpy(forward(batch)[0])),
+            batch_size,
+            check_images(images),
         )
 
     def attribution(

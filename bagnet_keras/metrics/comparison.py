@@ -118,8 +118,7 @@ class _Settings:
     sanity_shift: float = 1.0
 
     def __post_init__(self):
-        if self.strategy is not None:  # first: nothing of another backend is asked before it is refused
-            require_tensorflow("strategy")
+        require_tensorflow("strategy", self.strategy)  # first: refused before the backend is asked anything
         check_target(self.target)
         self.batch_size = default_batch_size() if self.batch_size is None else self.batch_size
         for name in ("batch_size", "steps", "cell", "linearity_k", "shuffle_grid", "patches_per_class"):

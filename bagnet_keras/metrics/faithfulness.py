@@ -51,8 +51,7 @@ def logit_fn(
     from bagnet_keras.core.inputs import in_batches, output_index
     from bagnet_keras.models.inference import folded_score_function
 
-    if strategy is not None:  # refused before anything is built or compiled
-        require_tensorflow("strategy")
+    require_tensorflow("strategy", strategy)  # before anything is built or compiled
     forward = folded_score_function(model, output_index(model, output), "logit", jit_compile)
     if strategy is not None:
         forward = _replicated(forward, strategy)

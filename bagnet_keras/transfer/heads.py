@@ -121,8 +121,7 @@ def build_classifier(
         raise ValueError(f"`mode` must be one of {MODES}. Received: mode={mode!r}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
-    if strategy is not None:
-        require_tensorflow("strategy")
+    require_tensorflow("strategy", strategy)
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     with scope, _policy(dtype_policy):
         if isinstance(backbone, keras.Model):

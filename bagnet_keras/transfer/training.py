@@ -475,8 +475,7 @@ def fit_classifier(
     check_number(learning_rate, "learning_rate", low=0, low_open=True)
     check_number(finetune_learning_rate, "finetune_learning_rate", low=0, low_open=True)
     _check_dataset(train, "train")
-    if strategy is not None:
-        require_tensorflow("strategy")
+    require_tensorflow("strategy", strategy)
     if validation is not None:
         _check_dataset(validation, "validation")
     check_int(patience, "patience", low=1, allow_none=True)
