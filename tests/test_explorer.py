@@ -53,11 +53,13 @@ def test_the_data_is_what_the_api_gives(setup):
         maps = evidence_map(models["bagnet"], chosen, class_index=k).maps
         np.testing.assert_allclose(evidence[..., k], maps, rtol=1e-5, atol=1e-5)
     # The BagNet's logits are the mean of its patches' evidence (its output is their softmax).
-    probabilities = np.asarray(models["bagnet"](chosen))
+    probabilities = keras.ops.convert_to_numpy(models["bagnet"](chosen))
     mean = evidence.mean(axis=(1, 2))
     softmax = np.exp(mean - mean.max(axis=1, keepdims=True))
     np.testing.assert_allclose(softmax / softmax.sum(axis=1, keepdims=True), probabilities, rtol=1e-4, atol=1e-5)
-    features = np.asarray(keras.Model(models["bagnet"].inputs[0], models["bagnet"].get_layer("avg_pool").input)(chosen))
+    features = keras.ops.convert_to_numpy(
+        keras.Model(models["bagnet"].inputs[0], models["bagnet"].get_layer("avg_pool").input)(chosen)
+    )
     for k in range(3):
         assert np.array_equal(np.asarray(data["bagnet"]["concept"])[..., k], concepts.assign(features, k))
     assert len(data["cnn"]["groups"]) == 3 and all(g["visualization"] for g in data["cnn"]["groups"])
