@@ -22,7 +22,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from bagnet_keras.core.backend import compile_function
+from bagnet_keras.core.backend import compile_function, conv
 from bagnet_keras.core.batches import batches
 from bagnet_keras.core.geometry import MERGE_LAYERS, Geometry, position_boxes, receptive_field, upsample
 from bagnet_keras.core.graph import compiled, run_graph
@@ -180,13 +180,13 @@ class _BagNetEvidence:
                 return lambda x: ops.conv(x, layer.fused_kernel(), strides=1, padding="valid", dilation_rate=d)
             if isinstance(layer, keras.layers.Conv2D):
 
-                def conv(x):
-                    y = ops.conv(x, layer.kernel, strides=1, padding="valid", dilation_rate=d)
+                def dilated_conv(x):
+                    y = conv(x, layer.kernel, strides=1, padding="valid", dilation_rate=d)
                     if layer.use_bias:
                         y = y + layer.bias
                     return layer.activation(y)
 
-                return conv
+                return dilated_conv
             if isinstance(layer, keras.layers.Cropping2D):
                 (t, b), (left, r) = layer.cropping
                 return lambda x: x[:, d * t : -d * b or None, d * left : -d * r or None]

@@ -19,6 +19,7 @@ import keras
 import numpy as np
 
 from bagnet_keras.core.backend import compile_function
+from bagnet_keras.core.backend import conv as convolution
 from bagnet_keras.core.graph import (
     compiled,
     graph_walk_available,
@@ -62,7 +63,7 @@ def _folded(conv, bn):
             shift = shift + conv.bias * scale
         # Folded in float32, applied in the layer's compute dtype (float16 under a mixed precision policy).
         kernel, shift = ops.cast(kernel * scale, x.dtype), ops.cast(shift, x.dtype)
-        y = ops.conv(x, kernel, strides=conv.strides, padding=conv.padding, dilation_rate=conv.dilation_rate)
+        y = convolution(x, kernel, strides=conv.strides, padding=conv.padding, dilation_rate=conv.dilation_rate)
         return y + shift
 
     return call
