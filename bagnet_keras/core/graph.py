@@ -217,6 +217,67 @@ def iter_layers(model: keras.Model, prefix: str = ""):
             yield from iter_layers(layer, path + "/")
 
 
+def iter_operations(model: keras.Model, prefix: str = ""):
+    """Yield ``(path, node)`` for every call of an operation that is not a layer (``x + 3.0``, ``keras.ops.*``
+    applied to symbolic tensors), nested models' included; ``node.operation`` is the operation.
+
+    Examples
+    --------
+    >>> import keras
+    >>> x = keras.Input((4,))
+    >>> [type(node.operation).__name__ for _, node in iter_operations(keras.Model(x, keras.layers.Dense(2)(x) * 2.0))]
+    ['Multiply']
+    """
+    for layer in model.layers:
+        if _is_graph_model(layer):
+            yield from iter_operations(layer, prefix + layer.name + "/")
+    for node in graph_nodes(model):
+        if not isinstance(node.operation, keras.layers.Layer):
+            yield prefix + node.operation.name, node
+
+
+#: Operations linear in their tensor arguments, whatever their constants.
+_LINEAR_OPERATIONS = {"Add", "Subtract", "Negative", "Reshape", "Transpose", "Concatenate", "ExpandDims", "Squeeze"}
+#: Operations linear where all but one argument is a constant.
+_SCALING_OPERATIONS = {"Multiply", "Divide", "TrueDivide"}
+
+
+def linear_operation(node) -> bool:
+    """Whether a call of an operation (from `iter_operations`) is linear (affine) in its tensor arguments.
+
+    Sums, reshapes and transposes are; a product or quotient is where only one of its arguments is a
+    tensor (``x * (1 / 6)``), not where two are (a gate).
+
+    Examples
+    --------
+    >>> import keras
+    >>> x = keras.Input((4,))
+    >>> [linear_operation(node) for _, node in iter_operations(keras.Model(x, x * (1.0 / 6.0)))]
+    [True]
+    >>> [linear_operation(node) for _, node in iter_operations(keras.Model(x, x * x))]
+    [False]
+    """
+    name, tensors = type(node.operation).__name__, len(node.arguments.keras_tensors)
+    if name in _SCALING_OPERATIONS and tensors == 1:
+        # x / c is linear in x, c / x is not
+        return name == "Multiply" or node.arguments.args[0] is node.arguments.keras_tensors[0]
+    return name in _LINEAR_OPERATIONS
+
+
+def application_layer(layer, name: str) -> bool:
+    """Whether ``layer`` is keras.applications' own (unexported) layer class ``name``, such as InceptionResNetV2's
+    ``"CustomScaleLayer"`` or ConvNeXt's ``"LayerScale"``.
+
+    Examples
+    --------
+    >>> import keras
+    >>> application_layer(keras.layers.Dense(2), "LayerScale")
+    False
+    """
+    cls = type(layer)
+    return cls.__name__ == name and cls.__module__.startswith("keras.src.applications.")
+
+
 def find_layer(model: keras.Model, name: str) -> tuple[str, keras.layers.Layer]:
     """Find a layer by name anywhere in ``model``, nested sub-models included.
 
@@ -265,23 +326,28 @@ def _is_spatial(layer) -> bool:
 
 
 def last_spatial_layer(model: keras.Model) -> tuple[str, keras.layers.Layer]:
-    """The last layer with a 4-D (N, H, W, C) output, searching nested models.
+    """The last layer with a 4-D (N, H, W, C) output of more than one position, searching nested models.
+
+    A 1x1 output is left out: MobileNet's classifier is a 1x1 convolution after
+    ``GlobalAveragePooling2D(keepdims=True)``, and a map of one position is constant.
+    A size unknown until the model is called (``input_shape=(None, None, 3)``) counts as spatial.
 
     Examples
     --------
     >>> import keras
     >>> m = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(2, 3, name="c"),
-    ...                       keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+    ...                       keras.layers.GlobalAveragePooling2D(keepdims=True), keras.layers.Conv2D(2, 1)])
     >>> last_spatial_layer(m)[0]
     'c'
     """
     found = None
     for path, layer in iter_layers(model):
-        if not isinstance(layer, keras.Model) and _is_spatial(layer):
+        if not isinstance(layer, keras.Model) and _is_spatial(layer) and tuple(layer.output.shape[1:3]) != (1, 1):
             found = (path, layer)
     if found is None:
         raise ValueError(
-            f"Model {model.name!r} has no layer with a 4-D (batch, height, width, channels) output to explain."
+            f"Model {model.name!r} has no layer with a 4-D (batch, height, width, channels) output of more than "
+            "one position to explain."
         )
     return found
 

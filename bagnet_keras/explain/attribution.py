@@ -17,10 +17,10 @@ attributions to maps (N, H, W). Each method says what it does with gradients:
   (minus the baseline, for DeepLIFT) times the gradient in which every
   elementwise activation's derivative ``f'(z)`` is replaced, by
   ``f(z) / (z + epsilon sign(z))`` for LRP, by ``(f(z) - f(z0)) / (z - z0)``
-  for DeepLIFT (``z0``: the same unit on the baseline). Exact for networks of
-  `LINEAR_LAYERS` and elementwise activations (`ELEMENTWISE`); any other
-  layer is refused by name. DeepLIFT's attributions then sum to
-  f(x) - f(baseline); LRP's to f(x) less what the biases and epsilon absorb.
+  for DeepLIFT (``z0``: the same unit on the baseline); products (gates) and
+  layer normalisation have rules of their own (`bagnet_keras.explain.rules`),
+  and any layer no rule covers is refused by name. DeepLIFT's attributions
+  sum to f(x) - f(baseline); LRP's to f(x) less what the biases and epsilon absorb.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from bagnet_keras.core.backend import custom_derivative, elementwise_derivative, value_and_gradients
-from bagnet_keras.core.graph import check_target, iter_layers, squashing_layer, target_scores, traced
+from bagnet_keras.core.backend import value_and_gradients
+from bagnet_keras.core.graph import check_target, target_scores, traced
 from bagnet_keras.core.inputs import (
     check_images,
     classes_or_predicted,
@@ -38,115 +38,13 @@ from bagnet_keras.core.inputs import (
     output_index,
     top_class_scores,
 )
-from bagnet_keras.core.layers import StemConv
 from bagnet_keras.core.validation import check_number, check_positive_int
-from bagnet_keras.explain.backward import ACTIVATION_LAYERS, activation_of, replace_activations
 from bagnet_keras.explain.methods import get_method, methods_of
+from bagnet_keras.explain.rules import ELEMENTWISE as ELEMENTWISE
+from bagnet_keras.explain.rules import LINEAR_LAYERS as LINEAR_LAYERS
+from bagnet_keras.explain.rules import check_modified_layers, rule_operation
 
-#: Layers that are linear (affine) in their input at inference, for epsilon-LRP and DeepLIFT. Max pooling
-#: passes the gradient of the largest input, as both methods' authors do (their sums are then approximate).
-LINEAR_LAYERS = (
-    keras.layers.InputLayer,
-    keras.layers.Conv1D,
-    keras.layers.Conv2D,
-    keras.layers.Conv3D,
-    keras.layers.DepthwiseConv2D,
-    keras.layers.SeparableConv2D,
-    keras.layers.Conv2DTranspose,
-    keras.layers.Dense,
-    keras.layers.BatchNormalization,
-    keras.layers.AveragePooling2D,
-    keras.layers.MaxPooling2D,
-    keras.layers.GlobalAveragePooling2D,
-    keras.layers.GlobalMaxPooling2D,
-    keras.layers.Add,
-    keras.layers.Subtract,
-    keras.layers.Average,
-    keras.layers.Concatenate,
-    keras.layers.Flatten,
-    keras.layers.Reshape,
-    keras.layers.Permute,
-    keras.layers.ZeroPadding2D,
-    keras.layers.Cropping2D,
-    keras.layers.Dropout,
-    keras.layers.SpatialDropout2D,
-    keras.layers.Rescaling,
-    keras.layers.Identity,
-    StemConv,
-)
-#: Activations applied unit by unit, whose derivative the modified rules replace.
-ELEMENTWISE = tuple(
-    keras.activations.get(name)
-    for name in (
-        "relu",
-        "relu6",
-        "leaky_relu",
-        "elu",
-        "selu",
-        "gelu",
-        "silu",
-        "sigmoid",
-        "tanh",
-        "softplus",
-        "softsign",
-        "hard_sigmoid",
-        "mish",
-    )
-)
 BASELINES = ("zeros", "mean", "blur")
-
-
-def check_modified_layers(model: keras.Model, method: str) -> None:
-    """Raise ValueError naming the first layer that ``method`` (a modified-gradient rule) cannot pass.
-
-    The softmax ending the explained output is allowed: left out for ``target="logit"``, passed with its
-    own gradient for ``"probability"``; so are the layers ending the model's other outputs (not on the way).
-    """
-    ends = {id(squashing_layer(model, k)[0]) for k in range(len(model.outputs))}
-    for path, layer in iter_layers(model):
-        if isinstance(layer, keras.Model) or id(layer) in ends:
-            continue
-        if isinstance(layer, keras.layers.Activation) or not isinstance(layer, ACTIVATION_LAYERS):
-            if not isinstance(layer, (*LINEAR_LAYERS, keras.layers.Activation)):
-                raise ValueError(
-                    f"{method} runs through linear layers and elementwise activations only; layer {path!r} "
-                    f"({type(layer).__name__}) is neither. Supported: "
-                    f"{', '.join(sorted({t.__name__ for t in LINEAR_LAYERS + ACTIVATION_LAYERS}))}, and "
-                    "Activation. Use 'gradient_x_input' or 'integrated_gradients', which take any model."
-                )
-            fn = activation_of(layer)
-            if fn is not None and fn not in ELEMENTWISE:
-                raise ValueError(
-                    f"{method} needs elementwise activations; layer {path!r} applies "
-                    f"{getattr(fn, '__name__', fn)!r}. Supported: {', '.join(f.__name__ for f in ELEMENTWISE)}."
-                )
-
-
-def _elementwise(layer) -> bool:
-    return isinstance(layer, ACTIVATION_LAYERS) or activation_of(layer) in ELEMENTWISE
-
-
-def _ratio_rule(rule: str, epsilon: float):
-    """``modify(f)`` for `replace_activations`: f's value, with its derivative replaced by ``rule``'s ratio."""
-    ops = keras.ops
-
-    def modify(fn):
-        def forward(z):
-            y = fn(z)
-            if rule == "lrp":
-                ratio = y / (z + epsilon * ops.where(z >= 0, 1.0, -1.0))
-            else:  # DeepLIFT: the batch holds the images, then their baselines
-                n = ops.shape(z)[0] // 2
-                dz, dy_ = z[:n] - z[n:], y[:n] - y[n:]
-                slope = elementwise_derivative(fn, z)  # f' where the image and the baseline agree
-                close = ops.abs(dz) < 1e-6
-                ratio = ops.where(close, slope[:n], dy_ / ops.where(close, ops.ones_like(dz), dz))
-                ratio = ops.concatenate([ratio, slope[n:]], axis=0)
-            return y, (ops.cast(ratio, y.dtype),)
-
-        return custom_derivative(forward, lambda saved, upstream: upstream * saved[0])
-
-    return modify
 
 
 class BaseAttribution:
@@ -189,7 +87,7 @@ class BaseAttribution:
         index, target, rule, epsilon = self.output, self.target, self.rule, getattr(self, "epsilon", 0.0)
 
         def build(model_ref):
-            operation = None if rule is None else replace_activations(_elementwise, _ratio_rule(rule, epsilon))
+            operation = None if rule is None else rule_operation(rule, epsilon)
 
             def objective(x, classes, reference, watch):
                 inputs = x if rule != "deeplift" else keras.ops.concatenate([x, reference], axis=0)

@@ -2,7 +2,7 @@
 
 One base class, `BaseCAM`, does the work every method shares: it finds the
 target layer (by name anywhere in nested sub-models, or the last layer with a
-4-D output), runs the model layer by layer so that layer's activations and
+4-D output of more than one position), runs the model layer by layer so that layer's activations and
 the gradient of the class score with respect to them come out of one pass
 (`bagnet_keras.core.graph.run_graph`), picks the class (given or the top
 prediction), batches, and places the map on the input pixels with the layer's
@@ -81,7 +81,8 @@ class BaseCAM:
         transfer model) are searched and run layer by layer.
     layer : str, optional
         Name of the target layer, or a path ``"backbone/conv5_block3_out"``
-        when the name is ambiguous. Default: the last layer with a 4-D output.
+        when the name is ambiguous. Default: the last layer with a 4-D output of more
+        than one position (`bagnet_keras.core.graph.last_spatial_layer`); `layer_path` says which.
     output : int or str, optional
         Which output to explain, for models with several.
     batch_size : int
@@ -306,7 +307,7 @@ def cam(
         ``"gradcam++"``, ``"scorecam"`` or ``"layercam"``.
     layer : str, optional
         Target layer name (searched in nested models too); default the last
-        layer with a 4-D output.
+        layer with a 4-D output of more than one position.
     output : int or str, optional
         Which output of a multi-output model.
     batch_size : int
