@@ -132,7 +132,6 @@ def test_without_gates_or_norms_the_rules_are_gradient_x_input():
     )
 
 
-@pytest.mark.backends
 def test_the_rules_compute_the_model_unchanged():
     for build in (_efficientnet_like, _convnext_like):
         model = _randomise(build(), 7)
