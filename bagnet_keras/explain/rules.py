@@ -214,20 +214,18 @@ def _multiply(layer, rule: str):
     gates = _gates([tuple(t.shape) for t in layer.input])
 
     def call(inputs, **kwargs):
-        if rule == "lrp":  # the one signal times each gate, held constant
-            result = inputs[gates.index(False)]
-            for tensor in (t for t, gate in zip(inputs, gates, strict=True) if gate):
-                result = product(result, tensor, rule)
-            return result
-        result = inputs[0]
-        for tensor in inputs[1:]:
-            result = product(result, tensor, rule)
+        factors = list(inputs)
+        if rule == "lrp":  # the one signal first, then each gate, held constant
+            factors = [inputs[gates.index(False)], *(t for t, gate in zip(inputs, gates, strict=True) if gate)]
+        result = factors[0]
+        for factor in factors[1:]:
+            result = product(result, factor, rule)
         return result
 
     return call
 
 
-def _layer_norm(layer, rule: str, epsilon: float):
+def _layer_norm(layer, rule: str):
     """``layer`` (a LayerNormalization) computed with its inverse standard deviation passed by ``rule``."""
     axes = sorted(layer.axis) if isinstance(layer.axis, (list, tuple)) else [layer.axis]
 
@@ -235,12 +233,9 @@ def _layer_norm(layer, rule: str, epsilon: float):
         dtype = x.dtype
         x = ops.cast(x, "float32")
         centred = x - ops.mean(x, axis=axes, keepdims=True)
-        if rule == "lrp":
-            variance = ops.mean(centred * centred, axis=axes, keepdims=True) + layer.epsilon
-            inverse = ops.stop_gradient(ops.rsqrt(variance))
-        else:
-            variance = ops.mean(product(centred, centred, rule), axis=axes, keepdims=True) + layer.epsilon
-            inverse = ratio_rule(rule, epsilon)(ops.rsqrt)(variance)
+        variance = ops.mean(product(centred, centred, rule), axis=axes, keepdims=True) + layer.epsilon
+        # LRP: the product below holds the inverse constant; DeepLIFT: its rescale rule
+        inverse = ratio_rule(rule)(ops.rsqrt)(variance) if rule == "deeplift" else ops.rsqrt(variance)
         y = product(x if layer.rms_scaling else centred, inverse, rule)
         shape = [1] * len(x.shape)
         for axis in axes:
@@ -276,7 +271,7 @@ def rule_operation(rule: str, epsilon: float = 0.0):
         if isinstance(layer, keras.layers.Multiply):
             return _multiply(layer, rule)
         if isinstance(layer, keras.layers.LayerNormalization):
-            return _layer_norm(layer, rule, epsilon)
+            return _layer_norm(layer, rule)
         return activations(layer)
 
     return operation
