@@ -1,6 +1,6 @@
 """Every registered method on one model of each keras.applications family: ok, or why not (issue 26).
 
-    python bench/families.py [--size 96] [--families MobileNetV3Small EfficientNetB0 ...] [--methods gradcam ...]
+    python bench/families.py [--size 96] [--families MobileNetV3 EfficientNet ...] [--methods gradcam ...]
 
 Each family's smallest builder is called with random weights (``weights=None``, 10 classes, softmax head)
 at ``--size`` pixels, and every method of `bagnet_keras.explain.registry.METHODS` but BagNet evidence
@@ -49,6 +49,8 @@ def main() -> None:
     parser.add_argument("--families", nargs="+", choices=list(FAMILIES), default=list(FAMILIES))
     parser.add_argument("--methods", nargs="+", choices=[m for m in METHODS if m != "evidence"])
     args = parser.parse_args()
+    if args.size < 32:
+        parser.error(f"--size must be at least 32 (Xception needs 71, the Inceptions 75); got {args.size}")
     methods = args.methods or [m for m in METHODS if m != "evidence"]
     x = images(1, args.size)
     rows, notes = {}, []
