@@ -39,7 +39,9 @@ setup(
     # PyTorch's CPU build are the other Keras backends, for `make test-backends` (the package never needs them:
     # a user installs the backend of their choice).
     extras_require={
-        "dev": ["pytest", "pytest-xdist", "ruff==0.17.6", "selenium", "hypothesis"],
+        # keras-hub: the vision transformers (ViT, DeiT, DINOv2); the tests build small ones with it.
+        "hub": ["keras-hub>=0.32"],
+        "dev": ["pytest", "pytest-xdist", "ruff==0.17.6", "selenium", "hypothesis", "keras-hub>=0.32"],
         "backends": ["jax[cpu]", "torch==2.13.0"],
     },
     entry_points={"console_scripts": ["bagnet-keras=bagnet_keras.app.cli:main"]},

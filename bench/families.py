@@ -1,4 +1,5 @@
-"""Every registered method on one model of each keras.applications family: ok, or why not (issue 26).
+"""Every registered method on one model of each keras.applications family and a keras-hub ViT: ok, or why not
+(issue 26).
 
     python bench/families.py [--size 96] [--families MobileNetV3 EfficientNet ...] [--methods gradcam ...]
 
@@ -6,7 +7,8 @@ Each family's smallest builder is called with random weights (``weights=None``, 
 at ``--size`` pixels, and every method of `bagnet_keras.explain.registry.METHODS` but BagNet evidence
 explains the logit of its top class on one image. A cell is "ok" when the map has the image's size, is finite
 and is not constant (a CAM map is "all 0" where the weighted sum is negative everywhere: the ReLU
-in its definition); otherwise it holds the error's first words or what was wrong. Below the table:
+in its definition); "n/a" where a transformers-only method (attention rollout) meets a CNN; otherwise
+it holds the error's first words or what was wrong. Below the table:
 the layer the CAM methods chose by default, and the seconds each family took.
 """
 
@@ -23,13 +25,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bagnet_keras.core.graph import last_spatial_layer  # noqa: E402
+from bagnet_keras.core.tokens import transformer_blocks  # noqa: E402
+from bagnet_keras.explain.cam import GradCAM  # noqa: E402
 from bagnet_keras.explain.registry import METHODS, explain  # noqa: E402
 from tools.families import FAMILIES, build, images  # noqa: E402
 
 
 def cell(model: keras.Model, method: str, x: np.ndarray) -> str:
     """``"ok"``, or what went wrong with ``method`` on ``model``."""
+    if METHODS[method].transformer_only and not transformer_blocks(model):
+        return "n/a"
     try:
         maps = explain(model, x, method)
     except Exception as error:  # the table reports any failure, whatever its kind
@@ -58,7 +63,7 @@ def main() -> None:
         start = time.perf_counter()
         model = build(family, args.size)
         rows[family] = {method: cell(model, method, x) for method in methods}
-        layer = last_spatial_layer(model)[0]
+        layer = GradCAM(model).layer_path
         notes.append(f"{family}: default CAM layer {layer!r}, {time.perf_counter() - start:.0f} s")
         print(family, sum(v == "ok" for v in rows[family].values()), "of", len(methods), "ok", flush=True)
     print(f"\nkeras {keras.__version__}, backend {keras.backend.backend()}, {args.size} px, random weights\n")

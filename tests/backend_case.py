@@ -14,13 +14,17 @@ def results(model, images) -> dict:
     from bagnet_keras.core.graph import score_function
     from bagnet_keras.explain.atlas import feature_atlas
     from bagnet_keras.explain.evidence import evidence_map
-    from bagnet_keras.explain.methods import method_names
+    from bagnet_keras.explain.methods import METHODS
     from bagnet_keras.explain.objectives import class_logit, unit
     from bagnet_keras.explain.registry import explain
     from bagnet_keras.explain.visualization import feature_visualization
 
     as_numpy = keras.ops.convert_to_numpy
-    maps = {method: explain(model, images, method, class_index=1) for method in method_names()}
+    maps = {
+        method: explain(model, images, method, class_index=1)
+        for method, row in METHODS.items()
+        if not row.transformer_only
+    }
     atlas = feature_atlas(model, images, "conv5_block1_out", k=2, batch_size=2, progress=False)
     path = atlas.layers[0]
     return {

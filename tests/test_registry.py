@@ -41,7 +41,8 @@ def _x():
 
 
 @pytest.mark.backends
-@pytest.mark.parametrize("method", list(METHODS))
+# attention rollout (transformers only, tests/test_transformers.py) does not depend on the class score
+@pytest.mark.parametrize("method", [name for name, row in METHODS.items() if not row.transformer_only])
 def test_every_method_explains_the_logit_by_default_and_the_probability_when_asked(softmax_model, method):
     model, logits_model = softmax_model
     x, classes = _x(), np.array([0, 2])
@@ -133,7 +134,7 @@ def test_explainer_fixes_model_method_and_target(softmax_model):
 def _readme_methods():
     """The rows of README.md's table of methods, as the cells of each row."""
     readme = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md"), encoding="utf-8").read()
-    header = "| method | what it shows | family | takes a layer | BagNet only | implementation |"
+    header = "| method | what it shows | family | takes a layer | BagNet only | transformers only | implementation |"
     assert header in readme, "README.md has no table of methods"
     lines = readme[readme.index(header) :].splitlines()[2:]
     rows = itertools.takewhile(lambda line: line.startswith("|"), lines)
@@ -142,7 +143,8 @@ def _readme_methods():
 
 def test_the_readme_table_is_the_table_of_methods():
     expected = [
-        [m.name, m.description, m.family, "yes" if m.takes_layer else "no", "yes" if m.bagnet_only else "no"]
+        [m.name, m.description, m.family]
+        + ["yes" if flag else "no" for flag in (m.takes_layer, m.bagnet_only, m.transformer_only)]
         + [m.implementation]
         for m in methods.METHODS.values()
     ]

@@ -1,5 +1,5 @@
-"""One model of each keras.applications family with random weights, usable as the "ordinary CNN" in tests and
-benchmarks (bench/families.py, tests/test_families.py)."""
+"""One model of each keras.applications family, and a keras-hub ViT, with random weights, usable as the
+"ordinary model" in tests and benchmarks (bench/families.py, tests/test_families.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,22 @@ import keras
 import numpy as np
 
 from bagnet_keras.core.graph import iter_layers
+from bagnet_keras.core.layers import ClassToken
+
+
+def ViT(weights=None, classes: int = 10, input_shape=(96, 96, 3), **kwargs) -> keras.Model:
+    """A small keras-hub ViT-style classifier (patches of 16 pixels, 4 blocks, width 48), keras.applications'
+    call shape. Its inputs are [0, 255], scaled to [-1, 1] inside, as the families' are preprocessed inside."""
+    import keras_hub
+
+    inputs = keras.Input(input_shape)
+    backbone = keras_hub.models.ViTBackbone(
+        image_shape=input_shape, patch_size=16, num_layers=4, num_heads=3, hidden_dim=48, mlp_dim=96, **kwargs
+    )
+    tokens = backbone(keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs))
+    outputs = keras.layers.Dense(classes, activation="softmax")(ClassToken()(tokens))
+    return keras.Model(inputs, outputs, name="vit")
+
 
 #: One builder per family, the smallest of each.
 FAMILIES = {
@@ -24,6 +40,7 @@ FAMILIES = {
     "EfficientNet": keras.applications.EfficientNetB0,
     "EfficientNetV2": keras.applications.EfficientNetV2B0,
     "ConvNeXt": keras.applications.ConvNeXtTiny,
+    "ViT": ViT,
 }
 
 

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
+from contextlib import contextmanager
 from typing import TypeVar
 
 import keras
 import numpy as np
+from keras.src.backend import compute_output_spec  # Keras has no public way to trace a pass symbolically
 
 # TARGETS and check_target live in a light module (the command line offers them); they are this module's too.
 from bagnet_keras.core.backend import compile_function
@@ -142,7 +144,8 @@ def run_graph(model: keras.Model, inputs, operation_fn: OperationFn | None = Non
     def fn(op):
         if _is_graph_model(op):
             return lambda *args, **kwargs: run_graph(op, args[0] if len(args) == 1 else list(args), operation_fn)
-        return operation_fn(op) if operation_fn is not None else op
+        computed = operation_fn(op) if operation_fn is not None else op
+        return _entering(op, computed, operation_fn) if operation_fn is not None else computed
 
     if isinstance(model, keras.Sequential):
         x = inputs
@@ -150,6 +153,82 @@ def run_graph(model: keras.Model, inputs, operation_fn: OperationFn | None = Non
             x = fn(layer)(x)
         return x
     return model._run_through_graph(inputs, operation_fn=fn)
+
+
+def sublayers(layer) -> list:
+    """The layers ``layer`` holds and calls itself, where the package enters them: keras-hub's layers.
+
+    keras-hub builds its backbones as functional models of a few large layers (a ViT is ``images`` →
+    ``vit_patching_and_embedding`` → ``vit_encoder``), whose transformer blocks are attributes called
+    inside ``call``, not nodes of the graph. `iter_layers`, `find_layer` and `run_graph` reach them
+    through this. Other layers are atomic, as before (keras' own, and the package's).
+
+    Examples
+    --------
+    >>> import keras
+    >>> sublayers(keras.layers.Dense(2))
+    []
+    """
+    if _is_graph_model(layer) or not type(layer).__module__.startswith("keras_hub."):
+        return []
+    return list(layer._flatten_layers(include_self=False, recursive=False))
+
+
+def _entering(layer, computed: Callable, operation_fn: OperationFn) -> Callable:
+    # operation_fn may compute a nested layer differently (a tap, a rule): install it for this call.
+    patches = _nested_replacements(layer, operation_fn)
+    if not patches:
+        return computed
+
+    def call(*args, **kwargs):
+        with _replaced_calls(patches):
+            return computed(*args, **kwargs)
+
+    return call
+
+
+def _nested_replacements(layer, operation_fn: OperationFn) -> list:
+    found = []
+    for sub in sublayers(layer):
+        replacement = operation_fn(sub)
+        if replacement is not sub:
+            found.append((sub, replacement))
+        found.extend(_nested_replacements(sub, operation_fn))
+    return found
+
+
+class _ReplacedCall:
+    """A nested layer's ``call`` that runs ``replacement`` instead; the replacement calls the layer itself
+    (``layer(x)``), so the layer's own ``call`` is back in place while it runs."""
+
+    def __init__(self, layer, replacement: Callable):
+        self.layer, self.replacement, self.saved = layer, replacement, vars(layer).get("call")
+
+    def __call__(self, *args, **kwargs):
+        self.restore()
+        try:
+            return self.replacement(*args, **kwargs)
+        finally:
+            object.__setattr__(self.layer, "call", self)
+
+    def restore(self) -> None:
+        if self.saved is None:
+            object.__delattr__(self.layer, "call")
+        else:
+            object.__setattr__(self.layer, "call", self.saved)
+
+
+@contextmanager
+def _replaced_calls(patches: list):
+    # object.__setattr__: Keras' own __setattr__ would track the callable as a layer attribute.
+    installed = [_ReplacedCall(layer, replacement) for layer, replacement in patches]
+    for patch in installed:
+        object.__setattr__(patch.layer, "call", patch)
+    try:
+        yield
+    finally:
+        for patch in reversed(installed):
+            patch.restore()
 
 
 def layer_tap(targets, inner: OperationFn | None = None, on_output: Callable | None = None) -> tuple[OperationFn, dict]:
@@ -197,6 +276,36 @@ def layer_tap(targets, inner: OperationFn | None = None, on_output: Callable | N
     return operation_fn, taps
 
 
+def output_shape(model: keras.Model, layer: keras.layers.Layer) -> tuple | None:
+    """The shape of ``layer``'s output inside ``model``, batch axis included; None where it has no single one.
+
+    A layer nested in a keras-hub layer (a transformer block) was never called on the graph's symbolic
+    tensors, so its shape comes from a symbolic pass of the model (no numbers are computed).
+
+    Examples
+    --------
+    >>> import keras
+    >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d")])
+    >>> output_shape(m, m.get_layer("d"))
+    (None, 3)
+    """
+    try:
+        return tuple(layer.output.shape)
+    except (AttributeError, ValueError):
+        pass
+    shape = getattr(model, "input_shape", None)
+    if not isinstance(shape, tuple) or any(size is None for size in shape[1:]):
+        return None
+    operation_fn, taps = layer_tap([layer])
+    try:
+        compute_output_spec(lambda x: run_graph(model, x, operation_fn), keras.KerasTensor((1, *shape[1:])))
+    except Exception:  # noqa: BLE001 - a model this pass cannot trace has no shape to report
+        return None
+    out = taps.get(layer)
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    return None if out is None else (None, *tuple(out.shape)[1:])
+
+
 def iter_layers(model: keras.Model, prefix: str = ""):
     """Yield ``(path, layer)`` for every layer, nested models' layers after the model itself, in graph order.
 
@@ -210,10 +319,10 @@ def iter_layers(model: keras.Model, prefix: str = ""):
     >>> [path for path, _ in iter_layers(outer)]
     ['inner', 'inner/d']
     """
-    for layer in model.layers:
+    for layer in model.layers if isinstance(model, keras.Model) else sublayers(model):
         path = prefix + layer.name
         yield path, layer
-        if isinstance(layer, keras.Model):
+        if isinstance(layer, keras.Model) or sublayers(layer):
             yield from iter_layers(layer, path + "/")
 
 
@@ -237,7 +346,17 @@ def iter_operations(model: keras.Model, prefix: str = ""):
 
 
 #: Operations linear in their tensor arguments, whatever their constants.
-_LINEAR_OPERATIONS = {"Add", "Subtract", "Negative", "Reshape", "Transpose", "Concatenate", "ExpandDims", "Squeeze"}
+_LINEAR_OPERATIONS = {
+    "Add",
+    "Subtract",
+    "Negative",
+    "Reshape",
+    "Transpose",
+    "Concatenate",
+    "ExpandDims",
+    "Squeeze",
+    "GetItem",
+}
 #: Operations linear where all but one argument is a constant.
 _SCALING_OPERATIONS = {"Multiply", "Divide", "TrueDivide"}
 
@@ -276,6 +395,63 @@ def application_layer(layer, name: str) -> bool:
     """
     cls = type(layer)
     return cls.__name__ == name and cls.__module__.startswith("keras.src.applications.")
+
+
+def hub_layer(layer, names) -> bool:
+    """Whether ``layer`` is one of keras-hub's layer classes ``names`` (e.g. ``("ViTEncoderBlock",)``).
+
+    Examples
+    --------
+    >>> import keras
+    >>> hub_layer(keras.layers.Dense(2), ("MLP",))
+    False
+    """
+    cls = type(layer)
+    return cls.__name__ in names and cls.__module__.startswith("keras_hub.")
+
+
+def gated_attention(layer) -> bool:
+    """Whether a ``MultiHeadAttention`` layer multiplies its output by a gate (``use_gate=True``)."""
+    return bool(getattr(layer, "_use_gate", False))
+
+
+def with_attention(layer: keras.layers.MultiHeadAttention, attention: Callable) -> Callable:
+    """``layer`` as a callable whose attention step is the caller's; its projections stay the layer's own.
+
+    ``attention(query, key, value, scores_equation, combine_equation, axes)`` gets the projected query
+    (already scaled by the inverse square root of the key size), key and value, the layer's two einsum
+    equations and the softmax's axes, and returns ``(output, probabilities)``. Keras documents
+    ``_compute_attention`` as the method to override for a custom attention; it is replaced on the
+    instance for the call. Masks are refused: the vision transformers explained here use none.
+
+    Examples
+    --------
+    >>> import keras, numpy as np
+    >>> mha = keras.layers.MultiHeadAttention(2, 4)
+    >>> def plain(q, k, v, scores, combine, axes):
+    ...     p = keras.ops.softmax(keras.ops.einsum(scores, k, q), axis=axes[-1])
+    ...     return keras.ops.einsum(combine, p, v), p
+    >>> x = np.random.default_rng(0).random((1, 3, 4)).astype("float32")
+    >>> bool(np.allclose(with_attention(mha, plain)(x, x), mha(x, x), atol=1e-6))
+    True
+    """
+
+    def compute(query, key, value, attention_mask=None, training=None, return_attention_scores=False, **kwargs):
+        if attention_mask is not None or kwargs.get("use_causal_mask"):
+            raise ValueError(f"Layer {layer.name!r} attends with a mask; only unmasked attention is supported here.")
+        query = keras.ops.multiply(query, keras.ops.cast(layer._inverse_sqrt_key_dim, query.dtype))
+        axes = tuple(layer._softmax.axis) if isinstance(layer._softmax.axis, (list, tuple)) else (layer._softmax.axis,)
+        output, probabilities = attention(query, key, value, layer._dot_product_equation, layer._combine_equation, axes)
+        return output, (probabilities if return_attention_scores else None)
+
+    def call(*args, **kwargs):
+        object.__setattr__(layer, "_compute_attention", compute)
+        try:
+            return layer(*args, **kwargs)
+        finally:
+            object.__delattr__(layer, "_compute_attention")
+
+    return call
 
 
 def find_layer(model: keras.Model, name: str) -> tuple[str, keras.layers.Layer]:

@@ -58,3 +58,21 @@ class StemConv(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters}
+
+
+@keras.saving.register_keras_serializable(package="bagnet_keras")
+class ClassToken(keras.layers.Layer):
+    """The class token (the first) of a vision transformer's sequence (N, T, D): (N, D).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> keras.ops.convert_to_numpy(ClassToken()(np.arange(6, dtype="float32").reshape(1, 3, 2))).tolist()
+    [[0.0, 1.0]]
+    """
+
+    def call(self, inputs):
+        return inputs[:, 0]
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[2])

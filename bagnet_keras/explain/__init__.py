@@ -1,8 +1,9 @@
 """The explanations: BagNet evidence maps and top patches (`evidence`), the Grad-CAM family (`cam`),
 gradient attributions (`attribution`), guided backprop and deconvnet (`guided`), occlusion
-(`occlusion`), and the dataset-level views: the feature atlas (`atlas`), NMF groups (`factorize`), a
-BagNet's class concepts (`concepts`), the feature-evolution callback (`evolution`), and feature
-visualisation by optimisation (`visualization`, maximising `objectives`).
+(`occlusion`), attention rollout of vision transformers (`rollout`), and the dataset-level views:
+the feature atlas (`atlas`), NMF groups (`factorize`), a BagNet's class concepts (`concepts`), the
+feature-evolution callback (`evolution`), and feature visualisation by optimisation
+(`visualization`, maximising `objectives`).
 
 ``explain(model, images, method)`` runs any registered method by name (the table of methods is
 `methods`, readable without TensorFlow); ``explainer`` returns the same as a reusable function.
@@ -32,6 +33,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         ],
         "guided": ["guided_backprop", "guided_gradcam"],
         "occlusion": ["occlusion"],
+        "rollout": ["attention_rollout", "attention_weights"],
         "atlas": ["FeatureAtlas", "feature_atlas", "merge_atlas"],
         "factorize": ["LayerGroups", "factorize", "merge_groups"],
         "concepts": ["ClassConcepts", "class_concepts", "merge_concepts"],

@@ -30,6 +30,7 @@ from bagnet_keras.core.graph import (
     find_layer,
     last_spatial_layer,
     layer_tap,
+    output_shape,
     producing_layer,
     score_function,
     target_scores,
@@ -44,26 +45,29 @@ from bagnet_keras.core.inputs import (
     top_class_scores,
 )
 from bagnet_keras.core.scaling import minmax_scale
+from bagnet_keras.core.tokens import TokenGrid, last_token_layer, token_grid, watch_patches
 from bagnet_keras.core.validation import check_positive_int
 from bagnet_keras.explain.methods import get_method, methods_of
 
 
-def _resolve_layer(model: keras.Model, layer: str | None) -> tuple[str, keras.layers.Layer]:
-    path, found = find_layer(model, layer) if layer is not None else last_spatial_layer(model)
+def _resolve_layer(model: keras.Model, layer: str | None) -> tuple[str, keras.layers.Layer, TokenGrid | None]:
+    if layer is not None:
+        path, found = find_layer(model, layer)
+    else:
+        path, found = last_token_layer(model) or last_spatial_layer(model)
     # A nested model as target means its output: tap the layer that computes it.
     while isinstance(found, keras.Model):
         inner = producing_layer(found.outputs[0])
         path, found = f"{path}/{inner.name}", inner
-    try:
-        shape = found.output.shape
-    except (AttributeError, ValueError):
-        shape = None
+    shape = output_shape(model, found)
+    if shape is not None and len(shape) == 3 and shape[1] is not None:
+        return path, found, token_grid(model, shape[1])
     if shape is None or len(shape) != 4:
         raise ValueError(
             f"Layer {path!r} has output shape {shape}; CAM methods need a layer with a 4-D (batch, height, "
-            "width, channels) output."
+            "width, channels) output, or a transformer layer's (batch, tokens, channels) sequence."
         )
-    return path, found
+    return path, found, None
 
 
 class BaseCAM:
@@ -82,7 +86,9 @@ class BaseCAM:
     layer : str, optional
         Name of the target layer, or a path ``"backbone/conv5_block3_out"``
         when the name is ambiguous. Default: the last layer with a 4-D output of more
-        than one position (`bagnet_keras.core.graph.last_spatial_layer`); `layer_path` says which.
+        than one position (`bagnet_keras.core.graph.last_spatial_layer`); for a vision transformer, the
+        input of its last block (`bagnet_keras.core.tokens.last_token_layer`). `layer_path` says which.
+        A transformer layer's patch tokens are laid on their grid (`bagnet_keras.core.tokens.TokenGrid`).
     output : int or str, optional
         Which output to explain, for models with several.
     batch_size : int
@@ -117,7 +123,7 @@ class BaseCAM:
     ):
         self.model = model
         self.target = check_target(target)
-        self.layer_path, self.layer = _resolve_layer(model, layer)
+        self.layer_path, self.layer, self.tokens = _resolve_layer(model, layer)
         self.output = output_index(model, output)
         self.n_classes = n_classes_of(model, self.output)
         self.batch_size = check_positive_int(batch_size, "batch_size")
@@ -125,20 +131,37 @@ class BaseCAM:
             raise ValueError(f"`normalize` must be True or False. Received: normalize={normalize!r}")
         self.normalize = bool(normalize)
         try:
-            self.geometry: Geometry | None = layer_geometry(model, self.layer_path)
+            self.geometry: Geometry | None = (
+                self.tokens.geometry if self.tokens else layer_geometry(model, self.layer_path)
+            )
         except ValueError:
             self.geometry = None
-        key = ("cam", id(self.layer), self.output, self.uses_gradients, self.target)
+        key = ("cam", id(self.layer), self.output, self.uses_gradients, self.target, self.tokens)
         self._step = traced(model, key, self._build_step)
 
     def _build_step(self, model_ref):
-        layer, index, uses_gradients, target = self.layer, self.output, self.uses_gradients, self.target
+        layer, index, uses_gradients, target, tokens = (
+            self.layer,
+            self.output,
+            self.uses_gradients,
+            self.target,
+            self.tokens,
+        )
 
         def objective(x, classes, watch):
-            tap, taps = layer_tap([layer], on_output=lambda op, out: watch("activations", out))
+            seen = {}
+
+            def on_output(op, out):
+                if tokens is None:
+                    seen["map"] = watch("activations", out)
+                    return seen["map"]
+                out, seen["map"] = watch_patches(tokens, out, lambda grid: watch("activations", grid))
+                return out
+
+            tap, _ = layer_tap([layer], on_output=on_output)
             scores = target_scores(model_ref(), x, index, target, tap)
             classes, score = top_class_scores(scores, classes)
-            return score, (taps[layer], classes)
+            return score, (seen["map"], classes)
 
         if not uses_gradients:
 

@@ -16,6 +16,7 @@ Adding a method is its class or function plus one row here. The families:
 - ``"guided"``: a function returning the modified gradient (N, H, W, C); the map is its largest
   absolute value over the channels;
 - ``"occlusion"``: a function returning the maps (N, H, W);
+- ``"attention"``: a function returning the maps (N, H, W) of a vision transformer's attention;
 - ``"custom"``: a function with the registry's own call shape, as `bagnet_keras.explain.registry.register`
   adds them.
 
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 __all__ = ["FAMILIES", "METHODS", "Method", "get_method", "method_names", "methods_of"]
 
 #: How `bagnet_keras.explain.registry` calls a method's implementation (see the module's docstring).
-FAMILIES = ("bagnet", "cam", "attribution", "guided", "occlusion", "custom")
+FAMILIES = ("bagnet", "cam", "attribution", "guided", "occlusion", "attention", "custom")
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class Method:
     implementation: str
     takes_layer: bool = False
     bagnet_only: bool = False
+    transformer_only: bool = False
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -124,6 +126,13 @@ METHODS: dict[str, Method] = {
             "occlusion: drop of the score when a 16-pixel square is hidden",
             "occlusion",
             "bagnet_keras.explain.occlusion:occlusion",
+        ),
+        Method(
+            "rollout",
+            "attention rollout: the attention flowing into the class token, over the blocks (transformers)",
+            "attention",
+            "bagnet_keras.explain.rollout:attention_rollout",
+            transformer_only=True,
         ),
         Method(
             "guided_backprop",

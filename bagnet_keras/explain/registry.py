@@ -206,5 +206,6 @@ FAMILIES: dict[str, Callable] = {
     "attribution": _explainer_class,
     "guided": _guided,
     "occlusion": _maps,
+    "attention": _maps,
     "custom": _custom,
 }

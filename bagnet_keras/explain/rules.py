@@ -27,6 +27,13 @@ with the `operation` this module gives:
   is the rescale rule of ``rsqrt`` applied to the mean of the squared
   centred values (a product), and the output is their product.
 
+- **Attention** (``MultiHeadAttention``, in keras-hub's ViT, DeiT and DINOv2). LRP holds the attention
+  probabilities constant, so the values take the relevance (Ali et al. 2022). DeepLIFT splits both
+  products exactly (the scores ``q k``, the output ``p v``) and the softmax, computed as
+  ``exp(s - c) * (1 / sum exp(s - c))`` with one shift ``c`` for an image and its baseline: rescale
+  rules and a product, each exact. keras-hub's transformer layers around them (`HUB_AFFINE`) are
+  affine, and their sublayers are ruled one by one.
+
 Any other layer is refused by name (`check_modified_layers`).
 """
 
@@ -35,8 +42,17 @@ from __future__ import annotations
 import keras
 
 from bagnet_keras.core.backend import custom_derivative, elementwise_derivative
-from bagnet_keras.core.graph import application_layer, iter_layers, iter_operations, linear_operation, squashing_layer
-from bagnet_keras.core.layers import StemConv
+from bagnet_keras.core.graph import (
+    application_layer,
+    gated_attention,
+    hub_layer,
+    iter_layers,
+    iter_operations,
+    linear_operation,
+    squashing_layer,
+    with_attention,
+)
+from bagnet_keras.core.layers import ClassToken, StemConv
 from bagnet_keras.explain.backward import ACTIVATION_LAYERS, activation_of, replace_activations
 
 ops = keras.ops
@@ -72,9 +88,33 @@ LINEAR_LAYERS = (
     keras.layers.Rescaling,
     keras.layers.Identity,
     StemConv,
+    ClassToken,
 )
 #: keras.applications' own layers (not exported by Keras) that are linear at inference.
 LINEAR_APPLICATION_LAYERS = ("CustomScaleLayer", "LayerScale", "StochasticDepth")
+#: keras-hub's transformer layers whose own computation, around the layers they hold, is affine (reshapes,
+#: learned tokens concatenated, position embeddings added, residual sums, layer scale, stochastic depth at
+#: inference). Their sublayers are checked and ruled one by one. DINOv2's SwiGLU feed-forward (a product
+#: inside its call) is not one of them.
+HUB_AFFINE = (
+    "ViTPatchingAndEmbedding",
+    "ViTEncoder",
+    "ViTEncoderBlock",
+    "MLP",
+    "DeiTEmbeddings",
+    "DeiTEncoder",
+    "DeiTEncoderBlock",
+    "DeiTIntermediate",
+    "DeiTOutput",
+    "DINOV2PatchEmbedding",
+    "DINOV2Embedding",
+    "DINOV2Encoder",
+    "DINOV2Layer",
+    "DINOV2Attention",
+    "DINOV2LayerScale",
+    "DINOV2DropPath",
+    "DINOV2MLP",
+)
 #: Activations applied unit by unit, whose derivative the modified rules replace.
 ELEMENTWISE = tuple(
     keras.activations.get(name)
@@ -126,7 +166,15 @@ def check_modified_layers(model: keras.Model, method: str) -> None:
     """
     ends = {id(squashing_layer(model, k)[0]) for k in range(len(model.outputs))}
     for path, layer in iter_layers(model):
-        if isinstance(layer, keras.Model) or id(layer) in ends:
+        if (
+            isinstance(layer, (keras.Model, keras.layers.Embedding))
+            or id(layer) in ends
+            or hub_layer(layer, HUB_AFFINE)
+        ):
+            continue
+        if isinstance(layer, keras.layers.MultiHeadAttention):
+            if gated_attention(layer):
+                _refuse(method, path, "a MultiHeadAttention with a gate")
             continue
         if isinstance(layer, keras.layers.Multiply):
             _check_product(path, [tuple(t.shape) for t in layer.input], method)
@@ -158,9 +206,10 @@ def _check_product(path: str, shapes: list[tuple], method: str) -> None:
 def _refuse(method: str, path: str, what: str) -> None:
     supported = sorted({t.__name__ for t in LINEAR_LAYERS + ACTIVATION_LAYERS} | set(LINEAR_APPLICATION_LAYERS))
     raise ValueError(
-        f"{method} runs through linear layers, elementwise activations, products and layer normalisation only; "
-        f"layer {path!r} ({what}) is none of these. Supported: {', '.join(supported)}, Activation, Multiply and "
-        "LayerNormalization. Use 'gradient_x_input' or 'integrated_gradients', which take any model."
+        f"{method} runs through linear layers, elementwise activations, products, layer normalisation and "
+        f"attention only; layer {path!r} ({what}) is none of these. Supported: {', '.join(supported)}, "
+        "Activation, Multiply, LayerNormalization and MultiHeadAttention. Use 'gradient_x_input' or "
+        "'integrated_gradients', which take any model."
     )
 
 
@@ -200,13 +249,51 @@ def _paired_mean(a):
     return ops.concatenate([(a[:n] + a[n:]) / 2, a[n:]], axis=0)
 
 
-def product(a, b, rule: str):
-    """``a * b`` whose gradient is the rule's: the gate ``b`` held constant (LRP), or the exact split (DeepLIFT)."""
+def bilinear(f, a, b, rule: str):
+    """``f(a, b)`` for a bilinear ``f``, whose gradient is the rule's: the gate ``b`` held constant (LRP), or the
+    exact split ``f(a, b) - f(a0, b0) = f(a - a0, b_mean) + f(a_mean, b - b0)`` (DeepLIFT)."""
     if rule == "lrp":
-        return a * ops.stop_gradient(b)
+        return f(a, ops.stop_gradient(b))
     a_mean, b_mean = ops.stop_gradient(_paired_mean(a)), ops.stop_gradient(_paired_mean(b))
-    # The value is a * b exactly (t - stop_gradient(t) is 0); the derivatives are b's mean (for a), a's (for b).
-    return ops.stop_gradient(a * b) + (a - ops.stop_gradient(a)) * b_mean + a_mean * (b - ops.stop_gradient(b))
+    # The value is f(a, b) exactly (t - stop_gradient(t) is 0); the derivatives are taken at the other's mean.
+    return ops.stop_gradient(f(a, b)) + f(a - ops.stop_gradient(a), b_mean) + f(a_mean, b - ops.stop_gradient(b))
+
+
+def product(a, b, rule: str):
+    """``a * b`` whose gradient is the rule's (`bilinear`)."""
+    return bilinear(ops.multiply, a, b, rule)
+
+
+def _softmax(scores, axes: tuple, rule: str):
+    """The softmax over ``axes``: held constant (LRP, Ali et al. 2022), or for DeepLIFT composed of functions its
+    rules split exactly, ``exp(s - c) * (1 / sum exp(s - c))``, with one shift ``c`` for an image and its baseline."""
+    if rule == "lrp":
+        return ops.stop_gradient(ops.softmax(scores, axis=axes[-1]) if len(axes) == 1 else _plain_softmax(scores, axes))
+    n = ops.shape(scores)[0] // 2
+    largest = ops.max(scores, axis=axes, keepdims=True)
+    shift = ops.maximum(largest[:n], largest[n:])
+    shifted = scores - ops.stop_gradient(ops.concatenate([shift, shift], axis=0))
+    exponentials = ratio_rule(rule)(ops.exp)(shifted)
+    inverse = ratio_rule(rule)(ops.reciprocal)(ops.sum(exponentials, axis=axes, keepdims=True))
+    return product(exponentials, inverse, rule)
+
+
+def _plain_softmax(scores, axes: tuple):
+    exponentials = ops.exp(scores - ops.max(scores, axis=axes, keepdims=True))
+    return exponentials / ops.sum(exponentials, axis=axes, keepdims=True)
+
+
+def _attention(layer, rule: str):
+    """``layer`` (a MultiHeadAttention) with ``rule``'s derivatives: the attention held constant for LRP, so the
+    values take the relevance; DeepLIFT's exact split of both products and of the softmax."""
+
+    def attention(query, key, value, scores_equation, combine_equation, axes):
+        scores = bilinear(lambda k, q: ops.einsum(scores_equation, k, q), key, query, rule)
+        probabilities = _softmax(scores, axes, rule)
+        output = bilinear(lambda v, p: ops.einsum(combine_equation, p, v), value, probabilities, rule)
+        return output, probabilities
+
+    return with_attention(layer, attention)
 
 
 def _multiply(layer, rule: str):
@@ -268,6 +355,8 @@ def rule_operation(rule: str, epsilon: float = 0.0):
     activations = replace_activations(_elementwise, ratio_rule(rule, epsilon))
 
     def operation(layer):
+        if isinstance(layer, keras.layers.MultiHeadAttention):
+            return _attention(layer, rule)
         if isinstance(layer, keras.layers.Multiply):
             return _multiply(layer, rule)
         if isinstance(layer, keras.layers.LayerNormalization):

@@ -9,6 +9,7 @@ model whose layers keep their published names (``conv5_block3_out``,
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import numpy as np
 from bagnet_keras.models import imagenet
 from bagnet_keras.models.bagnet import BagNet9, BagNet17, BagNet33
 from bagnet_keras.models.weights import fetch_file
+from bagnet_keras.transfer.hub import PRESETS, hub_builder
 
 PLACES365_URL = (
     "https://github.com/GKalliatakis/Keras-VGG16-places365/releases/download/v1.0/"
@@ -130,6 +132,38 @@ def _app(module: str, builder: str, size: int, finetune_from: str, name: str) ->
     )
 
 
+def _key(name: str) -> str:
+    return name.lower().replace("-", "").replace("_", "")
+
+
+def _hub(name: str, side: int, mode: str, last_block: str) -> Backbone:
+    # keras-hub's google ViT weights take [-1, 1] ("tf"); DeiT's and DINOv2's, ImageNet mean and std ("torch").
+    return Backbone(
+        name=name,
+        builder=hub_builder(PRESETS[name]),
+        preprocess=functools.partial(keras.applications.imagenet_utils.preprocess_input, mode=mode),
+        input_size=side,
+        default_size=side,
+        finetune_from=last_block,
+        pretrained=PRESETS[name],
+    )
+
+
+# Fine-tuning unfreezes the last block by default: ViT's and DeiT's are numbered from 1, DINOv2's from 0.
+_HUB_BACKBONES = (
+    [
+        _hub(name, int(name[-3:]), "tf", f"transformer_block_{24 if 'large' in name else 12}")
+        for name in PRESETS
+        if name.startswith("vit_")
+    ]
+    + [_hub(name, 224, "torch", "transformer_block_12") for name in PRESETS if name.startswith("deit_")]
+    + [
+        _hub(name, 224, "torch", f"layers_{ {'small': 11, 'base': 11, 'large': 23, 'giant': 39}[name[7:]] }")
+        for name in PRESETS
+        if name.startswith("dinov2_")
+    ]
+)
+
 BACKBONES: dict[str, Backbone] = {
     "bagnet9": Backbone("bagnet9", BagNet9, imagenet.preprocess_input, None, 224, "conv5_block1", True),
     "bagnet17": Backbone("bagnet17", BagNet17, imagenet.preprocess_input, None, 224, "conv5_block1", True),
@@ -147,6 +181,7 @@ BACKBONES: dict[str, Backbone] = {
     "vgg16places365": Backbone(
         "vgg16places365", VGG16Places365, places365_preprocess, 224, 224, "block5", pretrained="places365"
     ),
+    **{_key(record.name): record for record in _HUB_BACKBONES},
 }
 
 
@@ -162,7 +197,7 @@ def get_backbone(name: str | Backbone) -> Backbone:
         return name
     if not isinstance(name, str):
         raise ValueError(f"`backbone` must be a name such as 'bagnet33' or 'vgg16'. Received: {name!r}")
-    key = name.lower().replace("-", "").replace("_", "")
+    key = _key(name)
     if key not in BACKBONES:
         raise ValueError(f"Unknown backbone {name!r}; choose one of {sorted(BACKBONES)} or pass a keras.Model.")
     return BACKBONES[key]

@@ -28,7 +28,9 @@ from collections.abc import Mapping
 import keras
 
 from bagnet_keras.core.backend import has_accelerator, require_tensorflow
-from bagnet_keras.core.graph import output_names
+from bagnet_keras.core.graph import output_names, sublayers
+from bagnet_keras.core.layers import ClassToken
+from bagnet_keras.core.tokens import holds_blocks
 from bagnet_keras.core.validation import check_int
 from bagnet_keras.models.bagnet import bagnet_top
 from bagnet_keras.transfer.backbones import Backbone, build_backbone, get_backbone
@@ -76,8 +78,9 @@ def build_classifier(
     ----------
     backbone : str, Backbone or keras.Model
         A name from `bagnet_keras.transfer.backbones.BACKBONES` ("bagnet33", "vgg16",
-        "resnet50", ...), or a model whose output is a feature map
-        (N, H, W, C), e.g. ``keras.applications.VGG16(include_top=False)``;
+        "resnet50", "vit_base_patch16_224", ...), or a model whose output is a feature map
+        (N, H, W, C), e.g. ``keras.applications.VGG16(include_top=False)``, or a transformer's
+        tokens (N, T, D), e.g. a keras-hub ``ViTBackbone`` (its heads read the class token);
         its layers are shared, not copied.
     heads : mapping name -> number of classes, or int
         ``{"city": 10, "region": 2}``; an int is one head named ``"predictions"``.
@@ -126,11 +129,15 @@ def build_classifier(
     with scope, _policy(dtype_policy):
         if isinstance(backbone, keras.Model):
             inputs, features = backbone.inputs[0], backbone.outputs[0]
-            if len(features.shape) != 4:
+            if len(features.shape) not in (3, 4):
                 raise ValueError(
                     f"Backbone model {backbone.name!r} outputs shape {features.shape}; it must output a feature map "
-                    "(N, H, W, C): build it with include_top=False."
+                    "(N, H, W, C), built with include_top=False, or a transformer's tokens (N, T, D)."
                 )
+            if len(features.shape) == 3:
+                # Nested whole: keras-hub's transformer layers reload only through their backbone's own config.
+                inputs = keras.Input(backbone.inputs[0].shape[1:], name="image")
+                features = backbone(inputs)
             default_from = None
         else:
             record = get_backbone(backbone)
@@ -140,7 +147,9 @@ def build_classifier(
             inputs = keras.Input(input_shape, name="image")
             features = build_backbone(record, inputs, None if mode == "scratch" else weights)
             default_from = record.finetune_from
-        x = keras.layers.GlobalAveragePooling2D(name=POOL)(features)
+        # A transformer's sequence is read at its class token, as keras-hub's ViTImageClassifier does.
+        pool = ClassToken if len(features.shape) == 3 else keras.layers.GlobalAveragePooling2D
+        x = pool(name=POOL)(features)
         if dropout:
             x = keras.layers.Dropout(dropout, name=DROPOUT)(x)
         outputs = {}
@@ -188,9 +197,12 @@ def head_layers(model: keras.Model) -> set[str]:
     ['a', 'a_logits', 'avg_pool', 'b', 'b_logits']
     """
     names = {POOL, DROPOUT}
-    for index in range(len(model.outputs)):
-        pool, logits = bagnet_top(model, index)
-        names |= {pool.name, logits.name, output_names(model)[index]}
+    for index, output in enumerate(output_names(model)):
+        try:
+            pool, logits = bagnet_top(model, index)
+            names |= {pool.name, logits.name, output}
+        except ValueError:  # a transformer's head reads the class token, not an average
+            names |= {f"{output}_logits", output}
     return {layer.name for layer in model.layers if layer.name in names}
 
 
@@ -208,7 +220,11 @@ def set_trainable(model: keras.Model, mode: str, trainable_from: str | None = No
     if mode not in MODES:
         raise ValueError(f"`mode` must be one of {MODES}. Received: mode={mode!r}")
     heads = head_layers(model)
-    backbone = [layer for layer in model.layers if layer.name not in heads and not _is_input(layer)]
+    backbone = []
+    for layer in model.layers:
+        if layer.name not in heads and not _is_input(layer):
+            layer.trainable = True  # a nested unit trains only inside a trainable parent
+            backbone += _units(layer)
     start = len(backbone)
     if mode == "scratch":
         start = 0
@@ -231,6 +247,16 @@ def set_trainable(model: keras.Model, mode: str, trainable_from: str | None = No
     for layer in model.layers:
         if layer.name in heads:
             layer.trainable = True
+
+
+def _units(layer) -> list:
+    """The layers fine-tuning unfreezes one by one: a nested backbone's layers, a transformer's blocks."""
+    if isinstance(layer, keras.Model):
+        return [unit for sub in layer.layers if not _is_input(sub) for unit in _units(sub)]
+    if holds_blocks(layer):
+        return sublayers(layer)
+    inner = sublayers(layer)
+    return [unit for sub in inner for unit in _units(sub)] if any(map(holds_blocks, inner)) else [layer]
 
 
 def _named(name: str, prefix: str) -> bool:

@@ -1,0 +1,257 @@
+"""Vision transformers from keras-hub (issue 26, item 2): token grids, the CAM family at a block, attention
+rollout, the gradient attributions, backbones by preset name and classifiers on them."""
+
+import keras
+import numpy as np
+import pytest
+
+from bagnet_keras.core.graph import iter_layers
+from bagnet_keras.core.tokens import TokenGrid, last_token_layer, token_grid, transformer_blocks
+from bagnet_keras.explain import attribution
+from bagnet_keras.explain.attribution import baseline_images
+from bagnet_keras.explain.cam import GradCAM
+from bagnet_keras.explain.methods import METHODS
+from bagnet_keras.explain.registry import explain
+from bagnet_keras.explain.rollout import attention_rollout, rollout
+
+keras_hub = pytest.importorskip("keras_hub", reason="the [hub] extra (keras-hub) is part of the test install")
+
+SIZE, PATCH = 32, 8
+
+
+def _vit(layers: int = 3, classes: int = 3, seed: int = 0, bias: bool = True) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    backbone = keras_hub.models.ViTBackbone(
+        image_shape=(SIZE, SIZE, 3),
+        patch_size=PATCH,
+        num_layers=layers,
+        num_heads=2,
+        hidden_dim=16,
+        mlp_dim=32,
+        use_mha_bias=bias,
+        use_mlp_bias=bias,
+        use_patch_bias=bias,
+    )
+    return _numpy_weights(keras_hub.models.ViTImageClassifier(backbone=backbone, num_classes=classes), seed)
+
+
+def _numpy_weights(model: keras.Model, seed: int) -> keras.Model:
+    """Every weight drawn with NumPy (Keras' seeded initializers draw other numbers on each backend): the
+    tests see the same model on TensorFlow, JAX and PyTorch."""
+    rng = np.random.default_rng(seed)
+    for weight in model.weights:
+        shape = tuple(weight.shape)
+        if len(shape) >= 2:
+            value = rng.normal(size=shape) / np.sqrt(np.prod(shape[:-1]))
+        elif weight.path.endswith("gamma"):
+            value = 1 + 0.2 * rng.normal(size=shape)
+        else:
+            value = 0.1 * rng.normal(size=shape)
+        weight.assign(value.astype("float32"))
+    return model
+
+
+@pytest.fixture(scope="module")
+def vit():
+    return _vit()
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(0).random((2, SIZE, SIZE, 3)).astype("float32")
+
+
+@pytest.mark.backends
+def test_the_tokens_are_laid_on_their_grid_without_a_reshape_function(vit):
+    assert [path.split("/")[-1] for path, _ in transformer_blocks(vit)] == [f"transformer_block_{i}" for i in (1, 2, 3)]
+    # the last block's patch tokens never reach the class token: the default is its input
+    assert last_token_layer(vit)[0] == "vi_t_backbone/vit_encoder/transformer_block_2"
+    cam = GradCAM(vit)
+    assert cam.layer_path == "vi_t_backbone/vit_encoder/transformer_block_2"
+    assert cam.tokens == TokenGrid(prefix=1, rows=4, columns=4, patch=PATCH)
+    assert token_grid(vit, 17) == cam.tokens
+    assert token_grid(vit, 18).prefix == 2  # DeiT's class and distillation tokens
+    with pytest.raises(ValueError, match="15 tokens does not lay out on 32x32"):
+        token_grid(vit, 15)
+
+
+@pytest.mark.backends
+def test_every_method_explains_a_vit(vit, images):
+    for name, row in METHODS.items():
+        if row.bagnet_only:
+            continue
+        maps = explain(vit, images, name)
+        assert maps.shape == (2, SIZE, SIZE) and np.isfinite(maps).all(), name
+        if row.family == "cam" and not maps.any():
+            continue  # the CAM family's ReLU: a weighted sum negative everywhere, as a random net may give
+        assert maps.std(axis=(1, 2)).min() > 0, f"{name} gives a constant map"
+
+
+def test_the_last_block_gives_zero_and_a_named_block_its_map(vit, images):
+    last = GradCAM(vit, layer="transformer_block_3", normalize=False)(images)
+    assert np.abs(last).max() == 0  # the final normalisation is per token: patch tokens do not reach the logit
+    first = GradCAM(vit, layer="transformer_block_1", normalize=False)(images)
+    assert first.max() > 0
+
+
+@pytest.mark.backends
+def test_a_vit_whose_only_nonzero_token_is_one_patch_lights_that_patch():
+    vit = _vit(layers=2)
+    embedding = vit.backbone.get_layer("vit_patching_and_embedding")
+    for weight in (embedding.patch_embedding.bias, embedding.position_embedding.embeddings):
+        weight.assign(np.zeros(weight.shape, "float32"))
+    row, column = 2, 1
+    x = np.zeros((1, SIZE, SIZE, 3), "float32")
+    x[:, row * PATCH : (row + 1) * PATCH, column * PATCH : (column + 1) * PATCH] = 1.0
+    cam = GradCAM(vit, layer="vit_patching_and_embedding", normalize=False)
+    maps = np.concatenate([cam(x, class_index=k) for k in range(3)])
+    lit = maps[maps.max(axis=(1, 2)) > 0]
+    assert len(lit) > 0
+    for heat in lit:
+        top, left = np.unravel_index(heat.argmax(), heat.shape)
+        assert (top // PATCH, left // PATCH) == (row, column)
+        # nothing beyond the neighbouring patches' centres, where the linear placement reaches
+        mask = np.zeros_like(heat, bool)
+        mask[row * PATCH - PATCH // 2 : (row + 1) * PATCH + PATCH // 2, column * PATCH - PATCH // 2 :][
+            :, : 2 * PATCH
+        ] = True
+        assert heat[~mask].max() == 0
+
+
+@pytest.mark.backends
+def test_rollout_of_uniform_attention_is_uniform_over_the_patches(images):
+    vit = _vit(seed=1)
+    for block in vit.backbone.get_layer("vit_encoder").encoder_layers:
+        query = block.mha._query_dense
+        for weight in query.weights:
+            weight.assign(np.zeros(weight.shape, "float32"))
+    maps = attention_rollout(vit, images, normalize=False)
+    assert maps.min() > 0 and np.allclose(maps, maps.flat[0], rtol=1e-6)
+    identity = np.broadcast_to(np.eye(17), (2, 2, 17, 17))
+    flows = rollout([identity] * 3, prefix=1)
+    assert flows.shape == (2, 16) and (flows == 0).all()  # the class token takes nothing from the patches
+
+
+def test_rollout_refuses_a_model_without_attention(images):
+    cnn = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Conv2D(2, 3), keras.layers.Flatten()])
+    with pytest.raises(ValueError, match="no MultiHeadAttention layer.*'gradcam'"):
+        attention_rollout(cnn, images)
+
+
+@pytest.mark.parametrize("family", ["deit", "dinov2"])
+def test_deit_and_dinov2_lay_out_their_extra_tokens(family, images):
+    keras.utils.set_random_seed(0)
+    if family == "deit":
+        model = keras_hub.models.DeiTBackbone(
+            image_shape=(SIZE, SIZE, 3),
+            patch_size=(PATCH, PATCH),
+            num_layers=2,
+            num_heads=2,
+            hidden_dim=16,
+            intermediate_dim=32,
+        )
+        prefix = 2  # class and distillation tokens
+    else:
+        model = keras_hub.models.DINOV2Backbone(
+            patch_size=PATCH,
+            num_layers=2,
+            hidden_dim=16,
+            num_heads=2,
+            intermediate_dim=32,
+            image_shape=(SIZE, SIZE, 3),
+            num_register_tokens=2,
+            position_embedding_shape=(SIZE, SIZE),
+        )
+        prefix = 3  # class and two register tokens
+    head = keras.layers.Dense(3)(model.outputs[0][:, 0])
+    classifier = keras.Model(model.inputs, head)
+    cam = GradCAM(classifier)
+    assert cam.tokens == TokenGrid(prefix, 4, 4, PATCH)
+    for name in ("gradcam", "rollout", "integrated_gradients"):
+        maps = explain(classifier, images, name)
+        assert maps.shape == (2, SIZE, SIZE) and np.isfinite(maps).all() and maps.std() > 0, name
+
+
+@pytest.mark.backends
+def test_a_classifier_on_a_vit_fine_tunes_its_last_block_and_reloads(tmp_path, images):
+    from bagnet_keras.transfer.heads import build_classifier
+
+    backbone = _vit().backbone
+    model = build_classifier(backbone, {"city": 3, "region": 2}, mode="finetune", trainable_from="transformer_block_3")
+    trained = {w.path.split("/")[0] for w in model.trainable_weights} | {
+        w.path.split("/")[1] for w in model.trainable_weights if w.path.startswith("vit_encoder/")
+    }
+    assert {"transformer_block_3", "city_logits", "region_logits"} <= trained
+    assert not {"transformer_block_1", "transformer_block_2", "vit_patching_and_embedding"} & trained
+    model.save(tmp_path / "vit.keras")
+    loaded = keras.saving.load_model(tmp_path / "vit.keras")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(loaded(images)["city"]), keras.ops.convert_to_numpy(model(images)["city"]), atol=1e-6
+    )
+    maps = explain(loaded, images, "gradcam", output="region")
+    assert maps.shape == (2, SIZE, SIZE) and maps.std() > 0
+
+
+def test_a_preset_loads_from_its_folder_and_offline_names_the_preset_and_the_cache(tmp_path, monkeypatch, images):
+    from bagnet_keras.transfer.backbones import get_backbone
+    from bagnet_keras.transfer.hub import load_hub_backbone
+
+    backbone = _vit().backbone
+    backbone.save_to_preset(str(tmp_path / "preset"))
+    loaded = load_hub_backbone(tmp_path / "preset")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(loaded(images)), keras.ops.convert_to_numpy(backbone(images)), atol=1e-6
+    )
+    record = get_backbone("ViT-Base-Patch16-224")
+    assert (record.pretrained, record.input_size, record.finetune_from) == (
+        "vit_base_patch16_224_imagenet",
+        224,
+        "transformer_block_12",
+    )
+    # Kaggle's API at 127.0.0.1:80, where nothing listens: what a machine without network meets.
+    monkeypatch.setenv("KAGGLE_API_ENVIRONMENT", "LOCALHOST")
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(OSError, match=f"'vit_base_patch16_224_imagenet'.*{tmp_path / 'cache'}"):
+        record.builder(weights=None)
+
+
+def _randomised_vit(bias: bool) -> keras.Model:
+    """Layer norms' scales (and shifts) away from 1 (and 0); bias-free: no constant added anywhere, the class
+    token and the position embeddings included."""
+    model = _vit(layers=2, seed=4, bias=bias)
+    rng = np.random.default_rng(4)
+    for _, layer in iter_layers(model):
+        if isinstance(layer, keras.layers.LayerNormalization):
+            layer.gamma.assign(1 + rng.normal(scale=0.3, size=layer.gamma.shape))
+            layer.beta.assign(rng.normal(scale=0.3, size=layer.beta.shape) if bias else np.zeros(layer.beta.shape))
+    if not bias:
+        embedding = model.backbone.get_layer("vit_patching_and_embedding")
+        for weight in (embedding.position_embedding.embeddings, embedding.class_token, model.output_dense.bias):
+            weight.assign(np.zeros(weight.shape, "float32"))
+    return model
+
+
+def _class_logits(model, x, classes):
+    return keras.ops.convert_to_numpy(model(x))[np.arange(len(x)), classes]
+
+
+@pytest.mark.backends
+@pytest.mark.parametrize("baseline", ["zeros", "blur"])
+def test_deeplift_sums_exactly_on_a_vit(baseline):
+    """Attention's two products and its softmax are split exactly, so DeepLIFT still sums to the difference."""
+    model = _randomised_vit(bias=True)
+    x, classes = np.random.default_rng(1).normal(size=(3, SIZE, SIZE, 3)).astype("float32"), np.array([0, 1, 2])
+    maps = attribution(model, x, classes, method="deeplift", baseline=baseline)
+    delta = _class_logits(model, x, classes) - _class_logits(model, baseline_images(x, baseline), classes)
+    np.testing.assert_allclose(maps.sum(axis=(1, 2)), delta, rtol=1e-4, atol=1e-5 * np.abs(delta).max())
+    assert not np.allclose(maps, attribution(model, x, classes, method="gradient_x_input"), atol=1e-2)
+
+
+@pytest.mark.backends
+def test_epsilon_lrp_conserves_relevance_on_a_bias_free_vit():
+    """The attention held constant and the standard deviation held (Ali et al. 2022): relevance sums to the logit."""
+    model = _randomised_vit(bias=False)
+    x, classes = np.random.default_rng(2).normal(size=(3, SIZE, SIZE, 3)).astype("float32"), np.array([2, 0, 1])
+    relevance = attribution(model, x, classes, method="epsilon_lrp", epsilon=1e-9)
+    logits = _class_logits(model, x, classes)
+    np.testing.assert_allclose(relevance.sum(axis=(1, 2)), logits, rtol=1e-4, atol=1e-5 * np.abs(logits).max())
