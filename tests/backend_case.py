@@ -48,6 +48,18 @@ def results(model, images) -> dict:
     }
 
 
+def transformer_results(model, images) -> dict:
+    """Every registered method's maps on a keras-hub ViT (BagNet evidence aside), by ``vit_<method>``."""
+    from bagnet_keras.explain.methods import METHODS
+    from bagnet_keras.explain.registry import explain
+
+    return {
+        f"vit_{name}": explain(model, images, name, class_index=1)
+        for name, row in METHODS.items()
+        if not row.bagnet_only
+    }
+
+
 def comparison(models: dict, images, labels, masks, folder) -> dict:
     """Every number of a committed comparison and of its sanity checks, by (model, method, measure)."""
     import keras
@@ -71,6 +83,7 @@ def comparison(models: dict, images, labels, masks, folder) -> dict:
 
 def main(folder: str) -> None:
     import keras
+    import keras_hub  # noqa: F401  (registers keras-hub's layers for loading the ViT)
     import numpy as np
 
     import bagnet_keras  # noqa: F401  (registers the package's layers for loading)
@@ -78,6 +91,7 @@ def main(folder: str) -> None:
     models = {name: keras.models.load_model(os.path.join(folder, f"{name}.keras")) for name in ("bagnet", "cnn")}
     case = np.load(os.path.join(folder, "case.npz"))
     found = results(models["bagnet"], case["images"])
+    found.update(transformer_results(keras.models.load_model(os.path.join(folder, "vit.keras")), case["images"]))
     found.update(comparison(models, case["images"], case["labels"], case["masks"], folder))
     np.savez(os.path.join(folder, f"{keras.backend.backend()}.npz"), backend=keras.backend.backend(), **found)
 

@@ -15,7 +15,7 @@ import sys
 import keras
 import numpy as np
 import pytest
-from backend_case import comparison, results
+from backend_case import comparison, results, transformer_results
 
 BACKENDS = {"jax": "jax", "torch": "torch"}
 # A rank correlation is not continuous in its inputs: two pixels equal on one backend and one float32 step
@@ -51,7 +51,8 @@ def case(tmp_path_factory):
         ]
     )
     models = {"bagnet": bagnet, "cnn": cnn}
-    for name, model in models.items():
+    vit = _vit()
+    for name, model in {**models, "vit": vit}.items():
         model.save(folder / f"{name}.keras")
     scenes = [motif_scene(label, seed=seed, size=48) for seed, label in enumerate(["cross", "ring", "triangle"])]
     images = np.stack([image for image, _ in scenes]).astype("float32") / 255.0
@@ -61,12 +62,30 @@ def case(tmp_path_factory):
     running = {name: _start(folder, name) for name, module in BACKENDS.items() if importlib.util.find_spec(module)}
     try:
         expected = results(bagnet, images)
+        expected.update(transformer_results(vit, images))
         expected.update(comparison(models, images, labels, masks, folder))
     except BaseException:
         for process in running.values():
             process.kill()
         raise
     return folder, expected, running
+
+
+def _vit() -> keras.Model:
+    """A small keras-hub ViT (6 x 6 patches of 8 pixels, 2 blocks), its weights drawn with NumPy."""
+    import keras_hub
+
+    backbone = keras_hub.models.ViTBackbone(
+        image_shape=(48, 48, 3), patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32
+    )
+    vit = keras_hub.models.ViTImageClassifier(backbone=backbone, num_classes=5)
+    rng = np.random.default_rng(7)
+    for weight in vit.weights:
+        shape = tuple(weight.shape)
+        scale = 1 / np.sqrt(np.prod(shape[:-1])) if len(shape) >= 2 else 0.1
+        offset = 1.0 if weight.path.endswith("gamma") else 0.0
+        weight.assign((offset + scale * rng.normal(size=shape)).astype("float32"))
+    return vit
 
 
 def _start(folder, backend: str) -> subprocess.Popen:

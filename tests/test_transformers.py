@@ -65,9 +65,10 @@ def images():
 def test_the_tokens_are_laid_on_their_grid_without_a_reshape_function(vit):
     assert [path.split("/")[-1] for path, _ in transformer_blocks(vit)] == [f"transformer_block_{i}" for i in (1, 2, 3)]
     # the last block's patch tokens never reach the class token: the default is its input
-    assert last_token_layer(vit)[0] == "vi_t_backbone/vit_encoder/transformer_block_2"
+    backbone = vit.backbone.name  # vi_t_backbone, numbered when the session built others before
+    assert last_token_layer(vit)[0] == f"{backbone}/vit_encoder/transformer_block_2"
     cam = GradCAM(vit)
-    assert cam.layer_path == "vi_t_backbone/vit_encoder/transformer_block_2"
+    assert cam.layer_path == f"{backbone}/vit_encoder/transformer_block_2"
     assert cam.tokens == TokenGrid(prefix=1, rows=4, columns=4, patch=PATCH)
     assert token_grid(vit, 17) == cam.tokens
     assert token_grid(vit, 18).prefix == 2  # DeiT's class and distillation tokens
@@ -167,7 +168,7 @@ def test_deit_and_dinov2_lay_out_their_extra_tokens(family, images):
     classifier = keras.Model(model.inputs, head)
     cam = GradCAM(classifier)
     assert cam.tokens == TokenGrid(prefix, 4, 4, PATCH)
-    for name in ("gradcam", "rollout", "integrated_gradients"):
+    for name in ("gradcam", "rollout", "gradient_rollout", "integrated_gradients"):
         maps = explain(classifier, images, name)
         assert maps.shape == (2, SIZE, SIZE) and np.isfinite(maps).all() and maps.std() > 0, name
 
@@ -255,3 +256,47 @@ def test_epsilon_lrp_conserves_relevance_on_a_bias_free_vit():
     relevance = attribution(model, x, classes, method="epsilon_lrp", epsilon=1e-9)
     logits = _class_logits(model, x, classes)
     np.testing.assert_allclose(relevance.sum(axis=(1, 2)), logits, rtol=1e-4, atol=1e-5 * np.abs(logits).max())
+
+
+def test_compare_and_the_report_set_a_vit_beside_a_bagnet(tmp_path, images):
+    from bagnet_keras import BagNet
+    from bagnet_keras.metrics.comparison import compare
+    from bagnet_keras.report.html import write_report
+    from bagnet_keras.transfer.heads import build_classifier
+
+    keras.utils.set_random_seed(0)
+    bagnet = BagNet(
+        blocks=(1, 1, 1, 1), kernel3=(1, 1, 0, 0), base_width=8, include_top=False, input_shape=(SIZE, SIZE, 3)
+    )
+    models = {
+        "bagnet": build_classifier(bagnet, {"label": 3}, mode="scratch"),
+        "vit": _numpy_weights(build_classifier(_vit().backbone, {"label": 3}, mode="scratch"), 5),
+    }
+    methods = {"bagnet": ["evidence"], "vit": ["gradcam", "rollout", "integrated_gradients"]}
+    result = compare(models, images, [0, 2], methods=methods, steps=4, linearity_k=3, progress=False)
+    assert set(result.maps) == {("bagnet", "evidence"), *(("vit", m) for m in methods["vit"])}
+    for key, maps in result.maps.items():
+        assert maps.shape == (2, SIZE, SIZE) and np.isfinite(maps).all(), key
+    rows = [row for row in result.rows if row["model"] == "vit"]
+    assert len(rows) == 2 * 3 and all(np.isfinite(row["deletion_area"]) for row in rows)
+    report = write_report(result, ["a", "b", "c"], tmp_path / "report")
+    text = open(report, encoding="utf-8").read()
+    assert "rollout" in text and "vit" in text
+    (key, path), *others = result.summary["layers"].items()
+    assert not others and key == "vit/gradcam" and path.endswith("/vit_encoder/transformer_block_2")
+    assert f"vit/gradcam at <code>{path}</code>" in text
+
+
+@pytest.mark.backends
+def test_gradient_rollout_is_class_specific_and_zero_where_attention_does_not_matter(images):
+    from bagnet_keras.explain.rollout import gradient_rollout
+
+    vit = _vit(seed=2)
+    by_class = [gradient_rollout(vit, images, class_index=k, normalize=False) for k in range(3)]
+    assert all(np.isfinite(m).all() and m.std() > 0 for m in by_class)
+    assert not np.allclose(by_class[0], by_class[1])  # plain rollout is the same for every class
+    np.testing.assert_array_equal(attention_rollout(vit, images, class_index=0), attention_rollout(vit, images, 1))
+    # values of zero: the attention's output is its bias whatever the attention, so no gradient weights it
+    for block in vit.backbone.get_layer("vit_encoder").encoder_layers:
+        block.mha._value_dense.kernel.assign(np.zeros(block.mha._value_dense.kernel.shape, "float32"))
+    assert np.abs(gradient_rollout(vit, images, class_index=0, normalize=False)).max() == 0

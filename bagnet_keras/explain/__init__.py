@@ -33,7 +33,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         ],
         "guided": ["guided_backprop", "guided_gradcam"],
         "occlusion": ["occlusion"],
-        "rollout": ["attention_rollout", "attention_weights"],
+        "rollout": ["attention_rollout", "attention_weights", "gradient_rollout"],
         "atlas": ["FeatureAtlas", "feature_atlas", "merge_atlas"],
         "factorize": ["LayerGroups", "factorize", "merge_groups"],
         "concepts": ["ClassConcepts", "class_concepts", "merge_concepts"],

@@ -70,6 +70,20 @@ def _resolve_layer(model: keras.Model, layer: str | None) -> tuple[str, keras.la
     return path, found, None
 
 
+def cam_layer(model: keras.Model, layer: str | None = None) -> str:
+    """The path of the layer the CAM family explains ``model`` at: ``layer`` found, or the default one.
+
+    Examples
+    --------
+    >>> import keras
+    >>> model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(4, 3, name="conv"),
+    ...                           keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+    >>> cam_layer(model)
+    'conv'
+    """
+    return _resolve_layer(model, layer)[0]
+
+
 class BaseCAM:
     """Class activation maps of one layer of a Keras model.
 

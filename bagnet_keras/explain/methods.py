@@ -135,6 +135,13 @@ METHODS: dict[str, Method] = {
             transformer_only=True,
         ),
         Method(
+            "gradient_rollout",
+            "Chefer et al.: attention weighted by its positive gradient, rolled out over the blocks (transformers)",
+            "attention",
+            "bagnet_keras.explain.rollout:gradient_rollout",
+            transformer_only=True,
+        ),
+        Method(
             "guided_backprop",
             "guided backpropagation: largest absolute modified gradient over the channels",
             "guided",

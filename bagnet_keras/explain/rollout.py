@@ -6,7 +6,11 @@ the last: entry (i, j) of the product is how much token j flows into token i. Th
 token's row over the patch tokens, laid on the patch grid (`bagnet_keras.core.tokens.TokenGrid`);
 a model without a class token reads the mean of all rows.
 
-It is class-agnostic: it shows where the model looks, not what decides a class.
+It is class-agnostic: it shows where the model looks, not what decides a class. `gradient_rollout` is
+the class-specific rule of Chefer, Gur & Wolf (ICCV 2021, "Generic Attention-model Explainability for
+Interpreting Bi-Modal and Encoder-Decoder Transformers", their generalisation of the CVPR 2021
+transformer attribution without its LRP pass): each block's attention weighted by its gradient for the
+class, ``mean over heads of max(grad * A, 0)``, accumulated as ``R <- R + A_bar R`` from the identity.
 """
 
 from __future__ import annotations
@@ -14,12 +18,26 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from bagnet_keras.core.backend import value_and_gradients
 from bagnet_keras.core.geometry import upsample
-from bagnet_keras.core.graph import run_graph, traced
-from bagnet_keras.core.inputs import check_images, in_batches
+from bagnet_keras.core.graph import check_target, run_graph, target_scores, traced, with_attention
+from bagnet_keras.core.inputs import (
+    check_images,
+    classes_or_top,
+    in_batches,
+    n_classes_of,
+    output_index,
+    top_class_scores,
+)
 from bagnet_keras.core.scaling import minmax_scale
 from bagnet_keras.core.tokens import token_grid
 from bagnet_keras.core.validation import check_positive_int
+from bagnet_keras.explain.rules import softmax_over
+
+_NO_ATTENTION = (
+    "Model {name!r} has no MultiHeadAttention layer; attention rollout explains vision transformers "
+    "(keras-hub's ViT, DeiT, DINOv2). Use 'gradcam' for other models."
+)
 
 
 def attention_weights(model: keras.Model, images, batch_size: int = 32) -> list[np.ndarray]:
@@ -47,10 +65,7 @@ def _build_attention_step(model_ref):
 
         run_graph(model_ref(), x, operation_fn)
         if not found:
-            raise ValueError(
-                f"Model {model_ref().name!r} has no MultiHeadAttention layer; attention rollout explains "
-                "vision transformers (keras-hub's ViT, DeiT, DINOv2). Use 'gradcam' for other models."
-            )
+            raise ValueError(_NO_ATTENTION.format(name=model_ref().name))
         return tuple(found)
 
     return step
@@ -127,3 +142,74 @@ def attention_rollout(
     rows = rollout(attentions, grid.prefix).reshape(len(x), grid.rows, grid.columns)
     maps = upsample(rows, x.shape[1:3], grid.geometry)
     return (minmax_scale(maps) if normalize else maps).astype("float32")
+
+
+def gradient_rollout(
+    model: keras.Model,
+    images,
+    class_index=None,
+    *,
+    output: int | str | None = None,
+    target: str = "logit",
+    batch_size: int = 32,
+    normalize: bool = True,
+) -> np.ndarray:
+    """Chefer et al.'s (2021) gradient-weighted attention rollout for ``class_index``: maps (N, H, W).
+
+    Parameters are those of `attention_rollout`; ``class_index`` (None: the top class), ``output`` and
+    ``target`` choose the score whose gradient weights the attention.
+
+    Examples
+    --------
+    >>> import keras, numpy as np
+    >>> inputs = keras.Input((8, 8, 3))
+    >>> tokens = keras.layers.Reshape((4, 12))(keras.layers.Conv2D(12, 4, strides=4)(inputs))
+    >>> attended = keras.layers.MultiHeadAttention(2, 6)(tokens, tokens)
+    >>> model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling1D()(attended)))
+    >>> gradient_rollout(model, np.random.default_rng(0).random((1, 8, 8, 3)), class_index=1).shape
+    (1, 8, 8)
+    """
+    x = check_images(images)
+    index = output_index(model, output)
+    wanted = classes_or_top(class_index, len(x), n_classes_of(model, index))
+    target = check_target(target)
+    step = traced(model, ("gradient_rollout", index, target), lambda ref: _build_gradient_step(ref, index, target))
+    batch = check_positive_int(batch_size, "batch_size")
+    weighted = in_batches(lambda xb, cb: tuple(step(xb, cb)), batch, x, wanted)
+    grid = token_grid(model, weighted[0].shape[-1])
+    flow = np.broadcast_to(np.eye(weighted[0].shape[-1]), weighted[0].shape[:1] + weighted[0].shape[2:]).copy()
+    for attention in weighted:
+        flow = flow + np.asarray(attention, "float64").mean(axis=1) @ flow
+    rows = (flow[:, 0] if grid.prefix else flow.mean(axis=1))[:, grid.prefix :]
+    maps = upsample(rows.reshape(len(x), grid.rows, grid.columns), x.shape[1:3], grid.geometry)
+    return (minmax_scale(maps) if normalize else maps).astype("float32")
+
+
+def _build_gradient_step(model_ref, index: int, target: str):
+    def objective(x, classes, watch):
+        count = []
+
+        def attention(query, key, value, scores_equation, combine_equation, axes):
+            scores = keras.ops.einsum(scores_equation, key, query)
+            probabilities = watch(f"attention_{len(count)}", softmax_over(scores, axes))
+            count.append(probabilities)
+            return keras.ops.einsum(combine_equation, probabilities, value), probabilities
+
+        def operation_fn(layer):
+            return with_attention(layer, attention) if isinstance(layer, keras.layers.MultiHeadAttention) else layer
+
+        scores = target_scores(model_ref(), x, index, target, operation_fn)
+        _, score = top_class_scores(scores, classes)
+        if not count:
+            raise ValueError(_NO_ATTENTION.format(name=model_ref().name))
+        return score, tuple(count)
+
+    gradients = value_and_gradients(objective)
+
+    def step(x, classes):
+        _, attentions, _, watched = gradients(x, classes)
+        return tuple(
+            keras.ops.maximum(watched[f"attention_{i}"] * attention, 0.0) for i, attention in enumerate(attentions)
+        )
+
+    return step

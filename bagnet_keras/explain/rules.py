@@ -268,7 +268,7 @@ def _softmax(scores, axes: tuple, rule: str):
     """The softmax over ``axes``: held constant (LRP, Ali et al. 2022), or for DeepLIFT composed of functions its
     rules split exactly, ``exp(s - c) * (1 / sum exp(s - c))``, with one shift ``c`` for an image and its baseline."""
     if rule == "lrp":
-        return ops.stop_gradient(ops.softmax(scores, axis=axes[-1]) if len(axes) == 1 else _plain_softmax(scores, axes))
+        return ops.stop_gradient(softmax_over(scores, axes))
     n = ops.shape(scores)[0] // 2
     largest = ops.max(scores, axis=axes, keepdims=True)
     shift = ops.maximum(largest[:n], largest[n:])
@@ -278,7 +278,9 @@ def _softmax(scores, axes: tuple, rule: str):
     return product(exponentials, inverse, rule)
 
 
-def _plain_softmax(scores, axes: tuple):
+def softmax_over(scores, axes: tuple):
+    """The softmax over ``axes`` (MultiHeadAttention's may be several; ``ops.softmax`` over a tuple of axes
+    reshapes, which fails on a traced batch axis of unknown size)."""
     exponentials = ops.exp(scores - ops.max(scores, axis=axes, keepdims=True))
     return exponentials / ops.sum(exponentials, axis=axes, keepdims=True)
 

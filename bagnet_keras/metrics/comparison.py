@@ -41,6 +41,7 @@ from bagnet_keras.core.inputs import check_image_model, check_images, output_ind
 from bagnet_keras.core.layers import StemConv
 from bagnet_keras.core.stream import MemoryStore, PartStore, check_shard, digest, function_name, run_parts
 from bagnet_keras.core.validation import check_int, check_number, check_positive_int
+from bagnet_keras.explain.cam import cam_layer
 from bagnet_keras.explain.evidence import evidence_map
 from bagnet_keras.explain.registry import METHODS, explain, parse_method
 from bagnet_keras.metrics.faithfulness import (
@@ -702,6 +703,7 @@ def compare(
             setup.bagnet,
         )
         result.sanity = details.get("sanity", {})
+        result.summary["layers"] = details["layers"]
         if output_dir is not None:
             result.save(output_dir)
     return result
@@ -755,6 +757,7 @@ def _details(store, setup: _Setup, settings: _Settings, per_model: dict, first: 
         "report_images": settings.report_images,
         "patches_per_class": settings.patches_per_class,
         "bagnet": setup.bagnet,
+        "layers": _cam_layers(setup),
     }
     earlier = store.finished() or {}
     if "sanity" in earlier:  # a finished run again (same arguments): its checks stand
@@ -773,6 +776,16 @@ def _details(store, setup: _Setup, settings: _Settings, per_model: dict, first: 
             shift=settings.sanity_shift,
         )
     return details
+
+
+def _cam_layers(setup: _Setup) -> dict[str, str]:
+    """``"model/method"`` -> the layer each CAM-family map explains at (the default one where none was named)."""
+    layers = {}
+    for name, method in setup.keys:
+        row, options = parse_method(method)
+        if row.takes_layer:
+            layers[f"{name}/{method}"] = cam_layer(setup.models[name], options.get("layer"))
+    return layers
 
 
 def _methods(models, methods, output) -> dict[str, list[str]]:

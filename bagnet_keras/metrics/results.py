@@ -49,8 +49,9 @@ class Comparison:
         Per (model, method) and metric: ``mean``, ``low``, ``high`` (95 % bootstrap interval), ``n``.
     summary : dict
         Accuracy per model, per-class accuracy per model and their correlation between models,
-        ``passes`` (model inputs scored per image, by model), and ``seconds``: time spent per part
-        (maps of each model and method, the masking passes, ...).
+        ``passes`` (model inputs scored per image, by model), ``seconds``: time spent per part
+        (maps of each model and method, the masking passes, ...), and ``layers``: ``"model/method"`` ->
+        the layer each CAM-family map explains at.
     curves : dict
         ``(model, method)`` -> ``"deletion"`` and ``"insertion"`` curves on the explained model, and
         ``"deletion_on_<other>"``, the same cells masked for each other model, each (N, steps + 1).
@@ -328,6 +329,7 @@ def merge_shards(folders, output_dir: str | os.PathLike | None = None) -> Compar
         complete["bagnet"],
     )
     result.sanity = complete.get("sanity", {})
+    result.summary["layers"] = complete.get("layers", {})  # shards of an earlier version recorded none
     if output_dir is not None:
         result.save(output_dir)
     return result

@@ -196,8 +196,14 @@ def _models_section(comparison: Comparison, name_of: list[str]) -> str:
         ]
         for name in summary["accuracy"]
     ]
-    return "<h2>Models</h2>" + html_table(
-        header, rows, "accuracy on these images (overall: mean ± half-width of the 95 % interval) and per class"
+    layers = summary.get("layers", {})
+    where = "; ".join(f"{html.escape(key)} at <code>{html.escape(path)}</code>" for key, path in layers.items())
+    return (
+        "<h2>Models</h2>"
+        + html_table(
+            header, rows, "accuracy on these images (overall: mean ± half-width of the 95 % interval) and per class"
+        )
+        + (f'<p class="note">Layers the CAM methods explain: {where}.</p>' if where else "")
     )
 
 
