@@ -300,3 +300,30 @@ def test_gradient_rollout_is_class_specific_and_zero_where_attention_does_not_ma
     for block in vit.backbone.get_layer("vit_encoder").encoder_layers:
         block.mha._value_dense.kernel.assign(np.zeros(block.mha._value_dense.kernel.shape, "float32"))
     assert np.abs(gradient_rollout(vit, images, class_index=0, normalize=False)).max() == 0
+
+
+@pytest.mark.parametrize("mode", ["transfer", "finetune"])
+def test_fit_classifier_trains_a_vit_in_transfer_and_fine_tune_modes(mode, tmp_path):
+    import tensorflow as tf
+
+    from bagnet_keras.transfer.heads import build_classifier
+    from bagnet_keras.transfer.training import fit_classifier
+    from data_tools.synthetic import textures
+
+    images, labels = textures(8, SIZE, seed=0)
+    data = tf.data.Dataset.from_tensor_slices((images.astype("float32") / 127.5 - 1, labels)).batch(8)
+    model = build_classifier(_vit().backbone, {"texture": 3}, mode=mode, trainable_from="transformer_block_3")
+    before = {w.path: np.array(w) for w in model.weights}
+    history = fit_classifier(model, data, data, epochs=2, head_epochs=1, patience=None, verbose=0, output_dir=tmp_path)
+    changed = {path for path, value in before.items() if not np.array_equal(value, _value(model, path))}
+    blocks = {path.split("/")[1] for path in changed if path.startswith("vit_encoder/")}
+    assert any(path.startswith("texture_logits") for path in changed)
+    # fine-tuning trains from the last block on: it and the encoder's final normalisation
+    assert blocks == (set() if mode == "transfer" else {"transformer_block_3", "ln"})
+    assert not any(path.startswith("vit_patching_and_embedding") for path in changed)
+    assert history["phase"][-1] == ("train" if mode == "transfer" else "finetune")
+    assert (tmp_path / "best.keras").exists()
+
+
+def _value(model, path):
+    return np.array(next(w for w in model.weights if w.path == path))

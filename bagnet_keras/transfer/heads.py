@@ -220,11 +220,10 @@ def set_trainable(model: keras.Model, mode: str, trainable_from: str | None = No
     if mode not in MODES:
         raise ValueError(f"`mode` must be one of {MODES}. Received: mode={mode!r}")
     heads = head_layers(model)
-    backbone = []
     for layer in model.layers:
-        if layer.name not in heads and not _is_input(layer):
-            layer.trainable = True  # a nested unit trains only inside a trainable parent
-            backbone += _units(layer)
+        if layer.name not in heads:
+            layer.trainable = True
+    backbone = backbone_units(model)
     start = len(backbone)
     if mode == "scratch":
         start = 0
@@ -247,6 +246,24 @@ def set_trainable(model: keras.Model, mode: str, trainable_from: str | None = No
     for layer in model.layers:
         if layer.name in heads:
             layer.trainable = True
+
+
+def backbone_units(model: keras.Model) -> list:
+    """The backbone's layers that train or freeze as one, in order: the layers of a flat backbone, the layers
+    of a nested one, and a transformer's blocks one by one. `set_trainable` leaves their parents trainable (a
+    nested layer trains only inside a trainable parent), so freezing is done unit by unit.
+
+    Examples
+    --------
+    >>> model = build_classifier(keras.applications.VGG16(include_top=False, weights=None,
+    ...                          input_shape=(32, 32, 3)), 2)
+    >>> [layer.name for layer in backbone_units(model)][:2]
+    ['block1_conv1', 'block1_conv2']
+    """
+    heads = head_layers(model)
+    return [
+        unit for layer in model.layers if layer.name not in heads and not _is_input(layer) for unit in _units(layer)
+    ]
 
 
 def _units(layer) -> list:

@@ -27,7 +27,7 @@ from bagnet_keras.core.commit import atomic_target, check_arguments
 from bagnet_keras.core.graph import build_training_state, output_names
 from bagnet_keras.core.inputs import check_image_size
 from bagnet_keras.core.validation import check_int, check_number
-from bagnet_keras.transfer.heads import head_layers
+from bagnet_keras.transfer.heads import backbone_units
 from bagnet_keras.transfer.onednn import warn_if_onednn_crash_risk
 from bagnet_keras.transfer.resume import EpochBackup, ResumableEarlyStopping, model_signature, read_arrays
 
@@ -239,7 +239,7 @@ class _Run:
     validation: object
     heads: list
     backbone: list  # the backbone's layers with weights
-    trainable: dict  # layer name -> trainable as the model's mode left it
+    trainable: dict  # id(layer) -> trainable as the model's mode left it
     monitor: str
     patience: int | None
     checkpoint: BestCheckpoint | None
@@ -264,8 +264,8 @@ def _plan(model: keras.Model, epochs: int, head_epochs: int, learning_rate, fine
     Fine-tuning (some backbone layers trainable, not all) trains the heads
     alone first; transfer and scratch train in one phase.
     """
-    backbone = [layer for layer in model.layers if layer.name not in head_layers(model) and layer.weights]
-    trainable = {layer.name: layer.trainable for layer in backbone}
+    backbone = [layer for layer in backbone_units(model) if layer.weights]
+    trainable = {id(layer): layer.trainable for layer in backbone}
     if any(trainable.values()) and not all(trainable.values()):
         phases = [_Phase("heads", head_epochs, learning_rate), _Phase("finetune", epochs, finetune_learning_rate)]
     else:
@@ -374,7 +374,7 @@ def _train_phases(run: _Run, phases: list[_Phase]) -> None:
     done = 0  # epochs before the phase, as Keras counts them (both phases share one count)
     for index, phase in enumerate(phases):
         for layer in run.backbone:
-            layer.trainable = run.trainable[layer.name] and phase.name != "heads"
+            layer.trainable = run.trainable[id(layer)] and phase.name != "heads"
         if index < resumed:
             continue
         here = state if index == resumed else None
@@ -524,5 +524,5 @@ def fit_classifier(
     )
     _train_phases(run, phases)
     for layer in backbone:
-        layer.trainable = trainable[layer.name]
+        layer.trainable = trainable[id(layer)]
     return run.backup.history
