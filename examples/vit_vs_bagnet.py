@@ -29,22 +29,43 @@ def vit_classifier(size: int, classes: int):
     from bagnet_keras.transfer.heads import build_classifier
 
     backbone = keras_hub.models.ViTBackbone(
-        image_shape=(size, size, 3), patch_size=8, num_layers=4, num_heads=4, hidden_dim=64, mlp_dim=128
+        image_shape=(size, size, 3),
+        patch_size=8,
+        num_layers=4,
+        num_heads=4,
+        hidden_dim=64,
+        mlp_dim=128,
+        dropout_rate=0.1,
     )
     return build_classifier(backbone, {"label": classes}, mode="scratch", dropout=0.1, name="vit")
 
 
-def train_vit(run: str, out: str, size: int, epochs: int):
+def train_vit(run: str, out: str, size: int, epochs: int, learning_rate: float):
+    import keras
+
     from bagnet_keras.models.imagenet import preprocess_input
     from bagnet_keras.transfer.training import fit_classifier
     from data_tools.loader import image_dataset
 
     data = os.path.join(run, "data")
     train = image_dataset(data, (size, size), batch_size=32, split="train", preprocess=preprocess_input, cache=True)
+    # Without augmentation this ViT learns the training scenes by heart (train 0.95, validation 0.32 after 26
+    # epochs). Shifts keep every class what it is; flips would not (dot_left_of_bar).
+    shift = keras.layers.RandomTranslation(0.15, 0.15, fill_mode="reflect", seed=0)
+    train = train.map(lambda x, y: (shift(x, training=True), y))
     val = image_dataset(data, (size, size), batch_size=64, split="val", preprocess=preprocess_input, cache=True)
-    model = vit_classifier(size, len(train.class_names))
-    fit_classifier(model, train, val, epochs=epochs, learning_rate=1e-3, output_dir=os.path.join(out, "model"))
-    return model
+    model = vit_classifier(size, len(val.class_names))
+    # a transformer from scratch on a few thousand images learns slowly at first: no early stop
+    fit_classifier(
+        model,
+        train,
+        val,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        patience=None,
+        output_dir=os.path.join(out, "model"),
+    )
+    return keras.saving.load_model(os.path.join(out, "model", "best.keras"))
 
 
 def main() -> None:
@@ -52,6 +73,7 @@ def main() -> None:
     parser.add_argument("--run", default="runs/demo")
     parser.add_argument("--out", default="runs/vit")
     parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--learning-rate", type=float, default=5e-4)
     args = parser.parse_args()
 
     import keras
@@ -68,12 +90,12 @@ def main() -> None:
     bagnet = keras.saving.load_model(os.path.join(args.run, "models", "bagnet", "best.keras"))
     size = bagnet.input_shape[1] or 64
     os.makedirs(args.out, exist_ok=True)
-    vit = train_vit(args.run, args.out, size, args.epochs)
+    vit = train_vit(args.run, args.out, size, args.epochs, args.learning_rate)
     files = ImageFiles(os.path.join(args.run, "data"), (size, size), split="test")
     raw = files[:]
     x = preprocess_input(raw.astype("float32"))
     accuracy = {
-        name: float((np.argmax(keras.ops.convert_to_numpy(model.predict(x, verbose=0)), -1) == files.labels).mean())
+        name: float((np.argmax(model.predict(x, verbose=0)["label"], -1) == files.labels).mean())
         for name, model in (("bagnet", bagnet), ("vit", vit))
     }
     with open(os.path.join(args.out, "accuracy.json"), "w", encoding="utf-8") as f:

@@ -168,9 +168,14 @@ def test_deit_and_dinov2_lay_out_their_extra_tokens(family, images):
     classifier = keras.Model(model.inputs, head)
     cam = GradCAM(classifier)
     assert cam.tokens == TokenGrid(prefix, 4, 4, PATCH)
-    for name in ("gradcam", "rollout", "gradient_rollout", "integrated_gradients"):
+    for name in ("gradcam", "rollout", "gradient_rollout", "integrated_gradients", "epsilon_lrp"):
         maps = explain(classifier, images, name)
         assert maps.shape == (2, SIZE, SIZE) and np.isfinite(maps).all() and maps.std() > 0, name
+    _numpy_weights(classifier, 3)
+    classes = np.array([0, 1])
+    maps = attribution(classifier, images, classes, method="deeplift")
+    delta = _class_logits(classifier, images, classes) - _class_logits(classifier, np.zeros_like(images), classes)
+    np.testing.assert_allclose(maps.sum(axis=(1, 2)), delta, rtol=1e-4, atol=1e-5 * np.abs(delta).max())
 
 
 @pytest.mark.backends

@@ -95,8 +95,21 @@ def rollout(attentions, prefix: int) -> np.ndarray:
         mixed = 0.5 * np.asarray(attention, dtype="float64").mean(axis=1) + 0.5 * np.eye(attention.shape[-1])
         mixed /= mixed.sum(axis=-1, keepdims=True)
         flow = mixed if flow is None else mixed @ flow
+    return _patch_row(flow, prefix)
+
+
+def _patch_row(flow: np.ndarray, prefix: int) -> np.ndarray:
+    """What flows into the class token from each patch (N, patches); without a class token, into any token."""
     rows = flow[:, 0] if prefix else flow.mean(axis=1)
     return rows[:, prefix:]
+
+
+def _placed(model: keras.Model, rows_of, tokens: int, size: tuple, normalize: bool) -> np.ndarray:
+    """``rows_of(prefix)`` (N, patches) laid on ``model``'s patch grid and placed on an input of ``size``."""
+    grid = token_grid(model, tokens)
+    rows = rows_of(grid.prefix).reshape(-1, grid.rows, grid.columns)
+    maps = upsample(rows, size, grid.geometry)
+    return (minmax_scale(maps) if normalize else maps).astype("float32")
 
 
 def attention_rollout(
@@ -138,10 +151,7 @@ def attention_rollout(
     del class_index, output, target
     x = check_images(images)
     attentions = attention_weights(model, x, batch_size)
-    grid = token_grid(model, attentions[0].shape[-1])
-    rows = rollout(attentions, grid.prefix).reshape(len(x), grid.rows, grid.columns)
-    maps = upsample(rows, x.shape[1:3], grid.geometry)
-    return (minmax_scale(maps) if normalize else maps).astype("float32")
+    return _placed(model, lambda prefix: rollout(attentions, prefix), attentions[0].shape[-1], x.shape[1:3], normalize)
 
 
 def gradient_rollout(
@@ -176,13 +186,11 @@ def gradient_rollout(
     step = traced(model, ("gradient_rollout", index, target), lambda ref: _build_gradient_step(ref, index, target))
     batch = check_positive_int(batch_size, "batch_size")
     weighted = in_batches(lambda xb, cb: tuple(step(xb, cb)), batch, x, wanted)
-    grid = token_grid(model, weighted[0].shape[-1])
-    flow = np.broadcast_to(np.eye(weighted[0].shape[-1]), weighted[0].shape[:1] + weighted[0].shape[2:]).copy()
+    tokens = weighted[0].shape[-1]
+    flow = np.broadcast_to(np.eye(tokens), (len(x), tokens, tokens))
     for attention in weighted:
         flow = flow + np.asarray(attention, "float64").mean(axis=1) @ flow
-    rows = (flow[:, 0] if grid.prefix else flow.mean(axis=1))[:, grid.prefix :]
-    maps = upsample(rows.reshape(len(x), grid.rows, grid.columns), x.shape[1:3], grid.geometry)
-    return (minmax_scale(maps) if normalize else maps).astype("float32")
+    return _placed(model, lambda prefix: _patch_row(flow, prefix), tokens, x.shape[1:3], normalize)
 
 
 def _build_gradient_step(model_ref, index: int, target: str):
