@@ -1,12 +1,13 @@
 """A small vision transformer beside the demo's BagNet, on the demo's generated scenes (issue 26's figure).
 
-    python examples/vit_vs_bagnet.py [--run runs/demo] [--out runs/vit] [--epochs 40]
+    python examples/vit_vs_bagnet.py [--run runs/demo] [--out runs/vit] [--epochs 60]
 
 Runs the demo first where ``--run`` holds no finished demo, then trains a keras-hub ViT (patches of 8
 pixels, 4 blocks, width 64) from scratch on the demo's training split, and draws one test image per
 class: the image, the BagNet's evidence, and the ViT's Grad-CAM (at the input of its last block),
-attention rollout and integrated gradients. Writes ``<out>/vit_vs_bagnet.png`` and ``<out>/accuracy.json``.
-Needs the [hub] extra (keras-hub); no network, no pretrained weights.
+attention rollout, gradient rollout (Chefer et al.) and integrated gradients. Writes
+``<out>/vit_vs_bagnet.png`` and ``<out>/accuracy.json``. Needs the [hub] extra (keras-hub); no network,
+no pretrained weights. On 2 CPU cores: the demo about 20 minutes, the ViT's 60 epochs about 11.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-METHODS = ("gradcam", "rollout", "integrated_gradients")
+METHODS = ("gradcam", "rollout", "gradient_rollout", "integrated_gradients")
 
 
 def vit_classifier(size: int, classes: int):
@@ -72,7 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default="runs/demo")
     parser.add_argument("--out", default="runs/vit")
-    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     args = parser.parse_args()
 
@@ -94,10 +95,10 @@ def main() -> None:
     files = ImageFiles(os.path.join(args.run, "data"), (size, size), split="test")
     raw = files[:]
     x = preprocess_input(raw.astype("float32"))
-    accuracy = {
-        name: float((np.argmax(model.predict(x, verbose=0)["label"], -1) == files.labels).mean())
-        for name, model in (("bagnet", bagnet), ("vit", vit))
+    predicted = {
+        name: np.argmax(model.predict(x, verbose=0)["label"], -1) for name, model in (("bagnet", bagnet), ("vit", vit))
     }
+    accuracy = {name: float((guess == files.labels).mean()) for name, guess in predicted.items()}
     with open(os.path.join(args.out, "accuracy.json"), "w", encoding="utf-8") as f:
         json.dump(accuracy, f)
     chosen = [int(np.flatnonzero(files.labels == k)[0]) for k in range(len(files.class_names))]
@@ -115,11 +116,16 @@ def main() -> None:
                 ax.imshow(heat, cmap="jet", alpha=0.5)
             ax.set_title(title if i == 0 else "", fontsize=8)
             ax.set_ylabel(files.class_names[label] if j == 0 else "", fontsize=8)
+            if j == 0:  # what each model says about this image
+                ax.set_xlabel(
+                    "\n".join(f"{name}: {files.class_names[guess[index]]}" for name, guess in predicted.items()),
+                    fontsize=7,
+                )
             ax.set_xticks([])
             ax.set_yticks([])
     figure.suptitle(f"test accuracy: BagNet {accuracy['bagnet']:.2f}, ViT {accuracy['vit']:.2f}", fontsize=9)
     figure.tight_layout()
-    figure.savefig(os.path.join(args.out, "vit_vs_bagnet.png"), dpi=110)
+    figure.savefig(os.path.join(args.out, "vit_vs_bagnet.png"), dpi=80)
     print(json.dumps(accuracy), os.path.join(args.out, "vit_vs_bagnet.png"))
 
 
