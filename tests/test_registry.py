@@ -41,7 +41,7 @@ def _x():
 
 
 @pytest.mark.backends
-# attention rollout (transformers only, tests/test_transformers.py) does not depend on the class score
+# the rollouts need a model with attention: tests/test_transformers.py explains the logit and the probability there
 @pytest.mark.parametrize("method", [name for name, row in METHODS.items() if not row.transformer_only])
 def test_every_method_explains_the_logit_by_default_and_the_probability_when_asked(softmax_model, method):
     model, logits_model = softmax_model

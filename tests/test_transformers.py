@@ -332,3 +332,102 @@ def test_fit_classifier_trains_a_vit_in_transfer_and_fine_tune_modes(mode, tmp_p
 
 def _value(model, path):
     return np.array(next(w for w in model.weights if w.path == path))
+
+
+def test_a_failing_replacement_leaves_no_patch_behind(vit, images):
+    from bagnet_keras.core.graph import run_graph, with_attention
+
+    block = vit.backbone.get_layer("vit_encoder").encoder_layers[0]
+
+    def failing(layer):
+        if layer is block:
+            return lambda *args, **kwargs: 1 / 0
+        if isinstance(layer, keras.layers.MultiHeadAttention):
+            return with_attention(layer, lambda *args: 1 / 0)
+        return layer
+
+    with pytest.raises(ZeroDivisionError):
+        run_graph(vit, images, failing)
+    assert "call" not in vars(block) and "_compute_attention" not in vars(block.mha)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(run_graph(vit, images)), keras.ops.convert_to_numpy(vit(images))
+    )
+
+
+def test_attention_the_rules_cannot_split_is_refused_by_name(images):
+    class Scaled(keras.layers.MultiHeadAttention):
+        def _compute_attention(self, query, key, value, *args, **kwargs):
+            return super()._compute_attention(2.0 * query, key, value, *args, **kwargs)
+
+    inputs = keras.Input((SIZE, SIZE, 3))
+    tokens = keras.layers.Reshape((16, 8))(keras.layers.Conv2D(8, PATCH, strides=PATCH)(inputs))
+    for attention in (Scaled(2, 4, name="scaled"), keras.layers.MultiHeadAttention(2, 4, use_gate=True, name="gated")):
+        model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(attention(tokens, tokens))))
+        for method in ("epsilon_lrp", "deeplift"):
+            with pytest.raises(ValueError, match=f"layer '{attention.name}'"):
+                explain(model, images, method)
+    with pytest.raises(ValueError, match="computes its attention its own way"):
+        explain(keras.Model(inputs, keras.layers.Flatten()(Scaled(2, 4)(tokens, tokens))), images, "gradient_rollout")
+    swiglu = keras_hub.models.DINOV2Backbone(
+        patch_size=PATCH,
+        num_layers=1,
+        hidden_dim=16,
+        num_heads=2,
+        intermediate_dim=32,
+        image_shape=(SIZE, SIZE, 3),
+        position_embedding_shape=(SIZE, SIZE),
+        use_swiglu_ffn=True,
+    )
+    model = keras.Model(swiglu.inputs, keras.layers.Dense(2)(swiglu.outputs[0][:, 0]))
+    with pytest.raises(ValueError, match="DINOV2SwiGLUFFN"):
+        explain(model, images, "deeplift")
+
+
+def test_a_dinov2_preset_is_built_at_the_size_asked(tmp_path):
+    from bagnet_keras.transfer.hub import load_hub_backbone
+
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.DINOV2Backbone(
+        patch_size=PATCH,
+        num_layers=1,
+        hidden_dim=16,
+        num_heads=2,
+        intermediate_dim=32,
+        image_shape=(SIZE, SIZE, 3),
+        position_embedding_shape=(SIZE, SIZE),
+    )
+    backbone.save_to_preset(str(tmp_path / "dinov2"))
+    wider = load_hub_backbone(tmp_path / "dinov2", image_shape=(48, 48, 3))
+    assert tuple(wider(np.zeros((1, 48, 48, 3), "float32")).shape) == (1, 1 + 36, 16)
+
+
+def test_model_randomization_walks_a_vits_layers_one_by_one(images):
+    from bagnet_keras.metrics.sanity import model_randomization
+
+    vit = _vit(layers=2, seed=6)
+    result = model_randomization(vit, images, ["gradcam"], class_index=[0, 1], max_steps=3)
+    leaves = [path for group in result.groups for path in group]
+    assert not any(
+        path.endswith(("vit_encoder", "transformer_block_1", "transformer_block_2", "/mlp")) for path in leaves
+    )
+    assert any(path.endswith("transformer_block_1/mha") for path in leaves)
+    assert np.isfinite(result.spearman["gradcam"]).all()
+
+
+@pytest.mark.backends
+def test_gradient_rollout_explains_the_probability_when_asked(vit, images):
+    by_logit = explain(vit, images, "gradient_rollout", class_index=[0, 1])
+    by_probability = explain(vit, images, "gradient_rollout", class_index=[0, 1], target="probability")
+    assert np.isfinite(by_probability).all() and not np.allclose(by_logit, by_probability, atol=1e-3)
+
+
+def test_a_resumed_training_tells_the_fine_tuned_blocks_apart():
+    from bagnet_keras.transfer.heads import build_classifier
+    from bagnet_keras.transfer.resume import model_signature
+
+    backbone = _vit().backbone
+    signatures = [
+        model_signature(build_classifier(backbone, {"t": 3}, mode="finetune", trainable_from=f"transformer_block_{k}"))
+        for k in (2, 3)
+    ]
+    assert signatures[0] != signatures[1]

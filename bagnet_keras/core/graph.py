@@ -187,13 +187,18 @@ def _entering(layer, computed: Callable, operation_fn: OperationFn) -> Callable:
     return call
 
 
-def _nested_replacements(layer, operation_fn: OperationFn) -> list:
+def _nested_replacements(layer, operation_fn: OperationFn, seen: set | None = None) -> list:
+    # A layer held twice (shared weights) is replaced once: a second patch would restore the first.
+    seen = set() if seen is None else seen
     found = []
     for sub in sublayers(layer):
+        if id(sub) in seen:
+            continue
+        seen.add(id(sub))
         replacement = operation_fn(sub)
         if replacement is not sub:
             found.append((sub, replacement))
-        found.extend(_nested_replacements(sub, operation_fn))
+        found.extend(_nested_replacements(sub, operation_fn, seen))
     return found
 
 
@@ -221,6 +226,7 @@ class _ReplacedCall:
 @contextmanager
 def _replaced_calls(patches: list):
     # object.__setattr__: Keras' own __setattr__ would track the callable as a layer attribute.
+    # Not thread-safe: the replacement lives on the layer while the call (a trace, on TensorFlow and JAX) runs.
     installed = [_ReplacedCall(layer, replacement) for layer, replacement in patches]
     for patch in installed:
         object.__setattr__(patch.layer, "call", patch)
@@ -398,21 +404,29 @@ def application_layer(layer, name: str) -> bool:
 
 
 def hub_layer(layer, names) -> bool:
-    """Whether ``layer`` is one of keras-hub's layer classes ``names`` (e.g. ``("ViTEncoderBlock",)``).
+    """Whether ``layer`` is one of keras-hub's layer classes ``names``, each its module's path below
+    ``keras_hub.src.models`` and its name (``"vit.vit_layers.MLP"``: keras-hub has several ``MLP``).
 
     Examples
     --------
     >>> import keras
-    >>> hub_layer(keras.layers.Dense(2), ("MLP",))
+    >>> hub_layer(keras.layers.Dense(2), ("vit.vit_layers.MLP",))
     False
     """
     cls = type(layer)
-    return cls.__name__ in names and cls.__module__.startswith("keras_hub.")
+    return cls.__module__.startswith("keras_hub.") and f"{cls.__module__}.{cls.__name__}".endswith(
+        tuple("." + name for name in names)
+    )
 
 
 def gated_attention(layer) -> bool:
     """Whether a ``MultiHeadAttention`` layer multiplies its output by a gate (``use_gate=True``)."""
     return bool(getattr(layer, "_use_gate", False))
+
+
+def own_attention(layer) -> bool:
+    """Whether a ``MultiHeadAttention`` subclass computes its attention its own way (`with_attention` refuses it)."""
+    return type(layer)._compute_attention is not keras.layers.MultiHeadAttention._compute_attention
 
 
 def with_attention(layer: keras.layers.MultiHeadAttention, attention: Callable) -> Callable:
@@ -444,12 +458,22 @@ def with_attention(layer: keras.layers.MultiHeadAttention, attention: Callable) 
         output, probabilities = attention(query, key, value, layer._dot_product_equation, layer._combine_equation, axes)
         return output, (probabilities if return_attention_scores else None)
 
+    if own_attention(layer):
+        raise ValueError(
+            f"Layer {layer.name!r} ({type(layer).__name__}) computes its attention its own way "
+            "(_compute_attention is overridden); only keras.layers.MultiHeadAttention's own is explained."
+        )
+
     def call(*args, **kwargs):
+        saved = vars(layer).get("_compute_attention")
         object.__setattr__(layer, "_compute_attention", compute)
         try:
             return layer(*args, **kwargs)
         finally:
-            object.__delattr__(layer, "_compute_attention")
+            if saved is None:
+                object.__delattr__(layer, "_compute_attention")
+            else:
+                object.__setattr__(layer, "_compute_attention", saved)
 
     return call
 

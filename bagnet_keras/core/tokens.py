@@ -103,6 +103,17 @@ def _patch_sizes(height: int, width: int, tokens: int) -> list[int]:
     return [p for p in sizes if (height // p) * (width // p) <= tokens]
 
 
+def attends(model: keras.Model) -> bool:
+    """Whether ``model`` holds a ``MultiHeadAttention`` layer (what the rollouts explain).
+
+    Examples
+    --------
+    >>> attends(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]))
+    False
+    """
+    return any(isinstance(layer, keras.layers.MultiHeadAttention) for _, layer in iter_layers(model))
+
+
 def transformer_blocks(model: keras.Model) -> list[tuple[str, keras.layers.Layer]]:
     """``(path, block)`` of every transformer block of ``model``'s keras-hub encoders, in order.
 

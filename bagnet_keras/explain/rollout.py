@@ -30,7 +30,7 @@ from bagnet_keras.core.inputs import (
     top_class_scores,
 )
 from bagnet_keras.core.scaling import minmax_scale
-from bagnet_keras.core.tokens import token_grid
+from bagnet_keras.core.tokens import TokenGrid, token_grid
 from bagnet_keras.core.validation import check_positive_int
 from bagnet_keras.explain.rules import softmax_over
 
@@ -42,6 +42,9 @@ _NO_ATTENTION = (
 
 def attention_weights(model: keras.Model, images, batch_size: int = 32) -> list[np.ndarray]:
     """The attention probabilities (N, heads, T, T) of every ``MultiHeadAttention`` call of ``model``, in order.
+
+    All of them are returned, N x blocks x heads x T^2 numbers (60 MB an image for ViT-L/16); the
+    rollouts reduce them batch by batch instead.
 
     Examples
     --------
@@ -59,11 +62,7 @@ def attention_weights(model: keras.Model, images, batch_size: int = 32) -> list[
 def _build_attention_step(model_ref):
     def step(x):
         found = []
-
-        def operation_fn(layer):
-            return _recording(layer, found) if isinstance(layer, keras.layers.MultiHeadAttention) else layer
-
-        run_graph(model_ref(), x, operation_fn)
+        run_graph(model_ref(), x, _attending(found, lambda probabilities: probabilities))
         if not found:
             raise ValueError(_NO_ATTENTION.format(name=model_ref().name))
         return tuple(found)
@@ -71,13 +70,19 @@ def _build_attention_step(model_ref):
     return step
 
 
-def _recording(layer, found: list):
-    def call(*args, return_attention_scores=False, **kwargs):
-        out, scores = layer(*args, return_attention_scores=True, **kwargs)
-        found.append(scores)
-        return (out, scores) if return_attention_scores else out
+def _attending(found: list, record):
+    """``operation_fn`` computing each MultiHeadAttention with its probabilities passed through ``record``
+    (which returns those to compute on, e.g. watched for their gradient) and appended to ``found``."""
 
-    return call
+    def attention(query, key, value, scores_equation, combine_equation, axes):
+        probabilities = record(softmax_over(keras.ops.einsum(scores_equation, key, query), axes))
+        found.append(probabilities)
+        return keras.ops.einsum(combine_equation, probabilities, value), probabilities
+
+    def operation_fn(layer):
+        return with_attention(layer, attention) if isinstance(layer, keras.layers.MultiHeadAttention) else layer
+
+    return operation_fn
 
 
 def rollout(attentions, prefix: int) -> np.ndarray:
@@ -104,11 +109,16 @@ def _patch_row(flow: np.ndarray, prefix: int) -> np.ndarray:
     return rows[:, prefix:]
 
 
-def _placed(model: keras.Model, rows_of, tokens: int, size: tuple, normalize: bool) -> np.ndarray:
-    """``rows_of(prefix)`` (N, patches) laid on ``model``'s patch grid and placed on an input of ``size``."""
-    grid = token_grid(model, tokens)
-    rows = rows_of(grid.prefix).reshape(-1, grid.rows, grid.columns)
-    maps = upsample(rows, size, grid.geometry)
+def _grid(grids: dict, model: keras.Model, attentions) -> TokenGrid:
+    """The model's token grid, found from the first batch's attentions and kept in ``grids``."""
+    if "grid" not in grids:
+        grids["grid"] = token_grid(model, attentions[0].shape[-1])
+    return grids["grid"]
+
+
+def _placed(grid: TokenGrid, rows: np.ndarray, size: tuple, normalize: bool) -> np.ndarray:
+    """Rows (N, patches) laid on the patch grid and placed on an input of ``size``."""
+    maps = upsample(rows.reshape(-1, grid.rows, grid.columns), size, grid.geometry)
     return (minmax_scale(maps) if normalize else maps).astype("float32")
 
 
@@ -150,8 +160,15 @@ def attention_rollout(
     """
     del class_index, output, target
     x = check_images(images)
-    attentions = attention_weights(model, x, batch_size)
-    return _placed(model, lambda prefix: rollout(attentions, prefix), attentions[0].shape[-1], x.shape[1:3], normalize)
+    step = traced(model, ("attention",), _build_attention_step)
+    grids = {}
+
+    def batch_rows(xb):
+        attentions = [keras.ops.convert_to_numpy(a) for a in step(xb)]
+        return rollout(attentions, _grid(grids, model, attentions).prefix)
+
+    rows = in_batches(batch_rows, check_positive_int(batch_size, "batch_size"), x)
+    return _placed(grids["grid"], rows, x.shape[1:3], normalize)
 
 
 def gradient_rollout(
@@ -185,39 +202,38 @@ def gradient_rollout(
     target = check_target(target)
     step = traced(model, ("gradient_rollout", index, target), lambda ref: _build_gradient_step(ref, index, target))
     batch = check_positive_int(batch_size, "batch_size")
-    weighted = in_batches(lambda xb, cb: tuple(step(xb, cb)), batch, x, wanted)
-    tokens = weighted[0].shape[-1]
-    flow = np.broadcast_to(np.eye(tokens), (len(x), tokens, tokens))
-    for attention in weighted:
-        flow = flow + np.asarray(attention, "float64").mean(axis=1) @ flow
-    return _placed(model, lambda prefix: _patch_row(flow, prefix), tokens, x.shape[1:3], normalize)
+    grids = {}
+
+    def batch_rows(xb, cb):
+        weighted = [keras.ops.convert_to_numpy(a) for a in step(xb, cb)]
+        tokens = weighted[0].shape[-1]
+        flow = np.broadcast_to(np.eye(tokens), (len(xb), tokens, tokens))
+        for attention in weighted:
+            flow = flow + attention.astype("float64") @ flow
+        return _patch_row(flow, _grid(grids, model, weighted).prefix)
+
+    rows = in_batches(batch_rows, batch, x, wanted)
+    return _placed(grids["grid"], rows, x.shape[1:3], normalize)
 
 
 def _build_gradient_step(model_ref, index: int, target: str):
     def objective(x, classes, watch):
-        count = []
-
-        def attention(query, key, value, scores_equation, combine_equation, axes):
-            scores = keras.ops.einsum(scores_equation, key, query)
-            probabilities = watch(f"attention_{len(count)}", softmax_over(scores, axes))
-            count.append(probabilities)
-            return keras.ops.einsum(combine_equation, probabilities, value), probabilities
-
-        def operation_fn(layer):
-            return with_attention(layer, attention) if isinstance(layer, keras.layers.MultiHeadAttention) else layer
-
+        found = []
+        operation_fn = _attending(found, lambda probabilities: watch(f"attention_{len(found)}", probabilities))
         scores = target_scores(model_ref(), x, index, target, operation_fn)
         _, score = top_class_scores(scores, classes)
-        if not count:
+        if not found:
             raise ValueError(_NO_ATTENTION.format(name=model_ref().name))
-        return score, tuple(count)
+        return score, tuple(found)
 
     gradients = value_and_gradients(objective)
 
     def step(x, classes):
         _, attentions, _, watched = gradients(x, classes)
+        # heads averaged here: what leaves the step is (N, T, T) a block, not (N, heads, T, T)
         return tuple(
-            keras.ops.maximum(watched[f"attention_{i}"] * attention, 0.0) for i, attention in enumerate(attentions)
+            keras.ops.mean(keras.ops.maximum(watched[f"attention_{i}"] * attention, 0.0), axis=1)
+            for i, attention in enumerate(attentions)
         )
 
     return step

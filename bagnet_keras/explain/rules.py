@@ -49,7 +49,9 @@ from bagnet_keras.core.graph import (
     iter_layers,
     iter_operations,
     linear_operation,
+    own_attention,
     squashing_layer,
+    sublayers,
     with_attention,
 )
 from bagnet_keras.core.layers import ClassToken, StemConv
@@ -97,23 +99,23 @@ LINEAR_APPLICATION_LAYERS = ("CustomScaleLayer", "LayerScale", "StochasticDepth"
 #: inference). Their sublayers are checked and ruled one by one. DINOv2's SwiGLU feed-forward (a product
 #: inside its call) is not one of them.
 HUB_AFFINE = (
-    "ViTPatchingAndEmbedding",
-    "ViTEncoder",
-    "ViTEncoderBlock",
-    "MLP",
-    "DeiTEmbeddings",
-    "DeiTEncoder",
-    "DeiTEncoderBlock",
-    "DeiTIntermediate",
-    "DeiTOutput",
-    "DINOV2PatchEmbedding",
-    "DINOV2Embedding",
-    "DINOV2Encoder",
-    "DINOV2Layer",
-    "DINOV2Attention",
-    "DINOV2LayerScale",
-    "DINOV2DropPath",
-    "DINOV2MLP",
+    "vit.vit_layers.ViTPatchingAndEmbedding",
+    "vit.vit_layers.ViTEncoder",
+    "vit.vit_layers.ViTEncoderBlock",
+    "vit.vit_layers.MLP",
+    "deit.deit_layers.DeiTEmbeddings",
+    "deit.deit_layers.DeiTEncoder",
+    "deit.deit_layers.DeiTEncoderBlock",
+    "deit.deit_layers.DeiTIntermediate",
+    "deit.deit_layers.DeiTOutput",
+    "dinov2.dinov2_layers.DINOV2PatchEmbedding",
+    "dinov2.dinov2_layers.DINOV2Embedding",
+    "dinov2.dinov2_layers.DINOV2Encoder",
+    "dinov2.dinov2_layers.DINOV2Layer",
+    "dinov2.dinov2_layers.DINOV2Attention",
+    "dinov2.dinov2_layers.DINOV2LayerScale",
+    "dinov2.dinov2_layers.DINOV2DropPath",
+    "dinov2.dinov2_layers.DINOV2MLP",
 )
 #: Activations applied unit by unit, whose derivative the modified rules replace.
 ELEMENTWISE = tuple(
@@ -165,16 +167,16 @@ def check_modified_layers(model: keras.Model, method: str) -> None:
     own gradient for ``"probability"``; so are the layers ending the model's other outputs (not on the way).
     """
     ends = {id(squashing_layer(model, k)[0]) for k in range(len(model.outputs))}
+    constants = set()  # the position embeddings of keras-hub's layers: looked up by index, not by the image
     for path, layer in iter_layers(model):
-        if (
-            isinstance(layer, (keras.Model, keras.layers.Embedding))
-            or id(layer) in ends
-            or hub_layer(layer, HUB_AFFINE)
-        ):
+        if hub_layer(layer, HUB_AFFINE):
+            constants |= {id(sub) for sub in sublayers(layer) if isinstance(sub, keras.layers.Embedding)}
+            continue
+        if isinstance(layer, keras.Model) or id(layer) in ends or id(layer) in constants:
             continue
         if isinstance(layer, keras.layers.MultiHeadAttention):
-            if gated_attention(layer):
-                _refuse(method, path, "a MultiHeadAttention with a gate")
+            if gated_attention(layer) or own_attention(layer):
+                _refuse(method, path, f"{type(layer).__name__} with a gate or an attention of its own")
             continue
         if isinstance(layer, keras.layers.Multiply):
             _check_product(path, [tuple(t.shape) for t in layer.input], method)
@@ -273,7 +275,10 @@ def _softmax(scores, axes: tuple, rule: str):
     largest = ops.max(scores, axis=axes, keepdims=True)
     shift = ops.maximum(largest[:n], largest[n:])
     shifted = scores - ops.stop_gradient(ops.concatenate([shift, shift], axis=0))
-    exponentials = ratio_rule(rule)(ops.exp)(shifted)
+    # exp floored at e^-80: where an image's and its baseline's largest scores differ by more than ~88, the
+    # smaller side's sum would underflow to 0 and 0 * inf give NaN. The split stays exact for the floored
+    # softmax, which differs from the softmax only there (all of that side's scores 80 below the shift).
+    exponentials = ratio_rule(rule)(lambda z: ops.exp(ops.maximum(z, -80.0)))(shifted)
     inverse = ratio_rule(rule)(ops.reciprocal)(ops.sum(exponentials, axis=axes, keepdims=True))
     return product(exponentials, inverse, rule)
 

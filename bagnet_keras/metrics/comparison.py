@@ -40,6 +40,7 @@ from bagnet_keras.core.graph import check_target, find_layer, iter_layers
 from bagnet_keras.core.inputs import check_image_model, check_images, output_index
 from bagnet_keras.core.layers import StemConv
 from bagnet_keras.core.stream import MemoryStore, PartStore, check_shard, digest, function_name, run_parts
+from bagnet_keras.core.tokens import attends
 from bagnet_keras.core.validation import check_int, check_number, check_positive_int
 from bagnet_keras.explain.cam import cam_layer
 from bagnet_keras.explain.evidence import evidence_map
@@ -806,6 +807,8 @@ def _methods(models, methods, output) -> dict[str, list[str]]:
             row, options = parse_method(method)
             if row.bagnet_only and not is_bagnet(model, output):
                 raise ValueError(f"Model {name!r} is not a BagNet: it has no {method!r} maps; use a CAM method.")
+            if row.transformer_only and not attends(model):
+                raise ValueError(f"Model {name!r} has no attention: it has no {method!r} maps; use a CAM method.")
             if "layer" in options:
                 find_layer(model, options["layer"])  # a missing layer is refused before anything is written
         chosen[name] = wanted

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
-from bagnet_keras.core.graph import iter_layers, producing_layer
+from bagnet_keras.core.graph import iter_layers, producing_layer, sublayers
 from bagnet_keras.core.initializers import initial_values
 from bagnet_keras.core.inputs import (
     check_images,
@@ -251,8 +251,11 @@ def _weighted_layers(model: keras.Model, index: int, layers: Sequence[str] | Non
     re-initialise, top first (``layers``, checked; default all of them from the output down)."""
     # Another head's layers are not part of the test.
     explained = model if len(model.outputs) == 1 else keras.Model(model.inputs, model.outputs[index])
+    # Leaves only: a keras-hub container (a transformer block) holds the layers below it, which come one by one.
     weighted = {
-        path: layer for path, layer in iter_layers(explained) if layer.weights and not isinstance(layer, keras.Model)
+        path: layer
+        for path, layer in iter_layers(explained)
+        if layer.weights and not isinstance(layer, keras.Model) and not sublayers(layer)
     }
     if layers is None:
         layers = list(reversed(weighted))

@@ -136,11 +136,11 @@ def _key(name: str) -> str:
     return name.lower().replace("-", "").replace("_", "")
 
 
-def _hub(name: str, side: int, mode: str, last_block: str) -> Backbone:
+def _hub(name: str, side: int, mode: str, last_block: str, **config) -> Backbone:
     # keras-hub's google ViT weights take [-1, 1] ("tf"); DeiT's and DINOv2's, ImageNet mean and std ("torch").
     return Backbone(
         name=name,
-        builder=hub_builder(PRESETS[name]),
+        builder=hub_builder(PRESETS[name], **config),
         preprocess=functools.partial(keras.applications.imagenet_utils.preprocess_input, mode=mode),
         input_size=side,
         default_size=side,
@@ -158,7 +158,13 @@ _HUB_BACKBONES = (
     ]
     + [_hub(name, 224, "torch", "transformer_block_12") for name in PRESETS if name.startswith("deit_")]
     + [
-        _hub(name, 224, "torch", f"layers_{ {'small': 11, 'base': 11, 'large': 23, 'giant': 39}[name[7:]] }")
+        _hub(
+            name,
+            224,
+            "torch",
+            f"layers_{ {'small': 11, 'base': 11, 'large': 23, 'giant': 39}[name[7:]] }",
+            image_shape=(224, 224, 3),  # the presets are made for 518 pixels
+        )
         for name in PRESETS
         if name.startswith("dinov2_")
     ]

@@ -200,9 +200,12 @@ def head_layers(model: keras.Model) -> set[str]:
     for index, output in enumerate(output_names(model)):
         try:
             pool, logits = bagnet_top(model, index)
-            names |= {pool.name, logits.name, output}
-        except ValueError:  # a transformer's head reads the class token, not an average
-            names |= {f"{output}_logits", output}
+        except ValueError:
+            if not isinstance(_layer_named(model, POOL), ClassToken):
+                raise
+            # a transformer's head reads the class token, not an average
+            pool, logits = _layer_named(model, POOL), _layer_named(model, f"{output}_logits")
+        names |= {pool.name, logits.name, output}
     return {layer.name for layer in model.layers if layer.name in names}
 
 
@@ -274,6 +277,10 @@ def _units(layer) -> list:
         return sublayers(layer)
     inner = sublayers(layer)
     return [unit for sub in inner for unit in _units(sub)] if any(map(holds_blocks, inner)) else [layer]
+
+
+def _layer_named(model: keras.Model, name: str):
+    return next((layer for layer in model.layers if layer.name == name), None)
 
 
 def _named(name: str, prefix: str) -> bool:

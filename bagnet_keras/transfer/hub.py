@@ -50,8 +50,11 @@ def cache_folder() -> str:
     return os.environ.get("KAGGLEHUB_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "kagglehub"))
 
 
-def load_hub_backbone(preset: str | os.PathLike, load_weights: bool = True) -> keras.Model:
+def load_hub_backbone(preset: str | os.PathLike, load_weights: bool = True, **config) -> keras.Model:
     """keras-hub's backbone for ``preset`` (a name of `PRESETS`, a keras-hub preset, or a preset folder).
+
+    ``config`` overrides the preset's configuration, e.g. ``image_shape=(224, 224, 3)`` for DINOv2,
+    whose presets are made for 518-pixel images and interpolate their position embeddings to others.
 
     Examples
     --------
@@ -63,7 +66,7 @@ def load_hub_backbone(preset: str | os.PathLike, load_weights: bool = True) -> k
     handle = os.fspath(preset)
     handle = PRESETS.get(handle, handle)
     try:
-        return keras_hub.models.Backbone.from_preset(handle, load_weights=load_weights)
+        return keras_hub.models.Backbone.from_preset(handle, load_weights=load_weights, **config)
     except Exception as error:  # noqa: BLE001 - offline, kagglehub and requests fail in many ways
         raise OSError(
             f"Could not load the keras-hub preset {handle!r} ({type(error).__name__}: {error}). Presets download "
@@ -72,19 +75,22 @@ def load_hub_backbone(preset: str | os.PathLike, load_weights: bool = True) -> k
         ) from error
 
 
-def hub_builder(preset: str):
+def hub_builder(preset: str, **config):
     """A keras.applications-style builder (``include_top``, ``weights``, ``input_tensor``) for ``preset``.
 
-    ``weights=None`` builds the preset's architecture with random weights (its configuration still
-    comes from the preset).
+    ``weights`` is the preset itself (its pretrained weights, the default), None (the preset's
+    architecture with random weights; its configuration still comes from the preset) or a weights file.
+    ``config`` goes to `load_hub_backbone`.
     """
 
-    def build(include_top: bool = False, weights: str | None = "imagenet", input_tensor=None, **kwargs) -> keras.Model:
+    def build(include_top: bool = False, weights: str | None = preset, input_tensor=None) -> keras.Model:
         if include_top:
             raise ValueError(f"A keras-hub backbone ({preset!r}) has no ImageNet top here; use include_top=False.")
         if weights not in (None, preset) and not os.path.isfile(str(weights)):
-            raise ValueError(f"`weights` must be 'pretrained', None or a weights file. Received: weights={weights!r}")
-        backbone = load_hub_backbone(preset, load_weights=weights is not None)
+            raise ValueError(
+                f"`weights` must be 'pretrained', None or a weights file for {preset!r}. Received: weights={weights!r}"
+            )
+        backbone = load_hub_backbone(preset, load_weights=weights == preset, **config)
         if weights not in (None, preset):
             backbone.load_weights(weights)
         if input_tensor is None:

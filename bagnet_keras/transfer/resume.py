@@ -30,16 +30,21 @@ import keras
 import numpy as np
 
 from bagnet_keras.core.commit import atomic_target, write_atomic
+from bagnet_keras.transfer.heads import backbone_units
 
 BACKUP = "backup"
 STATE = "state.json"
 
 
 def model_signature(model: keras.Model) -> list:
-    """What the run's weights depend on: each layer's class, weight shapes and trainability."""
-    return [
+    """What the run's weights depend on: each layer's class, weight shapes and trainability, and the
+    trainability of the units inside a nested backbone (a transformer's blocks), where it has any."""
+    signature = [
         [type(layer).__name__, [list(w.shape) for w in layer.weights], bool(layer.trainable)] for layer in model.layers
     ]
+    # Flat backbones add nothing here, so their earlier run folders still resume.
+    nested = [bool(unit.trainable) for unit in backbone_units(model) if not any(unit is top for top in model.layers)]
+    return signature + [["units", nested]] if nested else signature
 
 
 def _save_arrays(path: str, arrays: list) -> None:
