@@ -35,6 +35,20 @@ def _vit(layers: int = 3, classes: int = 3, seed: int = 0, bias: bool = True) ->
     return _numpy_weights(keras_hub.models.ViTImageClassifier(backbone=backbone, num_classes=classes), seed)
 
 
+def _dinov2(num_layers: int, num_register_tokens: int = 2, **kwargs) -> keras.Model:
+    return keras_hub.models.DINOV2Backbone(
+        patch_size=PATCH,
+        num_layers=num_layers,
+        hidden_dim=16,
+        num_heads=2,
+        intermediate_dim=32,
+        image_shape=(SIZE, SIZE, 3),
+        num_register_tokens=num_register_tokens,
+        position_embedding_shape=(SIZE, SIZE),
+        **kwargs,
+    )
+
+
 def _numpy_weights(model: keras.Model, seed: int) -> keras.Model:
     """Every weight drawn with NumPy (Keras' seeded initializers draw other numbers on each backend): the
     tests see the same model on TensorFlow, JAX and PyTorch."""
@@ -153,16 +167,7 @@ def test_deit_and_dinov2_lay_out_their_extra_tokens(family, images):
         )
         prefix = 2  # class and distillation tokens
     else:
-        model = keras_hub.models.DINOV2Backbone(
-            patch_size=PATCH,
-            num_layers=2,
-            hidden_dim=16,
-            num_heads=2,
-            intermediate_dim=32,
-            image_shape=(SIZE, SIZE, 3),
-            num_register_tokens=2,
-            position_embedding_shape=(SIZE, SIZE),
-        )
+        model = _dinov2(num_layers=2)
         prefix = 3  # class and two register tokens
     head = keras.layers.Dense(3)(model.outputs[0][:, 0])
     classifier = keras.Model(model.inputs, head)
@@ -368,16 +373,7 @@ def test_attention_the_rules_cannot_split_is_refused_by_name(images):
                 explain(model, images, method)
     with pytest.raises(ValueError, match="computes its attention its own way"):
         explain(keras.Model(inputs, keras.layers.Flatten()(Scaled(2, 4)(tokens, tokens))), images, "gradient_rollout")
-    swiglu = keras_hub.models.DINOV2Backbone(
-        patch_size=PATCH,
-        num_layers=1,
-        hidden_dim=16,
-        num_heads=2,
-        intermediate_dim=32,
-        image_shape=(SIZE, SIZE, 3),
-        position_embedding_shape=(SIZE, SIZE),
-        use_swiglu_ffn=True,
-    )
+    swiglu = _dinov2(num_layers=1, use_swiglu_ffn=True)
     model = keras.Model(swiglu.inputs, keras.layers.Dense(2)(swiglu.outputs[0][:, 0]))
     with pytest.raises(ValueError, match="DINOV2SwiGLUFFN"):
         explain(model, images, "deeplift")
@@ -387,15 +383,7 @@ def test_a_dinov2_preset_is_built_at_the_size_asked(tmp_path):
     from bagnet_keras.transfer.hub import load_hub_backbone
 
     keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.DINOV2Backbone(
-        patch_size=PATCH,
-        num_layers=1,
-        hidden_dim=16,
-        num_heads=2,
-        intermediate_dim=32,
-        image_shape=(SIZE, SIZE, 3),
-        position_embedding_shape=(SIZE, SIZE),
-    )
+    backbone = _dinov2(num_layers=1, num_register_tokens=0)
     backbone.save_to_preset(str(tmp_path / "dinov2"))
     wider = load_hub_backbone(tmp_path / "dinov2", image_shape=(48, 48, 3))
     assert tuple(wider(np.zeros((1, 48, 48, 3), "float32")).shape) == (1, 1 + 36, 16)
