@@ -419,3 +419,13 @@ def test_a_resumed_training_tells_the_fine_tuned_blocks_apart():
         for k in (2, 3)
     ]
     assert signatures[0] != signatures[1]
+
+
+def test_without_keras_hub_the_vit_names_say_how_to_install_it(monkeypatch):
+    import sys
+
+    from bagnet_keras.transfer.backbones import get_backbone
+
+    monkeypatch.setitem(sys.modules, "keras_hub", None)  # what an install without the [hub] extra meets
+    with pytest.raises(ImportError, match=r'pip install "bagnet-keras\[hub\]"'):
+        get_backbone("vit_base_patch16_224").builder(weights=None)
