@@ -217,10 +217,15 @@ class _ReplacedCall:
             object.__setattr__(self.layer, "call", self)
 
     def restore(self) -> None:
-        if self.saved is None:
-            object.__delattr__(self.layer, "call")
-        else:
-            object.__setattr__(self.layer, "call", self.saved)
+        _put_back(self.layer, "call", self.saved)
+
+
+def _put_back(layer, name: str, saved) -> None:
+    """Undo a replacement on the instance: its earlier instance value, or none (the class's method again)."""
+    if saved is None:
+        object.__delattr__(layer, name)
+    else:
+        object.__setattr__(layer, name, saved)
 
 
 @contextmanager
@@ -470,10 +475,7 @@ def with_attention(layer: keras.layers.MultiHeadAttention, attention: Callable) 
         try:
             return layer(*args, **kwargs)
         finally:
-            if saved is None:
-                object.__delattr__(layer, "_compute_attention")
-            else:
-                object.__setattr__(layer, "_compute_attention", saved)
+            _put_back(layer, "_compute_attention", saved)
 
     return call
 

@@ -122,11 +122,7 @@ def transformer_blocks(model: keras.Model) -> list[tuple[str, keras.layers.Layer
     >>> transformer_blocks(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]))
     []
     """
-    blocks = []
-    for path, layer in iter_layers(model):
-        held = next((getattr(layer, name) for name in _BLOCK_LISTS if _is_block_list(layer, name)), [])
-        blocks += [(f"{path}/{block.name}", block) for block in held]
-    return blocks
+    return [(f"{path}/{block.name}", block) for path, layer in iter_layers(model) for block in _blocks_of(layer)]
 
 
 def holds_blocks(layer) -> bool:
@@ -137,17 +133,18 @@ def holds_blocks(layer) -> bool:
     >>> holds_blocks(keras.layers.Dense(2))
     False
     """
-    return any(_is_block_list(layer, name) for name in _BLOCK_LISTS)
+    return bool(_blocks_of(layer))
 
 
-def _is_block_list(layer, name: str) -> bool:
-    held = getattr(layer, name, None) if not isinstance(layer, keras.Model) else None
-    return (
-        type(layer).__module__.startswith("keras_hub.")
-        and isinstance(held, (list, tuple))
-        and len(held) > 0
-        and all(isinstance(block, keras.layers.Layer) for block in held)
-    )
+def _blocks_of(layer) -> list:
+    """The blocks a keras-hub encoder holds, in order; [] for any other layer."""
+    if isinstance(layer, keras.Model) or not type(layer).__module__.startswith("keras_hub."):
+        return []
+    for name in _BLOCK_LISTS:
+        held = getattr(layer, name, None)
+        if isinstance(held, (list, tuple)) and held and all(isinstance(b, keras.layers.Layer) for b in held):
+            return list(held)
+    return []
 
 
 def last_token_layer(model: keras.Model) -> tuple[str, keras.layers.Layer] | None:
@@ -172,7 +169,17 @@ def last_token_layer(model: keras.Model) -> tuple[str, keras.layers.Layer] | Non
 
 def layer_tokens(model: keras.Model, layer: keras.layers.Layer) -> int | None:
     """The number of tokens of ``layer``'s output when it is a sequence (N, T, D), else None."""
-    shape = output_shape(model, layer)
+    return sequence_length(output_shape(model, layer))
+
+
+def sequence_length(shape: tuple | None) -> int | None:
+    """T of a sequence's shape (N, T, D), else None.
+
+    Examples
+    --------
+    >>> sequence_length((None, 197, 768)), sequence_length((None, 7, 7, 512))
+    (197, None)
+    """
     return shape[1] if shape is not None and len(shape) == 3 and shape[1] is not None else None
 
 

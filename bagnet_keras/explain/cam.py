@@ -45,7 +45,7 @@ from bagnet_keras.core.inputs import (
     top_class_scores,
 )
 from bagnet_keras.core.scaling import minmax_scale
-from bagnet_keras.core.tokens import TokenGrid, last_token_layer, token_grid, watch_patches
+from bagnet_keras.core.tokens import TokenGrid, last_token_layer, sequence_length, token_grid, watch_patches
 from bagnet_keras.core.validation import check_positive_int
 from bagnet_keras.explain.methods import get_method, methods_of
 
@@ -60,8 +60,8 @@ def _resolve_layer(model: keras.Model, layer: str | None) -> tuple[str, keras.la
         inner = producing_layer(found.outputs[0])
         path, found = f"{path}/{inner.name}", inner
     shape = output_shape(model, found)
-    if shape is not None and len(shape) == 3 and shape[1] is not None:
-        return path, found, token_grid(model, shape[1])
+    if sequence_length(shape):
+        return path, found, token_grid(model, sequence_length(shape))
     if shape is None or len(shape) != 4:
         raise ValueError(
             f"Layer {path!r} has output shape {shape}; CAM methods need a layer with a 4-D (batch, height, "

@@ -30,7 +30,7 @@ from bagnet_keras.core.inputs import (
     top_class_scores,
 )
 from bagnet_keras.core.scaling import minmax_scale
-from bagnet_keras.core.tokens import TokenGrid, token_grid
+from bagnet_keras.core.tokens import token_grid
 from bagnet_keras.core.validation import check_positive_int
 from bagnet_keras.explain.rules import softmax_over
 
@@ -95,12 +95,26 @@ def rollout(attentions, prefix: int) -> np.ndarray:
     >>> rollout([identity, identity], prefix=0).tolist()  # no mixing: every patch flows only to itself
     [[0.2, 0.2, 0.2, 0.2, 0.2]]
     """
+    return _patch_row(_rolled_out(attentions), prefix)
+
+
+def _rolled_out(attentions) -> np.ndarray:
+    """Abnar & Zuidema's token flow (N, T, T): heads averaged, half identity, rows renormalised, chained."""
     flow = None
     for attention in attentions:
         mixed = 0.5 * np.asarray(attention, dtype="float64").mean(axis=1) + 0.5 * np.eye(attention.shape[-1])
         mixed /= mixed.sum(axis=-1, keepdims=True)
         flow = mixed if flow is None else mixed @ flow
-    return _patch_row(flow, prefix)
+    return flow
+
+
+def _gradient_flow(weighted) -> np.ndarray:
+    """Chefer et al.'s token flow (N, T, T): R <- R + A_bar R from the identity, A_bar already head-averaged."""
+    tokens = weighted[0].shape[-1]
+    flow = np.broadcast_to(np.eye(tokens), (len(weighted[0]), tokens, tokens))
+    for attention in weighted:
+        flow = flow + np.asarray(attention, "float64") @ flow
+    return flow
 
 
 def _patch_row(flow: np.ndarray, prefix: int) -> np.ndarray:
@@ -109,16 +123,20 @@ def _patch_row(flow: np.ndarray, prefix: int) -> np.ndarray:
     return rows[:, prefix:]
 
 
-def _grid(grids: dict, model: keras.Model, attentions) -> TokenGrid:
-    """The model's token grid, found from the first batch's attentions and kept in ``grids``."""
-    if "grid" not in grids:
-        grids["grid"] = token_grid(model, attentions[0].shape[-1])
-    return grids["grid"]
+def _maps(model: keras.Model, step, flow_of, x: np.ndarray, *per_image, batch_size, normalize: bool) -> np.ndarray:
+    """Maps (N, H, W): ``step``'s per-block attentions of each batch, turned into a token flow by ``flow_of``,
+    read at the class token over the patches, laid on the patch grid and placed on the input."""
+    grids = {}
 
+    def batch_rows(*batch):
+        attentions = [keras.ops.convert_to_numpy(a) for a in step(*batch)]
+        if "grid" not in grids:  # the same for every batch: found from the first one's token count
+            grids["grid"] = token_grid(model, attentions[0].shape[-1])
+        return _patch_row(flow_of(attentions), grids["grid"].prefix)
 
-def _placed(grid: TokenGrid, rows: np.ndarray, size: tuple, normalize: bool) -> np.ndarray:
-    """Rows (N, patches) laid on the patch grid and placed on an input of ``size``."""
-    maps = upsample(rows.reshape(-1, grid.rows, grid.columns), size, grid.geometry)
+    rows = in_batches(batch_rows, check_positive_int(batch_size, "batch_size"), x, *per_image)
+    grid = grids["grid"]
+    maps = upsample(rows.reshape(-1, grid.rows, grid.columns), x.shape[1:3], grid.geometry)
     return (minmax_scale(maps) if normalize else maps).astype("float32")
 
 
@@ -161,14 +179,7 @@ def attention_rollout(
     del class_index, output, target
     x = check_images(images)
     step = traced(model, ("attention",), _build_attention_step)
-    grids = {}
-
-    def batch_rows(xb):
-        attentions = [keras.ops.convert_to_numpy(a) for a in step(xb)]
-        return rollout(attentions, _grid(grids, model, attentions).prefix)
-
-    rows = in_batches(batch_rows, check_positive_int(batch_size, "batch_size"), x)
-    return _placed(grids["grid"], rows, x.shape[1:3], normalize)
+    return _maps(model, step, _rolled_out, x, batch_size=batch_size, normalize=normalize)
 
 
 def gradient_rollout(
@@ -201,19 +212,7 @@ def gradient_rollout(
     wanted = classes_or_top(class_index, len(x), n_classes_of(model, index))
     target = check_target(target)
     step = traced(model, ("gradient_rollout", index, target), lambda ref: _build_gradient_step(ref, index, target))
-    batch = check_positive_int(batch_size, "batch_size")
-    grids = {}
-
-    def batch_rows(xb, cb):
-        weighted = [keras.ops.convert_to_numpy(a) for a in step(xb, cb)]
-        tokens = weighted[0].shape[-1]
-        flow = np.broadcast_to(np.eye(tokens), (len(xb), tokens, tokens))
-        for attention in weighted:
-            flow = flow + attention.astype("float64") @ flow
-        return _patch_row(flow, _grid(grids, model, weighted).prefix)
-
-    rows = in_batches(batch_rows, batch, x, wanted)
-    return _placed(grids["grid"], rows, x.shape[1:3], normalize)
+    return _maps(model, step, _gradient_flow, x, wanted, batch_size=batch_size, normalize=normalize)
 
 
 def _build_gradient_step(model_ref, index: int, target: str):
