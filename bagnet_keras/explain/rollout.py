@@ -30,7 +30,7 @@ from bagnet_keras.core.inputs import (
     top_class_scores,
 )
 from bagnet_keras.core.scaling import minmax_scale
-from bagnet_keras.core.tokens import token_grid
+from bagnet_keras.core.tokens import attends, token_grid
 from bagnet_keras.core.validation import check_positive_int
 from bagnet_keras.explain.rules import softmax_over
 
@@ -54,6 +54,8 @@ def attention_weights(model: keras.Model, images, batch_size: int = 32) -> list[
     >>> [a.shape for a in attention_weights(model, np.ones((3, 5, 4), "float32"))]
     [(3, 2, 5, 5)]
     """
+    if not attends(model):
+        raise ValueError(_NO_ATTENTION.format(name=model.name))
     x = np.asarray(images, dtype="float32")
     step = traced(model, ("attention",), _build_attention_step)
     return list(in_batches(lambda xb: tuple(step(xb)), check_positive_int(batch_size, "batch_size"), x))
@@ -63,8 +65,6 @@ def _build_attention_step(model_ref):
     def step(x):
         found = []
         run_graph(model_ref(), x, _attending(found, lambda probabilities: probabilities))
-        if not found:
-            raise ValueError(_NO_ATTENTION.format(name=model_ref().name))
         return tuple(found)
 
     return step
@@ -126,6 +126,8 @@ def _patch_row(flow: np.ndarray, prefix: int) -> np.ndarray:
 def _maps(model: keras.Model, step, flow_of, x: np.ndarray, *per_image, batch_size, normalize: bool) -> np.ndarray:
     """Maps (N, H, W): ``step``'s per-block attentions of each batch, turned into a token flow by ``flow_of``,
     read at the class token over the patches, laid on the patch grid and placed on the input."""
+    if not attends(model):  # refused here, not inside a trace, where TensorFlow wraps the error in its own
+        raise ValueError(_NO_ATTENTION.format(name=model.name))
     grids = {}
 
     def batch_rows(*batch):
@@ -221,8 +223,6 @@ def _build_gradient_step(model_ref, index: int, target: str):
         operation_fn = _attending(found, lambda probabilities: watch(f"attention_{len(found)}", probabilities))
         scores = target_scores(model_ref(), x, index, target, operation_fn)
         _, score = top_class_scores(scores, classes)
-        if not found:
-            raise ValueError(_NO_ATTENTION.format(name=model_ref().name))
         return score, tuple(found)
 
     gradients = value_and_gradients(objective)

@@ -205,7 +205,10 @@ def get_backbone(name: str | Backbone) -> Backbone:
         raise ValueError(f"`backbone` must be a name such as 'bagnet33' or 'vgg16'. Received: {name!r}")
     key = _key(name)
     if key not in BACKBONES:
-        raise ValueError(f"Unknown backbone {name!r}; choose one of {sorted(BACKBONES)} or pass a keras.Model.")
+        raise ValueError(
+            f"Unknown backbone {name!r}; choose one of {sorted(b.name for b in BACKBONES.values())} or pass a "
+            "keras.Model."
+        )
     return BACKBONES[key]
 
 
