@@ -134,3 +134,19 @@ def test_imagenet_demo_pair_shares_one_preprocessing():
     a = np.asarray(get_backbone("bagnet33").preprocess(x.copy()))
     b = np.asarray(get_backbone("densenet121").preprocess(x.copy()))
     assert np.allclose(a, b)  # so `demo --weights imagenet` explains one input array with both models
+
+
+def test_demo_on_a_folder_too_small_to_split_says_so(tmp_path):
+    import pytest
+    from PIL import Image
+
+    from bagnet_keras.app.demo import run_demo
+
+    for k, label in enumerate(["cross", "ring"]):
+        (tmp_path / "few" / label).mkdir(parents=True)
+        for i in range(4):
+            image = motif_scene(label, seed=200 + 10 * k + i, size=48)[0]
+            Image.fromarray(image).save(tmp_path / "few" / label / f"{i}.jpg", quality=95)
+    with pytest.raises(ValueError, match=r"too small for the demo: its (val and )?test split would be empty"):
+        run_demo(str(tmp_path / "out"), data=str(tmp_path / "few"), image_size=48, epochs=1, progress=False)
+    assert not (tmp_path / "out" / "models").exists()  # stopped before training

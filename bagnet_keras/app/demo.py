@@ -479,9 +479,20 @@ def _prepare_data(data, output_dir: str, stages: _Stages, say: _Say, per_class: 
         # A generated scene may lose a line of uniform margin to the crop; it stays usable.
         report = clean(data, min_size=min(64, image_size // 2), progress=say.progress)
         say(f"clean kept {report.kept} images ({report.duplicates} near-duplicates, {report.rejected} unusable)")
-        split(data, seed=seed)
+        _check_split(split(data, seed=seed), data)
         stages.mark("clean and split")
     return data, masks_root
+
+
+def _check_split(counts: dict, data: str) -> None:
+    """A ValueError naming the empty split, where the dataset is too small to give each split an image."""
+    empty = [name for name in ("train", "val", "test") if not sum(counts[name].values())]
+    if empty:
+        sizes = ", ".join(f"{name} {sum(counts[name].values())}" for name in ("train", "val", "test"))
+        raise ValueError(
+            f"The dataset {data!r} is too small for the demo: its {' and '.join(empty)} split would be empty "
+            f"(images per split: {sizes}; split 80/10/10 %). Give it about 10 or more images per class."
+        )
 
 
 @dataclass
