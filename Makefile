@@ -7,9 +7,9 @@ STAMP := $(VENV)/.installed
 
 BACKENDS_STAMP := $(VENV)/.backends
 
-.PHONY: test test-backends demo lint bench clean test-latest-keras
+.PHONY: test test-backends demo docs lint bench clean test-latest-keras
 
-$(STAMP): setup.py
+$(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
@@ -38,7 +38,11 @@ test-backends: $(BACKENDS_STAMP)
 demo: $(STAMP)
 	$(BIN)/bagnet-keras demo
 
-# The suite against the newest Keras release, past setup.py's upper bound, in a venv of its own.
+# The documentation site into site/ (mkdocs.yml; strict: a warning fails it).
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
+
+# The suite against the newest Keras release, past pyproject.toml's upper bound, in a venv of its own.
 test-latest-keras:
 	$(PYTHON) -m venv .venv-latest-keras
 	.venv-latest-keras/bin/python -m pip install --quiet --upgrade pip

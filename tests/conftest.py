@@ -47,6 +47,8 @@ SLOW_FIRST = (
     "test_killpoints.py",
     "test_compare_stream.py",
     "test_atlas_page.py",
+    "test_release.py",
+    "test_docs.py",
     "test_cli.py",
     "test_sanity.py",
     "test_models.py",

@@ -131,24 +131,31 @@ def test_explainer_fixes_model_method_and_target(softmax_model):
     assert isinstance(bagnet_keras.explain, type(bagnet_keras))  # the subpackage, not hidden by a function
 
 
-def _readme_methods():
-    """The rows of README.md's table of methods, as the cells of each row."""
-    readme = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md"), encoding="utf-8").read()
-    header = "| method | what it shows | family | takes a layer | BagNet only | transformers only | implementation |"
-    assert header in readme, "README.md has no table of methods"
-    lines = readme[readme.index(header) :].splitlines()[2:]
+def _table(path: str, header: str) -> list[list[str]]:
+    """The rows of the markdown table under ``header`` in ``path`` (relative to the checkout), as their cells."""
+    with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), path), encoding="utf-8") as f:
+        text = f.read()
+    assert header in text, f"{path} has no table {header}"
+    lines = text[text.index(header) :].splitlines()[2:]
     rows = itertools.takewhile(lambda line: line.startswith("|"), lines)
     return [[cell.strip().strip("`") for cell in row.strip("|").split("|")] for row in rows]
 
 
-def test_the_readme_table_is_the_table_of_methods():
+def test_the_tables_of_methods_are_the_table_of_methods():
+    full = "| method | what it shows | family | takes a layer | BagNet only | transformers only | implementation |"
     expected = [
         [m.name, m.description, m.family]
         + ["yes" if flag else "no" for flag in (m.takes_layer, m.bagnet_only, m.transformer_only)]
         + [m.implementation]
         for m in methods.METHODS.values()
     ]
-    assert _readme_methods() == expected
+    assert _table("docs/methods/index.md", full) == expected
+    # README's: each method linked to its page
+    pages = {m: m.replace("++", "pp").replace("_", "-") for m in methods.METHODS}
+    expected = [
+        [f"[`{m.name}`](docs/methods/{pages[m.name]}.md)", m.description, m.family] for m in methods.METHODS.values()
+    ]
+    assert _table("README.md", "| method | what it shows | family |") == expected
 
 
 def test_every_row_names_its_implementation_and_every_family_how_it_is_called():

@@ -18,6 +18,7 @@ import sys
 
 import numpy as np
 
+from bagnet_keras import __version__
 from bagnet_keras.explain.methods import method_names
 from bagnet_keras.explain.registry import TARGETS, parse_method
 from data_tools.cli import add_commands, integer, run
@@ -540,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     ('atlas', 4, None, 224)
     """
     parser = argparse.ArgumentParser(prog="bagnet-keras", description="BagNets in Keras: see what a CNN looks at.")
+    parser.add_argument("--version", action="version", version=f"bagnet-keras {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     parsers = (_demo_parser, _explain_parser, _compare_parser, _atlas_parser, _explore_parser, _merge_parser)
     for add in (*parsers, _predict_parser):

@@ -14,7 +14,7 @@ reads its private attributes (``_keras_history``, ``_inbound_nodes``,
 ``Sequential._functional``), and no other module does (tests/test_layout.py
 checks it): a Keras release that renames them breaks this file alone, and
 `graph_walk_available` lets callers with another way (``BagNetModel.predict``)
-take it. setup.py bounds Keras at the newest minor version tested;
+take it. pyproject.toml bounds Keras at the newest minor version tested;
 ``make test-latest-keras`` runs the suite against the newest release.
 """
 
