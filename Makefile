@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 BACKENDS_STAMP := $(VENV)/.backends
 
-.PHONY: test test-backends demo docs lint bench clean test-latest-keras
+.PHONY: test test-backends demo docs tutorials lint bench clean test-latest-keras
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ demo: $(STAMP)
 # The documentation site into site/ (mkdocs.yml; strict: a warning fails it).
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict
+
+# Execute the tutorials' notebooks in place (nbmake; their outputs are what the site shows),
+# printing each one's time. One at a time: the first trains the models the others load (fit_classifier resumes).
+tutorials: $(STAMP)
+	$(BIN)/python -m pytest -q --nbmake --overwrite --nbmake-timeout=900 --durations=0 -p no:cacheprovider docs/tutorials
 
 # The suite against the newest Keras release, past pyproject.toml's upper bound, in a venv of its own.
 test-latest-keras:

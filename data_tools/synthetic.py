@@ -195,6 +195,37 @@ def motif_scene(label: str, seed: int, size: int = 64) -> tuple[np.ndarray, np.n
     return image, mask
 
 
+def _scene_seed(seed: int, class_index: int, i: int) -> int:
+    """The seed of scene ``i`` of class ``CLASSES[class_index]`` in a set drawn with ``seed``."""
+    return seed * 1_000_003 + class_index * 100_003 + i
+
+
+def motif_arrays(
+    n_per_class: int, size: int = 64, seed: int = 0, classes: tuple[str, ...] = CLASSES
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`motif_scene` images of ``classes`` in memory: images (N, H, W, 3) uint8, masks (N, H, W) bool, labels (N,).
+
+    The scenes of `write_motif_dataset` with the same ``seed`` (a class's index counts in `CLASSES`), class
+    by class; for notebooks and tests that need no dataset folder.
+
+    Examples
+    --------
+    >>> images, masks, labels = motif_arrays(2, classes=("cross", "ring"))
+    >>> images.shape, masks.shape, labels.tolist()
+    ((4, 64, 64, 3), (4, 64, 64), [0, 0, 1, 1])
+    """
+    unknown = sorted(set(classes) - set(CLASSES))
+    if unknown:
+        raise ValueError(f"Unknown classes {unknown}; choose from {CLASSES}.")
+    scenes = [
+        motif_scene(label, seed=_scene_seed(seed, CLASSES.index(label), i), size=size)
+        for label in classes
+        for i in range(n_per_class)
+    ]
+    labels = np.repeat(np.arange(len(classes)), n_per_class)
+    return np.stack([s[0] for s in scenes]), np.stack([s[1] for s in scenes]), labels
+
+
 def write_motif_dataset(root: str, masks_root: str, n_per_class: int, size: int = 64, seed: int = 0) -> None:
     """Write `motif_scene` images as ``root/<class>/NNNNNN.png`` and their masks at the same paths under ``masks_root``.
 
@@ -211,7 +242,7 @@ def write_motif_dataset(root: str, masks_root: str, n_per_class: int, size: int 
         for folder in (root, masks_root):
             os.makedirs(os.path.join(folder, label), exist_ok=True)
         for i in range(n_per_class):
-            image, mask = motif_scene(label, seed=seed * 1_000_003 + k * 100_003 + i, size=size)
+            image, mask = motif_scene(label, seed=_scene_seed(seed, k, i), size=size)
             for folder, array in ((root, image), (masks_root, mask.astype(np.uint8) * 255)):
                 with atomic_target(os.path.join(folder, label, f"{i:06d}.png")) as tmp:
                     Image.fromarray(array).save(tmp, format="PNG")

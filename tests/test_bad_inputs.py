@@ -102,6 +102,11 @@ COMMAND_CASES = [
     ),
     ("explain a fake image", lambda w, o: _explain(w, "--images", str(w / "fake.png"), "--out", o), r"fake\.png"),
     (
+        "explain --preprocess nope",
+        lambda w, o: _explain(w, "--data", str(w / "data"), "--out", o, "--preprocess", "nope"),
+        r"Unknown backbone 'nope'",
+    ),
+    (
         "explain a bomb",
         lambda w, o: _explain(w, "--images", str(w / "bomb.png"), "--out", o),
         r"bomb\.png.*bomb",

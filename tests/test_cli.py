@@ -3,6 +3,7 @@ import csv
 import pytest
 from compare_case import motif_dataset, saved_models
 
+from bagnet_keras.app import workflows
 from bagnet_keras.app.cli import main
 
 
@@ -34,7 +35,7 @@ def test_predict_reports_a_bad_weights_argument_without_traceback(capsys):
 
 
 @pytest.mark.backends
-def test_explain_and_compare_commands_write_reports(tmp_path, capsys):
+def test_explain_and_compare_commands_write_reports(tmp_path, capsys, monkeypatch):
     motif_dataset(tmp_path / "data")
     saved_models(tmp_path)
 
@@ -76,6 +77,12 @@ def test_explain_and_compare_commands_write_reports(tmp_path, capsys):
     ]
     assert main(argv) == 0
     assert "Explanations of" in (tmp_path / "explain" / "report.html").read_text()
+    # a .keras file that expects another preprocessing than ImageNet's says so
+    asked = []
+    real = workflows.get_backbone
+    monkeypatch.setattr(workflows, "get_backbone", lambda name: asked.append(name) or real(name))
+    assert main([*argv[:-1], str(tmp_path / "explain-mobilenet"), "--preprocess", "mobilenetv2"]) == 0
+    assert asked[-1] == "mobilenetv2"
     assert main(["compare", "--model", "cnn", "--data", str(tmp_path / "data")]) == 2
     assert "NAME=PATH" in capsys.readouterr().err
 

@@ -58,6 +58,23 @@ def test_every_method_has_a_page_with_its_figure_and_the_sanity_checks_measured(
     assert gallery.sanity_table(measured) in (ROOT / "docs" / "sanity.md").read_text(encoding="utf-8")
 
 
+def test_every_tutorial_is_listed_and_holds_its_outputs():
+    """The notebooks are committed executed (`make tutorials`), so the site shows outputs without running them."""
+    import nbformat
+
+    notebooks = sorted((ROOT / "docs" / "tutorials").glob("*.ipynb"))
+    listing = (ROOT / "docs" / "tutorials" / "index.md").read_text(encoding="utf-8")
+    nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    assert len(notebooks) >= 4
+    for path in notebooks:
+        assert f"({path.name})" in listing and f"tutorials/{path.name}" in nav, path.name
+        code = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+        outputs = [o for c in code for o in c.outputs]
+        assert all(c.execution_count for c in code), f"{path.name} is not executed"
+        assert not [o for o in outputs if o.output_type == "error"], path.name
+        assert any("image/png" in o.get("data", {}) or o.output_type == "stream" for o in outputs), path.name
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("site")

@@ -15,10 +15,10 @@ import argparse
 import contextlib
 import os
 import sys
+from importlib.metadata import version
 
 import numpy as np
 
-from bagnet_keras import __version__
 from bagnet_keras.explain.methods import method_names
 from bagnet_keras.explain.registry import TARGETS, parse_method
 from data_tools.cli import add_commands, integer, run
@@ -249,6 +249,7 @@ def explain(args: argparse.Namespace) -> int:
         shard=args.shard,
         jit_compile=args.jit_compile,
         dtype_policy=args.dtype_policy,
+        preprocess=args.preprocess,
     )
     _done(path, args)
     return 0
@@ -467,6 +468,10 @@ def _explain_parser(sub) -> None:
     p.add_argument("--images", nargs="+", help="image files")
     p.add_argument("--data", help="or a dataset folder")
     p.add_argument("--split", choices=["train", "val", "test"], help="with --data: one split of the manifest")
+    p.add_argument(
+        "--preprocess",
+        help="backbone whose preprocessing the model expects (default: a name's own; ImageNet's for a .keras file)",
+    )
     _add_methods(p)
     p.add_argument("--out", default="runs/explain")
     p.set_defaults(func=explain)
@@ -541,7 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
     ('atlas', 4, None, 224)
     """
     parser = argparse.ArgumentParser(prog="bagnet-keras", description="BagNets in Keras: see what a CNN looks at.")
-    parser.add_argument("--version", action="version", version=f"bagnet-keras {__version__}")
+    # the installed distribution's version, which the build read from bagnet_keras.__version__
+    parser.add_argument("--version", action="version", version=f"bagnet-keras {version('bagnet-keras')}")
     sub = parser.add_subparsers(dest="command", required=True)
     parsers = (_demo_parser, _explain_parser, _compare_parser, _atlas_parser, _explore_parser, _merge_parser)
     for add in (*parsers, _predict_parser):

@@ -88,20 +88,24 @@ def explain_images(
     shard: tuple[int, int] | None = None,
     jit_compile: bool = False,
     dtype_policy: str | None = None,
+    preprocess: str | None = None,
 ) -> str | None:
     """Explain one model's top prediction for image files (or a dataset folder) and write the report.
 
     The maps are measured as in `bagnet_keras.metrics.comparison` for the predicted class, batch by
     batch; the results are committed under ``output_dir/comparison`` as they go, so the same call
     again resumes a killed run. A ``shard`` writes no report (`merge` does, from all shards) and
-    returns None.
+    returns None. ``preprocess`` names the backbone whose preprocessing the model expects
+    (``"mobilenetv2"``: pixels to [-1, 1]); by default a backbone name's own, and ImageNet's mean and
+    standard deviation for a ``.keras`` file.
     """
     from bagnet_keras.core.files import read_image
     from bagnet_keras.metrics.comparison import default_batch_size
     from bagnet_keras.models.inference import with_dtype_policy
     from data_tools.loader import ImageFiles
 
-    net, preprocess = load_model(model, weights)
+    net, own = load_model(model, weights)
+    preprocess = own if preprocess is None else get_backbone(preprocess).preprocess
     # Zero is not "the default": None is.
     batch_size = check_int(batch_size, "batch_size", low=1, allow_none=True) or default_batch_size()
     names = None
