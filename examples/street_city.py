@@ -1,11 +1,13 @@
-"""The street-city study in one script: which city is a street photo from, and is it East or West?
+"""The street-city study in one script: which city is a street photo from, and is it Eastern or Western?
 
-Crawls street photos of ten cities (data_tools.crawl), cleans and splits them,
-then compares, for each backbone (VGG16 and BagNet-33, ImageNet weights), an
-SVM on pooled features, training from scratch, transfer learning and
-fine-tuning, with two outputs at once (city, region). Prints a results table
-and writes, under --out: every run's best model, history and confusion
-matrices, and results.json.
+Crawls street photos of the study's ten cities (data_tools.crawl), cleans and
+splits them, then compares, for each backbone (VGG16 trained on Places365, the
+study's scene backbone, VGG16 trained on ImageNet, and BagNet-33), an SVM on
+pooled features, training from scratch, transfer learning and fine-tuning,
+with two outputs at once (city, and Eastern or Western). Prints the study's
+results table and writes, under --out: every run's best model, history and
+confusion matrices, results.json, results.md (the table) and results.png (its
+figure: accuracy per backbone and mode, for both heads).
 
     python examples/street_city.py --out runs/streets                       # crawls (network), then trains
     python examples/street_city.py --data datasets/streets --out runs/streets   # offline: an existing dataset
@@ -21,19 +23,21 @@ import argparse
 import os
 import sys
 
-#: Ten cities and the side of the former Iron Curtain they lie on.
+#: The study's ten cities and its second head: Western (Europe and North America) or Eastern (East Asia).
 CITIES = {
-    "Amsterdam": "West",
-    "Lisbon": "West",
-    "London": "West",
-    "Madrid": "West",
-    "Paris": "West",
-    "Bucharest": "East",
-    "Budapest": "East",
-    "Kyiv": "East",
-    "Prague": "East",
-    "Warsaw": "East",
+    "London": "Western",
+    "Paris": "Western",
+    "Moscow": "Western",
+    "Vancouver": "Western",
+    "New York": "Western",
+    "Beijing": "Eastern",
+    "Singapore": "Eastern",
+    "Seoul": "Eastern",
+    "Kyoto": "Eastern",
+    "Tokyo": "Eastern",
 }
+#: The study's central comparison: scene-trained against object-trained VGG16, with a BagNet beside them.
+BACKBONES = ("vgg16_places365", "vgg16", "bagnet33")
 QUERY = "{label} street photo -art -fashion -food"
 MODES = ("svm", "scratch", "transfer", "finetune")
 
@@ -118,12 +122,48 @@ def run_network(backbone_name, mode, data, names, args, folder):
     return results
 
 
+def results_table(results: dict) -> str:
+    """The study's table, in markdown: test accuracy per backbone and mode, for both heads."""
+    lines = ["| backbone | mode | city accuracy | Eastern/Western accuracy |", "|---|---|---|---|"]
+    for key, result in results.items():
+        backbone_name, mode = key.split("/")
+        lines.append(
+            f"| {backbone_name} | {mode} | {result['city']['accuracy']:.3f} | {result['region']['accuracy']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def results_figure(results: dict):
+    """The table as a figure: one panel per head, a group of bars per mode, a bar per backbone."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    keys = [key.split("/") for key in results]
+    backbones = list(dict.fromkeys(b for b, _ in keys))
+    modes = list(dict.fromkeys(m for _, m in keys))
+    figure = Figure(figsize=(4 + 2 * len(modes), 3.6), layout="constrained")
+    width = 0.8 / len(backbones)
+    for ax, (head, title) in zip(
+        figure.subplots(1, 2), (("city", "city"), ("region", "Eastern or Western")), strict=True
+    ):
+        for i, backbone_name in enumerate(backbones):
+            values = [
+                results.get(f"{backbone_name}/{mode}", {}).get(head, {}).get("accuracy", np.nan) for mode in modes
+            ]
+            ax.bar(np.arange(len(modes)) + i * width, values, width, label=backbone_name)
+        ax.set_xticks(np.arange(len(modes)) + width * (len(backbones) - 1) / 2, modes)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"test accuracy: {title}", fontsize=10)
+    ax.legend(fontsize=8)
+    return figure
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output folder (models, figures, results.json)")
     parser.add_argument("--data", help="an existing dataset folder: skip crawling (offline)")
     parser.add_argument("--per-class", type=int, default=2000, help="images to crawl per city")
-    parser.add_argument("--backbones", nargs="+", default=["vgg16", "bagnet33"])
+    parser.add_argument("--backbones", nargs="+", default=list(BACKBONES))
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--weights", default="pretrained", help="'pretrained', 'none' or a weights file")
     parser.add_argument("--image-size", type=int, default=224)
@@ -134,6 +174,8 @@ def main(argv=None) -> int:
     args.weights = None if args.weights == "none" else args.weights
     os.makedirs(args.out, exist_ok=True)
 
+    from bagnet_keras.core.commit import write_atomic
+    from bagnet_keras.report.plot import save_figure
     from bagnet_keras.transfer.backbones import get_backbone
     from bagnet_keras.transfer.evaluation import save_json
 
@@ -151,10 +193,10 @@ def main(argv=None) -> int:
             results[f"{backbone_name}/{mode}"] = result
             save_json(results, os.path.join(args.out, "results.json"))
 
-    print("\n| backbone | set-up | city accuracy | region accuracy |\n|---|---|---|---|")
-    for key, result in results.items():
-        backbone_name, mode = key.split("/")
-        print(f"| {backbone_name} | {mode} | {result['city']['accuracy']:.3f} | {result['region']['accuracy']:.3f} |")
+    table = results_table(results)
+    write_atomic(os.path.join(args.out, "results.md"), table)
+    save_figure(results_figure(results), os.path.join(args.out, "results.png"))
+    print("\n" + table)
     print(f"\nfull results: {os.path.join(args.out, 'results.json')}")
     return 0
 

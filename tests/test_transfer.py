@@ -331,7 +331,7 @@ def test_street_city_example_runs_offline_on_a_dataset_folder(tmp_path, capsys):
     from PIL import Image
 
     images, labels = textures(8, 72, seed=13)
-    for k, city in enumerate(["Paris", "Warsaw", "London"]):
+    for k, city in enumerate(["Paris", "Tokyo", "New York"]):
         (tmp_path / "data" / city).mkdir(parents=True)
         for i, image in enumerate(images[labels == k]):
             Image.fromarray(image).save(tmp_path / "data" / city / f"{i:03d}.jpg", quality=95)
@@ -362,7 +362,12 @@ def test_street_city_example_runs_offline_on_a_dataset_folder(tmp_path, capsys):
     results = json.loads((tmp_path / "runs" / "results.json").read_text())
     assert set(results) == {"vgg16/svm", "vgg16/transfer"}
     assert set(results["vgg16/transfer"]) == {"city", "region"}
-    assert results["vgg16/transfer"]["region"]["class_names"] == ["East", "West"]
+    assert results["vgg16/transfer"]["region"]["class_names"] == ["Eastern", "Western"]
+    # the study's table and its figure, from the results
+    table = (tmp_path / "runs" / "results.md").read_text()
+    accuracy = results["vgg16/transfer"]["region"]["accuracy"]
+    assert f"| vgg16 | transfer | {results['vgg16/transfer']['city']['accuracy']:.3f} | {accuracy:.3f} |" in table
+    assert table in out and (tmp_path / "runs" / "results.png").stat().st_size > 0
     assert sorted(os.listdir(tmp_path / "runs" / "vgg16" / "transfer")) == [
         "backup",
         "best.keras",
