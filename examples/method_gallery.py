@@ -32,7 +32,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 BEGIN, END = "<!-- sanity: begin -->", "<!-- sanity: end -->"
-SHOWN, CHECKED = 4, 8
+#: Test images each sanity check runs on.
+CHECKED = 8
+#: How a check's `passed` reads on the pages (None: the maps were constant, the check cannot tell).
+VERDICTS = {True: "passes", False: "fails", None: "says nothing"}
 
 
 def page_name(method: str) -> str:
@@ -49,9 +52,6 @@ def percent(fraction: float) -> str:
 def sanity_section(method: str, measured: dict) -> str:
     """The markdown between a page's sanity markers, from what this script measured for ``method``."""
 
-    def verdict(passed):
-        return {True: "passes", False: "fails", None: "says nothing"}[passed]
-
     randomization, invariance = measured["randomization"], measured["invariance"]
     return "\n".join(
         [
@@ -61,9 +61,9 @@ def sanity_section(method: str, measured: dict) -> str:
             "",
             "| check | result | measured |",
             "|---|---|---|",
-            f"| model randomisation (Adebayo et al. 2018) | {verdict(randomization['passed'])} | mean Spearman "
+            f"| model randomisation (Adebayo et al. 2018) | {VERDICTS[randomization['passed']]} | mean Spearman "
             f"correlation {randomization['spearman']:.2f} with every layer re-initialised (passes below 0.5) |",
-            f"| input invariance (Kindermans et al. 2019) | {verdict(invariance['passed'])} | the maps change by "
+            f"| input invariance (Kindermans et al. 2019) | {VERDICTS[invariance['passed']]} | the maps change by "
             f"{percent(invariance['change'])} when the input is shifted by {invariance['shift']:g} "
             "(passes at 0.1 % or less) |",
             END,
@@ -75,13 +75,10 @@ def sanity_table(measured: dict) -> str:
     """The markdown between the sanity page's markers: every method's two verdicts, in the table's order."""
     from bagnet_keras.explain.methods import METHODS
 
-    def verdict(check):
-        return {True: "passes", False: "fails", None: "says nothing"}[check["passed"]]
-
     rows = [
         f"| [`{m}`](methods/{page_name(m)}.md) | {measured[m]['model'].split(' (')[0]} | "
-        f"{verdict(measured[m]['randomization'])} ({measured[m]['randomization']['spearman']:.2f}) | "
-        f"{verdict(measured[m]['invariance'])} ({percent(measured[m]['invariance']['change'])}) |"
+        f"{VERDICTS[measured[m]['randomization']['passed']]} ({measured[m]['randomization']['spearman']:.2f}) | "
+        f"{VERDICTS[measured[m]['invariance']['passed']]} ({percent(measured[m]['invariance']['change'])}) |"
         for m in METHODS
         if m in measured
     ]

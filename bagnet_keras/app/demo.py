@@ -486,12 +486,13 @@ def _prepare_data(data, output_dir: str, stages: _Stages, say: _Say, per_class: 
 
 def _check_split(counts: dict, data: str) -> None:
     """A ValueError naming the empty split, where the dataset is too small to give each split an image."""
-    empty = [name for name in ("train", "val", "test") if not sum(counts[name].values())]
+    sizes = {name: sum(counts[name].values()) for name in ("train", "val", "test")}
+    empty = [name for name, size in sizes.items() if not size]
     if empty:
-        sizes = ", ".join(f"{name} {sum(counts[name].values())}" for name in ("train", "val", "test"))
+        listed = ", ".join(f"{name} {size}" for name, size in sizes.items())
         raise ValueError(
             f"The dataset {data!r} is too small for the demo: its {' and '.join(empty)} split would be empty "
-            f"(images per split: {sizes}; split 80/10/10 %). Give it about 10 or more images per class."
+            f"(images per split: {listed}; split 80/10/10 %). Give it about 10 or more images per class."
         )
 
 

@@ -391,7 +391,7 @@ def _each_image(convolve: Callable, x):
 
     XLA's CPU convolution of a batch is slower than the same images one by one: a 3x3 64->64
     convolution of 16 images of 55x55 takes 113 ms in one call and 45 ms image by image, and
-    BagNet-33's ``predict`` goes from 0.86x TensorFlow's throughput to 1.1x (bench/forward.py).
+    BagNet-33's ``predict`` goes from 0.86x TensorFlow's throughput to 1.03x (bench/forward.py --backend all).
     A loop (not one convolution per image unrolled) keeps the compiled graph's size independent
     of the batch size.
     """
