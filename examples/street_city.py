@@ -7,14 +7,19 @@ pooled features, training from scratch, transfer learning and fine-tuning,
 with two outputs at once (city, and Eastern or Western). Prints the study's
 results table and writes, under --out: every run's best model, history and
 confusion matrices, results.json, results.md (the table) and results.png (its
-figure: accuracy per backbone and mode, for both heads).
+figure: accuracy per backbone and mode, for both heads). Then the best CNN and
+the best BagNet (by city accuracy) are explained on test images, under
+--out/explain: report.html (Grad-CAM beside BagNet evidence, with deletion,
+insertion and the sanity checks), atlas.html and explorer.html.
 
     python examples/street_city.py --out runs/streets                       # crawls (network), then trains
     python examples/street_city.py --data datasets/streets --out runs/streets   # offline: an existing dataset
 
 With --data the folder needs one sub-folder per city (any of CITIES); it is
 cleaned and split in place first if its manifest has no split yet. On a CPU,
-``--backbones vgg16 --modes transfer --image-size 128 --epochs 2`` is a quick look.
+``--backbones vgg16 bagnet33 --modes transfer --image-size 128 --epochs 2`` is a quick look.
+Every model takes the pixels (0..255) and preprocesses them in its first layer
+(``include_preprocessing=True``), so one copy of each split serves all of them.
 """
 
 from __future__ import annotations
@@ -52,7 +57,10 @@ def prepare(args) -> str:
     if args.data is None:
         from data_tools.crawl import crawl
 
-        report = crawl(root, list(CITIES), n_per_class=args.per_class, queries=[QUERY], filters={"type": "photo"})
+        where = {"endpoint": args.endpoint} if args.endpoint else {}
+        report = crawl(
+            root, list(CITIES), n_per_class=args.per_class, queries=[QUERY], filters={"type": "photo"}, **where
+        )
         print(f"crawled: {report.counts} (failures: {dict(report.failures)})")
     records = read_manifest(root)
     if not any("split" in r for r in records.values()):
@@ -62,21 +70,14 @@ def prepare(args) -> str:
     return root
 
 
-def datasets(root: str, backbone, size: int, batch_size: int):
+def datasets(root: str, size: int, batch_size: int):
+    """The splits as pixels 0..255, with both heads' labels: every model preprocesses in its first layer."""
     from bagnet_keras.transfer import with_heads
     from data_tools.loader import image_dataset
 
     out = {}
     for name in ("train", "val", "test"):
-        data = image_dataset(
-            root,
-            (size, size),
-            batch_size=batch_size,
-            split=name,
-            preprocess=backbone.preprocess,
-            augment=name == "train",
-            cache=True,
-        )
+        data = image_dataset(root, (size, size), batch_size=batch_size, split=name, augment=name == "train", cache=True)
         unknown = sorted(set(data.class_names) - set(CITIES))
         if unknown:
             raise SystemExit(f"street_city.py: classes {unknown} are not cities of CITIES; add them with a region.")
@@ -87,7 +88,7 @@ def datasets(root: str, backbone, size: int, batch_size: int):
 def run_svm(backbone_name, data, names, weights, size):
     from bagnet_keras.transfer.baselines import SVMBaseline, extract_features, feature_extractor, svm_results
 
-    extractor = feature_extractor(backbone_name, weights, (size, size, 3))
+    extractor = feature_extractor(backbone_name, weights, (size, size, 3), include_preprocessing=True)
     x_train, y_train = extract_features(extractor, data["train"])
     x_test, y_test = extract_features(extractor, data["test"])
     return {
@@ -108,6 +109,7 @@ def run_network(backbone_name, mode, data, names, args, folder):
         mode=mode,
         weights=weights,
         input_shape=(args.image_size, args.image_size, 3),
+        include_preprocessing=True,
         dropout=0.2,
     )
     epochs = args.epochs * (3 if mode == "scratch" else 1)
@@ -120,6 +122,47 @@ def run_network(backbone_name, mode, data, names, args, folder):
             os.path.join(folder, f"confusion_{head}.png"),
         )
     return results
+
+
+def best_models(results: dict) -> dict[str, str]:
+    """The trained network of highest city accuracy among the CNNs, and among the BagNets: ``{"cnn": key, ...}``."""
+    from bagnet_keras.transfer.backbones import get_backbone
+
+    best: dict[str, str] = {}
+    for key, result in results.items():
+        backbone_name, mode = key.split("/")
+        if mode == "svm":
+            continue
+        kind = "bagnet" if get_backbone(backbone_name).bagnet else "cnn"
+        if kind not in best or result["city"]["accuracy"] > results[best[kind]]["city"]["accuracy"]:
+            best[kind] = key
+    return best
+
+
+def explain_best(args, root: str, results: dict) -> None:
+    """Grad-CAM beside BagNet evidence (the comparison report), the atlas and the explorer of the best models.
+
+    Each is explained for its city head alone (a model of that output, saved as ``city.keras`` beside the
+    run's ``best.keras``), on the first ``--explain-images`` test images, under ``--out``/explain.
+    """
+    import keras
+
+    from bagnet_keras.app.workflows import compare_models, explore_models
+
+    chosen = {}
+    for kind, key in best_models(results).items():
+        folder = os.path.join(args.out, key)
+        model = keras.models.load_model(os.path.join(folder, "best.keras"))
+        city = keras.Model(model.inputs, model.get_layer("city").output, name=f"{kind}_city")
+        chosen[kind] = os.path.join(folder, "city.keras")
+        city.save(chosen[kind])
+        print(f"explaining {kind}: {key} (city accuracy {results[key]['city']['accuracy']:.3f})")
+    out = os.path.join(args.out, "explain")
+    common = dict(split="test", image_size=args.image_size, preprocess="none", max_images=args.explain_images)
+    report = compare_models(chosen, root, out, sanity=min(args.sanity, args.explain_images), **common)
+    steps = args.visualization_steps
+    explorer = explore_models(chosen, root, out, batch_size=args.batch_size, visualization_steps=steps, **common)
+    print(f"comparison report: {report}\natlas: {os.path.join(out, 'atlas.html')}\nexplorer: {explorer}")
 
 
 def results_table(results: dict) -> str:
@@ -170,6 +213,12 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=10, help="epochs per phase (scratch: three times as many)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--explain-images", type=int, default=64, help="test images the best models are explained on (0: none)"
+    )
+    parser.add_argument("--sanity", type=int, default=4, help="test images of the maps' sanity checks")
+    parser.add_argument("--visualization-steps", type=int, default=128, help="of the explorer's feature visualisations")
+    parser.add_argument("--endpoint", help="the search engine's address (a test server; default: the engine's own)")
     args = parser.parse_args(argv)
     args.weights = None if args.weights == "none" else args.weights
     os.makedirs(args.out, exist_ok=True)
@@ -180,9 +229,10 @@ def main(argv=None) -> int:
     from bagnet_keras.transfer.evaluation import save_json
 
     root = prepare(args)
+    data, names = datasets(root, args.image_size, args.batch_size)
     results = {}
     for backbone_name in args.backbones:
-        data, names = datasets(root, get_backbone(backbone_name), args.image_size, args.batch_size)
+        get_backbone(backbone_name)  # an unknown name stops here, before any training
         for mode in args.modes:
             if mode == "svm":
                 result = run_svm(backbone_name, data, names, args.weights, args.image_size)
@@ -198,6 +248,8 @@ def main(argv=None) -> int:
     save_figure(results_figure(results), os.path.join(args.out, "results.png"))
     print("\n" + table)
     print(f"\nfull results: {os.path.join(args.out, 'results.json')}")
+    if args.explain_images:
+        explain_best(args, root, results)
     return 0
 
 

@@ -43,6 +43,7 @@ def _isolated_keras_home(tmp_path, monkeypatch):
 # module fixtures are built once per worker.
 SLOW_FIRST = (
     "test_demo.py",
+    "test_street_city.py",
     "test_transfer.py",
     "test_killpoints.py",
     "test_compare_stream.py",

@@ -79,8 +79,8 @@ def test_explain_and_compare_commands_write_reports(tmp_path, capsys, monkeypatc
     assert "Explanations of" in (tmp_path / "explain" / "report.html").read_text()
     # a .keras file that expects another preprocessing than ImageNet's says so
     asked = []
-    real = workflows.get_backbone
-    monkeypatch.setattr(workflows, "get_backbone", lambda name: asked.append(name) or real(name))
+    real = workflows.get_preprocessing
+    monkeypatch.setattr(workflows, "get_preprocessing", lambda name: asked.append(name) or real(name))
     assert main([*argv[:-1], str(tmp_path / "explain-mobilenet"), "--preprocess", "mobilenetv2"]) == 0
     assert asked[-1] == "mobilenetv2"
     assert main(["compare", "--model", "cnn", "--data", str(tmp_path / "data")]) == 2

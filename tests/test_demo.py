@@ -92,39 +92,30 @@ def test_the_disc_is_the_ring_with_its_hole_filled():
     assert image.shape == (64, 64, 3) and 2 * disc.sum() <= mask.sum()  # two discs, dilated by one pixel
 
 
-def test_demo_on_a_dataset_folder(tmp_path):
+def test_demo_takes_a_dataset_folder_as_it_is(tmp_path):
+    """A folder given is cleaned and split in place, once, and has no masks; from there the demo runs as on its
+    generated scenes (test_demo_command_writes_the_report), with the maps' measures that need no mask."""
     from PIL import Image
 
-    from bagnet_keras.app.demo import run_demo
+    from bagnet_keras.app.demo import _prepare_data, _Say, _Stages
+    from data_tools.manifest import read_manifest
 
+    folder, out = tmp_path / "streets", tmp_path / "out"
     for k, label in enumerate(["cross", "ring", "triangle"]):
-        (tmp_path / "streets" / label).mkdir(parents=True)
+        (folder / label).mkdir(parents=True)
         for i in range(8):
             Image.fromarray(motif_scene(label, seed=100 + 10 * k + i, size=48)[0]).save(
-                tmp_path / "streets" / label / f"{i}.jpg", quality=95
+                folder / label / f"{i}.jpg", quality=95
             )
-    path = run_demo(
-        str(tmp_path / "out"),
-        data=str(tmp_path / "streets"),
-        image_size=48,
-        epochs=1,
-        visualization_steps=16,
-        progress=False,
-    )
-    text = open(path, encoding="utf-8").read()
-    assert "Deletion area on the BagNet" in text and "Pointing game" not in text  # no masks given
-    assert sorted(os.listdir(tmp_path / "out")) == [
-        "atlas.html",
-        "atlas_findings.json",
-        "comparison",
-        "explorer.html",
-        "figures",
-        "models",
-        "report.html",
-        "run.json",
-        "stages.json",
-        "visualizations.npz",
-    ]
+    out.mkdir()
+    data, masks = _prepare_data(str(folder), str(out), _Stages(str(out)), _Say(False), 400, 48, 0)
+    assert (data, masks) == (str(folder), None)
+    records = read_manifest(str(folder))
+    assert len(records) == 24 and {r["split"] for r in records.values()} == {"train", "val", "test"}
+    assert sorted(os.listdir(out)) == ["stages.json"]  # nothing generated beside the folder
+    before = (folder / "manifest.jsonl").read_bytes()
+    assert _prepare_data(str(folder), str(out), _Stages(str(out)), _Say(False), 400, 48, 0) == (str(folder), None)
+    assert (folder / "manifest.jsonl").read_bytes() == before  # a rerun does not split again
 
 
 def test_imagenet_demo_pair_shares_one_preprocessing():

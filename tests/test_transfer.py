@@ -325,82 +325,6 @@ def test_vgg16_places365_weights_from_a_path_and_a_url(tmp_path, monkeypatch):
         VGG16Places365(include_top=True)
 
 
-def test_street_city_example_runs_offline_on_a_dataset_folder(tmp_path, capsys):
-    import importlib.util
-
-    from PIL import Image
-
-    images, labels = textures(8, 72, seed=13)
-    for k, city in enumerate(["Paris", "Tokyo", "New York"]):
-        (tmp_path / "data" / city).mkdir(parents=True)
-        for i, image in enumerate(images[labels == k]):
-            Image.fromarray(image).save(tmp_path / "data" / city / f"{i:03d}.jpg", quality=95)
-    path = os.path.join(os.path.dirname(__file__), "..", "examples", "street_city.py")
-    spec = importlib.util.spec_from_file_location("street_city", path)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
-    argv = [
-        "--data",
-        str(tmp_path / "data"),
-        "--out",
-        str(tmp_path / "runs"),
-        "--backbones",
-        "vgg16",
-        "--modes",
-        "svm",
-        "transfer",
-        "--weights",
-        "none",
-        "--image-size",
-        "48",
-        "--epochs",
-        "1",
-    ]
-    assert example.main(argv) == 0
-    out = capsys.readouterr().out
-    assert "| vgg16 | svm |" in out and "| vgg16 | transfer |" in out
-    results = json.loads((tmp_path / "runs" / "results.json").read_text())
-    assert set(results) == {"vgg16/svm", "vgg16/transfer"}
-    assert set(results["vgg16/transfer"]) == {"city", "region"}
-    assert results["vgg16/transfer"]["region"]["class_names"] == ["Eastern", "Western"]
-    # the study's table and its figure, from the results
-    table = (tmp_path / "runs" / "results.md").read_text()
-    accuracy = results["vgg16/transfer"]["region"]["accuracy"]
-    assert f"| vgg16 | transfer | {results['vgg16/transfer']['city']['accuracy']:.3f} | {accuracy:.3f} |" in table
-    assert table in out and (tmp_path / "runs" / "results.png").stat().st_size > 0
-    assert sorted(os.listdir(tmp_path / "runs" / "vgg16" / "transfer")) == [
-        "backup",
-        "best.keras",
-        "confusion_city.png",
-        "confusion_region.png",
-        "history.csv",
-        "run.json",
-    ]
-
-
-def test_same_seed_same_model():
-    predictions = []
-    for _ in range(2):
-        keras.utils.set_random_seed(5)  # the initial weights
-        model = build_classifier(_tiny_bagnet(), 3, mode="scratch")
-        _, _, train = _data(4, seed=14, shuffle=True)
-        fit_classifier(model, train, epochs=2, seed=7, verbose=0)
-        x, _, _ = _data(1, seed=15)
-        predictions.append(model.predict(x, verbose=0)["predictions"])
-    assert np.array_equal(predictions[0], predictions[1])
-
-
-def test_training_logs_one_line_per_epoch_off_a_terminal(capsys):
-    """Off a terminal (pytest captures stdout), verbose='auto' writes one line an epoch and no progress bar."""
-    keras.utils.set_random_seed(0)
-    model = build_classifier(_tiny_bagnet(), {"texture": 3}, mode="scratch")
-    _, _, train = _data(4, seed=3)
-    fit_classifier(model, train, train, epochs=3, patience=None)
-    lines = capsys.readouterr().out.splitlines()
-    assert [line.split(" (")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
-    assert all("val_loss" in line and "\r" not in line for line in lines)
-
-
 # -- resumable training (issue 16)
 
 
@@ -447,24 +371,41 @@ def test_training_killed_in_epoch_3_resumes_from_the_end_of_epoch_2(tmp_path, mo
     assert best.output_names == ["texture"]
 
 
-def test_finished_training_is_not_repeated_and_other_arguments_are_refused(tmp_path):
-    keras.utils.set_random_seed(0)
-    model = build_classifier(_tiny_bagnet(), {"texture": 3}, mode="scratch")
-    _, _, train = _data(3, seed=1, batch=6)
-    history = fit_classifier(model, train, epochs=2, patience=None, output_dir=tmp_path, verbose=0)
+def test_same_seed_same_model_one_line_per_epoch_and_a_finished_run_not_repeated(tmp_path, capsys):
+    """Three properties of one training, checked on the same two runs (each trains a model, the cost here):
+
+    - the same seeds give the same model;
+    - off a terminal (pytest captures stdout), verbose="auto" writes one line an epoch and no progress bar;
+    - the same call again into a finished output folder trains nothing; other arguments are refused.
+    """
+    predictions = []
+    for k in range(2):
+        keras.utils.set_random_seed(5)  # the initial weights
+        model = build_classifier(_tiny_bagnet(), {"texture": 3}, mode="scratch")
+        _, _, train = _data(4, seed=14, shuffle=True)
+        history = fit_classifier(model, train, train, epochs=2, seed=7, patience=None, output_dir=tmp_path / str(k))
+        x, _, _ = _data(1, seed=15)
+        predictions.append(model.predict(x, verbose=0)["texture"])
+        lines = capsys.readouterr().out.splitlines()
+        assert [line.split(" (")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+        assert all("val_loss" in line and "\r" not in line for line in lines)
+    assert np.array_equal(predictions[0], predictions[1])
+
     trained = model.get_weights()
     calls = []
     fit = keras.Model.fit
     try:
         keras.Model.fit = lambda self, *a, **k: calls.append(k) or fit(self, *a, **k)
-        again = fit_classifier(model, train, epochs=2, patience=None, output_dir=tmp_path, verbose=0)
+        again = fit_classifier(model, train, train, epochs=2, seed=7, patience=None, output_dir=tmp_path / "1")
     finally:
         keras.Model.fit = fit
     assert again == history and not calls
     assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), trained, strict=True))
     refused = r"other arguments \(differing: epochs, learning_rate\).*another output folder"
     with pytest.raises(ValueError, match=refused):
-        fit_classifier(model, train, epochs=3, learning_rate=0.1, patience=None, output_dir=tmp_path, verbose=0)
+        fit_classifier(
+            model, train, train, epochs=3, learning_rate=0.1, seed=7, patience=None, output_dir=tmp_path / "1"
+        )
 
 
 def _free_ports(n):

@@ -402,7 +402,11 @@ def _dataset_options() -> argparse.ArgumentParser:
     )
     parent.add_argument("--data", required=True, help="a dataset folder (split by bagnet-keras split)")
     parent.add_argument("--split", default="test", choices=["train", "val", "test"])
-    parent.add_argument("--preprocess", default="bagnet33", help="backbone whose preprocessing the models expect")
+    parent.add_argument(
+        "--preprocess",
+        default="bagnet33",
+        help="backbone whose preprocessing the models expect; 'none': models that take pixels 0..255",
+    )
     parent.add_argument(
         "--max-images", type=integer("--max-images", low=1), help="only the first N images of the split (default: all)"
     )

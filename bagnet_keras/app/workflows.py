@@ -17,11 +17,12 @@ import numpy as np
 
 from bagnet_keras.core.commit import write_atomic
 from bagnet_keras.core.inputs import check_image_model, n_classes_of, output_index
+from bagnet_keras.core.layers import PixelAffine
 from bagnet_keras.core.validation import check_int
 from bagnet_keras.metrics.comparison import compare
 from bagnet_keras.metrics.faithfulness import logit_fn
 from bagnet_keras.report.html import write_report
-from bagnet_keras.transfer.backbones import get_backbone
+from bagnet_keras.transfer.backbones import get_backbone, get_preprocessing
 
 
 def load_model(spec: str, weights: str | None = None) -> tuple[keras.Model, object]:
@@ -31,7 +32,8 @@ def load_model(spec: str, weights: str | None = None) -> tuple[keras.Model, obje
     checkpoint path, or None); other names build the keras.applications
     classifier. A ``.keras`` file is loaded in Keras' safe mode (no code from
     the file runs); its preprocessing is the BagNets' (ImageNet, as
-    `bagnet_keras.preprocess_input`) unless the caller knows better.
+    `bagnet_keras.preprocess_input`) unless the caller knows better, and None for
+    a model that preprocesses in its first layer (``include_preprocessing=True``).
     """
     if spec.endswith(".keras"):
         if not os.path.isfile(spec):
@@ -42,6 +44,8 @@ def load_model(spec: str, weights: str | None = None) -> tuple[keras.Model, obje
             # Keras says "File format not supported" or fails deep in deserialisation: name the file.
             raise ValueError(f"Cannot load {spec!r} as a Keras model ({error}).") from None
         check_image_model(model, source=spec)
+        if any(isinstance(layer, PixelAffine) for layer in model.layers[:2]):
+            return model, None
         return model, get_backbone("bagnet33").preprocess
     record = get_backbone(spec)
     if record.bagnet:
@@ -105,7 +109,7 @@ def explain_images(
     from data_tools.loader import ImageFiles
 
     net, own = load_model(model, weights)
-    preprocess = own if preprocess is None else get_backbone(preprocess).preprocess
+    preprocess = own if preprocess is None else get_preprocessing(preprocess)
     # Zero is not "the default": None is.
     batch_size = check_int(batch_size, "batch_size", low=1, allow_none=True) or default_batch_size()
     names = None
@@ -120,7 +124,8 @@ def explain_images(
     def batches():
         # Each batch is explained for the model's own top class, computed as the batch is read.
         for start in range(0, len(files), batch_size):
-            x = np.asarray(preprocess(np.asarray(files[start : start + batch_size], dtype="float32")))
+            x = np.asarray(files[start : start + batch_size], dtype="float32")
+            x = x if preprocess is None else np.asarray(preprocess(x))
             yield x, scorer(x).argmax(axis=1)
 
     names = _class_names(net, names)
@@ -190,7 +195,8 @@ def compare_models(
 ) -> str | None:
     """Compare the explanations of trained models (``.keras`` files) on a dataset split and write the report.
 
-    ``preprocess`` names the backbone whose preprocessing the models expect. The images are read
+    ``preprocess`` names the backbone whose preprocessing the models expect (``"none"``: models built with
+    ``include_preprocessing=True``, which take the pixels themselves). The images are read
     ``batch_size`` at a time and the results committed under ``output_dir/comparison`` as they go:
     memory does not grow with the split, and the same call again resumes a killed run. A ``shard``
     (index, count) measures its part of the split and writes no report: `merge` joins the shards'
@@ -205,7 +211,7 @@ def compare_models(
     files = ImageFiles(data, size, split=split, max_images=max_images)
     _check_classes(loaded, output, data, files.class_names)
     mask_files = ImageFiles(data, size, split=split, masks_root=masks, max_images=max_images) if masks else None
-    prep = get_backbone(preprocess).preprocess
+    prep = get_preprocessing(preprocess)
     result = compare(
         loaded,
         files,
@@ -272,6 +278,7 @@ def atlas_models(
     progress: bool = True,
     shard: tuple[int, int] | None = None,
     explore: bool = False,
+    visualization_steps: int = 128,
 ) -> str | None:
     """The feature atlas of trained models (``.keras`` files) over a dataset split, as ``output_dir/atlas.html``.
 
@@ -280,7 +287,8 @@ def atlas_models(
     layers, and for a BagNet its class concepts. Every pass over the data commits its batches under
     ``output_dir/passes``, so the same call after a kill resumes. With ``shard=(i, n)`` only that shard's
     batches are measured and no page is written (returns None); `merge` joins the shards' folders.
-    With ``explore``, the same passes also make ``output_dir/explorer.html`` (`explore_models`).
+    With ``explore``, the same passes also make ``output_dir/explorer.html`` (`explore_models`), whose
+    feature visualisations take ``visualization_steps`` optimisation steps.
     """
     from bagnet_keras.core.graph import last_spatial_layer
 
@@ -303,6 +311,8 @@ def atlas_models(
     }
     if explore:  # only then: an atlas run folder of an earlier version has no such key, and merges as before
         settings["explore"] = True
+        if visualization_steps != 128:
+            settings["visualization_steps"] = check_int(visualization_steps, "visualization_steps", low=1)
     files, prep = _atlas_data(settings)
     entries = {}
     for name, path in models.items():
@@ -334,7 +344,8 @@ def _write_pages(entries: dict, files, prep, output_dir: str, settings: dict) ->
     explored = _explored_models(entries) if settings.get("explore") else None
     path = _write_atlas_page(entries, files, prep, output_dir)
     if explored is not None:
-        _write_explorer_page(entries, files, prep, output_dir, *explored)
+        steps = settings.get("visualization_steps", 128)
+        _write_explorer_page(entries, files, prep, output_dir, *explored, visualization_steps=steps)
     return path
 
 
@@ -350,7 +361,9 @@ def _explored_models(entries: dict) -> tuple[str | None, str | None]:
     return cnn, bagnet
 
 
-def _write_explorer_page(entries: dict, files, prep, output_dir: str, cnn: str | None, bagnet: str | None) -> str:
+def _write_explorer_page(
+    entries: dict, files, prep, output_dir: str, cnn: str | None, bagnet: str | None, visualization_steps: int
+) -> str:
     from bagnet_keras.report.explorer import write_explorer
 
     chosen = [name for name in (cnn, bagnet) if name is not None]
@@ -365,6 +378,7 @@ def _write_explorer_page(entries: dict, files, prep, output_dir: str, cnn: str |
         preprocess=prep,
         cnn=cnn,
         bagnet=bagnet,
+        visualization_steps=visualization_steps,
         title="What the models see, position by position",
     )
 
@@ -375,7 +389,7 @@ def _atlas_data(settings: dict):
     files = ImageFiles(
         settings["data"], (settings["image_size"],) * 2, split=settings["split"], max_images=settings["max_images"]
     )
-    return files, get_backbone(settings["preprocess"]).preprocess
+    return files, get_preprocessing(settings["preprocess"])
 
 
 def _atlas_passes(name, model, files, prep, layers, settings, output_dir, shard, progress):
@@ -422,7 +436,8 @@ def _write_atlas_page(entries: dict, files, prep, output_dir: str) -> str:
 
     with_groups = [entry for entry in entries.values() if entry.groups is not None]
     if with_groups:  # the images the groups' maps are shown on: read once for every model
-        images = np.asarray(prep(np.asarray(files[:32], dtype="float32")))
+        images = np.asarray(files[:32], dtype="float32")
+        images = images if prep is None else np.asarray(prep(images))
         for entry in with_groups:
             entry.group_images = images
     return write_atlas(

@@ -54,7 +54,7 @@ from bagnet_keras.core.graph import (
     sublayers,
     with_attention,
 )
-from bagnet_keras.core.layers import ClassToken, StemConv
+from bagnet_keras.core.layers import ClassToken, PixelAffine, StemConv
 from bagnet_keras.explain.backward import ACTIVATION_LAYERS, activation_of, replace_activations
 
 ops = keras.ops
@@ -91,6 +91,7 @@ LINEAR_LAYERS = (
     keras.layers.Identity,
     StemConv,
     ClassToken,
+    PixelAffine,
 )
 #: keras.applications' own layers (not exported by Keras) that are linear at inference.
 LINEAR_APPLICATION_LAYERS = ("CustomScaleLayer", "LayerScale", "StochasticDepth")

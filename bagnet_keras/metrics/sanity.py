@@ -30,7 +30,7 @@ from bagnet_keras.core.inputs import (
     classes_or_predicted,
     output_index,
 )
-from bagnet_keras.core.layers import StemConv
+from bagnet_keras.core.layers import PixelAffine, StemConv
 from bagnet_keras.core.scaling import minmax_scale
 from bagnet_keras.core.validation import check_number, check_positive_int
 from bagnet_keras.explain.registry import explain, parse_method
@@ -288,7 +288,8 @@ def _first_layer(model: keras.Model):
 def shifted_model(model: keras.Model, shift) -> keras.Model:
     """A copy of ``model`` that takes ``images + shift`` and gives the outputs ``model`` gives for ``images``.
 
-    The shift is absorbed in the bias of the first layer: a Conv2D with
+    The shift is absorbed in the bias of the first layer: the offset of a
+    `bagnet_keras.core.layers.PixelAffine` (a model's own preprocessing), a Conv2D with
     ``padding="valid"`` (or the BagNet stem) that reads the input, through
     its own bias or, when it has none, the moving mean of the BatchNormalization
     that follows it alone (Kindermans et al.'s construction). Any other model
@@ -306,6 +307,16 @@ def shifted_model(model: keras.Model, shift) -> keras.Model:
     channels = model.inputs[0].shape[-1]
     shift = np.broadcast_to(np.asarray(shift, "float32"), (channels,))
     first = _first_layer(model)
+    if isinstance(first, PixelAffine):  # a model that preprocesses: its offset takes the shift
+
+        def shifted(layer):
+            if layer is not first:
+                return layer.__class__.from_config(layer.get_config())
+            return PixelAffine(first.matrix, first.offset - shift @ first.matrix, name=first.name)
+
+        copy = keras.models.clone_model(model, clone_function=shifted)
+        copy.set_weights(model.get_weights())
+        return copy
     kernel = None
     if isinstance(first, StemConv):
         kernel = keras.ops.convert_to_numpy(first.fused_kernel())

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
+from bagnet_keras.core.layers import PixelAffine
 from bagnet_keras.models import imagenet
 from bagnet_keras.models.bagnet import BagNet9, BagNet17, BagNet33
 from bagnet_keras.models.weights import fetch_file
@@ -212,15 +213,37 @@ def get_backbone(name: str | Backbone) -> Backbone:
     return BACKBONES[key]
 
 
+def get_preprocessing(name: str | Backbone | None) -> Callable | None:
+    """The preprocessing of backbone ``name``, or None for ``"none"``: models that take pixels in [0, 255].
+
+    Such models preprocess in their first layer (``include_preprocessing=True`` in `build_classifier`).
+
+    Examples
+    --------
+    >>> get_preprocessing("none") is None, get_preprocessing("vgg16").__name__
+    (True, 'preprocess_input')
+    """
+    if name is None or (isinstance(name, str) and name.lower() == "none"):
+        return None
+    try:
+        return get_backbone(name).preprocess
+    except ValueError as error:
+        raise ValueError(f"{error} Or 'none', for models that take the pixels (include_preprocessing=True).") from None
+
+
 def build_backbone(
     name: str | Backbone,
     inputs: keras.KerasTensor,
     weights: str | os.PathLike | None = "pretrained",
+    include_preprocessing: bool = False,
 ) -> keras.KerasTensor:
     """The backbone's feature map (N, H', W', C), built on ``inputs``, with its layers' published names.
 
     ``weights`` is ``"pretrained"`` (the backbone's own: ImageNet, or Places365
     for ``vgg16_places365``), ``None`` (random) or a weights file path.
+    ``include_preprocessing=True`` puts the backbone's preprocessing first, as a
+    `bagnet_keras.core.layers.PixelAffine` layer named ``"preprocessing"``:
+    ``inputs`` are then RGB pixels in [0, 255].
 
     Examples
     --------
@@ -231,5 +254,7 @@ def build_backbone(
     backbone = get_backbone(name)
     if weights == "pretrained":
         weights = backbone.pretrained
+    if include_preprocessing:
+        inputs = PixelAffine.from_function(backbone.preprocess, name="preprocessing")(inputs)
     model = backbone.builder(include_top=False, weights=weights, input_tensor=inputs)
     return model.output

@@ -28,8 +28,12 @@ def feature_extractor(
     backbone: str | Backbone | keras.Model,
     weights: str | os.PathLike | None = "pretrained",
     input_shape: tuple | None = None,
+    include_preprocessing: bool = False,
 ) -> keras.Model:
     """The backbone followed by global average pooling: images -> (N, C) features.
+
+    ``include_preprocessing=True`` (a backbone given by name): the extractor takes RGB pixels in
+    [0, 255] and applies the backbone's preprocessing itself (`build_backbone`).
 
     Examples
     --------
@@ -41,7 +45,7 @@ def feature_extractor(
     else:
         record = get_backbone(backbone)
         inputs = keras.Input(input_shape or (record.input_size, record.input_size, 3))
-        features = build_backbone(record, inputs, weights)
+        features = build_backbone(record, inputs, weights, include_preprocessing)
     if len(features.shape) != 4:
         raise ValueError(f"The backbone outputs shape {features.shape}; it must output a feature map (N, H, W, C).")
     return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(features), name="features")

@@ -68,6 +68,7 @@ def build_classifier(
     dropout: float = 0.0,
     weights: str | os.PathLike | None = "pretrained",
     input_shape: tuple | None = None,
+    include_preprocessing: bool = False,
     dtype_policy: str | None = "auto",
     strategy=None,
     name: str | None = None,
@@ -98,6 +99,11 @@ def build_classifier(
     input_shape : tuple, optional
         Default: ``(None, None, 3)`` for BagNets (any size), the pretrained
         size otherwise (224 or 299).
+    include_preprocessing : bool
+        The model takes RGB pixels in [0, 255] and preprocesses them in its first layer
+        (``"preprocessing"``), as keras.applications' ConvNeXt does: then models on backbones with
+        different preprocessings read the same images (`bagnet_keras.compare` needs that), and every
+        map explains the pixels. Only for a backbone given by name.
     dtype_policy : str or None
         Keras dtype policy for the layers built here. ``"auto"``:
         ``"mixed_float16"`` when TensorFlow sees a GPU, else the global policy.
@@ -128,6 +134,11 @@ def build_classifier(
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     with scope, _policy(dtype_policy):
         if isinstance(backbone, keras.Model):
+            if include_preprocessing:
+                raise ValueError(
+                    f"include_preprocessing=True needs a backbone given by name, whose preprocessing is known. "
+                    f"Received the model {backbone.name!r}: put its preprocessing in the model, or in the data."
+                )
             inputs, features = backbone.inputs[0], backbone.outputs[0]
             if len(features.shape) not in (3, 4):
                 raise ValueError(
@@ -145,7 +156,7 @@ def build_classifier(
                 side = record.input_size
                 input_shape = (side, side, 3)
             inputs = keras.Input(input_shape, name="image")
-            features = build_backbone(record, inputs, None if mode == "scratch" else weights)
+            features = build_backbone(record, inputs, None if mode == "scratch" else weights, include_preprocessing)
             default_from = record.finetune_from
         # A transformer's sequence is read at its class token, as keras-hub's ViTImageClassifier does.
         pool = ClassToken if len(features.shape) == 3 else keras.layers.GlobalAveragePooling2D
