@@ -57,6 +57,7 @@ def test_a_preprocessing_of_the_whole_image_is_refused_by_name():
         PixelAffine(np.eye(3), np.zeros(2))
 
 
+@pytest.mark.backends
 def test_a_classifier_with_its_preprocessing_equals_one_fed_preprocessed_images(tmp_path):
     keras.utils.set_random_seed(0)
     shape = (SIZE, SIZE, 3)
