@@ -255,6 +255,8 @@ def merge(output_dir: str, shard_dirs: Sequence[str]) -> str:
     return write_report(result, names, output_dir, title="Explanations compared")
 
 
+#: Optimisation steps of each feature visualisation on the explorer page, unless asked otherwise.
+EXPLORER_STEPS = 128
 #: The atlas command's settings in its output folder: a shard's, for `merge`.
 ATLAS_FILE = "atlas.json"
 #: The committed passes over the data (per model: units, groups, concepts) in an atlas's output folder.
@@ -278,7 +280,7 @@ def atlas_models(
     progress: bool = True,
     shard: tuple[int, int] | None = None,
     explore: bool = False,
-    visualization_steps: int = 128,
+    visualization_steps: int = EXPLORER_STEPS,
 ) -> str | None:
     """The feature atlas of trained models (``.keras`` files) over a dataset split, as ``output_dir/atlas.html``.
 
@@ -311,7 +313,7 @@ def atlas_models(
     }
     if explore:  # only then: an atlas run folder of an earlier version has no such key, and merges as before
         settings["explore"] = True
-        if visualization_steps != 128:
+        if visualization_steps != EXPLORER_STEPS:
             settings["visualization_steps"] = check_int(visualization_steps, "visualization_steps", low=1)
     files, prep = _atlas_data(settings)
     entries = {}
@@ -344,7 +346,7 @@ def _write_pages(entries: dict, files, prep, output_dir: str, settings: dict) ->
     explored = _explored_models(entries) if settings.get("explore") else None
     path = _write_atlas_page(entries, files, prep, output_dir)
     if explored is not None:
-        steps = settings.get("visualization_steps", 128)
+        steps = settings.get("visualization_steps", EXPLORER_STEPS)
         _write_explorer_page(entries, files, prep, output_dir, *explored, visualization_steps=steps)
     return path
 
