@@ -16,9 +16,11 @@ import keras
 import numpy as np
 
 from bagnet_keras.core.commit import write_atomic
+from bagnet_keras.core.graph import input_reader
 from bagnet_keras.core.inputs import check_image_model, n_classes_of, output_index
 from bagnet_keras.core.layers import PixelAffine
 from bagnet_keras.core.validation import check_int
+from bagnet_keras.explain.atlas import image_batches
 from bagnet_keras.metrics.comparison import compare
 from bagnet_keras.metrics.faithfulness import logit_fn
 from bagnet_keras.report.html import write_report
@@ -44,7 +46,7 @@ def load_model(spec: str, weights: str | None = None) -> tuple[keras.Model, obje
             # Keras says "File format not supported" or fails deep in deserialisation: name the file.
             raise ValueError(f"Cannot load {spec!r} as a Keras model ({error}).") from None
         check_image_model(model, source=spec)
-        if any(isinstance(layer, PixelAffine) for layer in model.layers[:2]):
+        if isinstance(input_reader(model), PixelAffine):
             return model, None
         return model, get_backbone("bagnet33").preprocess
     record = get_backbone(spec)
@@ -123,9 +125,7 @@ def explain_images(
 
     def batches():
         # Each batch is explained for the model's own top class, computed as the batch is read.
-        for start in range(0, len(files), batch_size):
-            x = np.asarray(files[start : start + batch_size], dtype="float32")
-            x = x if preprocess is None else np.asarray(preprocess(x))
+        for x in image_batches(files, batch_size, preprocess):
             yield x, scorer(x).argmax(axis=1)
 
     names = _class_names(net, names)
@@ -438,8 +438,7 @@ def _write_atlas_page(entries: dict, files, prep, output_dir: str) -> str:
 
     with_groups = [entry for entry in entries.values() if entry.groups is not None]
     if with_groups:  # the images the groups' maps are shown on: read once for every model
-        images = np.asarray(files[:32], dtype="float32")
-        images = images if prep is None else np.asarray(prep(images))
+        images = next(iter(image_batches(files, 32, prep)))
         for entry in with_groups:
             entry.group_images = images
     return write_atlas(

@@ -58,6 +58,27 @@ def producing_layer(tensor) -> keras.layers.Layer | None:
     return None if history is None else history[0]
 
 
+def input_reader(model: keras.Model) -> keras.layers.Layer | None:
+    """The layer that reads the model's input directly, when it is the only one; else None.
+
+    Examples
+    --------
+    >>> model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Rescaling(2.0, name="scale")])
+    >>> input_reader(model).name
+    'scale'
+    """
+    readers = [
+        layer
+        for layer in model.layers
+        if not isinstance(layer, keras.layers.InputLayer)
+        and any(
+            producing_layer(t) is None or isinstance(producing_layer(t), keras.layers.InputLayer)
+            for t in keras.tree.flatten(layer.input)
+        )
+    ]
+    return readers[0] if len(readers) == 1 else None
+
+
 def inbound_nodes(layer: keras.layers.Layer) -> list:
     """The nodes (calls) of ``layer`` in the graphs it belongs to; ``node.input_tensors`` are their inputs."""
     return list(layer._inbound_nodes)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
-from bagnet_keras.core.graph import iter_layers, producing_layer, sublayers
+from bagnet_keras.core.graph import input_reader, iter_layers, producing_layer, sublayers
 from bagnet_keras.core.initializers import initial_values
 from bagnet_keras.core.inputs import (
     check_images,
@@ -271,20 +271,6 @@ def _weighted_layers(model: keras.Model, index: int, layers: Sequence[str] | Non
     return weighted, layers
 
 
-def _first_layer(model: keras.Model):
-    """The layer that reads the input directly, when it is the only one and is not a nested model."""
-    readers = [
-        layer
-        for layer in model.layers
-        if not isinstance(layer, keras.layers.InputLayer)
-        and any(
-            producing_layer(t) is None or isinstance(producing_layer(t), keras.layers.InputLayer)
-            for t in keras.tree.flatten(layer.input)
-        )
-    ]
-    return readers[0] if len(readers) == 1 else None
-
-
 def shifted_model(model: keras.Model, shift) -> keras.Model:
     """A copy of ``model`` that takes ``images + shift`` and gives the outputs ``model`` gives for ``images``.
 
@@ -306,7 +292,7 @@ def shifted_model(model: keras.Model, shift) -> keras.Model:
     """
     channels = model.inputs[0].shape[-1]
     shift = np.broadcast_to(np.asarray(shift, "float32"), (channels,))
-    first = _first_layer(model)
+    first = input_reader(model)
     if isinstance(first, PixelAffine):  # a model that preprocesses: its offset takes the shift
 
         def shifted(layer):
