@@ -206,6 +206,8 @@ def results_figure(results: dict):
 
 
 def main(argv=None) -> int:
+    from data_tools.cli import integer
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output folder (models, figures, results.json)")
     parser.add_argument("--data", help="an existing dataset folder: skip crawling (offline)")
@@ -218,10 +220,20 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=10, help="epochs per phase (scratch: three times as many)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--explain-images", type=int, default=64, help="test images the best models are explained on (0: none)"
+        "--explain-images",
+        type=integer("--explain-images", low=0),
+        default=64,
+        help="test images the best models are explained on (0: none)",
     )
-    parser.add_argument("--sanity", type=int, default=4, help="test images of the maps' sanity checks")
-    parser.add_argument("--visualization-steps", type=int, default=128, help="of the explorer's feature visualisations")
+    parser.add_argument(
+        "--sanity", type=integer("--sanity", low=0), default=4, help="test images of the maps' sanity checks"
+    )
+    parser.add_argument(
+        "--visualization-steps",
+        type=integer("--visualization-steps", low=1),
+        default=128,
+        help="of the explorer's feature visualisations",
+    )
     parser.add_argument("--endpoint", help="the search engine's address (a test server; default: the engine's own)")
     args = parser.parse_args(argv)
     args.weights = None if args.weights == "none" else args.weights
