@@ -22,7 +22,7 @@ def example():
 
 
 def _tiny(out, *extra):
-    return ["--out", str(out), "--weights", "none", "--image-size", "48", "--epochs", "1", *extra]
+    return ["--out", str(out), "--weights", "none", "--image-size", "32", "--epochs", "1", *extra]
 
 
 def test_offline_on_a_dataset_folder_with_the_best_models_explained(example, tmp_path, capsys):

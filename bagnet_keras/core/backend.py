@@ -89,10 +89,13 @@ def _tensorflow(fn, jit_compile, signature):
     import tensorflow as tf
 
     jit = True if jit_compile else None
+    # No AutoGraph: these functions have no Python control flow on tensors (they compute with keras.ops, as
+    # they must for JAX). Converting them and every Keras call beneath them at each trace was about a tenth
+    # of the test suite's time.
     if signature is None:
-        return tf.function(fn, reduce_retracing=True, jit_compile=jit)
+        return tf.function(fn, reduce_retracing=True, jit_compile=jit, autograph=False)
     specs = [tf.TensorSpec(shape, dtype) for shape, dtype in signature]
-    return tf.function(fn, input_signature=specs, jit_compile=jit)
+    return tf.function(fn, input_signature=specs, jit_compile=jit, autograph=False)
 
 
 def _jax(fn, variables):
