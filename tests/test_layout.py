@@ -2,6 +2,7 @@
 
 import ast
 import importlib
+import json
 import os
 import re
 import subprocess
@@ -150,15 +151,27 @@ def test_crawl_help_and_data_tools_load_no_tensorflow():
 def test_a_keras_file_saved_before_the_move_still_loads():
     """tests/fixtures/pre_layout_bagnet.keras was saved by commit 19a0a26, when the classes lived in
     bagnet_keras.layers and bagnet_keras.inference; their registered names did not change."""
+    import zipfile
+
     import keras
 
     from bagnet_keras.models import BagNetModel
 
-    model = keras.saving.load_model(os.path.join(FIXTURES, "pre_layout_bagnet.keras"), safe_mode=True)
+    path = os.path.join(FIXTURES, "pre_layout_bagnet.keras")
+    with zipfile.ZipFile(path) as archive:
+        saved_by = json.loads(archive.read("metadata.json"))["keras_version"]
+    if _version(keras.__version__) < _version(saved_by):
+        # Keras reads files of its own version and older ones; 3.15 writes BatchNormalization arguments 3.13 lacks
+        pytest.skip(f"the fixture was saved by Keras {saved_by}, which Keras {keras.__version__} cannot read")
+    model = keras.saving.load_model(path, safe_mode=True)
     assert isinstance(model, BagNetModel)
     x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
     expected = np.load(os.path.join(FIXTURES, "pre_layout_bagnet_out.npy"))
     np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=1e-6)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".")[:3] if part.isdigit())
 
 
 PRIVATE_KERAS = (
