@@ -154,13 +154,14 @@ def test_a_keras_file_saved_before_the_move_still_loads():
     import zipfile
 
     import keras
+    from packaging.version import Version
 
     from bagnet_keras.models import BagNetModel
 
     path = os.path.join(FIXTURES, "pre_layout_bagnet.keras")
     with zipfile.ZipFile(path) as archive:
         saved_by = json.loads(archive.read("metadata.json"))["keras_version"]
-    if _version(keras.__version__) < _version(saved_by):
+    if Version(keras.__version__) < Version(saved_by):
         # Keras reads files of its own version and older ones; 3.15 writes BatchNormalization arguments 3.13 lacks
         pytest.skip(f"the fixture was saved by Keras {saved_by}, which Keras {keras.__version__} cannot read")
     model = keras.saving.load_model(path, safe_mode=True)
@@ -168,10 +169,6 @@ def test_a_keras_file_saved_before_the_move_still_loads():
     x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
     expected = np.load(os.path.join(FIXTURES, "pre_layout_bagnet_out.npy"))
     np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=1e-6)
-
-
-def _version(text: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in text.split(".")[:3] if part.isdigit())
 
 
 PRIVATE_KERAS = (
