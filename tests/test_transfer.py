@@ -408,6 +408,22 @@ def test_same_seed_same_model_one_line_per_epoch_and_a_finished_run_not_repeated
         )
 
 
+def test_fit_creates_no_variable_inside_a_trace():
+    """Keras' TensorFlow trainer traces a train step that created variables twice: fit_classifier builds them."""
+    created = []
+
+    def creator(next_creator, **kwargs):
+        created.append((kwargs.get("name"), tf.inside_function()))
+        return next_creator(**kwargs)
+
+    model = build_classifier(_tiny_bagnet(), {"texture": 3}, mode="scratch")
+    _, _, train = _data(2, seed=16)
+    with tf.variable_creator_scope(creator):
+        fit_classifier(model, train, train, epochs=1, patience=None, verbose=0)
+    assert any(name == "iteration" for name, _ in created)  # the optimizer's, made here
+    assert [name for name, inside in created if inside] == []
+
+
 def _free_ports(n):
     import socket
 

@@ -20,6 +20,7 @@ take it. pyproject.toml bounds Keras at the newest minor version tested;
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -738,8 +739,11 @@ def build_training_state(model: keras.Model, batch) -> None:
     """Create the optimizer's and the metrics' variables from one batch's shapes, as ``fit`` does first.
 
     A training loop of one's own (the multi-worker one of
-    `bagnet_keras.transfer.training`) needs them before its first step;
-    Keras does it in the private ``_symbolic_build``, so the call lives here.
+    `bagnet_keras.transfer.training`) needs them before its first step, and
+    ``fit`` on TensorFlow then traces its step once rather than twice (it
+    retraces a step that created variables). ``batch`` is a batch or its
+    shapes (a ``tf.data`` pipeline's ``element_spec``). Keras does it in the
+    private ``_symbolic_build``, so the call lives here.
 
     Examples
     --------
@@ -750,4 +754,7 @@ def build_training_state(model: keras.Model, batch) -> None:
     >>> m.optimizer.built
     True
     """
-    model._symbolic_build(data_batch=batch)
+    # A model built under a tf.distribute strategy creates its variables in that strategy's scope.
+    strategy = getattr(model, "_distribute_strategy", None)
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model._symbolic_build(data_batch=batch)
