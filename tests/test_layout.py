@@ -179,6 +179,7 @@ PRIVATE_KERAS = (
     "_run_through_graph",
     "._functional",
     "_symbolic_build",
+    "_distribute_strategy",
 )
 
 

@@ -11,7 +11,8 @@ sits.
 Keras 3 has no public API for a functional graph's nodes, so this module
 reads its private attributes (``_keras_history``, ``_inbound_nodes``,
 ``_outbound_nodes``, ``_nodes_by_depth``, ``_run_through_graph``,
-``Sequential._functional``), and no other module does (tests/test_layout.py
+``Sequential._functional``, and a trainer's ``_symbolic_build`` and
+``_distribute_strategy``), and no other module does (tests/test_layout.py
 checks it): a Keras release that renames them breaks this file alone, and
 `graph_walk_available` lets callers with another way (``BagNetModel.predict``)
 take it. pyproject.toml bounds Keras at the newest minor version tested;

@@ -333,11 +333,11 @@ def _fit(run: _Run, start: int, end: int, callbacks: list) -> int:
     """Train epochs ``start`` to ``end`` (Keras' count); returns how many ran (early stopping may cut them)."""
     if _is_multi_worker(run.strategy):
         return _fit_multi_worker(run.model, run.strategy, run.train, run.validation, start, end, callbacks)
-    if hasattr(run.train, "element_spec"):
-        # Keras' TensorFlow trainer creates the optimizer's and the metrics' variables inside its first trace
-        # of the train step, and TensorFlow then traces the step again without them: built beforehand (from
-        # the pipeline's shapes, reading no image), the step is traced once, the first epoch about 2x sooner.
-        build_training_state(run.model, run.train.element_spec)
+    # Keras' TensorFlow trainer creates the optimizer's and the metrics' variables inside its first trace of
+    # the train step, and TensorFlow then traces the step again without them: built beforehand (from the
+    # pipeline's shapes, reading no image), the step is traced once. The other backends' trainers build them
+    # first themselves, so there it changes nothing.
+    build_training_state(run.model, run.train.element_spec)
     result = run.model.fit(
         run.train,
         validation_data=run.validation,
