@@ -21,10 +21,9 @@ take it. pyproject.toml bounds Keras at the newest minor version tested;
 
 from __future__ import annotations
 
-import contextlib
 import weakref
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import TypeVar
 
 import keras
@@ -757,5 +756,5 @@ def build_training_state(model: keras.Model, batch) -> None:
     """
     # A model built under a tf.distribute strategy creates its variables in that strategy's scope.
     strategy = getattr(model, "_distribute_strategy", None)
-    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+    with strategy.scope() if strategy is not None else nullcontext():
         model._symbolic_build(data_batch=batch)
