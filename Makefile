@@ -86,6 +86,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/evidence.py
 	$(BIN)/python bench/clean.py
 	$(BIN)/python bench/compare.py
+	$(BIN)/python bench/fit.py
 
 clean:
 	rm -rf $(VENV) .venv-latest-keras .venv-oldest build *.egg-info
