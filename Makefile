@@ -87,7 +87,6 @@ bench: $(STAMP)
 	$(BIN)/python bench/clean.py
 	$(BIN)/python bench/compare.py
 	$(BIN)/python bench/fit.py
-	$(BIN)/python bench/svm.py
 
 clean:
 	rm -rf $(VENV) .venv-latest-keras .venv-oldest build *.egg-info

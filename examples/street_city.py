@@ -96,7 +96,7 @@ def run_svm(backbone_name, data, names, weights, size):
     x_train, y_train = extract_features(extractor, data["train"])
     x_test, y_test = extract_features(extractor, data["test"])
     return {
-        head: svm_results(SVMBaseline(n_jobs=-1).fit(x_train, y_train[head]), x_test, y_test[head], names[head])
+        head: svm_results(SVMBaseline().fit(x_train, y_train[head]), x_test, y_test[head], names[head])
         for head in ("city", "region")
     }
 

@@ -174,17 +174,6 @@ def test_svm_baseline_matches_scikit_learn_on_the_same_features(pretrained):
     assert np.array_equal(svm.predict(x_test), reference.predict(x_test))
 
 
-def test_svm_baseline_in_threads_fits_the_same_model():
-    rng = np.random.default_rng(0)
-    features, labels = rng.normal(size=(60, 40)), np.repeat([0, 1, 2], 20)
-    features[:, 0] += labels  # something to learn, and a C that matters
-    one = SVMBaseline(cv=3).fit(features, labels)
-    threads = SVMBaseline(cv=3, n_jobs=2).fit(features, labels)
-    assert threads.C_ == one.C_
-    np.testing.assert_array_equal(threads.cv_results_["mean_test_score"], one.cv_results_["mean_test_score"])
-    np.testing.assert_array_equal(threads.pipeline_[-1].coef_, one.pipeline_[-1].coef_)
-
-
 def test_evaluation_results_are_json(tmp_path, pretrained):
     model = build_classifier(_copy(pretrained), {"texture": 3}, mode="transfer")
     _, _, test = _data(4, seed=9)

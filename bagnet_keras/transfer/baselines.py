@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-import joblib
 import keras
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -84,11 +83,6 @@ class SVMBaseline(ClassifierMixin, BaseEstimator):
     cv : int
         Folds of the cross-validation.
     random_state : int
-    n_jobs : int or None
-        Fits of the cross-validation run at once, in threads (liblinear
-        releases the GIL, so threads share the data instead of copying it
-        into processes): None one at a time, -1 one per core. The fitted
-        model is the same for any value.
 
     Attributes
     ----------
@@ -107,18 +101,10 @@ class SVMBaseline(ClassifierMixin, BaseEstimator):
     1.0
     """
 
-    def __init__(
-        self,
-        *,
-        Cs: Sequence[float] = (0.001, 0.01, 0.1, 1.0, 10.0),
-        cv: int = 5,
-        random_state: int = 0,
-        n_jobs: int | None = None,
-    ):
+    def __init__(self, *, Cs: Sequence[float] = (0.001, 0.01, 0.1, 1.0, 10.0), cv: int = 5, random_state: int = 0):
         self.Cs = Cs
         self.cv = cv
         self.random_state = random_state
-        self.n_jobs = n_jobs
 
     def fit(self, features: np.ndarray, labels: np.ndarray) -> SVMBaseline:
         features, labels = np.asarray(features), np.asarray(labels).ravel()
@@ -128,10 +114,8 @@ class SVMBaseline(ClassifierMixin, BaseEstimator):
             raise ValueError(f"`Cs` must be positive numbers. Received: Cs={self.Cs!r}")
         folds = StratifiedKFold(self.cv, shuffle=True, random_state=self.random_state)
         svm = LinearSVC(random_state=self.random_state, max_iter=20000)
-        grid = {"linearsvc__C": list(self.Cs)}
-        search = GridSearchCV(make_pipeline(StandardScaler(), svm), grid, cv=folds, n_jobs=self.n_jobs)
-        with joblib.parallel_config(backend="threading"):
-            search.fit(features, labels)
+        search = GridSearchCV(make_pipeline(StandardScaler(), svm), {"linearsvc__C": list(self.Cs)}, cv=folds)
+        search.fit(features, labels)
         self.C_ = float(search.best_params_["linearsvc__C"])
         self.pipeline_ = search.best_estimator_
         self.cv_results_ = search.cv_results_
