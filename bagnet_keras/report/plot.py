@@ -82,7 +82,7 @@ def plot_heatmap(
         ax.imshow(edges, cmap="Greys", vmin=0, vmax=1, alpha=alpha, interpolation="nearest")
     ax.set_axis_off()
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=9, wrap=True)  # at the figure edge, which cut a long one in the last column
     return fig
 
 
@@ -111,7 +111,7 @@ def plot_overlay(
     ax.imshow(heatmap, cmap=cmap, alpha=alpha, vmin=min(heatmap.min(), 0), vmax=high if high > 0 else 1)
     ax.set_axis_off()
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=9, wrap=True)  # at the figure edge, which cut a long one in the last column
     return fig
 
 
