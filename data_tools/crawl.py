@@ -108,15 +108,36 @@ class _Store(BaseStorage):
         self.pending: dict[str, dict] = {}
         self.error: Exception | None = None
         self.signal = None  # the running crawler's, set by make_crawler
+        self.unfinished: set[str] = set()  # claimed in this pass, not yet taken by a downloader thread
+        self.attempts = 0  # URLs the downloader threads took, successful or not
+        # Between passes: a parser thread that outlived finish_crawler's wait claims nothing after the release.
+        self.closed = False
 
     def claim(self, url: str) -> bool:
-        """True the first time ``url`` is seen in this dataset (so it gets one try)."""
+        """True the first time ``url`` is seen in this dataset (so it gets one try), during a pass."""
         with self.lock:
-            if url in self.state.urls:
+            if url in self.state.urls or self.closed:
                 return False
             self.state.urls.add(url)
             self.state.tried[self.label, self.query] += 1
+            self.unfinished.add(url)
             return True
+
+    def release_unfinished(self) -> int:
+        """Unclaim the URLs of this pass no downloader took, so the next pass tries them; how many.
+
+        icrawler's downloader threads stop when their queue stays empty for a moment (`QUEUE_POLL`) after a
+        download, and the crawler then drops what the parser queues later: on a busy machine, URLs that
+        were claimed but never tried, and a class reported short of results it had.
+        """
+        with self.lock:
+            self.closed = True
+            for url in self.unfinished:
+                self.state.urls.discard(url)
+                self.state.tried[self.label, self.query] -= 1
+            count = len(self.unfinished)
+            self.unfinished.clear()
+        return count
 
     def accept(self, task: dict, content: bytes) -> bool:
         try:
@@ -129,6 +150,12 @@ class _Store(BaseStorage):
             )
         except Rejected as reason:
             task["reason"] = str(reason)
+            return False
+        except Exception as error:
+            # Pillow's decoders raise more than load_clean's OSError and ValueError on some corrupt files (an
+            # IndexError, a struct.error). Uncaught, it ends the downloader thread before the URL is recorded,
+            # and the next pass would fetch it again.
+            task["reason"] = f"unreadable: {type(error).__name__}: {error}"
             return False
         sha256 = hashlib.sha256(content).hexdigest()
         with self.lock:
@@ -198,6 +225,9 @@ class _Store(BaseStorage):
 
     def failed(self, task: dict) -> None:
         """Record why the URL of ``task`` gave no file (nothing when it was only left over at the quota)."""
+        with self.lock:
+            self.unfinished.discard(task["file_url"])
+            self.attempts += 1
         if task.get("success") or task.get("quota"):
             return
         url = task["file_url"]
@@ -581,28 +611,39 @@ def _crawl_class(store: _Store, engine: str, queries: list[str], filters, thread
     store.engine = engine
     if engine == "urls":
         store.query = "url list"
-        urls = [url for url in _url_list(queries) if store.claim(url)]
-        if urls:
-            crawler = make_crawler(engine, store, threads, endpoint)
-            crawler.crawl(url_list=urls, max_num=len(urls))
-            finish_crawler(crawler)
-        _raise_store_error(store)
+        while store.remaining > 0:
+            store.closed = False
+            urls = [url for url in _url_list(queries) if store.claim(url)]
+            if not urls or not _crawl_pass(store, engine, threads, endpoint, url_list=urls, max_num=len(urls)):
+                break
         return
     for query in queries:
         store.query = query
         while store.remaining > 0:
             before = store.remaining
-            crawler = make_crawler(engine, store, threads, endpoint)
             candidates = min(SEARCH_LIMIT[engine], store.state.tried[store.label, query] + 4 * store.remaining + 20)
             if engine == "flickr":
-                crawler.crawl(max_num=candidates, text=query, **dict(filters or {}))
+                arguments = dict(max_num=candidates, text=query, **dict(filters or {}))
             else:
                 keyword = quote_plus(query) if ENGINES[engine].quote else query
-                crawler.crawl(keyword=keyword, filters=dict(filters) if filters else None, max_num=candidates)
-            finish_crawler(crawler)
-            _raise_store_error(store)
-            if store.remaining == before:  # this query has nothing new left
+                arguments = dict(keyword=keyword, filters=dict(filters) if filters else None, max_num=candidates)
+            retry = _crawl_pass(store, engine, threads, endpoint, **arguments)
+            if store.remaining == before and not retry:  # this query has nothing new left
                 break
+
+
+def _crawl_pass(store: _Store, engine: str, threads: int, endpoint, **arguments) -> bool:
+    """One icrawler crawl into ``store``; whether another pass has URLs to try that this one left untried.
+
+    Only after a pass that tried at least one URL: one whose downloader threads all died tried none, and
+    another would end the same way.
+    """
+    attempts, store.closed = store.attempts, False
+    crawler = make_crawler(engine, store, threads, endpoint)
+    crawler.crawl(**arguments)
+    finish_crawler(crawler)
+    _raise_store_error(store)
+    return store.release_unfinished() > 0 and store.attempts > attempts
 
 
 def _raise_store_error(store: _Store) -> None:

@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -121,6 +122,59 @@ def test_class_short_of_results_is_reported(server, tmp_path):
     _serve_class(server, "Tiny", 0, 2)
     report = crawl(tmp_path, ["Tiny"], 5, endpoint=server.url, **FAST)
     assert report.counts == {"Tiny": 2} and report.short == {"Tiny": 3}
+
+
+@pytest.mark.parametrize("engine", ["bing", "urls"])
+def test_urls_the_downloaders_left_in_their_queue_are_tried_in_another_pass(server, tmp_path, monkeypatch, engine):
+    """icrawler's downloader threads stop when their queue stays empty for a moment, as on a busy machine:
+    here each stops after one URL. The URLs the parser queued after them are tried, not lost as tried."""
+    from data_tools import engines
+
+    def one_url_then_stop(self, max_num, default_ext="", queue_timeout=5, req_timeout=5, **kwargs):
+        self.max_num = max_num
+        while not self.signal.get("reach_max_num"):
+            try:
+                task = self.in_queue.get(timeout=0.1)
+            except queue.Empty:
+                if self.signal.get("parser_exited"):
+                    return
+                continue
+            self.download(task, default_ext, req_timeout, **kwargs)
+            self.process_meta(task)
+            self.in_queue.task_done()
+            return
+
+    monkeypatch.setattr(engines._Downloader, "worker_exec", one_url_then_stop)
+    _serve_class(server, "Paris", 0, 4)
+    classes = ["Paris"]
+    if engine == "urls":
+        (tmp_path / "paris.txt").write_text("".join(f"{server.url}/img/{k}.jpg\n" for k in range(4)))
+        classes = {"Paris": str(tmp_path / "paris.txt")}
+    report = crawl(tmp_path / "data", classes, 4, engine=engine, endpoint=server.url, **{**FAST, "threads": 1})
+    assert report.counts == {"Paris": 4} and not report.short and not report.failures
+    _check_consistent(tmp_path / "data", ["Paris"], 4)
+
+
+def test_an_image_the_decoder_fails_on_otherwise_is_logged_once(server, tmp_path, monkeypatch):
+    """Pillow raises more than OSError and ValueError on some corrupt files (an IndexError here): the URL is
+    recorded as unreadable, fetched once, and the downloader thread goes on to the next."""
+    from data_tools import crawl as crawl_module
+
+    bad = jpeg_bytes(2)
+    load_clean = crawl_module.load_clean
+
+    def decoder_bug(source, **kwargs):
+        if source.getvalue() == bad:
+            raise IndexError("tile cannot extend outside image")
+        return load_clean(source, **kwargs)
+
+    monkeypatch.setattr(crawl_module, "load_clean", decoder_bug)
+    _serve_class(server, "Paris", 0, 5)
+    report = crawl(tmp_path / "data", ["Paris"], 4, endpoint=server.url, **{**FAST, "threads": 1})
+    assert report.counts == {"Paris": 4} and report.failures == {"unreadable": 1}
+    assert server.requests.count("/img/2.jpg") == 1
+    (entry,) = read_lines(str(tmp_path / "data" / CRAWL_LOG))
+    assert entry["url"].endswith("/img/2.jpg") and entry["reason"].startswith("unreadable: IndexError")
 
 
 # -- the fault matrix: one crawl over every fault, then one test per fault
