@@ -2,6 +2,15 @@ import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+TRACED = os.environ.get("BAGNET_KERAS_TEST_TRACED") == "1"
+if not TRACED:
+    # The suite runs without oneDNN. On its tiny models TensorFlow's own kernels are faster (oneDNN makes its
+    # primitives for each new shape: about 6% of the suite's time), and the `eager` tests need it: an eager
+    # gradient computes every gradient of each operation on the way, a convolution's kernel gradient too,
+    # which a graph prunes when nothing asks for it, and oneDNN's kernel gradient of a narrow 1x1 strided
+    # convolution (the tests' tiny BagNets have one) crashes the process (bagnet_keras/transfer/onednn.py).
+    # TensorFlow reads this when it starts.
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -35,6 +44,29 @@ def build_tiny(name: str, **kwargs):
 def _isolated_keras_home(tmp_path, monkeypatch):
     """No test reads or writes the user's Keras cache."""
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+
+
+@pytest.fixture(autouse=True)
+def _eager_where_marked(request):
+    """A test marked ``eager`` runs TensorFlow's compiled functions (and Keras' predict and fit) eagerly.
+
+    The same operations on the same values, without tracing. Where a test builds many models and calls each
+    of their functions once (every method on every model), tracing is most of its time, and eager calls
+    halve it; where it calls the same functions many times (training, a comparison), graphs are faster, and
+    they are what users run. ``BAGNET_KERAS_TEST_TRACED=1`` runs every test as graphs, with oneDNN.
+    """
+    import keras
+
+    if keras.backend.backend() != "tensorflow" or TRACED or not request.node.get_closest_marker("eager"):
+        yield
+        return
+    import tensorflow as tf
+
+    tf.config.run_functions_eagerly(True)
+    try:
+        yield
+    finally:
+        tf.config.run_functions_eagerly(False)
 
 
 # The modules with the longest tests, longest first (`pytest --durations=0` tells). They run first and the

@@ -20,6 +20,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(autouse=True)
 def fresh_guard(monkeypatch):
     monkeypatch.setattr(onednn, "_warned", set())
+    # The suite's TensorFlow runs without oneDNN (tests/conftest.py); the guard and tools/onednn_check.py's
+    # child process see TensorFlow as users have it.
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    monkeypatch.setattr(onednn, "_tensorflow_uses_onednn", lambda: True)
 
 
 def _narrow_classifier():

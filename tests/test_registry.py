@@ -16,6 +16,9 @@ from bagnet_keras.core import graph
 from bagnet_keras.explain import methods, registry
 from bagnet_keras.explain.registry import METHODS, explain
 
+# Every method on several new models, each called once or twice: eager calls skip their tracing (conftest).
+pytestmark = pytest.mark.eager
+
 
 @pytest.fixture(scope="module")
 def softmax_model():

@@ -17,6 +17,8 @@ from bagnet_keras.explain.rollout import attention_rollout, rollout
 keras_hub = pytest.importorskip("keras_hub", reason="the [hub] extra (keras-hub) is part of the test install")
 
 SIZE, PATCH = 32, 8
+# Each test builds new ViTs and calls their functions once or twice: eager calls skip their tracing (conftest).
+pytestmark = pytest.mark.eager
 
 
 def _vit(layers: int = 3, classes: int = 3, seed: int = 0, bias: bool = True) -> keras.Model:
