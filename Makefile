@@ -60,8 +60,8 @@ TUTORIALS_ALONE := docs/tutorials/street-city.ipynb docs/tutorials/explain-your-
 NBMAKE := $(BIN)/python -m pytest -q --nbmake --overwrite --nbmake-timeout=900 --durations=0 -p no:cacheprovider
 
 tutorials: $(STAMP)
-	$(NBMAKE) $(filter-out $(TUTORIALS_ALONE),$(TUTORIALS)) & shared=$$!; \
-	$(NBMAKE) $(TUTORIALS_ALONE); alone=$$?; wait $$shared; shared=$$?; exit $$((shared || alone))
+	$(NBMAKE) $(filter-out $(TUTORIALS_ALONE),$(TUTORIALS)) & pid=$$!; \
+	$(NBMAKE) $(TUTORIALS_ALONE); alone=$$?; wait $$pid; shared=$$?; exit $$((shared || alone))
 
 # The suite against the newest Keras release, past pyproject.toml's upper bound, in a venv of its own.
 test-latest-keras:
