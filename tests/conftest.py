@@ -53,11 +53,14 @@ def _eager_where_marked(request):
     The same operations on the same values, without tracing. Where a test builds many models and calls each
     of their functions once (every method on every model), tracing is most of its time, and eager calls
     halve it; where it calls the same functions many times (training, a comparison), graphs are faster, and
-    they are what users run. ``BAGNET_KERAS_TEST_TRACED=1`` runs every test as graphs, with oneDNN.
+    they are what users run. A test marked ``traced`` runs as graphs in a module marked ``eager`` (it checks
+    the tracing itself, or a compiled path). ``BAGNET_KERAS_TEST_TRACED=1`` runs every test as graphs, with
+    oneDNN.
     """
     import keras
 
-    if keras.backend.backend() != "tensorflow" or TRACED or not request.node.get_closest_marker("eager"):
+    marked = request.node.get_closest_marker("eager") and not request.node.get_closest_marker("traced")
+    if keras.backend.backend() != "tensorflow" or TRACED or not marked:
         yield
         return
     import tensorflow as tf

@@ -8,6 +8,9 @@ import tensorflow as tf
 from bagnet_keras.explain import attribution
 from bagnet_keras.explain.attribution import BaseAttribution, DeepLIFT, EpsilonLRP, baseline_images
 
+# Each attribution on new models, computed once or twice: eager calls skip their tracing (conftest).
+pytestmark = pytest.mark.eager
+
 SIZE = 16
 
 
@@ -245,6 +248,7 @@ def _tracing_counts(model):
     return [f.experimental_get_tracing_count() for f in functions if hasattr(f, "experimental_get_tracing_count")]
 
 
+@pytest.mark.traced
 def test_one_trace_per_model_and_signature():
     """Batches of every size and repeated calls reuse one trace: the demo's retracing warning (issue 28)."""
     model, x = _bias_free_relu_net(), _x(5)

@@ -5,6 +5,9 @@ import tensorflow as tf
 
 from bagnet_keras.explain import GradCAM, cam, guided_backprop, guided_gradcam, occlusion
 
+# The CAM family on new models, each map computed once or twice: eager calls skip their tracing (conftest).
+pytestmark = pytest.mark.eager
+
 
 def _chain(name="backbone"):
     """A small ReLU CNN whose last conv keeps the input's 16x16 grid (so maps need no resizing)."""

@@ -54,12 +54,14 @@ def test_demo_command_writes_the_report(tmp_path, capsys):
     explorer = (out / "explorer.html").read_text()
     assert '"maps"' in explorer and "http://" not in explorer and "https://" not in explorer
 
-    # The same command again skips what is done: no scenes generated, nothing cleaned, no epoch trained.
-    data = {p: os.path.getmtime(p) for p in (out / "data").rglob("*") if p.is_file()}
+    # The same command again skips what is done: no scenes generated, nothing cleaned, no epoch trained, the
+    # report not drawn again.
+    written = {p: os.path.getmtime(p) for p in [*(out / "data").rglob("*"), out / "report.html"] if p.is_file()}
     assert main(argv) == 0
     again = capsys.readouterr().out
     assert "generating" not in again and "clean kept" not in again and "epoch 1/" not in again
-    assert {p: os.path.getmtime(p) for p in (out / "data").rglob("*") if p.is_file()} == data
+    assert {p: os.path.getmtime(p) for p in written} == written
+    assert f"report: {out / 'report.html'}" in again
     assert [line.split("] ", 1)[1] for line in again.splitlines() if "Test accuracy" in line] == [
         line.split("] ", 1)[1] for line in printed.splitlines() if "Test accuracy" in line
     ]

@@ -9,6 +9,9 @@ from bagnet_keras import BagNet, evidence_map
 from bagnet_keras.explain import evidence_maps
 from bagnet_keras.models import bagnet_geometry
 
+# Evidence maps of several new models, each computed once or twice: eager calls skip their tracing (conftest).
+pytestmark = pytest.mark.eager
+
 REFERENCE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference")
 
 

@@ -12,6 +12,9 @@ from bagnet_keras.explain.cam import GradCAM
 from bagnet_keras.explain.registry import explain
 from tools.families import build, images
 
+# A keras.applications model per test, each explained once: eager calls skip its tracing (conftest).
+pytestmark = pytest.mark.eager
+
 SIZE = 64
 
 

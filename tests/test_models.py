@@ -6,6 +6,9 @@ from conftest import TINY, build_tiny, fixture_path, tiny_config, tiny_outputs
 from bagnet_keras import BagNet, BagNet9, BagNet17, BagNet33, preprocess_input
 from bagnet_keras.models import bagnet_geometry, evidence_model
 
+# Many small BagNets, each predicted or explained once or twice: eager calls skip their tracing (conftest).
+pytestmark = pytest.mark.eager
+
 EXPECTED_PATCH = {"tiny33": 33, "tiny9": 9, "tiny21": 21}
 
 
@@ -166,6 +169,7 @@ def test_full_size_round_trip(tmp_path):
 
 
 @pytest.mark.backends
+@pytest.mark.traced  # the folded path as a graph, and compiled with XLA
 def test_predict_folds_batchnorm_and_matches_keras_predict():
     from bagnet_keras.models.inference import BagNetModel, foldable_pairs
 

@@ -16,6 +16,9 @@ from bagnet_keras.transfer import build_classifier
 from bagnet_keras.transfer.backbones import BACKBONES, Backbone, get_preprocessing
 from bagnet_keras.transfer.baselines import feature_extractor
 
+# New models with and without their preprocessing, each called once: eager calls skip their tracing (conftest).
+pytestmark = pytest.mark.eager
+
 SIZE = 40
 TINY = Backbone(
     "tiny_bagnet",

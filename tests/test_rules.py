@@ -12,6 +12,9 @@ from bagnet_keras.explain import attribution
 from bagnet_keras.explain.attribution import baseline_images
 from bagnet_keras.explain.rules import check_modified_layers, rule_operation
 
+# Each rule's gradient on new models, computed once: eager calls skip their tracing (conftest).
+pytestmark = pytest.mark.eager
+
 SIZE = 12
 
 

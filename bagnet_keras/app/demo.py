@@ -431,7 +431,12 @@ def run_demo(
     _explorer_stage(models, entries, files, names, output_dir, setup.preprocess, result, stages, say)
     for finding in findings:
         say(finding)
-    path = write_report(result, names, output_dir, title="What a BagNet and a CNN look at", findings=findings)
+    path = os.path.join(output_dir, "report.html")
+    # A finished run's report stays: the same comparison and findings would draw the same figures again.
+    if not (stages.done("report") and os.path.exists(path)):
+        path = write_report(result, names, output_dir, title="What a BagNet and a CNN look at", findings=findings)
+        if not stages.done("report"):
+            stages.mark("report")
     say(f"report: {os.path.abspath(path)}")
     return path
 
