@@ -326,8 +326,9 @@ class _Stages:
         return stage in self.finished
 
     def mark(self, stage: str) -> None:
-        self.finished.append(stage)
-        write_atomic(self.path, json.dumps(self.finished))
+        if stage not in self.finished:
+            self.finished.append(stage)
+            write_atomic(self.path, json.dumps(self.finished))
 
 
 def run_demo(
@@ -434,9 +435,8 @@ def run_demo(
     path = os.path.join(output_dir, "report.html")
     # A finished run's report stays: the same comparison and findings would draw the same figures again.
     if not (stages.done("report") and os.path.exists(path)):
-        path = write_report(result, names, output_dir, title="What a BagNet and a CNN look at", findings=findings)
-        if not stages.done("report"):
-            stages.mark("report")
+        write_report(result, names, output_dir, title="What a BagNet and a CNN look at", findings=findings)
+        stages.mark("report")
     say(f"report: {os.path.abspath(path)}")
     return path
 
