@@ -20,6 +20,7 @@ with ``keras.ops.convert_to_numpy``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import keras
@@ -105,8 +106,29 @@ def _jax(fn, variables):
         with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
             return fn(*args)
 
-    jitted = jax.jit(pure)
+    jitted = jax.jit(pure, compiler_options=_xla_cpu_options())
     return lambda *args: jitted([v.value for v in variables], *args)
+
+
+# Convolutions and matrix products through Eigen, not YNNPACK, which XLA's CPU backend uses by default
+# (jax 0.10) but which runs one image's convolution on one core: a 3x3 stride-2 convolution of 222x222x64
+# took 11.2 ms on YNNPACK on 2 cores (11.1 on one) against 6.1 on Eigen. BagNet-33 on 2 cores (same process,
+# alternating): predict 4.86 -> 5.37 images/s, the stride-1 evidence map 0.057 -> 0.081.
+_XLA_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+@functools.cache
+def _xla_cpu_options() -> dict | None:
+    """`_XLA_CPU_OPTIONS` on JAX's CPU backend where its XLA knows them (an XLA without YNNPACK does not)."""
+    import jax
+
+    if not _on_jax_cpu():
+        return None
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=_XLA_CPU_OPTIONS).lower(0.0).compile()
+    except jax.errors.JaxRuntimeError:
+        return None
+    return _XLA_CPU_OPTIONS
 
 
 def _torch(fn):
@@ -360,11 +382,11 @@ def top_k(x, k: int):
 def conv(x, kernel, strides=1, padding: str = "valid", dilation_rate=1):
     """``keras.ops.conv`` (channels last), computed where each backend's CPU convolution is fastest.
 
-    XLA's CPU convolutions are slow and single-threaded (openxla/xla#34273), and PyTorch's lose to
+    XLA's CPU convolutions are slow (openxla/xla#34273), and PyTorch's lose to
     its matmul too; a 1x1 convolution is a matmul over the channels (after striding). BagNet-33's
     ``predict`` on a 2-core CPU: JAX 1.49 -> 2.48 images/s, PyTorch 0.90 -> 1.09; TensorFlow's oneDNN
     convolution is faster than its matmul there (2.54 against 2.26), so TensorFlow keeps ``ops.conv``.
-    On JAX's CPU backend a larger kernel convolves one image at a time (`_each_image`).
+    On JAX's CPU backend a larger kernel convolves one image at a time (`each_image`).
 
     Examples
     --------
@@ -384,25 +406,70 @@ def conv(x, kernel, strides=1, padding: str = "valid", dilation_rate=1):
     def convolve(images):
         return keras.ops.conv(images, kernel, strides=strides, padding=padding, dilation_rate=dilation_rate)
 
-    if backend() == "jax" and isinstance(x.shape[0], int) and x.shape[0] > 1:
-        return _each_image(convolve, x)
-    return convolve(x)
+    return each_image(convolve, x)
 
 
-def _each_image(convolve: Callable, x):
-    """``convolve(x)`` one image at a time (`jax.lax.map`) on JAX's CPU backend; on its accelerators, in one call.
+def each_image(fn: Callable, x):
+    """``fn(x)`` for a batch ``x``, computed one image at a time on JAX's CPU backend; elsewhere in one call.
 
-    XLA's CPU convolution of a batch is slower than the same images one by one: a 3x3 64->64
-    convolution of 16 images of 55x55 takes 113 ms in one call and 45 ms image by image, and
-    BagNet-33's ``predict`` goes from 0.86x TensorFlow's throughput to 1.03x (bench/forward.py --backend all).
-    A loop (not one convolution per image unrolled) keeps the compiled graph's size independent
-    of the batch size.
+    ``fn`` maps a batch to a batch (or a structure of them) and treats its
+    images independently, as a model in inference does. XLA's CPU
+    convolutions are slower on a batch than on its images one by one: a 3x3
+    64->64 convolution of 16 images of 55x55 takes 113 ms in one call and
+    45 ms image by image. Mapping BagNet-33's whole forward pass
+    (`bagnet_keras.models.inference.folded_forward`) over the images, rather
+    than each of its convolutions alone, ran its ``predict`` 1.2x to 1.3x
+    faster again (2 cores, same process, alternating rounds). A loop
+    (`jax.lax.map`), not one call per image unrolled, keeps the compiled
+    graph's size independent of the batch size. TensorFlow's oneDNN and
+    PyTorch are faster on the batch, as are JAX's accelerators.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.arange(6, dtype="float32").reshape(3, 2)
+    >>> keras.ops.convert_to_numpy(each_image(lambda batch: batch * 2, x)).tolist()
+    [[0.0, 2.0], [4.0, 6.0], [8.0, 10.0]]
     """
+    if not isinstance(x.shape[0], int) or x.shape[0] < 2 or not _on_jax_cpu():
+        return fn(x)
     import jax
 
-    if jax.default_backend() != "cpu":
-        return convolve(x)
-    return jax.lax.map(lambda image: convolve(image[None])[0], x)
+    return jax.lax.map(lambda image: keras.tree.map_structure(lambda t: t[0], fn(image[None])), x)
+
+
+def spatial_mean(x, keepdims: bool = False):
+    """The mean of ``x`` (N, H, W, C) over H and W, as ``GlobalAveragePooling2D``; on JAX's CPU, a matrix product.
+
+    XLA's CPU backend fuses the additions and ReLUs that produce a feature map
+    into the reduction that averages it, and that fusion runs slowly: the
+    last three residual blocks of BagNet-33 and its average pooling took 13 ms
+    an image as one (7 % of its ``predict``). As a product with a vector of
+    ones, the blocks' additions stay loops of their own and the pooling is a
+    matrix-vector product. Summed in float32 whatever the input's dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.arange(16, dtype="float32").reshape(2, 2, 2, 2)
+    >>> keras.ops.convert_to_numpy(spatial_mean(x)).tolist()
+    [[3.0, 4.0], [11.0, 12.0]]
+    """
+    if not _on_jax_cpu():
+        return keras.ops.mean(x, axis=(1, 2), keepdims=keepdims)
+    _, h, w, c = x.shape
+    ones = keras.ops.ones((1, h * w), dtype="float32")
+    total = keras.ops.matmul(ones, keras.ops.reshape(keras.ops.cast(x, "float32"), (-1, h * w, c)))
+    mean = keras.ops.cast(total / (h * w), x.dtype)
+    return keras.ops.reshape(mean, (-1, 1, 1, c) if keepdims else (-1, c))
+
+
+def _on_jax_cpu() -> bool:
+    if backend() != "jax":
+        return False
+    import jax
+
+    return jax.default_backend() == "cpu"
 
 
 def wide_float() -> str:
